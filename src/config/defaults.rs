@@ -1,0 +1,33 @@
+//! Every default value of the configuration, in one place. The README's configuration
+//! reference lists the same values.
+
+use std::time::Duration;
+
+pub const CONFIG_PATH: &str = "/etc/roomline/roomline.yaml";
+pub const TRUNKS_DIR: &str = "trunks";
+pub const DIALPLANS_DIR: &str = "dialplans";
+
+pub const SIP_LISTENERS: &[(&str, &str)] = &[("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060")];
+pub const SIP_USER_AGENT: &str = concat!("Roomline/", env!("CARGO_PKG_VERSION"));
+pub const UNMATCHED_INBOUND: &str = "reject";
+
+pub const RTP_PORT_RANGE: &str = "10000-20000";
+pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);
+pub const MEDIA_TIMEOUT_INITIAL: Duration = Duration::from_secs(30);
+
+pub const HTTP_LISTEN: &str = "127.0.0.1:8080";
+
+pub const MAX_CONCURRENT_CALLS: u32 = 1000;
+pub const MAX_CALLS_PER_SECOND: u32 = 50;
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub const LOG_LEVEL: &str = "info";
+pub const LOG_FORMAT: &str = "human";
+
+pub const REGISTER_EXPIRES: Duration = Duration::from_secs(3600);
+
+pub const RULE_IDENTITY: &str = "sip_{caller}";
+pub const RULE_NAME: &str = "Phone {caller}";
+pub const RULE_ANSWER: &str = "on_join";
+pub const RULE_RINGING_TIMEOUT: Duration = Duration::from_secs(30);
+pub const RULE_EARLY_MEDIA: bool = false;

@@ -1,0 +1,13 @@
+//! Roomline: a SIP-to-LiveKit telephony bridge.
+//!
+//! Module map:
+//! - `config`: strict YAML configuration, validated into an immutable snapshot.
+//! - `logging`: tracing setup and the `Phone` redacting wrapper for numbers.
+//! - `token`: LiveKit access tokens signed with the configured key and secret.
+//! - `daemon`: the `roomline run` process shell (HTTP health, signals, systemd notify).
+pub mod config;
+pub mod logging;
+pub mod api;
+pub mod daemon;
+pub mod ops;
+pub mod token;

@@ -1,0 +1,106 @@
+//! Logging: tracing subscriber setup (human or JSON, level from `LOG_LEVEL` or config)
+//! and `Phone`, the wrapper every phone number goes through before it reaches a log line.
+
+use crate::config::LogFormat;
+use std::fmt;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
+
+/// Checks a filter such as `info` or `info,roomline::sip=debug`.
+pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
+    if s.trim().is_empty() {
+        return Err("invalid log level \"\": expected error, warn, info, debug or trace".into());
+    }
+    let expected = "expected error, warn, info, debug, trace or off, optionally with per-module directives such as info,roomline::sip=debug";
+    // A bare word that is not a level would silently mean "that target at trace level".
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            return Err(format!("invalid log level {s:?}: {d:?} is not a level; {expected}"));
+        }
+    }
+    EnvFilter::builder()
+        .parse(s)
+        .map_err(|e| format!("invalid log level {s:?}: {e}; {expected}"))
+}
+
+/// Installs the global subscriber. `LOG_LEVEL`, when set, wins over `level`.
+/// Logs go to stderr (journald captures it under systemd).
+pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
+    let (source, level) = match std::env::var("LOG_LEVEL") {
+        Ok(v) if !v.trim().is_empty() => ("LOG_LEVEL", v),
+        _ => ("logging.level", level.to_string()),
+    };
+    let filter = parse_filter(&level).map_err(|e| format!("{source}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    let res = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    res.map_err(|e| e.to_string())
+}
+
+/// A phone number for a log line. Shown in full only when debug logging is on anywhere;
+/// otherwise all but the first two and last two digits are masked: `+44*******89`.
+pub struct Phone<'a>(pub &'a str);
+
+impl fmt::Display for Phone<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if LevelFilter::current() >= LevelFilter::DEBUG {
+            f.write_str(self.0)
+        } else {
+            f.write_str(&redact(self.0))
+        }
+    }
+}
+
+impl fmt::Debug for Phone<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Masks a number, keeping a leading `+`, the first two and the last two characters of
+/// numbers longer than six characters; shorter ones are masked whole.
+pub fn redact(number: &str) -> String {
+    let (plus, rest) = match number.strip_prefix('+') {
+        Some(r) => ("+", r),
+        None => ("", number),
+    };
+    let chars: Vec<char> = rest.chars().collect();
+    let n = chars.len();
+    if n <= 6 {
+        return format!("{plus}{}", "*".repeat(n));
+    }
+    let mut out = String::from(plus);
+    out.extend(&chars[..2]);
+    out.push_str(&"*".repeat(n - 4));
+    out.extend(&chars[n - 2..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_only_the_ends() {
+        assert_eq!(redact("+447700900089"), "+44********89");
+        assert_eq!(redact("15550100123"), "15*******23");
+        assert_eq!(redact("1234"), "****");
+        assert_eq!(redact("+123456"), "+******");
+        assert_eq!(redact(""), "");
+        assert_eq!(redact("anonymous"), "an*****us");
+    }
+
+    #[test]
+    fn filters() {
+        assert!(parse_filter("info").is_ok());
+        assert!(parse_filter("warn,roomline::sip=debug").is_ok());
+        assert!(parse_filter("loud").is_err());
+        assert!(parse_filter("").is_err());
+    }
+}

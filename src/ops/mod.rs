@@ -1,0 +1,45 @@
+//! Process operations: systemd notifications and the signals the daemon obeys.
+
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Tells systemd (when started with `Type=notify`) about a state change. Outside systemd
+/// this does nothing.
+pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// A signal the daemon acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGTERM or SIGINT: stop.
+    Stop,
+}
+
+/// Signal streams, installed once at start so no signal is lost between waits.
+pub struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+        }
+    }
+}
