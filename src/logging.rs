@@ -3,6 +3,7 @@
 
 use crate::config::LogFormat;
 use std::fmt;
+use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
@@ -35,6 +36,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let res = match format {
         LogFormat::Human => builder.try_init(),
