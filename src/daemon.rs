@@ -50,14 +50,21 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
                 ops::notify(&state);
                 match config::load(path) {
                     Ok(cfg) => {
-                        tracing::info!(trunks = cfg.trunks.len(), rules = cfg.rules.len(), "configuration reloaded");
+                        tracing::info!(
+                            trunks = cfg.trunks.len(),
+                            rules = cfg.rules.len(),
+                            "configuration reloaded"
+                        );
                         snapshot_tx.send_replace(Arc::new(cfg));
                     }
                     Err(errs) => {
                         for e in &errs.0 {
                             tracing::error!(error = %e, "configuration reload refused");
                         }
-                        tracing::error!(errors = errs.0.len(), "configuration reload refused; the previous configuration stays in force");
+                        tracing::error!(
+                            errors = errs.0.len(),
+                            "configuration reload refused; the previous configuration stays in force"
+                        );
                     }
                 }
                 ops::notify(&[NotifyState::Ready]);

@@ -5,9 +5,9 @@
 //! - `logging`: tracing setup and the `Phone` redacting wrapper for numbers.
 //! - `token`: LiveKit access tokens signed with the configured key and secret.
 //! - `daemon`: the `roomline run` process shell (HTTP health, signals, systemd notify).
-pub mod config;
-pub mod logging;
 pub mod api;
+pub mod config;
 pub mod daemon;
+pub mod logging;
 pub mod ops;
 pub mod token;

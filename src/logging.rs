@@ -17,7 +17,9 @@ pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
-            return Err(format!("invalid log level {s:?}: {d:?} is not a level; {expected}"));
+            return Err(format!(
+                "invalid log level {s:?}: {d:?} is not a level; {expected}"
+            ));
         }
     }
     EnvFilter::builder()

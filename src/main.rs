@@ -13,9 +13,11 @@ use std::process::ExitCode;
 /// the same trunks.
 #[derive(Parser)]
 #[command(name = "roomline", version, about, long_about = None)]
-#[command(after_help = "Configuration: roomline.yaml, plus trunks/*.yaml and dialplans/*.yaml beside it.\n\
+#[command(
+    after_help = "Configuration: roomline.yaml, plus trunks/*.yaml and dialplans/*.yaml beside it.\n\
 LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET override the file; LOG_LEVEL overrides logging.level.\n\
-Exit status: 0 success, 64 invalid configuration, 1 other failure.")]
+Exit status: 0 success, 64 invalid configuration, 1 other failure."
+)]
 struct Cli {
     /// Path of roomline.yaml
     #[arg(long, short, global = true, env = "ROOMLINE_CONFIG", default_value = defaults::CONFIG_PATH)]
@@ -115,7 +117,10 @@ fn main() -> ExitCode {
                 eprintln!("roomline: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("roomline: cannot start the runtime: {e}");

@@ -28,7 +28,10 @@ pub fn mint(lk: &LiveKitConfig, req: &TokenRequest) -> Result<String, String> {
         return Err("identity must not be empty".into());
     }
     if req.room.is_none() && !req.room_admin && !req.sip_call && !req.sip_admin {
-        return Err("the token would grant nothing: give --room, --room-admin, --sip-call or --sip-admin".into());
+        return Err(
+            "the token would grant nothing: give --room, --room-admin, --sip-call or --sip-admin"
+                .into(),
+        );
     }
     if req.ttl.is_zero() {
         return Err("ttl must be greater than zero".into());
@@ -50,14 +53,19 @@ pub fn mint(lk: &LiveKitConfig, req: &TokenRequest) -> Result<String, String> {
         .with_identity(&req.identity)
         .with_ttl(req.ttl)
         .with_grants(grants)
-        .with_sip_grants(SIPGrants { admin: req.sip_admin, call: req.sip_call });
+        .with_sip_grants(SIPGrants {
+            admin: req.sip_admin,
+            call: req.sip_call,
+        });
     if let Some(name) = &req.name {
         token = token.with_name(name);
     }
     if let Some(kind) = &req.kind {
         token = token.with_kind(kind);
     }
-    token.to_jwt().map_err(|e| format!("cannot sign token: {e}"))
+    token
+        .to_jwt()
+        .map_err(|e| format!("cannot sign token: {e}"))
 }
 
 #[cfg(test)]
@@ -67,7 +75,11 @@ mod tests {
     use livekit_api::access_token::{Claims, TokenVerifier};
 
     fn lk() -> LiveKitConfig {
-        LiveKitConfig { url: "ws://127.0.0.1:7880".into(), api_key: "devkey".into(), api_secret: Secret::new("secret") }
+        LiveKitConfig {
+            url: "ws://127.0.0.1:7880".into(),
+            api_key: "devkey".into(),
+            api_secret: Secret::new("secret"),
+        }
     }
 
     #[test]
@@ -81,19 +93,29 @@ mod tests {
             ..Default::default()
         };
         let jwt = mint(&lk(), &req).unwrap();
-        let claims: Claims = TokenVerifier::with_api_key("devkey", "secret").verify(&jwt).unwrap();
+        let claims: Claims = TokenVerifier::with_api_key("devkey", "secret")
+            .verify(&jwt)
+            .unwrap();
         assert_eq!(claims.sub, "sip_test");
         assert_eq!(claims.iss, "devkey");
         assert_eq!(claims.kind, "sip");
         assert!(claims.video.room_join && claims.video.room == "lobby");
         assert!(claims.sip.call && !claims.sip.admin);
         assert!(claims.exp - claims.nbf <= 600);
-        assert!(TokenVerifier::with_api_key("devkey", "wrong").verify(&jwt).is_err());
+        assert!(
+            TokenVerifier::with_api_key("devkey", "wrong")
+                .verify(&jwt)
+                .is_err()
+        );
     }
 
     #[test]
     fn empty_grants_are_refused() {
-        let req = TokenRequest { identity: "x".into(), ttl: Duration::from_secs(60), ..Default::default() };
+        let req = TokenRequest {
+            identity: "x".into(),
+            ttl: Duration::from_secs(60),
+            ..Default::default()
+        };
         assert!(mint(&lk(), &req).unwrap_err().contains("grant nothing"));
     }
 }

@@ -14,7 +14,13 @@ fn repo() -> PathBuf {
 fn check(config: &str, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomline"));
     cmd.current_dir(repo()).args(["check", "--config", config]);
-    for var in ["LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "ROOMLINE_CONFIG", "LOG_LEVEL"] {
+    for var in [
+        "LIVEKIT_URL",
+        "LIVEKIT_API_KEY",
+        "LIVEKIT_API_SECRET",
+        "ROOMLINE_CONFIG",
+        "LOG_LEVEL",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
@@ -25,14 +31,25 @@ fn check(config: &str, env: &[(&str, &str)]) -> Output {
 fn examples_are_valid() {
     let out = check("roomline.yaml", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.trim(), "roomline.yaml: configuration is valid (3 trunks, 4 dialplan rules)");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "roomline.yaml: configuration is valid (3 trunks, 4 dialplan rules)"
+    );
 }
 
 #[test]
 fn broken_fixtures_fail_with_the_expected_errors() {
     let dir = repo().join("tests/broken");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     cases.sort();
     assert!(cases.len() >= 6, "fixtures missing in {}", dir.display());
     for case in cases {
@@ -41,8 +58,16 @@ fn broken_fixtures_fail_with_the_expected_errors() {
         let out = check(&config, &[]);
         let expected = std::fs::read_to_string(case.join("expected.txt")).unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{name}: exit status; stderr:\n{stderr}");
-        assert_eq!(stderr.trim_end(), expected.trim_end(), "{name}: errors differ");
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{name}: exit status; stderr:\n{stderr}"
+        );
+        assert_eq!(
+            stderr.trim_end(),
+            expected.trim_end(),
+            "{name}: errors differ"
+        );
         assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
     }
 }
@@ -51,10 +76,18 @@ fn broken_fixtures_fail_with_the_expected_errors() {
 fn every_error_is_reported_at_once() {
     let out = check("tests/broken/many-errors/roomline.yaml", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let located = stderr.lines().filter(|l| l.starts_with("tests/broken/many-errors/")).count();
+    let located = stderr
+        .lines()
+        .filter(|l| l.starts_with("tests/broken/many-errors/"))
+        .count();
     assert_eq!(located, 18, "{stderr}");
     // Errors from all three kinds of file.
-    for f in ["roomline.yaml:", "trunks/carrier.yaml:", "dialplans/10-main.yaml:", "dialplans/20-other.yaml:"] {
+    for f in [
+        "roomline.yaml:",
+        "trunks/carrier.yaml:",
+        "dialplans/10-main.yaml:",
+        "dialplans/20-other.yaml:",
+    ] {
         assert!(stderr.contains(f), "no error from {f}\n{stderr}");
     }
     assert!(stderr.trim_end().ends_with("18 configuration errors"));
@@ -63,15 +96,26 @@ fn every_error_is_reported_at_once() {
 #[test]
 fn environment_overrides_the_file() {
     // The credentials can come from the environment alone...
-    let env = [("LIVEKIT_URL", "wss://lk.example"), ("LIVEKIT_API_KEY", "k"), ("LIVEKIT_API_SECRET", "s")];
+    let env = [
+        ("LIVEKIT_URL", "wss://lk.example"),
+        ("LIVEKIT_API_KEY", "k"),
+        ("LIVEKIT_API_SECRET", "s"),
+    ];
     let out = check("tests/broken/missing-livekit/roomline.yaml", &env);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // ...and a bad override is reported against the variable, not the file.
     let out = check("roomline.yaml", &[("LIVEKIT_URL", "ftp://lk.example")]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("environment variable LIVEKIT_URL: invalid LiveKit URL \"ftp://lk.example\""),
+        stderr.starts_with(
+            "environment variable LIVEKIT_URL: invalid LiveKit URL \"ftp://lk.example\""
+        ),
         "{stderr}"
     );
 }
@@ -81,6 +125,9 @@ fn missing_config_file_is_a_clear_error() {
     let out = check("tests/no-such-dir/roomline.yaml", &[]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with("tests/no-such-dir/roomline.yaml: cannot read file:"), "{stderr}");
+    assert!(
+        stderr.starts_with("tests/no-such-dir/roomline.yaml: cannot read file:"),
+        "{stderr}"
+    );
     assert!(Path::new(&repo()).join("roomline.yaml").exists());
 }

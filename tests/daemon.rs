@@ -15,7 +15,11 @@ fn repo() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Copies the example configuration into `dir`, listening for HTTP on `port`.
@@ -28,7 +32,10 @@ fn example_config(dir: &Path, port: u16) -> PathBuf {
         }
     }
     let text = std::fs::read_to_string(repo().join("roomline.yaml")).unwrap();
-    let text = text.replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{port}"));
+    let text = text.replace(
+        "listen: 127.0.0.1:8080",
+        &format!("listen: 127.0.0.1:{port}"),
+    );
     assert!(text.contains(&format!("127.0.0.1:{port}")));
     let path = dir.join("roomline.yaml");
     std::fs::write(&path, text).unwrap();
@@ -38,11 +45,18 @@ fn example_config(dir: &Path, port: u16) -> PathBuf {
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -56,7 +70,9 @@ impl Daemon {
     fn start(config: &Path, dir: &Path) -> Daemon {
         let sock = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&sock).unwrap();
-        notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let stderr = dir.join("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_roomline"))
             .args(["run", "--config"])
@@ -68,7 +84,11 @@ impl Daemon {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        Daemon { child, notify, stderr }
+        Daemon {
+            child,
+            notify,
+            stderr,
+        }
     }
 
     /// The next notify message, or None after the timeout.
@@ -79,7 +99,10 @@ impl Daemon {
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -113,7 +136,9 @@ fn notifies_systemd_reloads_safely_and_stops_cleanly() {
     let config = example_config(dir.path(), port);
     let mut d = Daemon::start(&config, dir.path());
 
-    let ready = d.next_notify().unwrap_or_else(|| panic!("no READY=1; log:\n{}", d.log()));
+    let ready = d
+        .next_notify()
+        .unwrap_or_else(|| panic!("no READY=1; log:\n{}", d.log()));
     assert!(ready.contains("READY=1"), "{ready}");
     // READY means bound: the health endpoint answers at once.
     assert_eq!(http_get(port, "/health"), Some((200, "ok\n".to_string())));
@@ -122,14 +147,25 @@ fn notifies_systemd_reloads_safely_and_stops_cleanly() {
     // A broken dialplan is refused, with its location, and the daemon keeps serving.
     let plan = dir.path().join("dialplans/20-support.yaml");
     let good = std::fs::read_to_string(&plan).unwrap();
-    std::fs::write(&plan, good.replace("answer: on_first_track", "answer: whenever")).unwrap();
+    std::fs::write(
+        &plan,
+        good.replace("answer: on_first_track", "answer: whenever"),
+    )
+    .unwrap();
     d.signal("-HUP");
     let reloading = d.next_notify().expect("RELOADING=1");
     assert!(reloading.contains("RELOADING=1"), "{reloading}");
-    assert!(d.next_notify().expect("READY=1 after reload").contains("READY=1"));
+    assert!(
+        d.next_notify()
+            .expect("READY=1 after reload")
+            .contains("READY=1")
+    );
     let log = d.log();
     assert!(log.contains("configuration reload refused"), "{log}");
-    assert!(log.contains("20-support.yaml:13:13: invalid answer \"whenever\""), "{log}");
+    assert!(
+        log.contains("20-support.yaml:13:13: invalid answer \"whenever\""),
+        "{log}"
+    );
     assert_eq!(http_get(port, "/health").map(|r| r.0), Some(200));
 
     // A valid one is applied.
@@ -143,7 +179,10 @@ fn notifies_systemd_reloads_safely_and_stops_cleanly() {
     let stopping = d.next_notify().expect("STOPPING=1");
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
-    assert!(http_get(port, "/health").is_none(), "listener closed after exit");
+    assert!(
+        http_get(port, "/health").is_none(),
+        "listener closed after exit"
+    );
 }
 
 #[test]
@@ -156,7 +195,10 @@ fn run_refuses_an_invalid_config_with_exit_64() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("roomline.yaml:5:3: invalid YAML: unknown field `region`"), "{stderr}");
+    assert!(
+        stderr.contains("roomline.yaml:5:3: invalid YAML: unknown field `region`"),
+        "{stderr}"
+    );
     drop(dir);
 }
 
@@ -168,7 +210,11 @@ fn run_reports_a_port_in_use_with_exit_1() {
     let config = example_config(dir.path(), port);
     let mut d = Daemon::start(&config, dir.path());
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(1), "{}", d.log());
-    assert!(d.log().contains("cannot bind the HTTP listener"), "{}", d.log());
+    assert!(
+        d.log().contains("cannot bind the HTTP listener"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -186,12 +232,18 @@ fn systemd_unit_verifies() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("roomline.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/roomline", env!("CARGO_BIN_EXE_roomline"))).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/roomline", env!("CARGO_BIN_EXE_roomline")),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
         .output()
-        .expect("systemd-analyze (Debian package systemd) must be installed: scripts/install-test-deps");
+        .expect(
+            "systemd-analyze (Debian package systemd) must be installed: scripts/install-test-deps",
+        );
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify: {}",

@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A position in a YAML file (1-based line and column).
-    At { file: PathBuf, line: u32, column: u32 },
+    At {
+        file: PathBuf,
+        line: u32,
+        column: u32,
+    },
     /// A whole file (missing, unreadable, empty).
     File(PathBuf),
     /// An environment variable that overrides the file.
@@ -47,7 +51,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(origin: Origin, message: impl Into<String>) -> Self {
-        ConfigError { origin, message: message.into() }
+        ConfigError {
+            origin,
+            message: message.into(),
+        }
     }
 }
 
@@ -67,7 +74,11 @@ impl fmt::Display for ConfigErrors {
             writeln!(f, "{e}")?;
         }
         let n = self.0.len();
-        write!(f, "{n} configuration error{}", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{n} configuration error{}",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -97,7 +108,10 @@ pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> ConfigError {
         .split(", set DuplicateKeyPolicy")
         .next()
         .unwrap_or(msg)
-        .replace("expected mapping start", "expected a mapping of `key: value` pairs")
+        .replace(
+            "expected mapping start",
+            "expected a mapping of `key: value` pairs",
+        )
         .replace("expected sequence start", "expected a list")
         .replace("expected string scalar", "expected a string");
     ConfigError::new(origin, format!("invalid YAML: {msg}"))

@@ -1,8 +1,8 @@
 //! Reads the configuration files from disk, applies environment overrides, and hands the
 //! raw values to validation. Every error from every file is collected.
 
-use super::error::{from_yaml, ConfigError, ConfigErrors, Origin};
-use super::{defaults, raw, validate, Config, SourceFiles};
+use super::error::{ConfigError, ConfigErrors, Origin, from_yaml};
+use super::{Config, SourceFiles, defaults, raw, validate};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
@@ -36,18 +36,28 @@ pub fn load_with_env(
             dir(d.value.trunks_dir.as_ref(), defaults::TRUNKS_DIR),
             dir(d.value.dialplans_dir.as_ref(), defaults::DIALPLANS_DIR),
         ),
-        None => (base.join(defaults::TRUNKS_DIR), base.join(defaults::DIALPLANS_DIR)),
+        None => (
+            base.join(defaults::TRUNKS_DIR),
+            base.join(defaults::DIALPLANS_DIR),
+        ),
     };
     let trunks: Vec<Parsed<raw::Trunk>> = parse_dir(&trunks_dir, &mut errors);
     let dialplans: Vec<Parsed<raw::Dialplan>> = parse_dir(&dialplans_dir, &mut errors);
-    let files = SourceFiles { config: path.to_path_buf(), trunks_dir, dialplans_dir };
+    let files = SourceFiles {
+        config: path.to_path_buf(),
+        trunks_dir,
+        dialplans_dir,
+    };
     let result = validate::validate(daemon, trunks, dialplans, files.clone(), env, &mut errors);
     match result {
         Some(cfg) if errors.is_empty() => Ok(cfg),
         _ => {
             sort_errors(&mut errors, &files);
             if errors.is_empty() {
-                errors.push(ConfigError::new(Origin::File(path.to_path_buf()), "invalid configuration"));
+                errors.push(ConfigError::new(
+                    Origin::File(path.to_path_buf()),
+                    "invalid configuration",
+                ));
             }
             Err(ConfigErrors(errors))
         }
@@ -62,7 +72,10 @@ fn parse_file<T: DeserializeOwned>(
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
-            errors.push(ConfigError::new(Origin::File(file.to_path_buf()), format!("cannot read file: {e}")));
+            errors.push(ConfigError::new(
+                Origin::File(file.to_path_buf()),
+                format!("cannot read file: {e}"),
+            ));
             return None;
         }
     };
@@ -71,11 +84,17 @@ fn parse_file<T: DeserializeOwned>(
         l.is_empty() || l.starts_with('#') || l == "---"
     });
     if blank && !allow_empty {
-        errors.push(ConfigError::new(Origin::File(file.to_path_buf()), "file is empty"));
+        errors.push(ConfigError::new(
+            Origin::File(file.to_path_buf()),
+            "file is empty",
+        ));
         return None;
     }
     match serde_saphyr::from_str::<T>(&text) {
-        Ok(value) => Some(Parsed { file: file.to_path_buf(), value }),
+        Ok(value) => Some(Parsed {
+            file: file.to_path_buf(),
+            value,
+        }),
         Err(e) => {
             errors.push(from_yaml(file, &e));
             None
@@ -99,11 +118,17 @@ fn parse_dir<T: DeserializeOwned>(dir: &Path, errors: &mut Vec<ConfigError>) -> 
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml") | Some("yml"))
+                && matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("yaml") | Some("yml")
+                )
         })
         .collect();
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    files.iter().filter_map(|f| parse_file(f, false, errors)).collect()
+    files
+        .iter()
+        .filter_map(|f| parse_file(f, false, errors))
+        .collect()
 }
 
 /// Orders errors as a reader goes through the files: the environment and roomline.yaml

@@ -179,7 +179,8 @@ impl fmt::Display for SipTarget {
 }
 
 pub fn parse_sip_target(s: &str) -> Result<SipTarget, String> {
-    let expected = "expected host[:port] or a SIP URI such as sip:sip.example.com:5060;transport=udp";
+    let expected =
+        "expected host[:port] or a SIP URI such as sip:sip.example.com:5060;transport=udp";
     let bad = |why: &str| format!("invalid SIP address {s:?}: {why}; {expected}");
     let mut rest = s.trim();
     let mut transport = None;
@@ -239,7 +240,11 @@ pub fn parse_sip_target(s: &str) -> Result<SipTarget, String> {
     if !host_ok {
         return Err(bad("the host is not a valid hostname or IP address"));
     }
-    Ok(SipTarget { host, port, transport })
+    Ok(SipTarget {
+        host,
+        port,
+        transport,
+    })
 }
 
 /// Strips a leading `+` (and a `tel:` scheme) so `+15550100`, `15550100` and
@@ -292,13 +297,11 @@ pub fn parse_number_pattern(s: &str) -> Result<NumberPattern, String> {
     }
     if t.len() >= 2 && t.starts_with('/') && t.ends_with('/') {
         let body = &t[1..t.len() - 1];
-        return Regex::new(body)
-            .map(NumberPattern::Regex)
-            .map_err(|e| {
-                let first = e.to_string();
-                let last = first.lines().last().unwrap_or("").trim().to_string();
-                format!("invalid regex {t:?}: {last}")
-            });
+        return Regex::new(body).map(NumberPattern::Regex).map_err(|e| {
+            let first = e.to_string();
+            let last = first.lines().last().unwrap_or("").trim().to_string();
+            format!("invalid regex {t:?}: {last}")
+        });
     }
     let (body, prefix) = match t.strip_suffix('*') {
         Some(b) => (b, true),
@@ -420,14 +423,18 @@ pub fn parse_template(s: &str) -> Result<Template, String> {
     if segments.is_empty() {
         return Err("invalid template: it is empty".to_string());
     }
-    Ok(Template { source: s.to_string(), segments })
+    Ok(Template {
+        source: s.to_string(),
+        segments,
+    })
 }
 
 /// A name usable as a trunk or rule id, a metric label and a file stem.
 pub fn check_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -467,8 +474,14 @@ mod tests {
     #[test]
     fn nets() {
         assert_eq!(parse_net("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
-        assert_eq!(parse_net("192.0.2.0/24").unwrap().to_string(), "192.0.2.0/24");
-        assert_eq!(parse_net("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
+        assert_eq!(
+            parse_net("192.0.2.0/24").unwrap().to_string(),
+            "192.0.2.0/24"
+        );
+        assert_eq!(
+            parse_net("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
         let e = parse_net("192.0.2.1/24").unwrap_err();
         assert!(e.contains("did you mean 192.0.2.0/24"), "{e}");
         assert!(parse_net("10.0.0.0/33").is_err());
@@ -478,14 +491,29 @@ mod tests {
     #[test]
     fn sip_targets() {
         let t = parse_sip_target("sip.carrier.example:5080").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.transport), ("sip.carrier.example", Some(5080), None));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.transport),
+            ("sip.carrier.example", Some(5080), None)
+        );
         let t = parse_sip_target("sip:192.0.2.1;transport=tcp").unwrap();
         assert_eq!((t.port, t.transport), (None, Some(Transport::Tcp)));
         let t = parse_sip_target("[2001:db8::1]:5060").unwrap();
         assert_eq!(t.host, "2001:db8::1");
         assert_eq!(t.to_string(), "[2001:db8::1]:5060");
-        assert_eq!(parse_sip_target("sips:x.example").unwrap().transport, Some(Transport::Tls));
-        for bad in ["", "http://x", "user@host", "host:0", "host:99999", "bad_host!", "sip:h;foo=1", "[::1"] {
+        assert_eq!(
+            parse_sip_target("sips:x.example").unwrap().transport,
+            Some(Transport::Tls)
+        );
+        for bad in [
+            "",
+            "http://x",
+            "user@host",
+            "host:0",
+            "host:99999",
+            "bad_host!",
+            "sip:h;foo=1",
+            "[::1",
+        ] {
             assert!(parse_sip_target(bad).is_err(), "{bad}");
         }
     }
@@ -508,12 +536,24 @@ mod tests {
     #[test]
     fn templates() {
         let t = parse_template("support-{caller}-{random}").unwrap();
-        let v = TemplateValues { caller: "+1555", random: "x7", ..Default::default() };
+        let v = TemplateValues {
+            caller: "+1555",
+            random: "x7",
+            ..Default::default()
+        };
         assert_eq!(t.render(&v), "support-+1555-x7");
         assert!(t.uses(TemplateVar::Caller) && !t.uses(TemplateVar::Trunk));
         assert_eq!(parse_template("lobby").unwrap().render(&v), "lobby");
-        assert!(parse_template("x-{nope}").unwrap_err().contains("unknown placeholder {nope}"));
-        assert!(parse_template("x-{caller").unwrap_err().contains("unclosed"));
+        assert!(
+            parse_template("x-{nope}")
+                .unwrap_err()
+                .contains("unknown placeholder {nope}")
+        );
+        assert!(
+            parse_template("x-{caller")
+                .unwrap_err()
+                .contains("unclosed")
+        );
         assert!(parse_template("x}").unwrap_err().contains("unmatched"));
         assert!(parse_template("").is_err());
     }

@@ -4,7 +4,7 @@
 use super::error::{ConfigError, Origin};
 use super::loader::Parsed;
 use super::raw::{self, S};
-use super::types::{self, normalize_number, Secret, Transport};
+use super::types::{self, Secret, Transport, normalize_number};
 use super::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -53,7 +53,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration_or(&mut self, file: &Path, s: Option<&S<String>>, default: Duration) -> Option<Duration> {
+    fn duration_or(
+        &mut self,
+        file: &Path,
+        s: Option<&S<String>>,
+        default: Duration,
+    ) -> Option<Duration> {
         match s {
             None => Some(default),
             Some(s) => {
@@ -86,15 +91,37 @@ pub(super) fn validate(
     if cx.errors.len() != before {
         return None;
     }
-    Some(Config { livekit, sip, rtp, http, limits, logging, trunks, rules, files })
+    Some(Config {
+        livekit,
+        sip,
+        rtp,
+        http,
+        limits,
+        logging,
+        trunks,
+        rules,
+        files,
+    })
 }
 
-type DaemonParts = (LiveKitConfig, SipConfig, RtpConfig, HttpConfig, LimitsConfig, LoggingConfig);
+type DaemonParts = (
+    LiveKitConfig,
+    SipConfig,
+    RtpConfig,
+    HttpConfig,
+    LimitsConfig,
+    LoggingConfig,
+);
 
 fn daemon_settings(cx: &mut Ctx<'_>, file: &Path, d: raw::Daemon) -> Option<DaemonParts> {
     let livekit = livekit_settings(cx, file, d.livekit.as_ref());
     let sip = sip_settings(cx, file, d.sip.as_ref());
-    let rtp = rtp_settings(cx, file, d.rtp.as_ref(), sip.as_ref().and_then(|s| s.public_ip));
+    let rtp = rtp_settings(
+        cx,
+        file,
+        d.rtp.as_ref(),
+        sip.as_ref().and_then(|s| s.public_ip),
+    );
     let http = {
         let listen = d.http.as_ref().and_then(|h| h.value.listen.as_ref());
         cx.parse_or(file, listen, defaults::HTTP_LISTEN, parse_socket_addr)
@@ -117,7 +144,9 @@ fn parse_public_ip(s: &str) -> Result<IpAddr, String> {
             "invalid public IP {s:?}: expected the address peers should send to, not a wildcard"
         )),
         Ok(ip) => Ok(ip),
-        Err(_) => Err(format!("invalid public IP {s:?}: expected an IPv4 or IPv6 address")),
+        Err(_) => Err(format!(
+            "invalid public IP {s:?}: expected an IPv4 or IPv6 address"
+        )),
     }
 }
 
@@ -140,14 +169,25 @@ fn env_or_file(
         Some(l) => Origin::at(file, l.referenced),
         None => Origin::File(file.to_path_buf()),
     };
-    cx.err(origin, format!("livekit.{field} is required (or set {var})"));
+    cx.err(
+        origin,
+        format!("livekit.{field} is required (or set {var})"),
+    );
     None
 }
 
-fn livekit_settings(cx: &mut Ctx<'_>, file: &Path, l: Option<&S<raw::LiveKit>>) -> Option<LiveKitConfig> {
+fn livekit_settings(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    l: Option<&S<raw::LiveKit>>,
+) -> Option<LiveKitConfig> {
     let url = env_or_file(cx, file, l, "LIVEKIT_URL", "url", |l| l.url.as_ref());
-    let key = env_or_file(cx, file, l, "LIVEKIT_API_KEY", "api_key", |l| l.api_key.as_ref());
-    let secret = env_or_file(cx, file, l, "LIVEKIT_API_SECRET", "api_secret", |l| l.api_secret.as_ref());
+    let key = env_or_file(cx, file, l, "LIVEKIT_API_KEY", "api_key", |l| {
+        l.api_key.as_ref()
+    });
+    let secret = env_or_file(cx, file, l, "LIVEKIT_API_SECRET", "api_secret", |l| {
+        l.api_secret.as_ref()
+    });
     let (url, url_origin) = url?;
     let scheme_ok = ["ws://", "wss://", "http://", "https://"]
         .iter()
@@ -164,7 +204,11 @@ fn livekit_settings(cx: &mut Ctx<'_>, file: &Path, l: Option<&S<raw::LiveKit>>) 
         cx.err(key_origin, "LiveKit API key has leading or trailing spaces");
         return None;
     }
-    Some(LiveKitConfig { url, api_key, api_secret: Secret::new(secret?.0) })
+    Some(LiveKitConfig {
+        url,
+        api_key,
+        api_secret: Secret::new(secret?.0),
+    })
 }
 
 fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&S<raw::Sip>>) -> Option<SipConfig> {
@@ -182,14 +226,29 @@ fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&S<raw::Sip>>) -> Optio
             let mut out: Vec<Listener> = Vec::new();
             let mut ok = true;
             if list.value.is_empty() {
-                cx.err_at(file, list, "sip.listeners is empty: expected at least one listener");
+                cx.err_at(
+                    file,
+                    list,
+                    "sip.listeners is empty: expected at least one listener",
+                );
                 ok = false;
             }
             for l in &list.value {
                 match listener(cx, file, l) {
                     Some(new) => {
-                        if out.iter().any(|o| o.transport == new.transport && o.address == new.address) {
-                            cx.err_at(file, l, format!("duplicate listener {} {}", new.transport.as_str(), new.address));
+                        if out
+                            .iter()
+                            .any(|o| o.transport == new.transport && o.address == new.address)
+                        {
+                            cx.err_at(
+                                file,
+                                l,
+                                format!(
+                                    "duplicate listener {} {}",
+                                    new.transport.as_str(),
+                                    new.address
+                                ),
+                            );
                             ok = false;
                         } else {
                             out.push(new);
@@ -223,10 +282,17 @@ fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&S<raw::Sip>>) -> Optio
         |v| match v {
             "reject" => Ok(UnmatchedInbound::Reject),
             "drop" => Ok(UnmatchedInbound::Drop),
-            _ => Err(format!("invalid unmatched_inbound {v:?}: expected reject or drop")),
+            _ => Err(format!(
+                "invalid unmatched_inbound {v:?}: expected reject or drop"
+            )),
         },
     )?;
-    Some(SipConfig { listeners, public_ip, user_agent, unmatched_inbound })
+    Some(SipConfig {
+        listeners,
+        public_ip,
+        user_agent,
+        unmatched_inbound,
+    })
 }
 
 fn listener(cx: &mut Ctx<'_>, file: &Path, l: &S<raw::Listener>) -> Option<Listener> {
@@ -235,7 +301,10 @@ fn listener(cx: &mut Ctx<'_>, file: &Path, l: &S<raw::Listener>) -> Option<Liste
     let address = cx.parse(file, &v.address, parse_socket_addr);
     let transport = transport?;
     let tls = match (transport, &v.cert, &v.key) {
-        (Transport::Tls, Some(c), Some(k)) => Some(TlsFiles { cert: c.value.clone().into(), key: k.value.clone().into() }),
+        (Transport::Tls, Some(c), Some(k)) => Some(TlsFiles {
+            cert: c.value.clone().into(),
+            key: k.value.clone().into(),
+        }),
         (Transport::Tls, _, _) => {
             cx.err_at(file, l, "a tls listener needs both cert and key");
             return None;
@@ -243,11 +312,22 @@ fn listener(cx: &mut Ctx<'_>, file: &Path, l: &S<raw::Listener>) -> Option<Liste
         (_, None, None) => None,
         (t, c, k) => {
             let at = c.as_ref().or(k.as_ref()).expect("one is set");
-            cx.err_at(file, at, format!("cert and key apply only to tls listeners, not {}", t.as_str()));
+            cx.err_at(
+                file,
+                at,
+                format!(
+                    "cert and key apply only to tls listeners, not {}",
+                    t.as_str()
+                ),
+            );
             return None;
         }
     };
-    Some(Listener { transport, address: address?, tls })
+    Some(Listener {
+        transport,
+        address: address?,
+        tls,
+    })
 }
 
 fn rtp_settings(
@@ -257,12 +337,21 @@ fn rtp_settings(
     sip_public_ip: Option<IpAddr>,
 ) -> Option<RtpConfig> {
     let r = r.map(|r| &r.value);
-    let ports = cx.parse_or(file, r.and_then(|r| r.port_range.as_ref()), defaults::RTP_PORT_RANGE, types::parse_port_range);
+    let ports = cx.parse_or(
+        file,
+        r.and_then(|r| r.port_range.as_ref()),
+        defaults::RTP_PORT_RANGE,
+        types::parse_port_range,
+    );
     let public_ip = match r.and_then(|r| r.public_ip.as_ref()) {
         Some(p) => cx.parse(file, p, parse_public_ip).map(Some),
         None => Some(sip_public_ip),
     };
-    let media_timeout = cx.duration_or(file, r.and_then(|r| r.media_timeout.as_ref()), defaults::MEDIA_TIMEOUT);
+    let media_timeout = cx.duration_or(
+        file,
+        r.and_then(|r| r.media_timeout.as_ref()),
+        defaults::MEDIA_TIMEOUT,
+    );
     let media_timeout_initial = cx.duration_or(
         file,
         r.and_then(|r| r.media_timeout_initial.as_ref()),
@@ -276,7 +365,11 @@ fn rtp_settings(
     })
 }
 
-fn limits_settings(cx: &mut Ctx<'_>, file: &Path, l: Option<&S<raw::Limits>>) -> Option<LimitsConfig> {
+fn limits_settings(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    l: Option<&S<raw::Limits>>,
+) -> Option<LimitsConfig> {
     let l = l.map(|l| &l.value);
     let mut positive = |s: Option<&S<u32>>, default: u32, what: &str| match s {
         None => Some(default),
@@ -286,9 +379,21 @@ fn limits_settings(cx: &mut Ctx<'_>, file: &Path, l: Option<&S<raw::Limits>>) ->
         }
         Some(v) => Some(v.value),
     };
-    let max_concurrent_calls = positive(l.and_then(|l| l.max_concurrent_calls.as_ref()), defaults::MAX_CONCURRENT_CALLS, "max_concurrent_calls");
-    let max_calls_per_second = positive(l.and_then(|l| l.max_calls_per_second.as_ref()), defaults::MAX_CALLS_PER_SECOND, "max_calls_per_second");
-    let drain_timeout = cx.duration_or(file, l.and_then(|l| l.drain_timeout.as_ref()), defaults::DRAIN_TIMEOUT);
+    let max_concurrent_calls = positive(
+        l.and_then(|l| l.max_concurrent_calls.as_ref()),
+        defaults::MAX_CONCURRENT_CALLS,
+        "max_concurrent_calls",
+    );
+    let max_calls_per_second = positive(
+        l.and_then(|l| l.max_calls_per_second.as_ref()),
+        defaults::MAX_CALLS_PER_SECOND,
+        "max_calls_per_second",
+    );
+    let drain_timeout = cx.duration_or(
+        file,
+        l.and_then(|l| l.drain_timeout.as_ref()),
+        defaults::DRAIN_TIMEOUT,
+    );
     Some(LimitsConfig {
         max_concurrent_calls: max_concurrent_calls?,
         max_calls_per_second: max_calls_per_second?,
@@ -296,23 +401,42 @@ fn limits_settings(cx: &mut Ctx<'_>, file: &Path, l: Option<&S<raw::Limits>>) ->
     })
 }
 
-fn logging_settings(cx: &mut Ctx<'_>, file: &Path, l: Option<&S<raw::Logging>>) -> Option<LoggingConfig> {
+fn logging_settings(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    l: Option<&S<raw::Logging>>,
+) -> Option<LoggingConfig> {
     let l = l.map(|l| &l.value);
-    let level = cx.parse_or(file, l.and_then(|l| l.level.as_ref()), defaults::LOG_LEVEL, |v| {
-        crate::logging::parse_filter(v).map(|_| v.to_string())
-    });
-    let format = cx.parse_or(file, l.and_then(|l| l.format.as_ref()), defaults::LOG_FORMAT, |v| match v {
-        "human" => Ok(LogFormat::Human),
-        "json" => Ok(LogFormat::Json),
-        _ => Err(format!("invalid log format {v:?}: expected human or json")),
-    });
-    Some(LoggingConfig { level: level?, format: format? })
+    let level = cx.parse_or(
+        file,
+        l.and_then(|l| l.level.as_ref()),
+        defaults::LOG_LEVEL,
+        |v| crate::logging::parse_filter(v).map(|_| v.to_string()),
+    );
+    let format = cx.parse_or(
+        file,
+        l.and_then(|l| l.format.as_ref()),
+        defaults::LOG_FORMAT,
+        |v| match v {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("invalid log format {v:?}: expected human or json")),
+        },
+    );
+    Some(LoggingConfig {
+        level: level?,
+        format: format?,
+    })
 }
 
 fn credentials(cx: &mut Ctx<'_>, file: &Path, a: &S<raw::Auth>) -> Option<Credentials> {
     let v = &a.value;
     if v.username.value.is_empty() || v.username.value.contains([':', '\r', '\n', '"']) {
-        cx.err_at(file, &v.username, "username must be non-empty and contain no ':', quote or line break");
+        cx.err_at(
+            file,
+            &v.username,
+            "username must be non-empty and contain no ':', quote or line break",
+        );
         return None;
     }
     let password = match (&v.password, &v.password_env) {
@@ -324,7 +448,14 @@ fn credentials(cx: &mut Ctx<'_>, file: &Path, a: &S<raw::Auth>) -> Option<Creden
         (None, Some(var)) => match (cx.env)(&var.value).filter(|s| !s.is_empty()) {
             Some(p) => p,
             None => {
-                cx.err_at(file, var, format!("environment variable {} (password_env) is not set", var.value));
+                cx.err_at(
+                    file,
+                    var,
+                    format!(
+                        "environment variable {} (password_env) is not set",
+                        var.value
+                    ),
+                );
                 return None;
             }
         },
@@ -337,14 +468,31 @@ fn credentials(cx: &mut Ctx<'_>, file: &Path, a: &S<raw::Auth>) -> Option<Creden
             return None;
         }
     };
-    Some(Credentials { username: v.username.value.clone(), password: Secret::new(password) })
+    Some(Credentials {
+        username: v.username.value.clone(),
+        password: Secret::new(password),
+    })
 }
 
 /// Headers a trunk may not set: Roomline writes them itself.
 const MANAGED_HEADERS: &[&str] = &[
-    "via", "from", "to", "call-id", "cseq", "contact", "content-length", "content-type",
-    "max-forwards", "authorization", "proxy-authorization", "route", "record-route",
-    "expires", "allow", "supported", "require",
+    "via",
+    "from",
+    "to",
+    "call-id",
+    "cseq",
+    "contact",
+    "content-length",
+    "content-type",
+    "max-forwards",
+    "authorization",
+    "proxy-authorization",
+    "route",
+    "record-route",
+    "expires",
+    "allow",
+    "supported",
+    "require",
 ];
 
 fn header_ok(name: &str) -> bool {
@@ -357,47 +505,94 @@ fn header_ok(name: &str) -> bool {
 fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<InboundTrunk> {
     let v = &i.value;
     let before = cx.errors.len();
-    let numbers: Vec<String> = v.numbers.iter().filter_map(|n| cx.parse(file, n, types::parse_number)).collect();
-    let allowed_addresses = v.allowed_addresses.iter().filter_map(|a| cx.parse(file, a, types::parse_net)).collect();
-    let allowed_numbers = v.allowed_numbers.iter().filter_map(|n| cx.parse(file, n, types::parse_number_pattern)).collect();
+    let numbers: Vec<String> = v
+        .numbers
+        .iter()
+        .filter_map(|n| cx.parse(file, n, types::parse_number))
+        .collect();
+    let allowed_addresses = v
+        .allowed_addresses
+        .iter()
+        .filter_map(|a| cx.parse(file, a, types::parse_net))
+        .collect();
+    let allowed_numbers = v
+        .allowed_numbers
+        .iter()
+        .filter_map(|n| cx.parse(file, n, types::parse_number_pattern))
+        .collect();
     let auth = v.auth.as_ref().map(|a| credentials(cx, file, a));
     let mut seen = HashMap::new();
     for (n, s) in numbers.iter().zip(&v.numbers) {
         if let Some(first) = seen.insert(normalize_number(n).to_string(), n.clone()) {
-            cx.err_at(file, s, format!("number {n:?} is listed twice in this trunk (also as {first:?})"));
+            cx.err_at(
+                file,
+                s,
+                format!("number {n:?} is listed twice in this trunk (also as {first:?})"),
+            );
         }
     }
     if cx.errors.len() != before {
         return None;
     }
-    Some(InboundTrunk { numbers, allowed_addresses, allowed_numbers, auth: auth.flatten() })
+    Some(InboundTrunk {
+        numbers,
+        allowed_addresses,
+        allowed_numbers,
+        auth: auth.flatten(),
+    })
 }
 
 fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<OutboundTrunk> {
     let v = &o.value;
     let before = cx.errors.len();
     let target = cx.parse(file, &v.address, types::parse_sip_target);
-    let transport = v.transport.as_ref().map(|t| (t, cx.parse(file, t, types::parse_transport)));
+    let transport = v
+        .transport
+        .as_ref()
+        .map(|t| (t, cx.parse(file, t, types::parse_transport)));
     let transport = match (&target, transport) {
         (Some(t), Some((s, Some(tr)))) => {
             if t.transport.is_some_and(|u| u != tr) {
-                cx.err_at(file, s, format!("transport {} contradicts the transport in address {:?}", tr.as_str(), v.address.value));
+                cx.err_at(
+                    file,
+                    s,
+                    format!(
+                        "transport {} contradicts the transport in address {:?}",
+                        tr.as_str(),
+                        v.address.value
+                    ),
+                );
             }
             tr
         }
         (Some(t), None) => t.transport.unwrap_or(Transport::Udp),
         _ => Transport::Udp,
     };
-    let from_number = v.from_number.as_ref().and_then(|n| cx.parse(file, n, types::parse_number));
+    let from_number = v
+        .from_number
+        .as_ref()
+        .and_then(|n| cx.parse(file, n, types::parse_number));
     let auth = v.auth.as_ref().map(|a| credentials(cx, file, a));
     let mut headers = Vec::new();
     for (name, value) in &v.headers {
         if !header_ok(name) {
-            cx.err_at(file, value, format!("invalid header name {name:?}: expected a SIP token such as X-Account"));
+            cx.err_at(
+                file,
+                value,
+                format!("invalid header name {name:?}: expected a SIP token such as X-Account"),
+            );
         } else if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            cx.err_at(file, value, format!("header {name} is set by Roomline and cannot be configured"));
+            cx.err_at(
+                file,
+                value,
+                format!("header {name} is set by Roomline and cannot be configured"),
+            );
         } else if value.value.contains(['\r', '\n']) {
-            cx.err_at(file, value, format!("header {name} value contains a line break"));
+            cx.err_at(
+                file,
+                value,
+                format!("header {name} value contains a line break"),
+            );
         } else {
             headers.push((name.clone(), value.value.clone()));
         }
@@ -405,7 +600,8 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
     let register = match &v.register {
         None => None,
         Some(r) => {
-            let expires = cx.duration_or(file, r.value.expires.as_ref(), defaults::REGISTER_EXPIRES);
+            let expires =
+                cx.duration_or(file, r.value.expires.as_ref(), defaults::REGISTER_EXPIRES);
             if let (Some(d), Some(s)) = (expires, r.value.expires.as_ref()) {
                 if d < Duration::from_secs(60) {
                     cx.err_at(file, s, "register expires must be at least 60s");
@@ -417,7 +613,14 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
     if cx.errors.len() != before {
         return None;
     }
-    Some(OutboundTrunk { target: target?, transport, from_number, auth: auth.flatten(), headers, register })
+    Some(OutboundTrunk {
+        target: target?,
+        transport,
+        from_number,
+        auth: auth.flatten(),
+        headers,
+        register,
+    })
 }
 
 /// The valid trunks, sorted by name, and the names of every trunk file that defined one
@@ -439,15 +642,28 @@ fn trunk_set(cx: &mut Ctx<'_>, parsed: Vec<Parsed<raw::Trunk>>) -> (Vec<Trunk>, 
             None => {
                 let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
                 if let Err(m) = types::check_name(stem) {
-                    cx.err(Origin::File(file.clone()), format!("{m} (the trunk name comes from the file name; set `name:` instead)"));
+                    cx.err(
+                        Origin::File(file.clone()),
+                        format!(
+                            "{m} (the trunk name comes from the file name; set `name:` instead)"
+                        ),
+                    );
                     continue;
                 }
                 stem.to_string()
             }
         };
         if let Some((_, other)) = defined.iter().find(|(n, _)| *n == name) {
-            let origin = v.name.as_ref().map_or(Origin::File(file.clone()), |n| Origin::at(file, n.referenced));
-            cx.err(origin, format!("duplicate trunk name {name:?}: also defined in {}", other.file.display()));
+            let origin = v.name.as_ref().map_or(Origin::File(file.clone()), |n| {
+                Origin::at(file, n.referenced)
+            });
+            cx.err(
+                origin,
+                format!(
+                    "duplicate trunk name {name:?}: also defined in {}",
+                    other.file.display()
+                ),
+            );
             continue;
         }
         defined.push((name.clone(), p));
@@ -455,11 +671,22 @@ fn trunk_set(cx: &mut Ctx<'_>, parsed: Vec<Parsed<raw::Trunk>>) -> (Vec<Trunk>, 
             if b.value == name {
                 cx.err_at(file, b, "a trunk cannot be its own backup");
             } else if !parsed_name_exists(&parsed, &b.value) {
-                cx.err_at(file, b, format!("backup trunk {:?} is not defined in {}", b.value, file.parent().unwrap_or(Path::new(".")).display()));
+                cx.err_at(
+                    file,
+                    b,
+                    format!(
+                        "backup trunk {:?} is not defined in {}",
+                        b.value,
+                        file.parent().unwrap_or(Path::new(".")).display()
+                    ),
+                );
             }
         }
         if v.inbound.is_none() && v.outbound.is_none() {
-            cx.err(Origin::File(file.clone()), "a trunk needs an inbound or an outbound section");
+            cx.err(
+                Origin::File(file.clone()),
+                "a trunk needs an inbound or an outbound section",
+            );
             continue;
         }
         let inb = v.inbound.as_ref().map(|i| inbound(cx, file, i));
@@ -478,15 +705,35 @@ fn trunk_set(cx: &mut Ctx<'_>, parsed: Vec<Parsed<raw::Trunk>>) -> (Vec<Trunk>, 
     }
     // Backups: exist, are not the trunk itself, and both sides can place calls.
     for (t, p) in &trunks {
-        let Some(b) = p.value.backup.as_ref() else { continue };
+        let Some(b) = p.value.backup.as_ref() else {
+            continue;
+        };
         let file = &p.file;
-        if let Some((bt, _)) = trunks.iter().find(|(x, _)| x.name == b.value && x.name != t.name) {
+        if let Some((bt, _)) = trunks
+            .iter()
+            .find(|(x, _)| x.name == b.value && x.name != t.name)
+        {
             if t.outbound.is_none() {
-                cx.err_at(file, b, "a backup applies to outbound calls: this trunk has no outbound section");
+                cx.err_at(
+                    file,
+                    b,
+                    "a backup applies to outbound calls: this trunk has no outbound section",
+                );
             } else if bt.outbound.is_none() {
-                cx.err_at(file, b, format!("backup trunk {:?} has no outbound section", b.value));
+                cx.err_at(
+                    file,
+                    b,
+                    format!("backup trunk {:?} has no outbound section", b.value),
+                );
             } else if bt.backup.as_deref() == Some(t.name.as_str()) {
-                cx.err_at(file, b, format!("trunks {:?} and {:?} name each other as backup", t.name, b.value));
+                cx.err_at(
+                    file,
+                    b,
+                    format!(
+                        "trunks {:?} and {:?} name each other as backup",
+                        t.name, b.value
+                    ),
+                );
             }
         }
     }
@@ -510,7 +757,9 @@ fn parsed_name_exists(parsed: &[Parsed<raw::Trunk>], name: &str) -> bool {
 fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
     for (i, (a, _)) in trunks.iter().enumerate() {
         for (b, pb) in &trunks[i + 1..] {
-            let (Some(ia), Some(ib)) = (&a.inbound, &b.inbound) else { continue };
+            let (Some(ia), Some(ib)) = (&a.inbound, &b.inbound) else {
+                continue;
+            };
             if !ia.allowed_numbers.is_empty() || !ib.allowed_numbers.is_empty() {
                 continue;
             }
@@ -519,16 +768,28 @@ fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
             } else {
                 ia.numbers
                     .iter()
-                    .find(|n| ib.numbers.iter().any(|m| normalize_number(m) == normalize_number(n)))
+                    .find(|n| {
+                        ib.numbers
+                            .iter()
+                            .any(|m| normalize_number(m) == normalize_number(n))
+                    })
                     .map(|n| format!("number {n}"))
             };
             let nets_overlap = ia.allowed_addresses.is_empty()
                 || ib.allowed_addresses.is_empty()
                 || ia.allowed_addresses.iter().any(|x| {
-                    ib.allowed_addresses.iter().any(|y| x.contains(&y.network()) || y.contains(&x.network()))
+                    ib.allowed_addresses
+                        .iter()
+                        .any(|y| x.contains(&y.network()) || y.contains(&x.network()))
                 });
             if let (Some(what), true) = (shared_number, nets_overlap) {
-                let origin = pb.value.inbound.as_ref().map_or(Origin::File(pb.file.clone()), |s| Origin::at(&pb.file, s.referenced));
+                let origin = pb
+                    .value
+                    .inbound
+                    .as_ref()
+                    .map_or(Origin::File(pb.file.clone()), |s| {
+                        Origin::at(&pb.file, s.referenced)
+                    });
                 cx.err(
                     origin,
                     format!(
@@ -555,7 +816,10 @@ fn rule_set(
     for p in &dialplans {
         let file = &p.file;
         if p.value.rules.is_empty() {
-            cx.err(Origin::File(file.clone()), "rules is empty: expected at least one rule");
+            cx.err(
+                Origin::File(file.clone()),
+                "rules is empty: expected at least one rule",
+            );
         }
         for r in &p.value.rules {
             let here = Origin::at(file, r.referenced);
@@ -563,7 +827,14 @@ fn rule_set(
             if let Err(m) = types::check_name(&name.value) {
                 cx.err_at(file, name, m);
             } else if let Some(first) = names.get(&name.value) {
-                cx.err_at(file, name, format!("duplicate rule name {:?}: first defined at {first}", name.value));
+                cx.err_at(
+                    file,
+                    name,
+                    format!(
+                        "duplicate rule name {:?}: first defined at {first}",
+                        name.value
+                    ),
+                );
             } else {
                 names.insert(name.value.clone(), Origin::at(file, name.referenced));
             }
@@ -571,7 +842,11 @@ fn rule_set(
                 cx.err(here.clone(), format!("rule {:?} can never match: rule {first:?} at {at} matches every call before it", name.value));
             }
             if let Some(rule) = rule(cx, file, r, trunks, trunk_names) {
-                if rule.trunks.is_empty() && rule.called.is_none() && rule.caller.is_none() && catch_all.is_none() {
+                if rule.trunks.is_empty()
+                    && rule.called.is_none()
+                    && rule.caller.is_none()
+                    && catch_all.is_none()
+                {
                     catch_all = Some((rule.name.clone(), here));
                 }
                 rules.push(rule);
@@ -602,8 +877,16 @@ fn rule(
                 Some(_) => rule_trunks.push(t.value.clone()),
             }
         }
-        called = m.value.called.as_ref().and_then(|c| cx.parse(file, c, types::parse_number_pattern));
-        caller = m.value.caller.as_ref().and_then(|c| cx.parse(file, c, types::parse_number_pattern));
+        called = m
+            .value
+            .called
+            .as_ref()
+            .and_then(|c| cx.parse(file, c, types::parse_number_pattern));
+        caller = m
+            .value
+            .caller
+            .as_ref()
+            .and_then(|c| cx.parse(file, c, types::parse_number_pattern));
     }
     let action = match (&v.room, &v.reject) {
         (Some(_), Some(rej)) => {
@@ -611,7 +894,11 @@ fn rule(
             None
         }
         (None, None) => {
-            cx.err_at(file, r, "a rule needs room (where to send the call) or reject (a SIP status)");
+            cx.err_at(
+                file,
+                r,
+                "a rule needs room (where to send the call) or reject (a SIP status)",
+            );
             None
         }
         (None, Some(rej)) => {
@@ -625,7 +912,11 @@ fn rule(
             ];
             for (key, set) in join_only {
                 if set {
-                    cx.err_at(file, rej, format!("{key} applies only to rules with room, not to reject rules"));
+                    cx.err_at(
+                        file,
+                        rej,
+                        format!("{key} applies only to rules with room, not to reject rules"),
+                    );
                 }
             }
             let status = rej.value.status.value;
@@ -633,7 +924,12 @@ fn rule(
                 cx.err_at(file, &rej.value.status, format!("invalid reject status {status}: expected a SIP failure status from 400 to 699"));
             }
             let reason = rej.value.reason.as_ref().map(|s| s.value.clone());
-            if let Some(s) = rej.value.reason.as_ref().filter(|s| s.value.contains(['\r', '\n'])) {
+            if let Some(s) = rej
+                .value
+                .reason
+                .as_ref()
+                .filter(|s| s.value.contains(['\r', '\n']))
+            {
                 cx.err_at(file, s, "reason contains a line break");
             }
             Some(RuleAction::Reject { status, reason })
@@ -643,7 +939,14 @@ fn rule(
     if broken || cx.errors.len() != before {
         return None;
     }
-    Some(Rule { name: v.name.value.clone(), file: file.to_path_buf(), trunks: rule_trunks, called, caller, action: action? })
+    Some(Rule {
+        name: v.name.value.clone(),
+        file: file.to_path_buf(),
+        trunks: rule_trunks,
+        called,
+        caller,
+        action: action?,
+    })
 }
 
 fn join_room(cx: &mut Ctx<'_>, file: &Path, v: &raw::Rule, room: &S<String>) -> Option<JoinRoom> {
@@ -658,9 +961,21 @@ fn join_room(cx: &mut Ctx<'_>, file: &Path, v: &raw::Rule, room: &S<String>) -> 
         })
     });
     let part = v.participant.as_ref().map(|p| &p.value);
-    let identity = cx.parse_or(file, part.and_then(|p| p.identity.as_ref()), defaults::RULE_IDENTITY, types::parse_template);
-    let name = cx.parse_or(file, part.and_then(|p| p.name.as_ref()), defaults::RULE_NAME, types::parse_template);
-    let metadata = part.and_then(|p| p.metadata.as_ref()).map(|m| m.value.clone());
+    let identity = cx.parse_or(
+        file,
+        part.and_then(|p| p.identity.as_ref()),
+        defaults::RULE_IDENTITY,
+        types::parse_template,
+    );
+    let name = cx.parse_or(
+        file,
+        part.and_then(|p| p.name.as_ref()),
+        defaults::RULE_NAME,
+        types::parse_template,
+    );
+    let metadata = part
+        .and_then(|p| p.metadata.as_ref())
+        .map(|m| m.value.clone());
     let mut attributes = Vec::new();
     for (k, val) in part.map(|p| &p.attributes).into_iter().flatten() {
         if k.is_empty() || k.starts_with("sip.") {
@@ -674,16 +989,33 @@ fn join_room(cx: &mut Ctx<'_>, file: &Path, v: &raw::Rule, room: &S<String>) -> 
         if a.value.name.value.trim().is_empty() {
             cx.err_at(file, &a.value.name, "agent name is empty");
         } else {
-            agents.push(AgentDispatch { name: a.value.name.value.clone(), metadata: a.value.metadata.as_ref().map(|m| m.value.clone()) });
+            agents.push(AgentDispatch {
+                name: a.value.name.value.clone(),
+                metadata: a.value.metadata.as_ref().map(|m| m.value.clone()),
+            });
         }
     }
-    let answer = cx.parse_or(file, v.answer.as_ref(), defaults::RULE_ANSWER, |s| match s {
-        "on_join" => Ok(AnswerMode::OnJoin),
-        "on_first_track" => Ok(AnswerMode::OnFirstTrack),
-        _ => Err(format!("invalid answer {s:?}: expected on_join or on_first_track")),
-    });
-    let ringing_timeout = cx.duration_or(file, v.ringing_timeout.as_ref(), defaults::RULE_RINGING_TIMEOUT);
-    let early_media = v.early_media.as_ref().map_or(defaults::RULE_EARLY_MEDIA, |e| e.value);
+    let answer = cx.parse_or(
+        file,
+        v.answer.as_ref(),
+        defaults::RULE_ANSWER,
+        |s| match s {
+            "on_join" => Ok(AnswerMode::OnJoin),
+            "on_first_track" => Ok(AnswerMode::OnFirstTrack),
+            _ => Err(format!(
+                "invalid answer {s:?}: expected on_join or on_first_track"
+            )),
+        },
+    );
+    let ringing_timeout = cx.duration_or(
+        file,
+        v.ringing_timeout.as_ref(),
+        defaults::RULE_RINGING_TIMEOUT,
+    );
+    let early_media = v
+        .early_media
+        .as_ref()
+        .map_or(defaults::RULE_EARLY_MEDIA, |e| e.value);
     let pin = match (&v.pin, pin) {
         (Some(_), None) => return None,
         (_, p) => p,
