@@ -13,3 +13,4 @@ pub mod logging;
 pub mod ops;
 pub mod sip;
 pub mod token;
+pub mod trunk;

@@ -289,6 +289,20 @@ impl NumberPattern {
     }
 }
 
+impl NumberPattern {
+    /// Whether some number could match both patterns. A regex is assumed to overlap
+    /// anything, since that cannot be decided in general.
+    pub fn may_overlap(&self, other: &NumberPattern) -> bool {
+        use NumberPattern::*;
+        match (self, other) {
+            (Exact(a), Exact(b)) => a == b,
+            (Exact(e), Prefix(p)) | (Prefix(p), Exact(e)) => e.starts_with(p.as_str()),
+            (Prefix(a), Prefix(b)) => a.starts_with(b.as_str()) || b.starts_with(a.as_str()),
+            _ => true,
+        }
+    }
+}
+
 pub fn parse_number_pattern(s: &str) -> Result<NumberPattern, String> {
     let expected = "expected a number such as +15550100, a prefix such as +1555*, or a regex such as /^\\+1555/";
     let t = s.trim();
@@ -531,6 +545,13 @@ mod tests {
         assert!(parse_number_pattern("/(/").is_err());
         assert!(parse_number_pattern("abc").is_err());
         assert!(parse_number_pattern("+").is_err());
+        let p = |s| parse_number_pattern(s).unwrap();
+        assert!(p("+1555*").may_overlap(&p("+15550100")));
+        assert!(p("+1555*").may_overlap(&p("+15*")));
+        assert!(!p("+1555*").may_overlap(&p("+1666*")));
+        assert!(!p("+15550100").may_overlap(&p("+15550101")));
+        assert!(p("/^1/").may_overlap(&p("+2")));
+        assert!(p("*").may_overlap(&p("+2")));
     }
 
     #[test]

@@ -752,17 +752,14 @@ fn parsed_name_exists(parsed: &[Parsed<raw::Trunk>], name: &str) -> bool {
 }
 
 /// Two inbound trunks are ambiguous when one call could match both: their numbers overlap
-/// (an empty list is any number), their source addresses overlap (empty is any), and
-/// neither narrows by caller number.
+/// (an empty list is any number), their source addresses overlap (empty is any), and their
+/// caller filters overlap (empty is any caller; a regex may match anything).
 fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
     for (i, (a, _)) in trunks.iter().enumerate() {
         for (b, pb) in &trunks[i + 1..] {
             let (Some(ia), Some(ib)) = (&a.inbound, &b.inbound) else {
                 continue;
             };
-            if !ia.allowed_numbers.is_empty() || !ib.allowed_numbers.is_empty() {
-                continue;
-            }
             let shared_number = if ia.numbers.is_empty() || ib.numbers.is_empty() {
                 Some("any number".to_string())
             } else {
@@ -782,7 +779,13 @@ fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
                         .iter()
                         .any(|y| x.contains(&y.network()) || y.contains(&x.network()))
                 });
-            if let (Some(what), true) = (shared_number, nets_overlap) {
+            let callers_overlap = ia.allowed_numbers.is_empty()
+                || ib.allowed_numbers.is_empty()
+                || ia
+                    .allowed_numbers
+                    .iter()
+                    .any(|x| ib.allowed_numbers.iter().any(|y| x.may_overlap(y)));
+            if let (Some(what), true, true) = (shared_number, nets_overlap, callers_overlap) {
                 let origin = pb
                     .value
                     .inbound
@@ -793,7 +796,7 @@ fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
                 cx.err(
                     origin,
                     format!(
-                        "inbound side of trunk {:?} overlaps trunk {:?} ({}): a call to {what} from the same address would match both; give them distinct numbers or allowed_addresses",
+                        "inbound side of trunk {:?} overlaps trunk {:?} ({}): a call to {what} from the same address and caller would match both; give them distinct numbers, allowed_addresses or allowed_numbers",
                         b.name,
                         a.name,
                         a.file.display()
