@@ -35,6 +35,20 @@ enum Command {
     Check,
     /// Mint a LiveKit access token signed with the configured API key and secret
     Token(TokenArgs),
+    /// SIP diagnostics
+    #[command(subcommand)]
+    Sip(SipCommand),
+}
+
+#[derive(Subcommand)]
+enum SipCommand {
+    /// Check a SIP message (e.g. pasted from a trace) as the daemon does on receipt: exit 0
+    /// and print its key fields if accepted, exit 1 with the reason and the daemon's answer
+    /// if not. FILE may be - for standard input.
+    Parse {
+        /// File holding one SIP message
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -71,6 +85,9 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sip(SipCommand::Parse { file }) = &cli.command {
+        return sip_parse(file);
+    }
     let cfg = match config::load(&cli.config) {
         Ok(c) => c,
         Err(errs) => {
@@ -112,6 +129,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Sip(_) => unreachable!("handled before loading the configuration"),
         Command::Run => {
             if let Err(e) = roomline::logging::init(&cfg.logging.level, cfg.logging.format) {
                 eprintln!("roomline: {e}");
@@ -128,6 +146,82 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(roomline::daemon::run(&cli.config, cfg))
+        }
+    }
+}
+
+fn sip_parse(file: &std::path::Path) -> ExitCode {
+    use roomline::sip::message::{self, StartLine};
+    let read = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(file)
+    };
+    let mut data = match read {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("roomline sip parse: cannot read {}: {e}", file.display());
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    // Text copied out of a trace often loses its CRs; SIP needs CRLF.
+    if !data.contains(&b'\r') && data.contains(&b'\n') {
+        let mut fixed = Vec::with_capacity(data.len() + data.len() / 20);
+        for b in data {
+            if b == b'\n' {
+                fixed.push(b'\r');
+            }
+            fixed.push(b);
+        }
+        data = fixed;
+        println!("note: the file had LF line endings; read as CRLF");
+    }
+    match message::parse(&data) {
+        Ok(m) => {
+            match &m.start {
+                StartLine::Request { method, uri } => println!("accepted: request {method} {uri}"),
+                StartLine::Response { status, reason } => {
+                    println!("accepted: response {status} {reason}")
+                }
+            }
+            for name in [
+                "Call-ID",
+                "CSeq",
+                "From",
+                "To",
+                "Contact",
+                "Max-Forwards",
+                "Content-Type",
+            ] {
+                if let Some(v) = m.header(name) {
+                    println!("{name}: {v}");
+                }
+            }
+            for v in m.headers_named("Via") {
+                println!("Via: {v}");
+            }
+            println!("headers: {}, body: {} bytes", m.headers.len(), m.body.len());
+            if m.trailing > 0 {
+                println!(
+                    "note: {} bytes after the message were ignored (Content-Length)",
+                    m.trailing
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("rejected: {}", e.invalid.reason());
+            match e.status() {
+                Some(400) => println!("the daemon answers: 400 Bad Request"),
+                Some(505) => println!("the daemon answers: 505 Version Not Supported"),
+                Some(s) => println!("the daemon answers: {s}"),
+                None if e.is_response => {
+                    println!("the daemon drops it (a response is never answered)")
+                }
+                None => println!("the daemon drops it (no answerable request line)"),
+            }
+            ExitCode::from(1)
         }
     }
 }
