@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod dialplan;
 pub mod logging;
 pub mod ops;
 pub mod sip;

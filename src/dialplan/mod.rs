@@ -1,0 +1,211 @@
+//! Call routing, a pure function: (configuration, call summary) -> decision. First matching
+//! rule wins, files in name order and rules in file order (the order `Config::rules`
+//! keeps). No rule: 404. Rendering fills the room and participant templates and adds the
+//! `sip.*` attributes LiveKit's own SIP service sets, so agents work unchanged.
+
+use crate::config::{AgentDispatch, AnswerMode, Config, Rule, RuleAction, TemplateValues};
+use std::time::Duration;
+
+/// What routing knows about an inbound call.
+#[derive(Debug, Clone)]
+pub struct CallSummary<'a> {
+    /// The matched trunk's name.
+    pub trunk: &'a str,
+    /// The called number as received (Request-URI / To user part).
+    pub called: &'a str,
+    /// The caller number as received (From user part).
+    pub caller: &'a str,
+    pub call_id: &'a str,
+    /// Random text for `{random}` (the caller supplies it: routing reads no entropy).
+    pub random: &'a str,
+}
+
+/// Where the call goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Join(Box<JoinPlan>),
+    Reject {
+        rule: String,
+        status: u16,
+        reason: Option<String>,
+    },
+    /// No rule matched: 404 Not Found.
+    NoRule,
+}
+
+impl Decision {
+    /// The SIP status a call gets when it is not joined to a room.
+    pub fn reject_status(&self) -> Option<u16> {
+        match self {
+            Decision::Join(_) => None,
+            Decision::Reject { status, .. } => Some(*status),
+            Decision::NoRule => Some(404),
+        }
+    }
+}
+
+/// A rendered join: everything the call task needs to join the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinPlan {
+    pub rule: String,
+    pub room: String,
+    pub identity: String,
+    pub name: String,
+    pub metadata: Option<String>,
+    /// Rule attributes, then the `sip.*` attributes.
+    pub attributes: Vec<(String, String)>,
+    pub pin: Option<String>,
+    pub agents: Vec<(String, Option<String>)>,
+    pub answer: AnswerMode,
+    pub ringing_timeout: Duration,
+    pub early_media: bool,
+}
+
+fn matches(rule: &Rule, call: &CallSummary<'_>) -> bool {
+    (rule.trunks.is_empty() || rule.trunks.iter().any(|t| t == call.trunk))
+        && rule.called.as_ref().is_none_or(|p| p.matches(call.called))
+        && rule.caller.as_ref().is_none_or(|p| p.matches(call.caller))
+}
+
+/// Routes a call.
+pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
+    let Some(rule) = cfg.rules.iter().find(|r| matches(r, call)) else {
+        return Decision::NoRule;
+    };
+    match &rule.action {
+        RuleAction::Reject { status, reason } => Decision::Reject {
+            rule: rule.name.clone(),
+            status: *status,
+            reason: reason.clone(),
+        },
+        RuleAction::Join(j) => {
+            let v = TemplateValues {
+                caller: call.caller,
+                called: call.called,
+                trunk: call.trunk,
+                call_id: call.call_id,
+                random: call.random,
+            };
+            let mut attributes: Vec<(String, String)> = j
+                .attributes
+                .iter()
+                .map(|(k, t)| (k.clone(), t.render(&v)))
+                .collect();
+            attributes.extend([
+                ("sip.callID".to_string(), call.call_id.to_string()),
+                ("sip.trunkID".to_string(), call.trunk.to_string()),
+                ("sip.ruleID".to_string(), rule.name.clone()),
+                ("sip.phoneNumber".to_string(), call.caller.to_string()),
+                ("sip.trunkPhoneNumber".to_string(), call.called.to_string()),
+            ]);
+            Decision::Join(Box::new(JoinPlan {
+                rule: rule.name.clone(),
+                room: j.room.render(&v),
+                identity: j.identity.render(&v),
+                name: j.name.render(&v),
+                metadata: j.metadata.clone(),
+                attributes,
+                pin: j.pin.clone(),
+                agents: j
+                    .agents
+                    .iter()
+                    .map(|AgentDispatch { name, metadata }| (name.clone(), metadata.clone()))
+                    .collect(),
+                answer: j.answer,
+                ringing_timeout: j.ringing_timeout,
+                early_media: j.early_media,
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The example configuration shipped at the repository root.
+    fn examples() -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("roomline.yaml");
+        crate::config::load_with_env(&path, &|_| None).expect("examples are valid")
+    }
+
+    fn call<'a>(trunk: &'a str, called: &'a str, caller: &'a str) -> CallSummary<'a> {
+        CallSummary {
+            trunk,
+            called,
+            caller,
+            call_id: "c1",
+            random: "r4nd",
+        }
+    }
+
+    #[test]
+    fn first_match_wins_in_file_order() {
+        let cfg = examples();
+        // 00-blocklist comes before everything: a premium-rate caller is refused anywhere.
+        let d = route(&cfg, &call("carrier", "+15550100", "+19005551234"));
+        assert_eq!(
+            d,
+            Decision::Reject {
+                rule: "block-premium-rate".into(),
+                status: 603,
+                reason: Some("Decline".into())
+            }
+        );
+        assert_eq!(d.reject_status(), Some(603));
+    }
+
+    #[test]
+    fn per_caller_room_with_sip_attributes() {
+        let cfg = examples();
+        let Decision::Join(p) = route(&cfg, &call("carrier", "15550100", "+447700900089")) else {
+            panic!()
+        };
+        assert_eq!(p.rule, "support");
+        assert_eq!(p.room, "support-+447700900089");
+        assert_eq!(p.identity, "sip_+447700900089");
+        assert_eq!(p.name, "Phone +447700900089");
+        assert_eq!(p.answer, AnswerMode::OnFirstTrack);
+        assert_eq!(p.ringing_timeout, Duration::from_secs(20));
+        assert_eq!(p.agents, vec![("support-agent".to_string(), None)]);
+        let attr = |k: &str| {
+            p.attributes
+                .iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(attr("line"), Some("support"));
+        assert_eq!(attr("sip.callID"), Some("c1"));
+        assert_eq!(attr("sip.trunkID"), Some("carrier"));
+        assert_eq!(attr("sip.ruleID"), Some("support"));
+        assert_eq!(attr("sip.phoneNumber"), Some("+447700900089"));
+        assert_eq!(attr("sip.trunkPhoneNumber"), Some("15550100"));
+    }
+
+    #[test]
+    fn pin_room_trunk_filter_and_no_rule() {
+        let cfg = examples();
+        let Decision::Join(p) = route(&cfg, &call("carrier", "+15550101", "+15551112222")) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.room.as_str(), p.pin.as_deref(), p.name.as_str()),
+            ("weekly-conference", Some("4321"), "Caller +15551112222")
+        );
+        // The conference rule is for the carrier trunk only; from the PBX it is the lobby.
+        let Decision::Join(p) = route(&cfg, &call("office-pbx", "+15550101", "2001")) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.rule.as_str(), p.room.as_str()),
+            ("office-lobby", "lobby-+15550101")
+        );
+        // Nothing routes a carrier call to an unknown number.
+        let d = route(&cfg, &call("carrier", "+15559999", "+15551112222"));
+        assert_eq!(
+            (d.clone(), d.reject_status()),
+            (Decision::NoRule, Some(404))
+        );
+    }
+}
