@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod dialplan;
 pub mod logging;
+pub mod media;
 pub mod ops;
 pub mod sip;
 pub mod token;
