@@ -2,10 +2,14 @@
 //!
 //! Module map:
 //! - `config`: strict YAML configuration, validated into an immutable snapshot.
-//! - `logging`: tracing setup and the `Phone` redacting wrapper for numbers.
+//! - `dialplan`: call routing, a pure function of the configuration and the call.
+//! - `trunk`: trunks at run time (inbound matching so far).
+//! - `sip`: the SIP side; so far sans-IO cores: digest auth, message checks, SDP.
+//! - `media`: the RTP side; so far sans-IO cores: RTP, G.711, DTMF, jitter buffer.
 //! - `token`: LiveKit access tokens signed with the configured key and secret.
-//! - `daemon`: the `roomline run` process shell (HTTP health, signals, systemd notify).
-//! - `sip`: the SIP side; so far digest authentication (sans-IO).
+//! - `logging`: tracing setup and the `Phone` redacting wrapper for numbers.
+//! - `daemon`, `api`, `ops`: the `roomline run` process shell (HTTP health, signals,
+//!   systemd notify).
 pub mod api;
 pub mod config;
 pub mod daemon;
