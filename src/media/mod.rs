@@ -5,9 +5,11 @@
 //! - `g711`: PCMU/PCMA, bit-exact with ITU-T G.191.
 //! - `dtmf`: RFC 4733 telephone-events: payload, digit mapping, receiver, sender.
 //! - `jitter`: adaptive jitter buffer (`push(now, packet)`, `pop(now)`).
+//! - `ports`: RTP port pairs from the configured range, with a drain period before reuse.
 pub mod dtmf;
 pub mod g711;
 pub mod jitter;
+pub mod ports;
 pub mod rtp;
 
 #[cfg(test)]
