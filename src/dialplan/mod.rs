@@ -6,19 +6,10 @@
 use crate::config::{AgentDispatch, AnswerMode, Config, Rule, RuleAction, TemplateValues};
 use std::time::Duration;
 
-/// What routing knows about an inbound call.
-#[derive(Debug, Clone)]
-pub struct CallSummary<'a> {
-    /// The matched trunk's name.
-    pub trunk: &'a str,
-    /// The called number as received (Request-URI / To user part).
-    pub called: &'a str,
-    /// The caller number as received (From user part).
-    pub caller: &'a str,
-    pub call_id: &'a str,
-    /// Random text for `{random}` (the caller supplies it: routing reads no entropy).
-    pub random: &'a str,
-}
+/// What routing knows about an inbound call: the matched trunk, the called and caller
+/// numbers as received, the Call-ID, and random text for `{random}` (the caller supplies
+/// it: routing reads no entropy). The same values fill the templates.
+pub type CallSummary<'a> = TemplateValues<'a>;
 
 /// Where the call goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,17 +70,11 @@ pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
             reason: reason.clone(),
         },
         RuleAction::Join(j) => {
-            let v = TemplateValues {
-                caller: call.caller,
-                called: call.called,
-                trunk: call.trunk,
-                call_id: call.call_id,
-                random: call.random,
-            };
+            let v = call;
             let mut attributes: Vec<(String, String)> = j
                 .attributes
                 .iter()
-                .map(|(k, t)| (k.clone(), t.render(&v)))
+                .map(|(k, t)| (k.clone(), t.render(v)))
                 .collect();
             attributes.extend([
                 ("sip.callID".to_string(), call.call_id.to_string()),
@@ -100,9 +85,9 @@ pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
             ]);
             Decision::Join(Box::new(JoinPlan {
                 rule: rule.name.clone(),
-                room: j.room.render(&v),
-                identity: j.identity.render(&v),
-                name: j.name.render(&v),
+                room: j.room.render(v),
+                identity: j.identity.render(v),
+                name: j.name.render(v),
                 metadata: j.metadata.clone(),
                 attributes,
                 pin: j.pin.clone(),
