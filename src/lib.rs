@@ -6,6 +6,7 @@
 //! - `trunk`: trunks at run time (inbound matching so far).
 //! - `sip`: the SIP side; so far sans-IO cores: digest auth, message checks, SDP.
 //! - `media`: the RTP side; so far sans-IO cores: RTP, G.711, DTMF, jitter buffer.
+//! - `livekit`: the LiveKit participant (signalling and WebRTC).
 //! - `token`: LiveKit access tokens signed with the configured key and secret.
 //! - `logging`: tracing setup and the `Phone` redacting wrapper for numbers.
 //! - `daemon`, `api`, `ops`: the `roomline run` process shell (HTTP health, signals,
@@ -14,6 +15,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod dialplan;
+pub mod livekit;
 pub mod logging;
 pub mod media;
 pub mod ops;

@@ -5,10 +5,7 @@
 mod common;
 
 use common::livekit::LiveKitServer;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
 fn mint(server: &LiveKitServer, secret: &str, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_roomline"))
@@ -34,26 +31,8 @@ fn mint(server: &LiveKitServer, secret: &str, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// POSTs a Twirp JSON request; returns the status and body.
 fn twirp(server: &LiveKitServer, method: &str, token: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /twirp/livekit.RoomService/{method} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    server.twirp(&format!("livekit.RoomService/{method}"), token, body)
 }
 
 #[test]

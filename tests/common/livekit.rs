@@ -260,6 +260,34 @@ impl LiveKitServer {
     }
 
     /// `--url/--api-key/--api-secret` arguments for `roompeer.py`.
+    /// POSTs a Twirp JSON request (`service_method` such as `livekit.RoomService/ListRooms`)
+    /// with `Authorization: Bearer token`; returns the HTTP status and the body.
+    pub fn twirp(&self, service_method: &str, token: &str, body: &str) -> (u16, String) {
+        let mut s =
+            TcpStream::connect(("127.0.0.1", self.port())).expect("connect to livekit-server");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /twirp/{service_method} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     pub fn peer_args(&self) -> Vec<String> {
         vec![
             "--url".into(),

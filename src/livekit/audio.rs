@@ -1,0 +1,188 @@
+//! Codecs at the LiveKit edge: Opus encoding of 20 ms phone-rate PCM, decoding of remote
+//! Opus (and G.711, which other gateways may publish; G.711 itself is `media::g711`)
+//! straight to the phone rate, and the
+//! RFC 6464 audio level of a frame.
+
+use super::SampleRate;
+use crate::media::g711::{alaw_to_linear, ulaw_to_linear};
+
+/// Opus RTP clock (RFC 7587: always 48 kHz).
+pub(crate) const OPUS_CLOCK: u64 = 48_000;
+/// RTP ticks in 20 ms at the Opus clock.
+pub(crate) const TICKS_20MS: u64 = OPUS_CLOCK / 50;
+
+pub(crate) struct OpusEncoder {
+    enc: opus::Encoder,
+    out: Vec<u8>,
+}
+
+impl OpusEncoder {
+    pub(crate) fn new(rate: SampleRate) -> Result<Self, String> {
+        let mut enc = opus::Encoder::new(rate.hz(), opus::Channels::Mono, opus::Application::Voip)
+            .map_err(|e| format!("opus encoder: {e}"))?;
+        // speech at phone bandwidth: 32 kbit/s is plenty; FEC helps on lossy uplinks
+        let _ = enc.set_bitrate(opus::Bitrate::Bits(32_000));
+        let _ = enc.set_inband_fec(true);
+        let _ = enc.set_packet_loss_perc(5);
+        let _ = enc.set_dtx(false);
+        Ok(OpusEncoder {
+            enc,
+            out: vec![0; 1500],
+        })
+    }
+
+    /// One 20 ms frame -> one Opus packet.
+    pub(crate) fn encode(&mut self, pcm: &[i16]) -> Result<Vec<u8>, String> {
+        let n = self
+            .enc
+            .encode(pcm, &mut self.out)
+            .map_err(|e| format!("opus encode: {e}"))?;
+        Ok(self.out[..n].to_vec())
+    }
+}
+
+/// Which codec a remote track's payload is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemoteCodec {
+    Opus,
+    Pcmu,
+    Pcma,
+}
+
+/// Decoder for one remote track, output at the phone rate, mono.
+pub(crate) struct TrackDecoder {
+    rate: SampleRate,
+    opus: Option<opus::Decoder>,
+    buf: Vec<i16>,
+}
+
+impl TrackDecoder {
+    pub(crate) fn new(rate: SampleRate) -> Self {
+        TrackDecoder {
+            rate,
+            opus: None,
+            // 120 ms at 16 kHz is the largest Opus frame
+            buf: vec![0; 16_000 * 120 / 1000],
+        }
+    }
+
+    pub(crate) fn decode(
+        &mut self,
+        codec: RemoteCodec,
+        payload: &[u8],
+    ) -> Result<Vec<i16>, String> {
+        match codec {
+            RemoteCodec::Opus => {
+                if self.opus.is_none() {
+                    self.opus = Some(
+                        opus::Decoder::new(self.rate.hz(), opus::Channels::Mono)
+                            .map_err(|e| format!("opus decoder: {e}"))?,
+                    );
+                }
+                let dec = self.opus.as_mut().expect("just created");
+                let n = dec
+                    .decode(payload, &mut self.buf, false)
+                    .map_err(|e| format!("opus decode: {e}"))?;
+                Ok(self.buf[..n].to_vec())
+            }
+            RemoteCodec::Pcmu => Ok(self.widen(payload.iter().map(|&b| ulaw_to_linear(b)))),
+            RemoteCodec::Pcma => Ok(self.widen(payload.iter().map(|&b| alaw_to_linear(b)))),
+        }
+    }
+
+    /// 8 kHz samples -> phone rate (linear interpolation when the phone side is 16 kHz).
+    fn widen(&self, samples: impl Iterator<Item = i16>) -> Vec<i16> {
+        let s: Vec<i16> = samples.collect();
+        match self.rate {
+            SampleRate::Hz8000 => s,
+            SampleRate::Hz16000 => {
+                let mut out = Vec::with_capacity(s.len() * 2);
+                for (i, &x) in s.iter().enumerate() {
+                    let next = *s.get(i + 1).unwrap_or(&x);
+                    out.push(x);
+                    out.push(((x as i32 + next as i32) / 2) as i16);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// RFC 6464 audio level of a frame in -dBov, 0 (loudest) ..= 127 (silence).
+pub(crate) fn audio_level_dbov(pcm: &[i16]) -> u8 {
+    if pcm.is_empty() {
+        return 127;
+    }
+    let sum: f64 = pcm.iter().map(|&s| (s as f64) * (s as f64)).sum();
+    let rms = (sum / pcm.len() as f64).sqrt() / 32768.0;
+    if rms <= 0.0 {
+        return 127;
+    }
+    let db = -20.0 * rms.log10();
+    db.round().clamp(0.0, 127.0) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(freq: f64, rate: u32, n: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / rate as f64).sin())
+                    as i16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn g711_payloads_widen_to_the_phone_rate() {
+        let mut narrow = TrackDecoder::new(SampleRate::Hz8000);
+        let mut wide = TrackDecoder::new(SampleRate::Hz16000);
+        // mu-law 0x80 / 0x00 are the extremes, 0xff silence
+        let payload = [0x80u8, 0x00, 0xff];
+        assert_eq!(
+            narrow.decode(RemoteCodec::Pcmu, &payload).unwrap(),
+            vec![32124, -32124, 0]
+        );
+        let w = wide.decode(RemoteCodec::Pcmu, &payload).unwrap();
+        assert_eq!(w.len(), 6);
+        assert_eq!((w[0], w[1], w[2]), (32124, 0, -32124));
+        assert_eq!(narrow.decode(RemoteCodec::Pcma, &[0xd5]).unwrap(), vec![8]);
+    }
+
+    #[test]
+    fn audio_level_of_full_scale_and_silence() {
+        assert_eq!(audio_level_dbov(&[0; 320]), 127);
+        let square: Vec<i16> = (0..320)
+            .map(|i| if i % 2 == 0 { 32767 } else { -32767 })
+            .collect();
+        assert_eq!(audio_level_dbov(&square), 0);
+        // a 0.3 peak sine has RMS 0.212 -> 13.5 dBov
+        let l = audio_level_dbov(&tone(1000.0, 16000, 320));
+        assert!((13..=14).contains(&l), "{l}");
+    }
+
+    #[test]
+    fn opus_round_trip_at_both_phone_rates() {
+        for rate in [SampleRate::Hz8000, SampleRate::Hz16000] {
+            let mut enc = OpusEncoder::new(rate).unwrap();
+            let mut dec = TrackDecoder::new(rate);
+            let n = rate.samples_per_20ms();
+            let pcm = tone(440.0, rate.hz(), n * 10);
+            let mut out = Vec::new();
+            for frame in pcm.chunks(n) {
+                let pkt = enc.encode(frame).unwrap();
+                assert!(!pkt.is_empty() && pkt.len() < 400);
+                let samples = dec.decode(RemoteCodec::Opus, &pkt).unwrap();
+                assert_eq!(samples.len(), n);
+                out.extend(samples);
+            }
+            // energy survives the codec
+            let tail = &out[n * 5..];
+            let rms =
+                (tail.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
+            assert!(rms > 3000.0, "rms {rms} at {:?}", rate);
+        }
+    }
+}
