@@ -1,12 +1,18 @@
 //! `roomline run`: bind the listeners, tell systemd we are ready, reload the configuration
-//! on SIGHUP (a new snapshot only if it validates), stop on SIGTERM/SIGINT.
+//! on SIGHUP or when its files change (a new snapshot only if it validates; the old one
+//! keeps serving otherwise), stop on SIGTERM/SIGINT. This task owns the configuration
+//! snapshot and the reload status; the HTTP handlers read them through watch channels.
 
+use crate::api::{AppState, ReloadStatus};
 use crate::config::{self, Config};
+use crate::ops::metrics as m;
+use crate::ops::watch::{Debounce, Fingerprint};
 use crate::ops::{self, Signal, Signals};
 use sd_notify::NotifyState;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// Exit status for a configuration that does not validate (systemd does not restart on it).
@@ -14,9 +20,48 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Exit status for a failure at run time (a listener that cannot bind, ...).
 pub const EXIT_RUNTIME: u8 = 1;
 
+/// How often the configuration files are checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn fingerprint(cfg: &Config) -> Fingerprint {
+    Fingerprint::take(
+        &cfg.files.config,
+        &[&cfg.files.trunks_dir, &cfg.files.dialplans_dir],
+    )
+}
+
+fn publish_config_metrics(cfg: &Config) {
+    metrics::gauge!(m::CONFIG_TRUNKS).set(cfg.trunks.len() as f64);
+    metrics::gauge!(m::CONFIG_RULES).set(cfg.rules.len() as f64);
+}
+
 pub async fn run(path: &Path, initial: Config) -> ExitCode {
+    let started = Instant::now();
+    let metrics_handle = match m::install() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled");
+            None
+        }
+    };
+    publish_config_metrics(&initial);
+    metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
     let http_addr = initial.http.listen;
-    let (snapshot_tx, _snapshot_rx) = watch::channel(Arc::new(initial));
+    let mut debounce = Debounce::new(fingerprint(&initial));
+    let (config_tx, config_rx) = watch::channel(Arc::new(initial));
+    let (reload_tx, reload_rx) = watch::channel(ReloadStatus {
+        ok: true,
+        trigger: "start",
+        at_unix: unix_now(),
+        errors: Vec::new(),
+    });
+    let (draining_tx, draining_rx) = watch::channel(false);
     let mut signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -31,9 +76,24 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    let http_client = match reqwest::Client::builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let state = AppState {
+        started,
+        config: config_rx,
+        reload: reload_rx,
+        draining: draining_rx,
+        metrics: metrics_handle,
+        http: http_client,
+    };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let http = tokio::spawn(async move {
-        axum::serve(listener, crate::api::router())
+        axum::serve(listener, crate::api::router(state))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
@@ -42,37 +102,33 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     tracing::info!(http = %http_addr, version = env!("CARGO_PKG_VERSION"), "roomline ready");
     ops::notify(&[NotifyState::Ready]);
 
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match signals.next().await {
-            Signal::Reload => {
-                let mut state = vec![NotifyState::Reloading];
-                state.extend(NotifyState::monotonic_usec_now().ok());
-                ops::notify(&state);
-                match config::load(path) {
-                    Ok(cfg) => {
-                        tracing::info!(
-                            trunks = cfg.trunks.len(),
-                            rules = cfg.rules.len(),
-                            "configuration reloaded"
-                        );
-                        snapshot_tx.send_replace(Arc::new(cfg));
-                    }
-                    Err(errs) => {
-                        for e in &errs.0 {
-                            tracing::error!(error = %e, "configuration reload refused");
-                        }
-                        tracing::error!(
-                            errors = errs.0.len(),
-                            "configuration reload refused; the previous configuration stays in force"
-                        );
-                    }
+        let trigger = tokio::select! {
+            sig = signals.next() => match sig {
+                Signal::Reload => "signal",
+                Signal::Stop => break,
+            },
+            _ = tick.tick() => {
+                let files = fingerprint(&config_tx.borrow());
+                if !debounce.observe(files) {
+                    continue;
                 }
-                ops::notify(&[NotifyState::Ready]);
+                "file"
             }
-            Signal::Stop => break,
-        }
+        };
+        let mut state = vec![NotifyState::Reloading];
+        state.extend(NotifyState::monotonic_usec_now().ok());
+        ops::notify(&state);
+        let status = reload(path, trigger, &config_tx);
+        debounce.applied(fingerprint(&config_tx.borrow()));
+        reload_tx.send_replace(status);
+        ops::notify(&[NotifyState::Ready]);
     }
     tracing::info!("stopping");
+    draining_tx.send_replace(true);
+    metrics::gauge!(m::DRAINING).set(1.0);
     ops::notify(&[NotifyState::Stopping]);
     let _ = stop_tx.send(true);
     match http.await {
@@ -84,6 +140,53 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "HTTP task failed");
             ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Loads and validates the configuration; swaps it in only if valid.
+fn reload(
+    path: &Path,
+    trigger: &'static str,
+    config_tx: &watch::Sender<Arc<Config>>,
+) -> ReloadStatus {
+    let path: PathBuf = path.to_path_buf();
+    match config::load(&path) {
+        Ok(cfg) => {
+            tracing::info!(
+                trigger,
+                trunks = cfg.trunks.len(),
+                rules = cfg.rules.len(),
+                "configuration reloaded"
+            );
+            publish_config_metrics(&cfg);
+            metrics::counter!(m::CONFIG_RELOADS, "result" => "ok").increment(1);
+            metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
+            config_tx.send_replace(Arc::new(cfg));
+            ReloadStatus {
+                ok: true,
+                trigger,
+                at_unix: unix_now(),
+                errors: Vec::new(),
+            }
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!(trigger, error = %e, "configuration reload refused");
+            }
+            tracing::error!(
+                trigger,
+                errors = errs.0.len(),
+                "configuration reload refused; the previous configuration stays in force"
+            );
+            metrics::counter!(m::CONFIG_RELOADS, "result" => "failed").increment(1);
+            metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(0.0);
+            ReloadStatus {
+                ok: false,
+                trigger,
+                at_unix: unix_now(),
+                errors: errs.0.iter().map(|e| e.to_string()).collect(),
+            }
         }
     }
 }

@@ -1,7 +1,11 @@
 //! `roomline run` as systemd and an operator see it: READY=1 on the notify socket once the
-//! HTTP listener answers, an invalid config refused on SIGHUP while the daemon keeps
-//! serving, a valid one applied, STOPPING=1 and exit 0 on SIGTERM, exit 64 on a config that
-//! does not validate. The unit file passes `systemd-analyze verify`.
+//! HTTP listener answers, an invalid config refused on SIGHUP or on a file change while the
+//! daemon keeps serving (and says so in /health/detailed and /metrics), a valid one
+//! applied, readiness that follows a real LiveKit server, STOPPING=1 and exit 0 on
+//! SIGTERM, exit 64 on a config that does not validate. The unit file passes
+//! `systemd-analyze verify`.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +28,11 @@ fn free_port() -> u16 {
 
 /// Copies the example configuration into `dir`, listening for HTTP on `port`.
 fn example_config(dir: &Path, port: u16) -> PathBuf {
+    example_config_with(dir, port, "ws://127.0.0.1:7880")
+}
+
+/// The same, with the LiveKit server at `livekit_url`.
+fn example_config_with(dir: &Path, port: u16, livekit_url: &str) -> PathBuf {
     for sub in ["trunks", "dialplans"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
         for e in std::fs::read_dir(repo().join(sub)).unwrap() {
@@ -32,11 +41,13 @@ fn example_config(dir: &Path, port: u16) -> PathBuf {
         }
     }
     let text = std::fs::read_to_string(repo().join("roomline.yaml")).unwrap();
-    let text = text.replace(
-        "listen: 127.0.0.1:8080",
-        &format!("listen: 127.0.0.1:{port}"),
-    );
-    assert!(text.contains(&format!("127.0.0.1:{port}")));
+    let text = text
+        .replace(
+            "listen: 127.0.0.1:8080",
+            &format!("listen: 127.0.0.1:{port}"),
+        )
+        .replace("url: ws://127.0.0.1:7880", &format!("url: {livekit_url}"));
+    assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains(livekit_url));
     let path = dir.join("roomline.yaml");
     std::fs::write(&path, text).unwrap();
     path
@@ -249,4 +260,120 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn json_get(port: u16, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(port, path).unwrap_or_else(|| panic!("GET {path} failed"));
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body:?}"));
+    (status, v)
+}
+
+/// Waits for the next reload to be announced on the notify socket.
+fn expect_reload(d: &Daemon) {
+    let m = d
+        .next_notify()
+        .unwrap_or_else(|| panic!("no RELOADING=1; log:\n{}", d.log()));
+    assert!(m.contains("RELOADING=1"), "{m}");
+    assert!(
+        d.next_notify()
+            .expect("READY=1 after reload")
+            .contains("READY=1")
+    );
+}
+
+#[test]
+fn changed_files_are_reloaded_without_a_signal_and_failures_are_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = example_config(dir.path(), port);
+    let d = Daemon::start(&config, dir.path());
+    assert!(d.next_notify().expect("READY=1").contains("READY=1"));
+    let (_, v) = json_get(port, "/health/detailed");
+    assert_eq!(v["last_reload"]["ok"], true);
+    assert_eq!(v["last_reload"]["trigger"], "start");
+    assert_eq!(v["config"]["rules"].as_array().unwrap().len(), 4);
+
+    // Break a trunk file: the watcher notices, refuses it, and says where.
+    let trunk = dir.path().join("trunks/office-pbx.yaml");
+    let good = std::fs::read_to_string(&trunk).unwrap();
+    std::fs::write(&trunk, good.replace("10.20.0.0/16", "10.20.0.0/33")).unwrap();
+    expect_reload(&d);
+    let (_, v) = json_get(port, "/health/detailed");
+    assert_eq!(v["last_reload"]["ok"], false, "{v}");
+    assert_eq!(v["last_reload"]["trigger"], "file");
+    let errors = v["last_reload"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{v}");
+    assert!(errors[0].as_str().unwrap().ends_with("trunks/office-pbx.yaml:6:7: invalid address \"10.20.0.0/33\": expected an IP address or CIDR such as 192.0.2.10 or 192.0.2.0/24"), "{v}");
+    // The old configuration still serves.
+    assert_eq!(v["config"]["trunks"].as_array().unwrap().len(), 3);
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("roomline_config_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("roomline_config_last_reload_success 0"),
+        "{metrics}"
+    );
+
+    // Mend it and add a rule: the new snapshot is in force.
+    std::fs::write(&trunk, &good).unwrap();
+    std::fs::write(
+        dir.path().join("dialplans/30-extra.yaml"),
+        "rules:\n  - name: extra\n    match:\n      called: \"+15550199\"\n    room: extra\n",
+    )
+    .unwrap();
+    expect_reload(&d);
+    let (_, v) = json_get(port, "/health/detailed");
+    assert_eq!(v["last_reload"]["ok"], true, "{v}");
+    let rules: Vec<&str> = v["config"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rules.last(), Some(&"extra"), "{v}");
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("roomline_config_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("roomline_config_rules 5"), "{metrics}");
+    assert!(
+        metrics.contains("roomline_build_info{version=\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn readiness_follows_a_real_livekit_server() {
+    let server = common::livekit::LiveKitServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = example_config_with(dir.path(), port, &server.url());
+    let d = Daemon::start(&config, dir.path());
+    assert!(d.next_notify().expect("READY=1").contains("READY=1"));
+    assert_eq!(
+        http_get(port, "/health/ready"),
+        Some((200, "ready\n".to_string()))
+    );
+    let (status, v) = json_get(port, "/health/livekit");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["ok"], true);
+    assert!(v["rtt_ms"].as_f64().unwrap() >= 0.0);
+    drop(server); // stopped by PID
+    let (status, body) = http_get(port, "/health/ready").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: LiveKit unreachable: cannot reach http://127.0.0.1:"),
+        "{body}"
+    );
+    let (status, v) = json_get(port, "/health/livekit");
+    assert_eq!(
+        (status, v["ok"].clone()),
+        (503, serde_json::Value::Bool(false)),
+        "{v}"
+    );
+    // Liveness does not depend on LiveKit.
+    assert_eq!(http_get(port, "/health").map(|r| r.0), Some(200));
 }

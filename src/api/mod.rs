@@ -1,8 +1,208 @@
-//! HTTP listener: liveness now; readiness, metrics and call control join it in later work.
+//! HTTP listener: liveness, readiness, LiveKit reachability, a detailed JSON health view,
+//! and Prometheus metrics. Call control joins it in later work.
 
-use axum::{Router, routing::get};
+use crate::config::Config;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// The HTTP routes the daemon serves.
-pub fn router() -> Router {
-    Router::new().route("/health", get(|| async { "ok\n" }))
+/// The outcome of the last configuration load.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// What caused it: `start`, `signal` (SIGHUP) or `file` (a changed file).
+    pub trigger: &'static str,
+    pub at_unix: u64,
+    /// Every error, as `file:line:column: message`.
+    pub errors: Vec<String>,
+}
+
+/// What the handlers read. Everything is owned by the daemon task and published through
+/// watch channels; handlers never lock anything.
+#[derive(Clone)]
+pub struct AppState {
+    pub started: Instant,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub reload: watch::Receiver<ReloadStatus>,
+    pub draining: watch::Receiver<bool>,
+    pub metrics: Option<PrometheusHandle>,
+    pub http: reqwest::Client,
+}
+
+/// How long a LiveKit probe may take before the server counts as unreachable.
+pub const LIVEKIT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The routes the daemon serves.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/health/ready", get(ready))
+        .route("/health/livekit", get(livekit))
+        .route("/health/detailed", get(detailed))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The HTTP(S) base of the LiveKit server for a `ws(s)://` or `http(s)://` URL.
+pub fn livekit_http_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        url.to_string()
+    }
+}
+
+/// One round trip to the LiveKit server: GET / must answer 200.
+pub async fn probe_livekit(client: &reqwest::Client, url: &str) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    let base = livekit_http_base(url);
+    let resp = client
+        .get(format!("{base}/"))
+        .timeout(LIVEKIT_PROBE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                format!("no answer from {base} within {LIVEKIT_PROBE_TIMEOUT:?}")
+            } else {
+                format!("cannot reach {base}: {}", root_cause(&e))
+            }
+        })?;
+    let rtt = t0.elapsed();
+    metrics::histogram!(crate::ops::metrics::LIVEKIT_PROBE_SECONDS).record(rtt.as_secs_f64());
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(format!("{base} answered {}", resp.status()));
+    }
+    Ok(rtt)
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    if *s.draining.borrow() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: draining\n".into(),
+        );
+    }
+    let url = s.config.borrow().livekit.url.clone();
+    match probe_livekit(&s.http, &url).await {
+        Ok(_) => text(StatusCode::OK, "ready\n".into()),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: LiveKit unreachable: {e}\n"),
+        ),
+    }
+}
+
+async fn livekit(State(s): State<AppState>) -> Response {
+    let url = s.config.borrow().livekit.url.clone();
+    let (status, body) = match probe_livekit(&s.http, &url).await {
+        Ok(rtt) => (
+            StatusCode::OK,
+            serde_json::json!({"ok": true, "url": url, "rtt_ms": rtt.as_secs_f64() * 1e3}),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"ok": false, "url": url, "error": e}),
+        ),
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn detailed(State(s): State<AppState>) -> Response {
+    let cfg = s.config.borrow().clone();
+    let reload = s.reload.borrow().clone();
+    let trunks: Vec<serde_json::Value> = cfg
+        .trunks
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name,
+                "inbound": t.inbound.is_some(),
+                "outbound": t.outbound.as_ref().map(|o| o.target.to_string()),
+                "backup": t.backup,
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+        "draining": *s.draining.borrow(),
+        "config": {
+            "file": cfg.files.config.display().to_string(),
+            "trunks": trunks,
+            "rules": cfg.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        },
+        "last_reload": {
+            "ok": reload.ok,
+            "trigger": reload.trigger,
+            "at_unix": reload.at_unix,
+            "errors": reload.errors,
+        },
+    });
+    axum::Json(body).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(h) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn livekit_base_urls() {
+        assert_eq!(
+            livekit_http_base("ws://127.0.0.1:7880"),
+            "http://127.0.0.1:7880"
+        );
+        assert_eq!(
+            livekit_http_base("wss://lk.example.com/"),
+            "https://lk.example.com"
+        );
+        assert_eq!(
+            livekit_http_base("https://lk.example.com"),
+            "https://lk.example.com"
+        );
+    }
 }

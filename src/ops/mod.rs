@@ -1,4 +1,8 @@
-//! Process operations: systemd notifications and the signals the daemon obeys.
+//! Process operations: systemd notifications, the signals the daemon obeys, metrics, and
+//! the configuration file watch.
+
+pub mod metrics;
+pub mod watch;
 
 use tokio::signal::unix::{SignalKind, signal};
 
