@@ -831,4 +831,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    sys.stderr.flush()
+    # liblivekit_ffi can abort (SIGABRT) while the interpreter tears down after a clean
+    # disconnect; the result is already written and flushed, so skip that teardown.
+    os._exit(exit_code)
