@@ -1,16 +1,28 @@
-//! Media pipeline cores, sans-IO: RTP packets and sequence unwrapping, G.711, RFC 4733
-//! telephone events, and the adaptive jitter buffer. Time is always an argument.
+//! Media pipeline cores, sans-IO: RTP/RTCP, G.711 and G.722, RFC 4733 telephone events,
+//! the adaptive jitter buffer with concealment, the mixer and the media timeout. Time is
+//! always an argument.
 //!
+//! - `rtcp`: RTCP SR/RR/SDES/BYE parse and build, reception stats, RTT, per-call stats.
 //! - `rtp`: RTP packet parse/serialize, `Ssrc`, `SeqNo`, sequence/timestamp unwrapping.
 //! - `g711`: PCMU/PCMA, bit-exact with ITU-T G.191.
+//! - `g722`: G.722 64 kbit/s SB-ADPCM, bit-exact with spandsp.
 //! - `dtmf`: RFC 4733 telephone-events: payload, digit mapping, receiver, sender.
 //! - `jitter`: adaptive jitter buffer (`push(now, packet)`, `pop(now)`).
+//! - `mixer`: room -> phone mixer: one input per remote track, caller-clocked 20 ms ticks,
+//!   own tracks excluded, starved inputs muted, soft-limited sum.
+//! - `plc`: phone -> room playout: G.711/G.722 decoding with repeat-and-fade concealment.
+//! - `timeout`: media timeout (no RTP for N s, longer before the first packet).
 //! - `ports`: RTP port pairs from the configured range, with a drain period before reuse.
 pub mod dtmf;
 pub mod g711;
+pub mod g722;
 pub mod jitter;
+pub mod mixer;
+pub mod plc;
 pub mod ports;
+pub mod rtcp;
 pub mod rtp;
+pub mod timeout;
 
 #[cfg(test)]
 pub(crate) mod test_signal;

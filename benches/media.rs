@@ -1,0 +1,162 @@
+//! Media cost per 20 ms frame, one call's worth: `cargo bench --bench media`.
+//!
+//! Phone -> room: PCMU -> Opus at 8 kHz, G.722 -> Opus at 16 kHz (decode + encode).
+//! Room -> phone: N remote Opus tracks decoded at the phone rate, mixed, encoded to PCMU.
+//! Plain `std::time` measurement (no criterion); prints microseconds per frame, the median
+//! of several runs, and asserts nothing about time.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use roomline::media::g711::G711;
+use roomline::media::g722::{G722Decoder, G722Encoder};
+use roomline::media::mixer::{Mixer, MixerConfig};
+
+const FRAMES: usize = 500; // 10 s of audio per run
+const RUNS: usize = 7;
+
+fn tone(freqs: &[f64], rate: u32, n: usize) -> Vec<i16> {
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / f64::from(rate);
+            let v: f64 = freqs
+                .iter()
+                .map(|f| (2.0 * std::f64::consts::PI * f * t).sin())
+                .sum::<f64>()
+                / freqs.len() as f64;
+            (v * 0.3 * 32767.0) as i16
+        })
+        .collect()
+}
+
+/// The encoder the LiveKit side uses (`livekit::audio::OpusEncoder`): VoIP, 32 kbit/s,
+/// in-band FEC, 5 % expected loss, default complexity.
+fn opus_encoder(rate: u32) -> opus::Encoder {
+    let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)
+        .expect("opus encoder");
+    enc.set_bitrate(opus::Bitrate::Bits(32_000))
+        .expect("bitrate");
+    enc.set_inband_fec(true).expect("fec");
+    enc.set_packet_loss_perc(5).expect("loss");
+    enc
+}
+
+/// Median microseconds per frame of `run`, which processes `FRAMES` frames.
+fn measure(mut run: impl FnMut()) -> f64 {
+    run(); // warm-up
+    let mut per_frame: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64() * 1e6 / FRAMES as f64
+        })
+        .collect();
+    per_frame.sort_by(f64::total_cmp);
+    per_frame[RUNS / 2]
+}
+
+fn pcmu_to_opus() -> f64 {
+    let pcm = tone(&[440.0, 1000.0], 8000, 160 * FRAMES);
+    let mut payloads = Vec::new();
+    for frame in pcm.chunks(160) {
+        let mut p = Vec::new();
+        G711::Pcmu.encode(frame, &mut p);
+        payloads.push(p);
+    }
+    let mut enc = opus_encoder(8000);
+    let mut pcm = Vec::with_capacity(160);
+    let mut out = vec![0u8; 1500];
+    measure(|| {
+        for p in &payloads {
+            pcm.clear();
+            G711::Pcmu.decode(black_box(p), &mut pcm);
+            black_box(enc.encode(&pcm, &mut out).expect("encode"));
+        }
+    })
+}
+
+fn g722_to_opus() -> f64 {
+    let pcm = tone(&[440.0, 1000.0, 5000.0], 16_000, 320 * FRAMES);
+    let mut g722 = G722Encoder::new();
+    let mut payloads = Vec::new();
+    for frame in pcm.chunks(320) {
+        let mut p = Vec::new();
+        g722.encode(frame, &mut p);
+        payloads.push(p);
+    }
+    let mut dec = G722Decoder::new();
+    let mut enc = opus_encoder(16_000);
+    let mut pcm = Vec::with_capacity(320);
+    let mut out = vec![0u8; 1500];
+    measure(|| {
+        for p in &payloads {
+            pcm.clear();
+            dec.decode(black_box(p), &mut pcm);
+            black_box(enc.encode(&pcm, &mut out).expect("encode"));
+        }
+    })
+}
+
+/// `tracks` remote Opus tracks (encoded at 48 kHz as browsers send them, decoded at the
+/// phone's 8 kHz), mixed, to PCMU.
+fn opus_to_pcmu(tracks: usize) -> f64 {
+    let freqs = [300.0, 500.0, 700.0, 900.0];
+    let streams: Vec<Vec<Vec<u8>>> = (0..tracks)
+        .map(|k| {
+            let pcm = tone(&[freqs[k % 4]], 48_000, 960 * FRAMES);
+            let mut enc = opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip)
+                .expect("opus");
+            pcm.chunks(960)
+                .map(|f| enc.encode_vec(f, 1500).expect("encode"))
+                .collect()
+        })
+        .collect();
+    let names: Vec<String> = (0..tracks).map(|k| format!("TR_{k}")).collect();
+    let mut decoders: Vec<opus::Decoder> = (0..tracks)
+        .map(|_| opus::Decoder::new(8000, opus::Channels::Mono).expect("decoder"))
+        .collect();
+    let mut decoded = vec![0i16; 160];
+    let mut mixed = vec![0i16; 160];
+    let mut pcmu = Vec::with_capacity(160);
+    measure(|| {
+        let t0 = Instant::now();
+        let mut mixer = Mixer::new(MixerConfig::default(), "sip_caller", t0);
+        for (k, name) in names.iter().enumerate() {
+            mixer.add_track(name.clone(), format!("user{k}"));
+        }
+        for f in 0..FRAMES {
+            for (k, dec) in decoders.iter_mut().enumerate() {
+                let n = dec
+                    .decode(black_box(&streams[k][f]), &mut decoded, false)
+                    .expect("decode");
+                mixer.push(&names[k], &decoded[..n]).expect("track");
+            }
+            let now = t0 + Duration::from_millis(20 * f as u64);
+            while mixer.poll_frame(now, &mut mixed).is_some() {
+                pcmu.clear();
+                G711::Pcmu.encode(&mixed, &mut pcmu);
+                black_box(&pcmu);
+            }
+        }
+    })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    println!("media cost, microseconds per 20 ms frame (median of {RUNS} runs of {FRAMES} frames)");
+    let up_pcmu = pcmu_to_opus();
+    println!("  PCMU -> Opus (8 kHz)                 {up_pcmu:8.1}");
+    let up_g722 = g722_to_opus();
+    println!("  G.722 -> Opus (16 kHz)               {up_g722:8.1}");
+    let mut down = Vec::new();
+    for tracks in [1, 2, 4] {
+        let us = opus_to_pcmu(tracks);
+        let label = format!("Opus -> mix -> PCMU, {tracks} remote track(s)");
+        println!("  {label:<37}{us:8.1}");
+        down.push(us);
+    }
+    println!(
+        "  per call, PCMU with 1 remote track   {:8.1}  (target <= 150)",
+        up_pcmu + down[0]
+    );
+}
