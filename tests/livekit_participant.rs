@@ -1,7 +1,9 @@
 //! The pure-Rust LiveKit participant (`roomline::livekit`) against a real livekit-server
 //! and the LiveKit Python SDK peer (`tests/peers/roompeer.py`): join, publish a tone
-//! that Python measures, receive a tone that Python publishes, and refuse a bad secret
-//! with the server's reason.
+//! that Python measures, receive a tone that Python publishes, refuse a bad secret with
+//! the server's reason; DTMF both ways, kind and attributes as Python sees them; server
+//! leaves; resume after a lost signalling connection and full rejoin after a simulated
+//! node failure, with audio flowing again both ways.
 //!
 //! Needs `scripts/install-test-deps` (the harness panics with that hint otherwise).
 
@@ -13,7 +15,7 @@ use common::livekit::LiveKitServer;
 use common::run_roompeer;
 use roomline::livekit::{
     DisconnectReason, JoinError, JoinOptions, LeaveReason, Participant, ParticipantEvent,
-    ParticipantHandle, ParticipantKind, SampleRate,
+    ParticipantHandle, ParticipantKind, SampleRate, Simulate,
 };
 use tokio::sync::mpsc;
 
@@ -656,6 +658,46 @@ async fn server_removal_and_room_deletion_end_the_participant_with_the_reason() 
     );
 }
 
+/// SignalRequest.simulate server_leave: a leave SERVER_SHUTDOWN with action DISCONNECT
+/// ends the participant with that reason; nothing tries to reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_leave_with_disconnect_is_not_recovered() {
+    init_logs();
+    let server = LiveKitServer::start();
+    let room = unique_room("lk-srvleave");
+    let (handle, mut events) =
+        Participant::join(opts(&server, &room, "sip_srvleave", SampleRate::Hz8000))
+            .await
+            .expect("join");
+    handle
+        .simulate(Simulate::ServerLeave)
+        .await
+        .expect("simulate");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ParticipantEvent::Disconnected(r))) => break r,
+            Ok(Some(ev)) => seen.push(ev),
+            Ok(None) => panic!("events ended without Disconnected"),
+            Err(_) => panic!("no Disconnected within 10 s; events {seen:?}"),
+        }
+    };
+    assert_eq!(
+        reason,
+        DisconnectReason::Server {
+            reason: "SERVER_SHUTDOWN".into(),
+            action: "DISCONNECT".into()
+        }
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, ParticipantEvent::Reconnecting { .. })),
+        "tried to reconnect: {seen:?}"
+    );
+}
+
 /// Drains events until the terminal one; panics if it does not come within 10 s.
 async fn last_reason(events: &mut mpsc::Receiver<ParticipantEvent>) -> DisconnectReason {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -761,4 +803,512 @@ async fn two_python_publishers_arrive_as_two_streams() {
     }
     seen.sort();
     assert_eq!(seen, ["py-1000", "py-440"]);
+}
+
+/// Runs `roompeer.py session` with the server's arguments plus `extra`, in a thread.
+fn spawn_session(
+    server: &LiveKitServer,
+    room: &str,
+    identity: &str,
+    extra: &[&str],
+) -> std::thread::JoinHandle<common::PeerRun> {
+    let mut args = vec!["session".to_string()];
+    args.extend(server.peer_args());
+    args.extend(["--room", room, "--identity", identity].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    std::thread::spawn(move || run_roompeer(&args, PEER_TIMEOUT))
+}
+
+/// Waits until the Python session peer `identity` has announced (attribute
+/// `roompeer.ready=1`) that it is connected and has seen us.
+async fn wait_python_ready(events: &mut Events, identity: &str) {
+    events
+        .wait_for(Duration::from_secs(40), "the Python peer's readiness", |e| {
+            matches!(e, ParticipantEvent::ParticipantJoined(p) | ParticipantEvent::ParticipantUpdated(p)
+                if p.identity == identity
+                    && p.attributes.get("roompeer.ready").map(String::as_str) == Some("1"))
+        })
+        .await;
+}
+
+/// DTMF both ways with the Python SDK: `publish_dtmf` of '7' and '#' arrives as
+/// `ParticipantEvent::Dtmf` with those digits; our '5' arrives in Python as
+/// `sip_dtmf_received` with digit 5 from our identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_both_ways_with_the_python_sdk() {
+    init_logs();
+    let server = LiveKitServer::start();
+    let room = unique_room("lk-dtmf");
+    let (handle, events) = Participant::join(opts(&server, &room, "sip_dtmf", SampleRate::Hz8000))
+        .await
+        .expect("join");
+    let mut events = Events::new(events);
+    let python = spawn_session(
+        &server,
+        &room,
+        "py-dtmf",
+        &[
+            "--wait-for-identity",
+            "sip_dtmf",
+            "--announce-ready",
+            "--send-dtmf",
+            "7#",
+            "--until-dtmf",
+            "1",
+            "--seconds",
+            "40",
+        ],
+    );
+    wait_python_ready(&mut events, "py-dtmf").await;
+    handle.send_dtmf('5').await.expect("send dtmf");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let ev = events
+            .wait_for(Duration::from_secs(20), "DTMF from Python", |e| {
+                matches!(e, ParticipantEvent::Dtmf { .. })
+            })
+            .await;
+        let ParticipantEvent::Dtmf {
+            participant_identity,
+            code,
+            digit,
+        } = ev
+        else {
+            unreachable!()
+        };
+        got.push((participant_identity, code, digit));
+    }
+    let run = python.join().expect("python thread");
+    handle
+        .leave(LeaveReason::ClientInitiated)
+        .await
+        .expect("leave");
+    let report = run.expect_ok();
+    eprintln!(
+        "rust got {got:?}; python got {} (sent {})",
+        report["dtmf_received"], report["dtmf_sent"]
+    );
+    assert_eq!(
+        got,
+        [
+            ("py-dtmf".to_string(), 7, "7".to_string()),
+            ("py-dtmf".to_string(), 11, "#".to_string())
+        ]
+    );
+    assert_eq!(report["conditions_met"], true, "{}", run.describe());
+    let first = &report["dtmf_received"][0];
+    assert_eq!(first["digit"], "5", "{}", run.describe());
+    assert_eq!(first["code"], 5, "{}", run.describe());
+    assert_eq!(first["from_identity"], "sip_dtmf", "{}", run.describe());
+}
+
+/// The Python SDK sees the Rust participant as kind SIP with its name and `sip.*`
+/// attributes, and sees an attribute update (other attributes kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sees_kind_sip_and_attributes_with_their_update() {
+    init_logs();
+    let server = LiveKitServer::start();
+    let room = unique_room("lk-attrs");
+    let (handle, events) = Participant::join(opts(&server, &room, "sip_attrs", SampleRate::Hz8000))
+        .await
+        .expect("join");
+    let mut events = Events::new(events);
+    let python = spawn_session(
+        &server,
+        &room,
+        "py-attrs",
+        &[
+            "--wait-for-identity",
+            "sip_attrs",
+            "--announce-ready",
+            "--until-attribute",
+            "sip_attrs:sip.callStatus=hangup",
+            "--seconds",
+            "40",
+        ],
+    );
+    wait_python_ready(&mut events, "py-attrs").await;
+    let mut attrs = std::collections::HashMap::new();
+    attrs.insert("sip.callStatus".to_string(), "hangup".to_string());
+    handle.set_attributes(attrs).await.expect("set attributes");
+    let run = python.join().expect("python thread");
+    handle
+        .leave(LeaveReason::ClientInitiated)
+        .await
+        .expect("leave");
+    let report = run.expect_ok();
+    let me = &report["participants"]["sip_attrs"];
+    eprintln!(
+        "python saw sip_attrs as {me}; changes {}",
+        report["attribute_changes"]
+    );
+    assert_eq!(report["conditions_met"], true, "{}", run.describe());
+    assert_eq!(me["kind"], "SIP", "{}", run.describe());
+    assert_eq!(me["sid"], handle.sid(), "{}", run.describe());
+    assert_eq!(me["name"], "Phone sip_attrs", "{}", run.describe());
+    assert_eq!(
+        me["attributes"]["sip.phoneNumber"],
+        "+15550100",
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        me["attributes"]["sip.callStatus"],
+        "hangup",
+        "{}",
+        run.describe()
+    );
+    let changes = report["attribute_changes"].as_array().expect("changes");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["identity"] == "sip_attrs" && c["changed"]["sip.callStatus"] == "hangup"),
+        "no attribute change event for sip.callStatus\n{}",
+        run.describe()
+    );
+}
+
+/// Pushes silence in real time (20 ms frames) until an event matching `pred` arrives;
+/// other events are kept in the backlog. Frames refused while the participant recovers
+/// (queue full) are fine. Panics after `timeout` or on Disconnected.
+async fn pump_until<F>(
+    handle: &ParticipantHandle,
+    events: &mut Events,
+    tone: &mut Tone,
+    ticker: &mut tokio::time::Interval,
+    timeout: Duration,
+    what: &str,
+    mut pred: F,
+) -> ParticipantEvent
+where
+    F: FnMut(&ParticipantEvent) -> bool,
+{
+    if let Some(i) = events.backlog.iter().position(&mut pred) {
+        return events.backlog.remove(i).expect("index just found");
+    }
+    let t0 = Instant::now();
+    loop {
+        ticker.tick().await;
+        let _ = handle.push_audio(&tone.frame(false));
+        while let Ok(ev) = events.rx.try_recv() {
+            match ev {
+                ev if pred(&ev) => return ev,
+                ParticipantEvent::Disconnected(r) => {
+                    panic!("disconnected ({r}) while waiting for {what}")
+                }
+                ParticipantEvent::AudioFrame(_) => {}
+                ev => events.backlog.push_back(ev),
+            }
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+    }
+}
+
+/// After a recovery: 1 s of silence, 3 s of 1 kHz tone, 1 s of silence, then the
+/// attribute `test.done=1` that ends the Python session; silence until it has.
+async fn tone_then_done(
+    handle: &ParticipantHandle,
+    tone: &mut Tone,
+    ticker: &mut tokio::time::Interval,
+    python: &std::thread::JoinHandle<common::PeerRun>,
+) -> usize {
+    play(handle, tone, 1.0, false, ticker).await;
+    let frames = play(handle, tone, 3.0, true, ticker).await;
+    play(handle, tone, 1.0, false, ticker).await;
+    let mut done = std::collections::HashMap::new();
+    done.insert("test.done".to_string(), "1".to_string());
+    handle.set_attributes(done).await.expect("set attributes");
+    while !python.is_finished() {
+        play(handle, tone, 0.2, false, ticker).await;
+    }
+    frames
+}
+
+/// The Python recording of `track_sid` holds the tone: 1 kHz within 2% and at least 90%
+/// of the `tone_frames` (20 ms) sent.
+fn assert_tone_heard(run: &common::PeerRun, track_sid: &str, tone_frames: usize) {
+    let report = run.expect_ok();
+    assert_eq!(report["conditions_met"], true, "{}", run.describe());
+    let tracks = report["tracks"].as_array().expect("tracks");
+    let Some(track) = tracks.iter().find(|t| t["track_sid"] == track_sid) else {
+        panic!(
+            "Python did not record track {track_sid}\n{}",
+            run.describe()
+        );
+    };
+    eprintln!(
+        "python recorded {} track(s); {track_sid}: {track}",
+        tracks.len()
+    );
+    let dominant = track["dominant_hz"].as_f64().unwrap_or(0.0);
+    let received = track["frames_nonsilent"].as_f64().unwrap_or(0.0);
+    let expected = (tone_frames * 2) as f64;
+    assert!(
+        within(dominant, 1000.0, 0.02),
+        "dominant {dominant} Hz is not within 2% of 1000 Hz\n{}",
+        run.describe()
+    );
+    assert!(
+        received >= 0.9 * expected && received <= expected + 10.0,
+        "{received} non-silent 10 ms frames for {expected} sent\n{}",
+        run.describe()
+    );
+}
+
+/// Start of the recovery tests: the Rust participant publishes silence until the Python
+/// session (recording everything from `identity`) has subscribed to its track.
+async fn recovery_setup(
+    server: &LiveKitServer,
+    room: &str,
+    identity: &str,
+) -> (
+    ParticipantHandle,
+    Events,
+    std::thread::JoinHandle<common::PeerRun>,
+    String,
+) {
+    let (handle, events) = Participant::join(opts(server, room, identity, SampleRate::Hz16000))
+        .await
+        .expect("join");
+    let mut events = Events::new(events);
+    let done = format!("{identity}:test.done=1");
+    let python = spawn_session(
+        server,
+        room,
+        "py-rec",
+        &[
+            "--record",
+            "--from-identity",
+            identity,
+            "--until-attribute",
+            &done,
+            "--seconds",
+            "90",
+        ],
+    );
+    let ev = events
+        .wait_for(Duration::from_secs(20), "our track published", |e| {
+            matches!(e, ParticipantEvent::LocalTrackPublished { .. })
+        })
+        .await;
+    let ParticipantEvent::LocalTrackPublished { track_sid } = ev else {
+        unreachable!()
+    };
+    (handle, events, python, track_sid)
+}
+
+/// A lost signalling connection (dropped by us without a leave) is resumed: same sid,
+/// same track, the server's subscriber ICE restart answered, our publisher ICE-restarted,
+/// and the Python listener hears the tone sent afterwards on the same track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_signalling_is_resumed_and_audio_flows_again() {
+    init_logs();
+    let server = LiveKitServer::start();
+    let room = unique_room("lk-resume");
+    let (handle, mut events, python, track_sid) =
+        recovery_setup(&server, &room, "sip_resume").await;
+    let sid = handle.sid();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut tone = Tone {
+        rate: 16000,
+        freq: 1000.0,
+        n: 0,
+    };
+    let long = Duration::from_secs(45);
+    pump_until(
+        &handle,
+        &mut events,
+        &mut tone,
+        &mut ticker,
+        long,
+        "Python subscribed",
+        |e| matches!(e, ParticipantEvent::LocalTrackSubscribed { .. }),
+    )
+    .await;
+    handle
+        .simulate(Simulate::SignalDrop)
+        .await
+        .expect("simulate");
+    let ev = pump_until(
+        &handle,
+        &mut events,
+        &mut tone,
+        &mut ticker,
+        long,
+        "Reconnected",
+        |e| matches!(e, ParticipantEvent::Reconnected { .. }),
+    )
+    .await;
+    eprintln!("{ev:?}; backlog {:?}", events.backlog);
+    assert!(
+        matches!(&ev, ParticipantEvent::Reconnected { sid: s, resumed: true } if *s == sid),
+        "{ev:?}"
+    );
+    assert!(
+        events
+            .backlog
+            .iter()
+            .any(|e| matches!(e, ParticipantEvent::Reconnecting { full: false, .. })),
+        "no Reconnecting event: {:?}",
+        events.backlog
+    );
+    assert_eq!(handle.sid(), sid, "a resume keeps the sid");
+    let frames = tone_then_done(&handle, &mut tone, &mut ticker, &python).await;
+    let run = python.join().expect("python thread");
+    handle
+        .leave(LeaveReason::ClientInitiated)
+        .await
+        .expect("leave");
+    assert_tone_heard(&run, &track_sid, frames);
+    assert!(
+        !events
+            .backlog
+            .iter()
+            .any(|e| matches!(e, ParticipantEvent::Reconnecting { full: true, .. })),
+        "the resume fell back to a rejoin: {:?}",
+        events.backlog
+    );
+}
+
+/// SignalRequest.simulate node_failure: the server drops the participant without a leave;
+/// the resume is refused (leave STATE_MISMATCH / RECONNECT) and the participant joins
+/// again with a new sid and track, which the Python listener subscribes and hears; a
+/// Python publisher's track known before the failure is subscribed again and its 440 Hz
+/// tone arrives after the rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_failure_leads_to_a_full_rejoin_and_audio_flows_again() {
+    init_logs();
+    let server = LiveKitServer::start();
+    let room = unique_room("lk-rejoin");
+    let (handle, mut events, python, old_track) =
+        recovery_setup(&server, &room, "sip_rejoin").await;
+    let old_sid = handle.sid();
+    let mut args = vec!["publish-tone".to_string()];
+    args.extend(server.peer_args());
+    args.extend(
+        [
+            "--room",
+            &room,
+            "--identity",
+            "py-tone",
+            "--freq",
+            "440",
+            "--seconds",
+            "15",
+            "--lead-silence",
+            "0",
+            "--tail",
+            "0.5",
+            "--wait-timeout",
+            "40",
+        ]
+        .map(String::from),
+    );
+    let publisher = std::thread::spawn(move || run_roompeer(&args, PEER_TIMEOUT));
+    events
+        .wait_for(
+            Duration::from_secs(40),
+            "py-tone's track subscribed before the failure",
+            |e| matches!(e, ParticipantEvent::TrackSubscribed { participant_identity, .. } if participant_identity == "py-tone"),
+        )
+        .await;
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut tone = Tone {
+        rate: 16000,
+        freq: 1000.0,
+        n: 0,
+    };
+    let long = Duration::from_secs(45);
+    pump_until(
+        &handle,
+        &mut events,
+        &mut tone,
+        &mut ticker,
+        long,
+        "Python subscribed",
+        |e| matches!(e, ParticipantEvent::LocalTrackSubscribed { .. }),
+    )
+    .await;
+    handle
+        .simulate(Simulate::NodeFailure)
+        .await
+        .expect("simulate");
+    let ev = pump_until(
+        &handle,
+        &mut events,
+        &mut tone,
+        &mut ticker,
+        long,
+        "Reconnected",
+        |e| matches!(e, ParticipantEvent::Reconnected { .. }),
+    )
+    .await;
+    eprintln!("{ev:?}; backlog {:?}", events.backlog);
+    let ParticipantEvent::Reconnected { sid, resumed } = ev else {
+        unreachable!()
+    };
+    assert!(!resumed, "node failure cannot be resumed");
+    assert_ne!(sid, old_sid, "a full rejoin is a new participant");
+    assert_eq!(handle.sid(), sid, "the handle follows the new sid");
+    assert!(
+        events
+            .backlog
+            .iter()
+            .any(|e| matches!(e, ParticipantEvent::Reconnecting { full: true, .. })),
+        "no full Reconnecting event: {:?}",
+        events.backlog
+    );
+    let ev = pump_until(
+        &handle,
+        &mut events,
+        &mut tone,
+        &mut ticker,
+        long,
+        "new track published",
+        |e| matches!(e, ParticipantEvent::LocalTrackPublished { .. }),
+    )
+    .await;
+    let ParticipantEvent::LocalTrackPublished { track_sid } = ev else {
+        unreachable!()
+    };
+    assert_ne!(track_sid, old_track, "a rejoin publishes a new track");
+    pump_until(
+        &handle,
+        &mut events,
+        &mut tone,
+        &mut ticker,
+        long,
+        "Python subscribed again",
+        |e| matches!(e, ParticipantEvent::LocalTrackSubscribed { track_sid: t } if *t == track_sid),
+    )
+    .await;
+    let frames = tone_then_done(&handle, &mut tone, &mut ticker, &python).await;
+    // py-tone's audio received since the rejoin's subscriptions (queued meanwhile)
+    let mut py_samples = Vec::new();
+    while let Ok(ev) = events.rx.try_recv() {
+        if let ParticipantEvent::AudioFrame(f) = ev
+            && f.participant_identity == "py-tone"
+        {
+            py_samples.extend_from_slice(&f.samples);
+        }
+    }
+    let run = python.join().expect("python thread");
+    handle
+        .leave(LeaveReason::ClientInitiated)
+        .await
+        .expect("leave");
+    assert_tone_heard(&run, &track_sid, frames);
+    let (hz, loud, _) = tone_frequency(&py_samples, 16000);
+    eprintln!("after the rejoin: py-tone {hz:?} Hz, {loud} non-silent 20 ms frames");
+    let hz = hz.expect("no tone from py-tone after the rejoin");
+    assert!(within(hz, 440.0, 0.02), "py-tone after the rejoin: {hz} Hz");
+    assert!(
+        loud >= 100,
+        "only {loud} frames of py-tone after the rejoin"
+    );
+    let tone_run = publisher.join().expect("publisher thread");
+    tone_run.expect_ok();
 }

@@ -14,8 +14,16 @@
 //!   handle.send_dtmf('5')         DataPacket{sip_dtmf} on `_reliable`
 //!   handle.leave(reason)          LeaveRequest, then the task ends
 //!   events: AudioFrame per remote track, participant joined/left, track
-//!           published/unpublished, data, DTMF, Disconnected(reason)
+//!           published/unpublished, data, DTMF, Reconnecting/Reconnected,
+//!           Disconnected(reason)
 //! ```
+//!
+//! Losing the signalling connection (or a peer connection) does not end the call: the
+//! task resumes the session (`reconnect=1`, ICE restarts, `sync_state`) and, if the
+//! server refuses that or asks for it (leave with action RECONNECT), joins again as a
+//! new participant (new sid; the track is published and remote tracks subscribed again).
+//! The handle keeps working throughout; only a leave with action DISCONNECT, or
+//! recovery failing, ends the participant.
 
 mod audio;
 mod peer;
@@ -27,7 +35,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use signal::JoinError;
 
@@ -189,10 +197,11 @@ pub enum DisconnectReason {
     /// We left (`ParticipantHandle::leave`).
     ClientInitiated,
     /// Server LeaveRequest; the reason name as LiveKit spells it (`PARTICIPANT_REMOVED`,
-    /// `ROOM_DELETED`, `DUPLICATE_IDENTITY`, ...) and whether the server asked for a resume
-    /// or full reconnect (not implemented yet: both end the participant).
+    /// `ROOM_DELETED`, `DUPLICATE_IDENTITY`, ...) and its action: `DISCONNECT`, or
+    /// `RESUME` / `RECONNECT` when recovering as asked failed.
     Server { reason: String, action: String },
-    /// Signalling WebSocket closed or silent past the ping timeout.
+    /// Signalling WebSocket closed or silent past the ping timeout, and resuming or
+    /// joining again failed.
     SignalLost(String),
     /// A peer connection failed (ICE/DTLS).
     PeerFailed(String),
@@ -259,8 +268,38 @@ pub enum ParticipantEvent {
         code: u32,
         digit: String,
     },
+    /// The session is being recovered: a resume (`full: false`; same sid and track) or a
+    /// new join (`full: true`). Audio pushed meanwhile is dropped.
+    Reconnecting {
+        full: bool,
+        reason: String,
+    },
+    /// Recovered. After a full rejoin `sid` is new, our track is published again
+    /// ([`LocalTrackPublished`](Self::LocalTrackPublished),
+    /// [`PublisherConnected`](Self::PublisherConnected) follow) and remote tracks are
+    /// subscribed again.
+    Reconnected {
+        sid: String,
+        resumed: bool,
+    },
     /// Terminal: nothing follows.
     Disconnected(DisconnectReason),
+}
+
+/// Failure scenarios for tests (`ParticipantHandle::simulate`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simulate {
+    /// SignalRequest.simulate node_failure: the server closes the participant without a
+    /// leave (and expects a resume, which it then refuses: full rejoin).
+    NodeFailure,
+    /// SignalRequest.simulate migration.
+    Migration,
+    /// SignalRequest.simulate server_leave: leave SERVER_SHUTDOWN.
+    ServerLeave,
+    /// Client side: drop the signalling WebSocket without a leave, as a network glitch
+    /// would; the peer connections stay up and the session is resumed.
+    SignalDrop,
 }
 
 /// Errors of handle operations (the participant task is gone, or bad input).
@@ -292,6 +331,7 @@ pub(crate) enum Command {
         reason: LeaveReason,
         done: oneshot::Sender<()>,
     },
+    Simulate(Simulate),
 }
 
 /// Why we leave (maps to LiveKit's DisconnectReason in the LeaveRequest).
@@ -310,7 +350,8 @@ pub enum LeaveReason {
 #[derive(Clone)]
 pub struct ParticipantHandle {
     cmd: mpsc::Sender<Command>,
-    sid: String,
+    /// Changes on a full rejoin.
+    sid: watch::Receiver<String>,
     identity: String,
     room: String,
     sample_rate: SampleRate,
@@ -319,7 +360,7 @@ pub struct ParticipantHandle {
 impl fmt::Debug for ParticipantHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ParticipantHandle")
-            .field("sid", &self.sid)
+            .field("sid", &*self.sid.borrow())
             .field("identity", &self.identity)
             .field("room", &self.room)
             .finish()
@@ -327,9 +368,9 @@ impl fmt::Debug for ParticipantHandle {
 }
 
 impl ParticipantHandle {
-    /// Our participant sid (`PA_...`).
-    pub fn sid(&self) -> &str {
-        &self.sid
+    /// Our participant sid (`PA_...`); a full rejoin changes it.
+    pub fn sid(&self) -> String {
+        self.sid.borrow().clone()
     }
 
     pub fn identity(&self) -> &str {
@@ -400,6 +441,12 @@ impl ParticipantHandle {
         self.send(Command::Leave { reason, done }).await?;
         let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
         Ok(())
+    }
+
+    /// Triggers a failure scenario (tests only).
+    #[doc(hidden)]
+    pub async fn simulate(&self, scenario: Simulate) -> Result<(), HandleError> {
+        self.send(Command::Simulate(scenario)).await
     }
 
     async fn send(&self, cmd: Command) -> Result<(), HandleError> {

@@ -42,8 +42,8 @@ pub(crate) struct Peer {
     /// str0m's next timeout.
     pub(crate) timeout: Instant,
     pub(crate) connected: bool,
-    /// Whether our candidate was trickled to the server.
-    pub(crate) trickled: bool,
+    /// The ICE ufrag our candidate was last trickled for (an ICE restart trickles again).
+    pub(crate) trickled_ufrag: Option<String>,
 }
 
 impl Peer {
@@ -82,7 +82,7 @@ impl Peer {
             queued_candidates: Vec::new(),
             timeout: now,
             connected: false,
-            trickled: false,
+            trickled_ufrag: None,
         };
         let mut ignored = Vec::new();
         peer.drain(&mut ignored)?;

@@ -80,6 +80,29 @@ pub(crate) fn mint_token(opts: &JoinOptions) -> Result<String, JoinError> {
 
 /// `ws(s)://host[:port][/base]/rtc?...` for a base URL given as ws/wss/http/https.
 pub(crate) fn rtc_url(base: &str, path: &str) -> Result<String, JoinError> {
+    rtc_url_with(base, path, None)
+}
+
+/// What a resume (reconnect=1) adds to the join query (reference section 3.11).
+#[derive(Debug, Clone)]
+pub(crate) struct Resume {
+    /// Our participant sid (`PA_...`).
+    pub(crate) sid: String,
+    /// `ReconnectReason` value.
+    pub(crate) reason: i32,
+}
+
+/// The first message of a signalling connection.
+#[derive(Debug)]
+pub(crate) enum First {
+    Join(Box<proto::JoinResponse>),
+    /// The answer to a resume.
+    Reconnect(proto::ReconnectResponse),
+    /// The server refused the session (or, for a resume, asks for a full reconnect).
+    Leave(proto::LeaveRequest),
+}
+
+fn rtc_url_with(base: &str, path: &str, resume: Option<&Resume>) -> Result<String, JoinError> {
     let base = base.trim().trim_end_matches('/');
     let (scheme, rest) = base
         .split_once("://")
@@ -98,10 +121,16 @@ pub(crate) fn rtc_url(base: &str, path: &str) -> Result<String, JoinError> {
             "LiveKit URL {base:?} has no host"
         )));
     }
-    let query = format!(
+    let mut query = format!(
         "protocol={PROTOCOL_VERSION}&auto_subscribe=0&adaptive_stream=0&sdk=rust&version={}&os=linux&client_protocol=0",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(r) = resume {
+        query.push_str(&format!(
+            "&reconnect=1&sid={}&reconnect_reason={}",
+            r.sid, r.reason
+        ));
+    }
     Ok(format!("{scheme}://{rest}{path}?{query}"))
 }
 
@@ -110,7 +139,25 @@ pub(crate) async fn connect(
     opts: &JoinOptions,
     token: &str,
 ) -> Result<(Ws, proto::JoinResponse), JoinError> {
-    let url = rtc_url(&opts.url, "/rtc")?;
+    match connect_with(opts, token, None).await? {
+        (ws, First::Join(join)) => Ok((ws, *join)),
+        (_, First::Leave(leave)) => Err(JoinError::LeftImmediately {
+            reason: disconnect_reason_name(leave.reason),
+        }),
+        (_, First::Reconnect(_)) => Err(JoinError::Signal(
+            "expected JoinResponse first, got reconnect".into(),
+        )),
+    }
+}
+
+/// Connects the signalling WebSocket, for a join or (with `resume`) a resume, and reads
+/// the first message.
+pub(crate) async fn connect_with(
+    opts: &JoinOptions,
+    token: &str,
+    resume: Option<&Resume>,
+) -> Result<(Ws, First), JoinError> {
+    let url = rtc_url_with(&opts.url, "/rtc", resume)?;
     let mut request = url
         .as_str()
         .into_client_request()
@@ -163,12 +210,16 @@ pub(crate) async fn connect(
         .map_err(JoinError::Signal)?;
     use proto::signal_response::Message as R;
     match first {
-        Some(R::Join(join)) => Ok((ws, join)),
-        Some(R::Leave(leave)) => Err(JoinError::LeftImmediately {
-            reason: disconnect_reason_name(leave.reason),
-        }),
+        Some(R::Join(join)) => Ok((ws, First::Join(Box::new(join)))),
+        Some(R::Reconnect(r)) if resume.is_some() => Ok((ws, First::Reconnect(r))),
+        Some(R::Leave(leave)) => Ok((ws, First::Leave(leave))),
         Some(other) => Err(JoinError::Signal(format!(
-            "expected JoinResponse first, got {}",
+            "expected {} first, got {}",
+            if resume.is_some() {
+                "ReconnectResponse"
+            } else {
+                "JoinResponse"
+            },
             response_name(&other)
         ))),
         None => Err(JoinError::Signal(
@@ -343,6 +394,15 @@ mod tests {
             "{u}"
         );
         assert!(rtc_url("ftp://x", "/rtc").is_err());
+        let resume = Resume {
+            sid: "PA_abc".into(),
+            reason: 1,
+        };
+        let u = rtc_url_with("ws://h:1", "/rtc", Some(&resume)).unwrap();
+        assert!(
+            u.ends_with("&reconnect=1&sid=PA_abc&reconnect_reason=1"),
+            "{u}"
+        );
         assert!(rtc_url("x", "/rtc").is_err());
     }
 

@@ -3,7 +3,7 @@
 //! and the room state. Its clock (tokio's, so tests may pause it) is the only time
 //! source handed to str0m.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,16 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::audio::{self, OpusEncoder, RemoteCodec, TrackDecoder};
 use super::peer::{Peer, Role};
 use super::sdp;
-use super::signal::{self, JoinError, Ws};
+use super::signal::{self, First, JoinError, Ws};
 use super::{
     Command, DisconnectReason, JoinOptions, LeaveReason, ParticipantEvent, ParticipantHandle,
-    ParticipantKind, RemoteAudioFrame, RemoteParticipant, SampleRate, TrackKind,
+    ParticipantKind, RemoteAudioFrame, RemoteParticipant, SampleRate, Simulate, TrackKind,
 };
 
 use proto::signal_request::Message as Req;
@@ -37,6 +37,14 @@ const COMMAND_QUEUE: usize = 64;
 const UDP_BUF: usize = 2048;
 const PENDING_DATA_MAX: usize = 64;
 const PEER_CLOSED_GRACE: Duration = Duration::from_secs(2);
+/// More recoveries than this within [`RECOVERY_WINDOW`] end the participant.
+const MAX_RECOVERIES: usize = 5;
+const RECOVERY_WINDOW: Duration = Duration::from_secs(60);
+/// Full rejoin attempts per recovery, with this backoff before each retry.
+const REJOIN_ATTEMPTS: u32 = 3;
+const REJOIN_BACKOFF: Duration = Duration::from_millis(500);
+/// How long closing a dead signalling connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The task's clock: tokio's, so a paused test clock drives str0m too.
 fn now() -> Instant {
@@ -55,6 +63,7 @@ pub(crate) async fn join(
     let encoder = OpusEncoder::new(opts.sample_rate).map_err(JoinError::Rtc)?;
 
     let local = join.participant.clone().unwrap_or_default();
+    let (sid_tx, sid_rx) = watch::channel(local.sid.clone());
     let room = join
         .room
         .as_ref()
@@ -66,7 +75,7 @@ pub(crate) async fn join(
     let (ws_tx, ws_rx) = ws.split();
     let ping_interval = Duration::from_secs(join.ping_interval.clamp(1, 60) as u64);
     let ping_timeout = Duration::from_secs(join.ping_timeout.clamp(2, 120) as u64);
-    let cid = format!("roomline-{}", random_id(12));
+    let cid = new_cid();
     tracing::info!(room = %room, sid = %local.sid, identity = %local.identity,
         server = %join.server_version, publisher = %publisher.local_addr(),
         subscriber = %subscriber.local_addr(), "joined LiveKit room");
@@ -74,6 +83,13 @@ pub(crate) async fn join(
     let task = Task {
         rate: opts.sample_rate,
         track_name: opts.track_name.clone(),
+        token,
+        local_ip,
+        sid_tx,
+        recoveries: VecDeque::new(),
+        sub_offer: None,
+        sub_answer: None,
+        offer_id: 0,
         local_sid: local.sid.clone(),
         local_identity: local.identity.clone(),
         ws_tx,
@@ -92,6 +108,7 @@ pub(crate) async fn join(
         publish: Publish {
             cid,
             sid: None,
+            track_info: None,
             mid: None,
             pending: None,
             reliable: None,
@@ -116,10 +133,11 @@ pub(crate) async fn join(
         leave_done: None,
         events_dropped: 0,
         peer_down: None,
+        opts: opts.clone(),
     };
     let handle = ParticipantHandle {
         cmd: cmd_tx,
-        sid: local.sid.clone(),
+        sid: sid_rx,
         identity: local.identity.clone(),
         room,
         sample_rate: opts.sample_rate,
@@ -181,6 +199,11 @@ async fn local_ip_towards(url: &str) -> Result<IpAddr, JoinError> {
         .ip())
 }
 
+/// A fresh client track id (AddTrackRequest.cid, msid track id).
+fn new_cid() -> String {
+    format!("roomline-{}", random_id(12))
+}
+
 fn random_id(n: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -200,6 +223,8 @@ struct Publish {
     /// Client track id: AddTrackRequest.cid == msid track id in our offer.
     cid: String,
     sid: Option<String>,
+    /// The server's TrackInfo of our track (sync_state on resume).
+    track_info: Option<proto::TrackInfo>,
     mid: Option<Mid>,
     pending: Option<SdpPendingOffer>,
     reliable: Option<ChannelId>,
@@ -216,8 +241,21 @@ struct Publish {
 }
 
 struct Task {
+    opts: JoinOptions,
     rate: SampleRate,
     track_name: String,
+    /// The token of the current session (a full rejoin mints a new one).
+    token: String,
+    local_ip: IpAddr,
+    /// Our sid as the handle sees it.
+    sid_tx: watch::Sender<String>,
+    /// When the recent recoveries started.
+    recoveries: VecDeque<Instant>,
+    /// Last subscriber offer (server) and our answer: sync_state on resume.
+    sub_offer: Option<proto::SessionDescription>,
+    sub_answer: Option<proto::SessionDescription>,
+    /// Id of our last publisher offer.
+    offer_id: u32,
     local_sid: String,
     local_identity: String,
     ws_tx: SplitSink<Ws, Message>,
@@ -249,10 +287,35 @@ struct Task {
     active: Option<oneshot::Sender<Result<(), JoinError>>>,
     leave_done: Option<oneshot::Sender<()>>,
     events_dropped: u64,
-    /// A peer connection closed or failed: when, and why. The server closes the peers
-    /// of a removed participant at about the moment it sends the LeaveRequest, so the
-    /// task waits [`PEER_CLOSED_GRACE`] for that reason before giving the peer's.
-    peer_down: Option<(Instant, String)>,
+    /// A peer connection closed or failed. The server closes the peers of a removed
+    /// participant at about the moment it sends the LeaveRequest, so the task waits
+    /// [`PEER_CLOSED_GRACE`] for that reason before recovering.
+    peer_down: Option<PeerDown>,
+}
+
+struct PeerDown {
+    at: Instant,
+    why: String,
+    role: Role,
+    /// Only ICE disconnected (it may come back by itself), not closed.
+    ice_only: bool,
+}
+
+/// How to get the session back.
+struct Recovery {
+    /// Full rejoin (new participant) rather than resume.
+    full: bool,
+    /// ReconnectReason for the resume query.
+    rr: proto::ReconnectReason,
+    /// What happened; also the terminal reason if recovery fails.
+    reason: DisconnectReason,
+}
+
+enum RecoverError {
+    /// Try a full rejoin (resume) or again (rejoin): why.
+    Retry(String),
+    /// The server ended the participant.
+    Gone(DisconnectReason),
 }
 
 /// How the main loop ended.
@@ -261,14 +324,19 @@ enum End {
     Leave(LeaveReason),
     /// Gone for another reason (nothing more to tell the server).
     Gone(DisconnectReason),
+    /// The session broke: resume it or join again.
+    Recover(Recovery),
 }
 
 impl Task {
     async fn run(mut self, join: proto::JoinResponse) {
-        let end = match self.start(join).await {
+        let mut end = match self.start(join).await {
             Ok(()) => self.main_loop().await,
             Err(e) => End::Gone(DisconnectReason::SignalLost(e)),
         };
+        while let End::Recover(how) = end {
+            end = self.recover(how).await;
+        }
         let reason = match end {
             End::Leave(reason) => {
                 let proto_reason = match reason {
@@ -287,6 +355,7 @@ impl Task {
                 DisconnectReason::ClientInitiated
             }
             End::Gone(reason) => reason,
+            End::Recover(_) => unreachable!("recovered above"),
         };
         tracing::info!(sid = %self.local_sid, %reason, frames_sent = self.publish.frames_sent,
             events_dropped = self.events_dropped, "left LiveKit room");
@@ -335,8 +404,8 @@ impl Task {
                 .timeout
                 .min(self.subscriber.timeout)
                 .min(self.next_ping);
-            if let Some((at, _)) = &self.peer_down {
-                deadline = deadline.min(*at + PEER_CLOSED_GRACE);
+            if let Some(down) = &self.peer_down {
+                deadline = deadline.min(down.at + PEER_CLOSED_GRACE);
             }
             let deadline = tokio::time::Instant::from_std(deadline);
             let step = tokio::select! {
@@ -345,8 +414,8 @@ impl Task {
                         self.last_signal = now();
                         self.on_signal(m).await
                     }
-                    Ok(None) => Err(End::Gone(DisconnectReason::SignalLost("signalling closed".into()))),
-                    Err(e) => Err(End::Gone(DisconnectReason::SignalLost(e))),
+                    Ok(None) => Err(signal_lost("signalling closed".into())),
+                    Err(e) => Err(signal_lost(e)),
                 },
                 cmd = self.cmd_rx.recv() => match cmd {
                     Some(c) => self.on_command(c).await,
@@ -364,6 +433,282 @@ impl Task {
                 return end;
             }
         }
+    }
+
+    /// Gets the session back after `how` broke it: resume first unless the server asked
+    /// for a full rejoin (or refuses the resume), then up to [`REJOIN_ATTEMPTS`] rejoins.
+    /// Returns how the recovered session ended, or why recovery failed.
+    async fn recover(&mut self, how: Recovery) -> End {
+        if self.active.is_some() {
+            // still joining: `join` reports the failure
+            return End::Gone(how.reason);
+        }
+        let t = now();
+        while self
+            .recoveries
+            .front()
+            .is_some_and(|at| t.duration_since(*at) > RECOVERY_WINDOW)
+        {
+            self.recoveries.pop_front();
+        }
+        if self.recoveries.len() >= MAX_RECOVERIES {
+            tracing::warn!(reason = %how.reason, "too many reconnects; giving up");
+            return End::Gone(how.reason);
+        }
+        self.recoveries.push_back(t);
+        tracing::info!(reason = %how.reason, full = how.full, "recovering the LiveKit session");
+        self.emit(ParticipantEvent::Reconnecting {
+            full: how.full,
+            reason: how.reason.to_string(),
+        })
+        .await;
+        if !how.full {
+            match self.resume(how.rr).await {
+                Ok(()) => {
+                    tracing::info!(sid = %self.local_sid, "LiveKit session resumed");
+                    self.emit(ParticipantEvent::Reconnected {
+                        sid: self.local_sid.clone(),
+                        resumed: true,
+                    })
+                    .await;
+                    return self.main_loop().await;
+                }
+                Err(RecoverError::Gone(reason)) => return End::Gone(reason),
+                Err(RecoverError::Retry(why)) => {
+                    tracing::info!(%why, "resume failed; joining again");
+                    self.emit(ParticipantEvent::Reconnecting {
+                        full: true,
+                        reason: why,
+                    })
+                    .await;
+                }
+            }
+        }
+        let mut last = String::new();
+        for attempt in 1..=REJOIN_ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(REJOIN_BACKOFF * (1 << (attempt - 2))).await;
+            }
+            match self.rejoin().await {
+                Ok(()) => {
+                    tracing::info!(sid = %self.local_sid, attempt, "joined the LiveKit room again");
+                    self.emit(ParticipantEvent::Reconnected {
+                        sid: self.local_sid.clone(),
+                        resumed: false,
+                    })
+                    .await;
+                    return self.main_loop().await;
+                }
+                Err(RecoverError::Gone(reason)) => return End::Gone(reason),
+                Err(RecoverError::Retry(why)) => {
+                    tracing::info!(%why, attempt, "rejoin failed");
+                    last = why;
+                }
+            }
+        }
+        End::Gone(match how.reason {
+            DisconnectReason::SignalLost(why) => {
+                DisconnectReason::SignalLost(format!("{why}; rejoining failed: {last}"))
+            }
+            other => other,
+        })
+    }
+
+    /// Closes what is left of the signalling connection (no leave: the session goes on).
+    async fn close_signal(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures_util::SinkExt::close(&mut self.ws_tx))
+            .await;
+    }
+
+    fn adopt_signal(&mut self, ws: Ws) {
+        let (tx, rx) = ws.split();
+        self.ws_tx = tx;
+        self.ws_rx = rx;
+        let t = now();
+        self.last_signal = t;
+        self.next_ping = t + self.ping_interval;
+    }
+
+    /// Resume (reference 3.11): a new signalling connection for the same participant
+    /// (`reconnect=1&sid=`), sync_state, and an ICE restart of the publisher; the server
+    /// ICE-restarts the subscriber with a new offer, answered in the main loop.
+    async fn resume(&mut self, rr: proto::ReconnectReason) -> Result<(), RecoverError> {
+        self.close_signal().await;
+        let token = self
+            .refresh_token
+            .clone()
+            .unwrap_or_else(|| self.token.clone());
+        let resume = signal::Resume {
+            sid: self.local_sid.clone(),
+            reason: rr as i32,
+        };
+        let (ws, first) = signal::connect_with(&self.opts, &token, Some(&resume))
+            .await
+            .map_err(|e| RecoverError::Retry(e.to_string()))?;
+        match first {
+            First::Reconnect(r) => {
+                tracing::debug!(last_message_seq = r.last_message_seq, "reconnect response")
+            }
+            First::Leave(leave) => {
+                return Err(match leave_end(&leave) {
+                    End::Gone(reason) => RecoverError::Gone(reason),
+                    _ => RecoverError::Retry(format!(
+                        "the server refused the resume: {}",
+                        signal::disconnect_reason_name(leave.reason)
+                    )),
+                });
+            }
+            First::Join(_) => {
+                return Err(RecoverError::Retry(
+                    "the server answered the resume with a join".into(),
+                ));
+            }
+        }
+        self.adopt_signal(ws);
+        self.peer_down = None;
+        let publish_tracks = match &self.publish.track_info {
+            Some(track) => vec![proto::TrackPublishedResponse {
+                cid: self.publish.cid.clone(),
+                track: Some(track.clone()),
+            }],
+            None => Vec::new(),
+        };
+        let sync = proto::SyncState {
+            answer: self.sub_answer.clone(),
+            offer: self.sub_offer.clone(),
+            subscription: Some(proto::UpdateSubscription {
+                track_sids: self.subscribed.iter().cloned().collect(),
+                subscribe: true,
+                participant_tracks: Vec::new(),
+            }),
+            publish_tracks,
+            ..Default::default()
+        };
+        self.send(Req::SyncState(sync))
+            .await
+            .map_err(RecoverError::Retry)?;
+        if self.publish.mid.is_some() {
+            match self.publisher_ice_restart().await {
+                Ok(()) => {}
+                Err(End::Gone(reason)) => return Err(RecoverError::Gone(reason)),
+                Err(_) => {
+                    return Err(RecoverError::Retry("publisher ICE restart failed".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Full rejoin: new signalling connection, new participant (sid), new peer
+    /// connections; the track is published again and known remote audio re-subscribed.
+    async fn rejoin(&mut self) -> Result<(), RecoverError> {
+        self.close_signal().await;
+        let mut ignored = Vec::new();
+        for peer in [&mut self.publisher, &mut self.subscriber] {
+            peer.rtc.disconnect();
+            let _ = peer.drain(&mut ignored);
+        }
+        let token =
+            signal::mint_token(&self.opts).map_err(|e| RecoverError::Retry(e.to_string()))?;
+        let (ws, join) = match signal::connect(&self.opts, &token).await {
+            Ok(x) => x,
+            Err(JoinError::LeftImmediately { reason }) => {
+                return Err(RecoverError::Gone(DisconnectReason::Server {
+                    reason,
+                    action: "DISCONNECT".into(),
+                }));
+            }
+            Err(e) => return Err(RecoverError::Retry(e.to_string())),
+        };
+        let t = now();
+        let publisher =
+            Peer::new(Role::Publisher, self.local_ip, t).map_err(RecoverError::Retry)?;
+        let subscriber =
+            Peer::new(Role::Subscriber, self.local_ip, t).map_err(RecoverError::Retry)?;
+        self.publisher = publisher;
+        self.subscriber = subscriber;
+        self.token = token;
+        self.ping_interval = Duration::from_secs(join.ping_interval.clamp(1, 60) as u64);
+        self.ping_timeout = Duration::from_secs(join.ping_timeout.clamp(2, 120) as u64);
+        self.adopt_signal(ws);
+        let local = join.participant.clone().unwrap_or_default();
+        tracing::info!(old = %self.local_sid, new = %local.sid, "rejoined as a new participant");
+        self.local_sid = local.sid.clone();
+        self.local_identity = local.identity.clone();
+        let _ = self.sid_tx.send(local.sid);
+        self.refresh_token = None;
+        self.data_sequence = 0;
+        self.offer_id = 0;
+        self.peer_down = None;
+        self.sub_offer = None;
+        self.sub_answer = None;
+        self.sub_mids.clear();
+        self.decoders.clear();
+        self.subscribed.clear();
+        let p = &mut self.publish;
+        p.cid = new_cid();
+        p.sid = None;
+        p.track_info = None;
+        p.mid = None;
+        p.pending = None;
+        p.reliable = None;
+        p.lossy = None;
+        p.reliable_open = false;
+        p.lossy_open = false;
+        // participants that left while we were away
+        let present: HashSet<String> = join
+            .other_participants
+            .iter()
+            .map(|p| p.sid.clone())
+            .collect();
+        let gone: Vec<String> = self
+            .participants
+            .keys()
+            .filter(|sid| !present.contains(*sid))
+            .cloned()
+            .collect();
+        for sid in gone {
+            self.participant_gone(&sid).await;
+        }
+        // known participants: only changes are reported; new tracks are subscribed
+        self.start(join).await.map_err(RecoverError::Retry)?;
+        // tracks known before need a new subscription on the new connection
+        let again: Vec<String> = self
+            .tracks
+            .iter()
+            .filter(|(sid, t)| t.kind == TrackKind::Audio && !self.subscribed.contains(*sid))
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        if !again.is_empty() {
+            self.subscribed.extend(again.iter().cloned());
+            tracing::debug!(tracks = ?again, "subscribing again");
+            self.send(Req::Subscription(proto::UpdateSubscription {
+                track_sids: again,
+                subscribe: true,
+                participant_tracks: Vec::new(),
+            }))
+            .await
+            .map_err(RecoverError::Retry)?;
+        }
+        Ok(())
+    }
+
+    async fn simulate(&mut self, scenario: Simulate) -> Result<(), End> {
+        use proto::simulate_scenario::Scenario;
+        let scenario = match scenario {
+            Simulate::SignalDrop => {
+                tracing::info!("simulating a lost signalling connection");
+                return Err(signal_lost("simulated signalling loss".into()));
+            }
+            Simulate::NodeFailure => Scenario::NodeFailure(true),
+            Simulate::Migration => Scenario::Migration(true),
+            Simulate::ServerLeave => Scenario::ServerLeave(true),
+        };
+        self.send(Req::Simulate(proto::SimulateScenario {
+            scenario: Some(scenario),
+        }))
+        .await
+        .map_err(signal_lost)
     }
 
     async fn send(&mut self, msg: Req) -> Result<(), String> {
@@ -388,10 +733,17 @@ impl Task {
 
     async fn on_timeout(&mut self) -> Result<(), End> {
         let t = now();
-        if let Some((at, why)) = &self.peer_down
-            && t >= *at + PEER_CLOSED_GRACE
+        if let Some(down) = &self.peer_down
+            && t >= down.at + PEER_CLOSED_GRACE
         {
-            return Err(End::Gone(DisconnectReason::PeerFailed(why.clone())));
+            return Err(End::Recover(Recovery {
+                full: false,
+                rr: match down.role {
+                    Role::Publisher => proto::ReconnectReason::RrPublisherFailed,
+                    Role::Subscriber => proto::ReconnectReason::RrSubscriberFailed,
+                },
+                reason: DisconnectReason::PeerFailed(down.why.clone()),
+            }));
         }
         let mut events = Vec::new();
         self.publisher
@@ -406,10 +758,10 @@ impl Task {
         if t >= self.next_ping {
             self.next_ping = t + self.ping_interval;
             if t.duration_since(self.last_signal) > self.ping_timeout {
-                return Err(End::Gone(DisconnectReason::SignalLost(format!(
+                return Err(signal_lost(format!(
                     "no message from the server for {:?}",
                     self.ping_timeout
-                ))));
+                )));
             }
             let timestamp = unix_ms();
             self.send(Req::PingReq(proto::Ping {
@@ -417,7 +769,7 @@ impl Task {
                 rtt: self.rtt_ms,
             }))
             .await
-            .map_err(|e| End::Gone(DisconnectReason::SignalLost(e)))?;
+            .map_err(signal_lost)?;
         }
         Ok(())
     }
@@ -475,8 +827,22 @@ impl Task {
                 }
                 RtcEvent::IceConnectionStateChange(state) => {
                     tracing::debug!(peer = role.name(), ?state, "ICE state");
-                    if state == IceConnectionState::Disconnected {
-                        self.peer_went_down(format!("{} ICE disconnected", role.name()));
+                    match state {
+                        IceConnectionState::Disconnected => self.peer_went_down(
+                            role,
+                            format!("{} ICE disconnected", role.name()),
+                            true,
+                        ),
+                        // back (e.g. after an ICE restart)
+                        IceConnectionState::Connected | IceConnectionState::Completed
+                            if self
+                                .peer_down
+                                .as_ref()
+                                .is_some_and(|d| d.ice_only && d.role == role) =>
+                        {
+                            self.peer_down = None;
+                        }
+                        _ => {}
                     }
                 }
                 RtcEvent::MediaAdded(m) => {
@@ -508,7 +874,11 @@ impl Task {
                     }
                 }
                 RtcEvent::Closed => {
-                    self.peer_went_down(format!("{} DTLS/SCTP closed by the server", role.name()));
+                    self.peer_went_down(
+                        role,
+                        format!("{} DTLS/SCTP closed by the server", role.name()),
+                        false,
+                    );
                 }
                 _ => {}
             }
@@ -516,10 +886,23 @@ impl Task {
         Ok(())
     }
 
-    fn peer_went_down(&mut self, why: String) {
-        if self.peer_down.is_none() {
-            tracing::debug!(%why, "peer connection down; waiting briefly for the server's reason");
-            self.peer_down = Some((now(), why));
+    fn peer_went_down(&mut self, role: Role, why: String, ice_only: bool) {
+        match &mut self.peer_down {
+            None => {
+                tracing::debug!(%why, "peer connection down; waiting briefly for the server's reason");
+                self.peer_down = Some(PeerDown {
+                    at: now(),
+                    why,
+                    role,
+                    ice_only,
+                });
+            }
+            Some(down) if down.ice_only && !ice_only => {
+                down.why = why;
+                down.role = role;
+                down.ice_only = false;
+            }
+            Some(_) => {}
         }
     }
 
@@ -628,6 +1011,7 @@ impl Task {
                 self.leave_done = Some(done);
                 Err(End::Leave(reason))
             }
+            Command::Simulate(scenario) => self.simulate(scenario).await,
         }
     }
 
@@ -780,6 +1164,7 @@ impl Task {
                 {
                     tracing::debug!(sid = %track.sid, "local track published");
                     self.publish.sid = Some(track.sid.clone());
+                    self.publish.track_info = Some(track.clone());
                     self.emit(ParticipantEvent::LocalTrackPublished {
                         track_sid: track.sid,
                     })
@@ -801,12 +1186,7 @@ impl Task {
                 tracing::debug!(sid = %tu.track_sid, "track unpublished by server");
                 Ok(())
             }
-            Resp::Leave(leave) => {
-                let reason = signal::disconnect_reason_name(leave.reason);
-                let action = signal::leave_action_name(leave.action);
-                tracing::info!(%reason, %action, "server asked us to leave");
-                Err(End::Gone(DisconnectReason::Server { reason, action }))
-            }
+            Resp::Leave(leave) => Err(leave_end(&leave)),
             Resp::RefreshToken(token) => {
                 self.refresh_token = Some(token);
                 Ok(())
@@ -852,18 +1232,23 @@ impl Task {
             .accept_offer(&offer.sdp, &mut events)
             .map_err(peer_failed)?;
         tracing::trace!(sdp = %answer, "subscriber answer");
-        self.send(Req::Answer(proto::SessionDescription {
+        let answer_desc = proto::SessionDescription {
             r#type: "answer".into(),
             sdp: answer.clone(),
             id: offer.id,
             mid_to_track_id: HashMap::new(),
-        }))
-        .await
-        .map_err(signal_lost)?;
-        if !self.subscriber.trickled {
-            self.subscriber.trickled = true;
+        };
+        self.send(Req::Answer(answer_desc.clone()))
+            .await
+            .map_err(signal_lost)?;
+        self.sub_answer = Some(answer_desc);
+        self.sub_offer = Some(offer);
+        let ufrag = sdp::ice_ufrag(&answer);
+        if self.subscriber.trickled_ufrag.is_none() || self.subscriber.trickled_ufrag != ufrag {
+            // first answer, or an ICE restart: our candidate for these credentials
+            self.subscriber.trickled_ufrag = ufrag.clone().or(Some(String::new()));
             let mid = sdp::first_mid(&answer).unwrap_or_else(|| "0".into());
-            self.trickle(Role::Subscriber, &mid, sdp::ice_ufrag(&answer))
+            self.trickle(Role::Subscriber, &mid, ufrag)
                 .await
                 .map_err(signal_lost)?;
         }
@@ -941,23 +1326,44 @@ impl Task {
         self.publish.reliable = Some(reliable);
         self.publish.lossy = Some(lossy);
         self.publish.pending = Some(pending);
-        let sdp_text = offer.to_sdp_string();
+        self.send_publisher_offer(offer.to_sdp_string()).await?;
+        self.process_rtc_events(Role::Publisher, events).await
+    }
+
+    /// Sends a publisher offer, and our candidate if its ICE credentials are new.
+    async fn send_publisher_offer(&mut self, sdp_text: String) -> Result<(), End> {
         tracing::trace!(sdp = %sdp_text, "publisher offer");
+        self.offer_id += 1;
         self.send(Req::Offer(proto::SessionDescription {
             r#type: "offer".into(),
             sdp: sdp_text.clone(),
-            id: 1,
+            id: self.offer_id,
             mid_to_track_id: HashMap::new(),
         }))
         .await
         .map_err(signal_lost)?;
-        if !self.publisher.trickled {
-            self.publisher.trickled = true;
-            let first = sdp::first_mid(&sdp_text).unwrap_or_else(|| mid.to_string());
-            self.trickle(Role::Publisher, &first, sdp::ice_ufrag(&sdp_text))
+        let ufrag = sdp::ice_ufrag(&sdp_text);
+        if self.publisher.trickled_ufrag.is_none() || self.publisher.trickled_ufrag != ufrag {
+            self.publisher.trickled_ufrag = ufrag.clone().or(Some(String::new()));
+            let first = sdp::first_mid(&sdp_text).unwrap_or_else(|| "0".into());
+            self.trickle(Role::Publisher, &first, ufrag)
                 .await
                 .map_err(signal_lost)?;
         }
+        Ok(())
+    }
+
+    /// ICE restart of the publisher connection (our offer with new credentials).
+    async fn publisher_ice_restart(&mut self) -> Result<(), End> {
+        let mut api = self.publisher.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return Err(peer_failed("ICE restart offer had no changes".into()));
+        };
+        let mut events = Vec::new();
+        self.publisher.drain(&mut events).map_err(peer_failed)?;
+        self.publish.pending = Some(pending);
+        self.send_publisher_offer(offer.to_sdp_string()).await?;
         self.process_rtc_events(Role::Publisher, events).await
     }
 
@@ -983,22 +1389,7 @@ impl Task {
             return Ok(());
         }
         if p.state == proto::participant_info::State::Disconnected as i32 {
-            if let Some(old) = self.participants.remove(&p.sid) {
-                let gone: Vec<String> = self
-                    .tracks
-                    .iter()
-                    .filter(|(_, t)| t.participant_sid == p.sid)
-                    .map(|(sid, _)| sid.clone())
-                    .collect();
-                for sid in gone {
-                    self.drop_track(&sid).await;
-                }
-                self.emit(ParticipantEvent::ParticipantLeft {
-                    sid: old.sid,
-                    identity: old.identity,
-                })
-                .await;
-            }
+            self.participant_gone(&p.sid).await;
             return Ok(());
         }
         let info = RemoteParticipant {
@@ -1072,6 +1463,25 @@ impl Task {
         Ok(())
     }
 
+    async fn participant_gone(&mut self, participant_sid: &str) {
+        if let Some(old) = self.participants.remove(participant_sid) {
+            let gone: Vec<String> = self
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.participant_sid == participant_sid)
+                .map(|(sid, _)| sid.clone())
+                .collect();
+            for sid in gone {
+                self.drop_track(&sid).await;
+            }
+            self.emit(ParticipantEvent::ParticipantLeft {
+                sid: old.sid,
+                identity: old.identity,
+            })
+            .await;
+        }
+    }
+
     async fn drop_track(&mut self, sid: &str) {
         if let Some(t) = self.tracks.remove(sid) {
             tracing::debug!(track = sid, participant = %t.participant_identity, "remote track gone");
@@ -1091,8 +1501,38 @@ fn peer_failed(e: String) -> End {
     End::Gone(DisconnectReason::PeerFailed(e))
 }
 
+/// The signalling connection broke: resume.
 fn signal_lost(e: String) -> End {
-    End::Gone(DisconnectReason::SignalLost(e))
+    End::Recover(Recovery {
+        full: false,
+        rr: proto::ReconnectReason::RrSignalDisconnected,
+        reason: DisconnectReason::SignalLost(e),
+    })
+}
+
+/// A server LeaveRequest: its action says whether to stop, resume or join again.
+fn leave_end(leave: &proto::LeaveRequest) -> End {
+    let reason_name = signal::disconnect_reason_name(leave.reason);
+    let action_name = signal::leave_action_name(leave.action);
+    tracing::info!(reason = %reason_name, action = %action_name, "server asked us to leave");
+    let reason = DisconnectReason::Server {
+        reason: reason_name,
+        action: action_name,
+    };
+    use proto::leave_request::Action;
+    match Action::try_from(leave.action) {
+        Ok(Action::Resume) => End::Recover(Recovery {
+            full: false,
+            rr: proto::ReconnectReason::RrUnknown,
+            reason,
+        }),
+        Ok(Action::Reconnect) => End::Recover(Recovery {
+            full: true,
+            rr: proto::ReconnectReason::RrUnknown,
+            reason,
+        }),
+        _ => End::Gone(reason),
+    }
 }
 
 fn unix_ms() -> i64 {

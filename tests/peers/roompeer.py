@@ -15,8 +15,8 @@ Output contract
   ROOMPEER_LOG=DEBUG).
 * Every command has a hard time limit (`--timeout`, default derived from the other
   options) and disconnects cleanly from the room on success, failure or signal.
-* SIGTERM/SIGINT: `listen` stops recording and reports what it got ("ended_by":
-  "signal", exit 0); `publish-tone` stops the tone and reports likewise. For the other
+* SIGTERM/SIGINT: `listen` and `session` stop recording and report what they got
+  ("ended_by": "signal", exit 0); `publish-tone` stops the tone and reports likewise. For the other
   commands, or on a second signal, the command is cancelled: "error": "interrupted".
 
 Audio conventions
@@ -34,6 +34,10 @@ Subcommands
   tone-pair     two participants in one process: A publishes a tone, B records it.
   publish-tone  one participant publishes a tone (e.g. for the daemon to carry to SIP).
   listen        one participant records subscribed audio (e.g. what the daemon publishes).
+  session       one participant observes the room: the participants it sees (kind,
+                attributes and their changes), SIP DTMF received; it can send DTMF with
+                publish_dtmf, announce readiness with an attribute, and record every
+                audio track of a participant (also across re-publishing).
   analyze-wav   analyse a 16-bit PCM WAV file (lets tests cross-check the oracle with an
                 independent generator such as sox).
   selftest      run the analysis functions on synthetic signals and assert the results.
@@ -222,7 +226,10 @@ def make_token(args: argparse.Namespace, identity: str) -> str:
         .with_identity(identity)
         .with_name(identity)
         .with_grants(
-            api.VideoGrants(room_join=True, room=args.room, can_publish=True, can_subscribe=True)
+            api.VideoGrants(
+                room_join=True, room=args.room, can_publish=True, can_subscribe=True,
+                can_update_own_metadata=True,
+            )
         )
         .to_jwt()
     )
@@ -616,6 +623,206 @@ async def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
         await disconnect(room, args.identity)
 
 
+KIND_PREFIX = "PARTICIPANT_KIND_"
+
+
+def kind_name(kind: int) -> str:
+    """`SIP`, `STANDARD`, `AGENT`, ... for a ParticipantKind value (`KIND_<n>` if unknown)."""
+    from livekit.rtc._proto import participant_pb2
+
+    try:
+        name = participant_pb2.ParticipantKind.Name(kind)
+    except ValueError:
+        return f"KIND_{kind}"
+    return name[len(KIND_PREFIX):] if name.startswith(KIND_PREFIX) else name
+
+
+# DTMF digit -> RFC 4733 event code (what LiveKit's SipDTMF carries)
+DTMF_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15}
+
+
+def parse_until_attribute(spec: str) -> tuple[str, str, str]:
+    """`IDENTITY:KEY=VALUE` -> (identity, key, value)."""
+    who, sep, kv = spec.partition(":")
+    key, sep2, value = kv.partition("=")
+    if not (sep and sep2 and who and key):
+        raise PeerError(f"--until-attribute {spec!r} is not IDENTITY:KEY=VALUE")
+    return who, key, value
+
+
+async def cmd_session(args: argparse.Namespace) -> dict[str, Any]:
+    """Observe the room as one participant (see the module docstring)."""
+    from livekit import rtc
+
+    digits = [d.upper() for d in (args.send_dtmf or "")]
+    bad = [d for d in digits if d not in DTMF_CODES]
+    if bad:
+        raise PeerError(f"--send-dtmf: invalid digits {bad!r} (0-9, *, #, A-D)")
+    until_attrs = [parse_until_attribute(s) for s in args.until_attribute]
+
+    room = rtc.Room()
+    t0 = time.monotonic()
+    changed = asyncio.Event()  # set on every observation that may satisfy a condition
+    participants: dict[str, dict[str, Any]] = {}
+    left: list[str] = []
+    attribute_changes: list[dict[str, Any]] = []
+    dtmf_received: list[dict[str, Any]] = []
+    dtmf_sent: list[dict[str, Any]] = []
+    data_received: list[dict[str, Any]] = []
+    recorders: dict[str, Recorder] = {}
+
+    def since() -> float:
+        return round(time.monotonic() - t0, 3)
+
+    def observe(p: Any) -> None:
+        entry = participants.setdefault(p.identity, {"first_seen_s": since()})
+        entry.update(
+            {
+                "sid": p.sid,
+                "name": p.name,
+                "kind": kind_name(p.kind),
+                "kind_value": int(p.kind),
+                "attributes": dict(p.attributes),
+                "metadata": p.metadata,
+            }
+        )
+        changed.set()
+
+    def maybe_record(track: Any, publication: Any, participant: Any) -> None:
+        if not args.record or track is None or track.kind != rtc.TrackKind.KIND_AUDIO:
+            return
+        if args.from_identity is not None and participant.identity != args.from_identity:
+            return
+        if publication.sid in recorders:
+            return
+        rec = Recorder(f"{args.identity}/{publication.sid}")
+        recorders[publication.sid] = rec
+        rec.start(track, participant.identity, publication.sid)
+
+    @room.on("participant_connected")
+    def _on_join(p: Any) -> None:
+        observe(p)
+
+    @room.on("participant_disconnected")
+    def _on_leave(p: Any) -> None:
+        left.append(p.identity)
+        changed.set()
+
+    @room.on("participant_attributes_changed")
+    def _on_attrs(changed_attrs: dict[str, str], p: Any) -> None:
+        attribute_changes.append(
+            {"identity": p.identity, "changed": dict(changed_attrs), "t": since()}
+        )
+        observe(p)
+
+    @room.on("sip_dtmf_received")
+    def _on_dtmf(d: Any) -> None:
+        who = d.participant.identity if d.participant is not None else None
+        log.info("DTMF %r (code %d) from %s", d.digit, d.code, who)
+        dtmf_received.append({"code": d.code, "digit": d.digit, "from_identity": who, "t": since()})
+        changed.set()
+
+    @room.on("data_received")
+    def _on_data(packet: Any) -> None:
+        who = packet.participant.identity if packet.participant is not None else None
+        data_received.append(
+            {"from_identity": who, "topic": packet.topic, "size": len(packet.data), "t": since()}
+        )
+
+    @room.on("track_subscribed")
+    def _on_sub(track: Any, publication: Any, participant: Any) -> None:
+        maybe_record(track, publication, participant)
+
+    def conditions_met() -> bool:
+        if args.until_dtmf is not None and len(dtmf_received) < args.until_dtmf:
+            return False
+        for who, key, value in until_attrs:
+            if participants.get(who, {}).get("attributes", {}).get(key) != value:
+                return False
+        return True
+
+    has_conditions = args.until_dtmf is not None or bool(until_attrs)
+
+    async def wait_changed(deadline: float) -> bool:
+        """Waits for the next observation or a signal; False once `deadline` has passed."""
+        left_s = deadline - time.monotonic()
+        if left_s <= 0 or GRACEFUL_STOP.is_set():
+            return False
+        changed.clear()
+        waiters = {
+            asyncio.ensure_future(changed.wait()),
+            asyncio.ensure_future(GRACEFUL_STOP.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=min(left_s, 0.25), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return True
+
+    try:
+        await connect(args, room, args.identity)
+        for p in room.remote_participants.values():  # already there before we joined
+            observe(p)
+            for pub in p.track_publications.values():
+                maybe_record(pub.track, pub, p)
+        if args.wait_for_identity:
+            deadline = time.monotonic() + args.wait_timeout
+            while args.wait_for_identity not in participants:
+                if not await wait_changed(deadline):
+                    if GRACEFUL_STOP.is_set():
+                        raise PeerError("interrupted before the awaited participant joined")
+                    raise PeerError(
+                        f"{args.wait_for_identity!r} did not join within {args.wait_timeout:.0f}s "
+                        f"(participants seen: {sorted(participants)})"
+                    )
+        if args.announce_ready:
+            await asyncio.wait_for(
+                room.local_participant.set_attributes({"roompeer.ready": "1"}), 10
+            )
+            log.info("%s announced readiness", args.identity)
+        for i, digit in enumerate(digits):
+            if i:
+                await asyncio.sleep(args.dtmf_interval)
+            code = DTMF_CODES[digit]
+            await asyncio.wait_for(room.local_participant.publish_dtmf(code=code, digit=digit), 10)
+            dtmf_sent.append({"code": code, "digit": digit, "t": since()})
+            log.info("sent DTMF %r (code %d)", digit, code)
+        deadline = t0 + args.seconds
+        ended_by = "duration"
+        while True:
+            if has_conditions and conditions_met():
+                ended_by = "conditions"
+                break
+            if GRACEFUL_STOP.is_set():
+                ended_by = "signal"
+                break
+            if not await wait_changed(deadline):
+                break
+        tracks = []
+        for rec in recorders.values():
+            await rec.stop()
+            tracks.append(rec.report())
+        return {
+            "room": args.room,
+            "identity": args.identity,
+            "participants": participants,
+            "participants_left": left,
+            "attribute_changes": attribute_changes,
+            "dtmf_received": dtmf_received,
+            "dtmf_sent": dtmf_sent,
+            "data_received": data_received,
+            "tracks": tracks,
+            "conditions_met": conditions_met() if has_conditions else None,
+            "ended_by": ended_by,
+            "elapsed_s": since(),
+        }
+    finally:
+        for rec in recorders.values():
+            await rec.stop()
+        await disconnect(room, args.identity)
+
+
 async def cmd_analyze_wav(args: argparse.Namespace) -> dict[str, Any]:
     try:
         x, sr = read_wav(args.path)
@@ -747,6 +954,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-identity", default=None, help="only record this participant's audio")
     sp.add_argument("--wav", default=None, help="also write the recording to this WAV file")
 
+    sp = sub.add_parser("session", help="observe the room; optionally send DTMF and record audio")
+    room_args(sp)
+    sp.add_argument("--identity", required=True)
+    sp.add_argument("--seconds", type=float, required=True,
+                    help="stay at most this long after joining (ends early once every --until-* "
+                         "condition holds)")
+    sp.add_argument("--wait-for-identity", default=None,
+                    help="before sending anything, wait (--wait-timeout) until this participant is seen")
+    sp.add_argument("--announce-ready", action="store_true",
+                    help="then set own attribute roompeer.ready=1 (tells the other side we are up)")
+    sp.add_argument("--send-dtmf", default=None, help="then send these digits with publish_dtmf")
+    sp.add_argument("--dtmf-interval", type=float, default=0.3, help="between digits (s)")
+    sp.add_argument("--until-dtmf", type=int, default=None,
+                    help="condition: at least this many sip_dtmf_received events")
+    sp.add_argument("--until-attribute", action="append", default=[], metavar="IDENTITY:KEY=VALUE",
+                    help="condition: that participant has that attribute value (repeatable)")
+    sp.add_argument("--record", action="store_true",
+                    help="record every subscribed audio track (one report per track sid)")
+    sp.add_argument("--from-identity", default=None, help="only record this participant's audio")
+
     sp = sub.add_parser("analyze-wav", help="analyse a 16-bit PCM WAV file")
     sp.add_argument("path")
 
@@ -758,6 +985,7 @@ COMMANDS = {
     "tone-pair": cmd_tone_pair,
     "publish-tone": cmd_publish_tone,
     "listen": cmd_listen,
+    "session": cmd_session,
     "analyze-wav": cmd_analyze_wav,
     "selftest": cmd_selftest,
 }
@@ -772,8 +1000,8 @@ def hard_timeout(args: argparse.Namespace) -> Optional[float]:
     return 2 * (args.connect_timeout * 3 + 5) + args.wait_timeout + media + 20
 
 
-# Set by the first SIGTERM/SIGINT: `listen` stops recording and reports what it has
-# ("ended_by": "signal"), `publish-tone` stops the tone and reports. Other commands, and
+# Set by the first SIGTERM/SIGINT: `listen` and `session` stop recording and report what
+# they have ("ended_by": "signal"), `publish-tone` stops the tone and reports. Other commands, and
 # a second signal, cancel the command ({"ok": false, "error": "interrupted"}).
 GRACEFUL_STOP: asyncio.Event
 
@@ -784,7 +1012,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    graceful = args.command in ("listen", "publish-tone")
+    graceful = args.command in ("listen", "publish-tone", "session")
 
     def on_signal() -> None:
         if graceful and not GRACEFUL_STOP.is_set():
