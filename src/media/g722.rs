@@ -442,7 +442,8 @@ mod tests {
 
     /// A tiny C program around spandsp's g722_encode/g722_decode (64 kbit/s, 16 kHz,
     /// unpacked): `h enc|dec < in > out`. Built with the system C compiler when
-    /// `libspandsp-dev` is installed; otherwise the interop test is skipped.
+    /// `libspandsp-dev` is installed (scripts/install-test-deps installs it); the interop
+    /// test fails, never skips, without it.
     const SPANDSP_HARNESS: &str = r#"
 #include <stdio.h>
 #include <stdint.h>
@@ -468,13 +469,14 @@ int main(int argc, char **argv) {
 }
 "#;
 
-    fn spandsp_harness(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    fn spandsp_harness(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+        const HINT: &str = "install libspandsp-dev and a C compiler (scripts/install-test-deps)";
         if !std::path::Path::new("/usr/include/spandsp/g722.h").exists() {
-            return None;
+            return Err(format!("spandsp headers not found: {HINT}"));
         }
         let src = dir.join("g722_harness.c");
         let bin = dir.join("g722_harness");
-        std::fs::write(&src, SPANDSP_HARNESS).ok()?;
+        std::fs::write(&src, SPANDSP_HARNESS).map_err(|e| e.to_string())?;
         let status = std::process::Command::new("cc")
             .arg("-O1")
             .arg("-o")
@@ -482,8 +484,11 @@ int main(int argc, char **argv) {
             .arg(&src)
             .arg("-lspandsp")
             .status()
-            .ok()?;
-        status.success().then_some(bin)
+            .map_err(|e| format!("cannot run cc: {e}: {HINT}"))?;
+        if !status.success() {
+            return Err(format!("building the spandsp harness failed: {HINT}"));
+        }
+        Ok(bin)
     }
 
     fn run(bin: &std::path::Path, mode: &str, input: &[u8]) -> Vec<u8> {
@@ -509,10 +514,7 @@ int main(int argc, char **argv) {
     #[test]
     fn g722_interop_with_spandsp() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some(bin) = spandsp_harness(dir.path()) else {
-            println!("SKIPPED: spandsp not available (install libspandsp-dev and a C compiler)");
-            return;
-        };
+        let bin = spandsp_harness(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         // Tones, a sweep of levels, silence and noise: exercises both bands, the scale
         // factor limits and the predictor limits.
         let mut pcm = sine(1000.0, 0.3, 16_000, 8000, 0.0);
