@@ -1,6 +1,7 @@
 //! Media pipeline cores, sans-IO: RTP/RTCP, G.711 and G.722, RFC 4733 telephone events,
-//! the adaptive jitter buffer with concealment, the mixer and the media timeout. Time is
-//! always an argument.
+//! the adaptive jitter buffer with concealment, the mixer and the media timeout, composed
+//! into one call's phone leg (`session`); time is always an argument. `socket` is the
+//! only module here that does IO.
 //!
 //! - `rtcp`: RTCP SR/RR/SDES/BYE parse and build, reception stats, RTT, per-call stats.
 //! - `rtp`: RTP packet parse/serialize, `Ssrc`, `SeqNo`, sequence/timestamp unwrapping.
@@ -13,6 +14,11 @@
 //! - `plc`: phone -> room playout: G.711/G.722 decoding with repeat-and-fade concealment.
 //! - `timeout`: media timeout (no RTP for N s, longer before the first packet).
 //! - `ports`: RTP port pairs from the configured range, with a drain period before reuse.
+//! - `session`: `PhoneMedia`, the phone leg of one call composed from the cores above:
+//!   RTP/RTCP in and out, symmetric RTP, playout toward the room in 20 ms frames, the
+//!   room mix toward the phone, DTMF both ways, hold, media timeout, stats.
+//! - `socket`: the thin tokio shell: the RTP/RTCP socket pair of a call, bound from the
+//!   shared port pool and released on drop.
 pub mod dtmf;
 pub mod g711;
 pub mod g722;
@@ -22,6 +28,8 @@ pub mod plc;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod session;
+pub mod socket;
 pub mod timeout;
 
 #[cfg(test)]

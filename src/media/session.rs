@@ -1,0 +1,2218 @@
+//! The phone leg of one call's media, sans-IO: `PhoneMedia` composes the RTP, jitter
+//! buffer, playout, mixer, RFC 4733, RTCP and media-timeout cores into one state machine
+//! that the call task feeds with datagrams, room audio and time, and drains for datagrams
+//! toward the phone, 20 ms frames toward the room, and events. Time is always an argument.
+//!
+//! - Inputs: `handle_rtp`, `handle_rtcp`, `push_room_audio` / `remove_track`,
+//!   `send_dtmf`, `set_remote` (re-INVITE), `handle_timeout`.
+//! - Outputs: `poll_transmit` (RTP and RTCP toward the phone), `poll_phone_frame` (the
+//!   phone's audio for the room), `poll_event`, `poll_timeout`, `stats`.
+//! - Clocks: the send tick (the mixer's, every send ptime), the playout tick (every
+//!   20 ms) and the RTCP timer are schedules of the form `previous + period`, so they never
+//!   drift with the owner's wake-ups; an owner more than `MAX_CATCH_UP` frames late skips
+//!   ahead instead of bursting. `handle_timeout(now)` and every `poll_*` advance all of
+//!   them to `now`, so `poll_timeout()` is never in the past after `handle_timeout`.
+//! - Phone -> room: a datagram is checked (parses, payload type is ours, comes from the
+//!   phone), then telephone-events go to the `DtmfReceiver` and audio to the
+//!   `JitterBuffer`, which runs at the phone's own packetization (read from the payload
+//!   size, so 30 ms packets work whatever the SDP said). Each playout tick pops the buffer
+//!   as often as needed, decodes with concealment (`PlayoutDecoder`) into a FIFO and hands
+//!   out exactly 20 ms. There is one frame every 20 ms from the start, silence before
+//!   the first packet and while nothing arrives, so the room track keeps a steady clock.
+//! - Room -> phone: room tracks go into the `Mixer` (the caller's own identity is never
+//!   mixed), one frame per send tick is encoded and sent, silence included, so NATs and
+//!   the phone's own media timeout stay happy. A DTMF event replaces audio for its
+//!   duration (same clock, no audio packet inside the event).
+//! - Symmetric RTP (`latch`): the first valid packet fixes where RTP goes; a new source
+//!   takes over only after `RELATCH_PACKETS` packets while the current one has been quiet
+//!   for `RELATCH_QUIET`, so one stray packet never moves it. Without `latch`, only the
+//!   SDP address is listened to.
+//! - Direction (ours, as `sdp::Negotiated` gives it): RTP is sent only if it `sends()`
+//!   and there is a remote address; incoming audio and DTMF are used only if it
+//!   `receives()`. RTCP flows whenever there is an address. The media timeout runs only
+//!   while `SendRecv` (the phone may well send nothing while it holds the call).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::dtmf::{
+    DtmfDigit, DtmfReceiver, DtmfReceiverConfig, DtmfSendPacket, DtmfSenderConfig,
+    TELEPHONE_EVENT_CLOCK_RATE, dtmf_send_sequence,
+};
+use super::g711::G711;
+use super::g722::{G722_RTP_CLOCK_RATE, G722Encoder};
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, MAX_DROPOUT, MAX_MISORDER};
+use super::mixer::{Mixer, MixerConfig, MixerError};
+use super::plc::{DEFAULT_FADE_FRAMES, PhoneCodec, PlayoutDecoder};
+use super::rtcp::{NtpTime, RtcpSession};
+use super::rtp::{RtpPacket, SeqNo, SeqUnwrapper, Ssrc, is_rtcp};
+use super::timeout::{MediaTimeout, MediaTimeoutConfig, MediaTimeoutReason};
+use crate::sip::sdp::{Codec, Direction, Negotiated};
+
+pub use super::plc::FrameKind;
+
+/// The frame toward the room: always 20 ms (160 samples at 8 kHz, 320 at 16 kHz).
+pub const PHONE_FRAME: Duration = Duration::from_millis(20);
+/// The RTP clock of every phone codec (G.722 included, RFC 3551 section 4.5.2).
+/// Test: `g722_room_audio_is_sent_on_the_8khz_rtp_clock`.
+pub const RTP_CLOCK_RATE: u32 = G722_RTP_CLOCK_RATE;
+/// Comfort noise (RFC 3389), payload type 13: accepted from the phone and played as the
+/// silence it stands for. Test: `pcmu_tone_from_the_phone_comes_out_in_continuous_frames`.
+pub const COMFORT_NOISE_PAYLOAD_TYPE: u8 = 13;
+/// Overdue ticks still produced before a late owner's schedule skips ahead.
+pub const MAX_CATCH_UP: u32 = 5;
+/// Consecutive packets a new source must send before it takes the latch over.
+pub const RELATCH_PACKETS: u32 = 5;
+/// How long the latched source must have been silent for a new one to take over.
+pub const RELATCH_QUIET: Duration = Duration::from_millis(100);
+/// A candidate source whose packets are further apart than this starts counting again.
+const CANDIDATE_GAP: Duration = Duration::from_millis(500);
+/// Packets of a new size needed before the receive packetization changes mid-stream.
+const PTIME_CONFIRM_PACKETS: u32 = 3;
+/// Frames toward the room held for an owner that does not drain them.
+const MAX_READY_FRAMES: usize = 10;
+/// Jitter-buffer pops allowed within one playout tick.
+const MAX_POPS_PER_TICK: usize = 8;
+/// Datagrams held for an owner that does not drain them.
+const MAX_QUEUED_TRANSMITS: usize = 64;
+/// Spare datagram buffers kept for reuse.
+const MAX_SPARE_BUFFERS: usize = 8;
+/// Digits queued toward the phone at most.
+pub const MAX_QUEUED_DIGITS: usize = 32;
+/// Audio between two queued digits.
+pub const DTMF_INTER_DIGIT: Duration = Duration::from_millis(60);
+/// The default tone length of a digit sent to the phone.
+pub const DEFAULT_DTMF_DURATION: Duration = Duration::from_millis(100);
+
+/// How to run one phone leg. `from_negotiated` fills it from the SDP outcome; `latch` and
+/// the timeouts are the owner's (trunk configuration, private SDP address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneMediaConfig {
+    pub codec: PhoneCodec,
+    /// The codec's negotiated payload type.
+    pub payload_type: u8,
+    /// The RFC 4733 telephone-event payload type, if negotiated.
+    pub dtmf_payload_type: Option<u8>,
+    /// The negotiated packetization (`a=ptime`). We send at it when it is 10-60 ms in
+    /// 10 ms steps, else at 20 ms; it is also the first guess of the phone's, which is
+    /// then read from the packets.
+    pub ptime: Duration,
+    /// Where RTP goes per SDP; `None` (or 0.0.0.0 or port 0): nothing is sent.
+    pub remote_rtp: Option<SocketAddr>,
+    /// Our direction (`Negotiated::direction`).
+    pub direction: Direction,
+    /// RTCP shares the RTP port (RFC 5761 section 4); otherwise it goes to the RTP port
+    /// + 1. Test: `rtcp_reports_go_to_port_plus_one_or_the_rtp_port_with_mux`.
+    pub rtcp_mux: bool,
+    /// Symmetric RTP: send where the phone's packets come from.
+    pub latch: bool,
+    pub timeouts: MediaTimeoutConfig,
+    /// Our SSRC, random from the owner. The initial sequence number and timestamp are
+    /// derived from it.
+    pub local_ssrc: Ssrc,
+    /// RTCP CNAME.
+    pub cname: String,
+    /// The caller's participant identity: room tracks it owns are never mixed.
+    pub local_identity: String,
+    /// Tone length of each digit from `send_dtmf`.
+    pub dtmf_duration: Duration,
+}
+
+impl PhoneMediaConfig {
+    /// Defaults: the codec's static payload type, no telephone-event, 20 ms, no remote,
+    /// `SendRecv`, no rtcp-mux, no latching, the default timeouts, a CNAME from the SSRC.
+    #[must_use]
+    pub fn new(codec: PhoneCodec, local_ssrc: Ssrc, local_identity: impl Into<String>) -> Self {
+        PhoneMediaConfig {
+            codec,
+            payload_type: codec.payload_type(),
+            dtmf_payload_type: None,
+            ptime: PHONE_FRAME,
+            remote_rtp: None,
+            direction: Direction::SendRecv,
+            rtcp_mux: false,
+            latch: false,
+            timeouts: MediaTimeoutConfig::default(),
+            local_ssrc,
+            cname: format!("roomline-{local_ssrc}"),
+            local_identity: local_identity.into(),
+            dtmf_duration: DEFAULT_DTMF_DURATION,
+        }
+    }
+
+    /// The configuration for what SDP negotiated (codec, payload types, ptime, remote
+    /// address, direction, rtcp-mux); latching off and default timeouts.
+    #[must_use]
+    pub fn from_negotiated(
+        negotiated: &Negotiated,
+        local_ssrc: Ssrc,
+        local_identity: impl Into<String>,
+    ) -> Self {
+        let mut config =
+            PhoneMediaConfig::new(phone_codec(negotiated.codec), local_ssrc, local_identity);
+        config.payload_type = negotiated.payload_type;
+        config.dtmf_payload_type = negotiated.dtmf_payload_type;
+        config.ptime = Duration::from_millis(u64::from(negotiated.ptime_ms));
+        config.remote_rtp = negotiated.remote_rtp;
+        config.direction = negotiated.direction;
+        config.rtcp_mux = negotiated.rtcp_mux;
+        config
+    }
+}
+
+/// The media codec for an SDP codec.
+#[must_use]
+pub fn phone_codec(codec: Codec) -> PhoneCodec {
+    match codec {
+        Codec::Pcmu => PhoneCodec::G711(G711::Pcmu),
+        Codec::Pcma => PhoneCodec::G711(G711::Pcma),
+        Codec::G722 => PhoneCodec::G722,
+    }
+}
+
+/// One datagram toward the phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    /// Send from the RTCP socket (RTP port + 1). RTCP under rtcp-mux shares the RTP
+    /// socket and has `rtcp: false`; tell RTCP from RTP by the bytes (`rtp::is_rtcp`).
+    pub rtcp: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// 20 ms of the phone's audio at the codec rate, for the room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhoneFrame {
+    pub samples: Vec<i16>,
+    /// `Decoded` if any of it came from packets and none was concealed, `Concealed` if
+    /// any was concealed, `Silence` otherwise.
+    pub kind: FrameKind,
+}
+
+/// Something the call task acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// One key press from the phone (reported once, when it ends).
+    Dtmf(DtmfDigit),
+    /// No RTP from the phone for the timeout (reported once): end the call.
+    Timeout {
+        after: Duration,
+        before_first_packet: bool,
+    },
+    /// RTP now goes where the phone's packets come from.
+    Latched(SocketAddr),
+    /// The phone's audio stream restarted under a new SSRC; playout resynchronized.
+    SsrcChanged { old: Ssrc, new: Ssrc },
+}
+
+/// Why `send_dtmf` refused a digit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendDtmfError {
+    #[error("telephone-event was not negotiated with the phone")]
+    NotNegotiated,
+    #[error("too many digits queued toward the phone")]
+    QueueFull,
+}
+
+/// Phone -> us.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReceiveStats {
+    /// RTP packets accepted from the phone (audio, events, comfort noise) and their bytes
+    /// on the wire.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets missing from the phone's sequence numbers, summed over its streams.
+    pub lost: u64,
+    /// RFC 3550 interarrival jitter.
+    pub jitter_ms: f64,
+    /// Packets that came after their playout slot.
+    pub late: u64,
+    /// Packets the jitter buffer dropped otherwise: duplicates, overflow, delay
+    /// adjustment, resynchronization, unconfirmed sequence jumps.
+    pub discarded: u64,
+    /// Playout frames concealed (repeated with fade).
+    pub concealed_frames: u64,
+    /// Key presses reported.
+    pub dtmf_events: u64,
+    /// Datagrams that are not RTP, or carry a payload type not negotiated.
+    pub invalid: u64,
+    /// Valid packets from an address other than the phone's.
+    pub wrong_source: u64,
+    /// Packets not used because our direction does not receive.
+    pub ignored: u64,
+    pub ssrc_changes: u64,
+    /// 20 ms frames handed out, and frames skipped or dropped for a late owner.
+    pub frames: u64,
+    pub frames_skipped: u64,
+}
+
+/// Us -> phone.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SendStats {
+    /// RTP packets (audio and events) and their bytes on the wire.
+    pub packets: u64,
+    pub bytes: u64,
+    /// What the phone's last RTCP report said about our stream.
+    pub lost: Option<i64>,
+    pub jitter_ms: Option<f64>,
+    /// Digits sent, and the event packets they took.
+    pub dtmf_events: u64,
+    pub dtmf_packets: u64,
+    /// Send ticks skipped because the owner was late, and datagrams dropped because it
+    /// did not drain them.
+    pub ticks_skipped: u64,
+    pub dropped: u64,
+}
+
+/// Counters of one phone leg, for metrics and the per-call summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MediaStats {
+    pub rx: ReceiveStats,
+    pub tx: SendStats,
+    /// From the phone's RTCP reports on our SRs.
+    pub rtt: Option<Duration>,
+    pub rtcp_sent: u64,
+    pub rtcp_received: u64,
+    /// RTCP datagrams refused: malformed or from a foreign address.
+    pub rtcp_invalid: u64,
+    /// Times the RTP destination was (re)latched.
+    pub latches: u64,
+}
+
+/// What a payload type is to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Audio,
+    Event,
+    ComfortNoise,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    addr: SocketAddr,
+    packets: u32,
+    last: Instant,
+}
+
+/// Packets lost per RFC 3550 appendix A.3 (expected minus received), over successive
+/// streams (new SSRC or restarted sequence). Test: `lost_packets_are_counted_and_concealed`.
+#[derive(Debug, Default)]
+struct LossCounter {
+    ssrc: Option<Ssrc>,
+    seqs: SeqUnwrapper,
+    base: u64,
+    received: u64,
+    closed: u64,
+}
+
+impl LossCounter {
+    fn on_packet(&mut self, ssrc: Ssrc, seq: SeqNo) {
+        let restart = self.ssrc != Some(ssrc)
+            || self.seqs.highest().is_some_and(|h| {
+                let d = i64::from(seq.delta(h.seq()));
+                !(-MAX_MISORDER..=MAX_DROPOUT).contains(&d)
+            });
+        if restart {
+            self.closed += self.current();
+            self.ssrc = Some(ssrc);
+            self.seqs.reset();
+            self.received = 0;
+            self.base = u64::from(seq.0);
+        }
+        if let Some(ext) = self.seqs.unwrap(seq) {
+            self.base = self.base.min(ext.0);
+            self.received += 1;
+        }
+    }
+
+    fn current(&self) -> u64 {
+        self.seqs.highest().map_or(0, |h| {
+            (h.0 + 1 - self.base.min(h.0)).saturating_sub(self.received)
+        })
+    }
+
+    fn lost(&self) -> u64 {
+        self.closed + self.current()
+    }
+}
+
+/// An event being sent toward the phone.
+#[derive(Debug)]
+struct OutgoingEvent {
+    packets: Vec<DtmfSendPacket>,
+    next: usize,
+}
+
+/// The phone leg of one call. See the module documentation. Tests: `session::tests`.
+#[derive(Debug)]
+pub struct PhoneMedia {
+    codec: PhoneCodec,
+    payload_type: u8,
+    dtmf_payload_type: Option<u8>,
+    latch: bool,
+    rtcp_mux: bool,
+    direction: Direction,
+    t0: Instant,
+    wall0: SystemTime,
+    /// Audio samples in 20 ms.
+    frame_samples: usize,
+
+    // Where the phone is.
+    sdp_remote: Option<SocketAddr>,
+    /// The last address SDP gave (kept through a hold), which a non-latching leg
+    /// listens to.
+    known_remote: Option<SocketAddr>,
+    latched: Option<Source>,
+    candidate: Option<Source>,
+    rtcp_source: Option<SocketAddr>,
+
+    // Phone -> room.
+    rx_ssrc: Option<Ssrc>,
+    rx_frame: Duration,
+    ptime_pending: Option<(Duration, u32)>,
+    jitter: JitterBuffer,
+    decoder: PlayoutDecoder,
+    dtmf_rx: DtmfReceiver,
+    loss: LossCounter,
+    fifo: VecDeque<i16>,
+    /// Lengths and kinds of what `fifo` holds, oldest first.
+    segments: VecDeque<(usize, FrameKind)>,
+    ready: usize,
+    next_playout: Instant,
+    /// Counters of replaced jitter buffers and decoders.
+    retired_late: u64,
+    retired_discarded: u64,
+    retired_concealed: u64,
+
+    // Room -> phone.
+    send_ptime: Duration,
+    ts_per_tick: u64,
+    mixer: Mixer,
+    mix_buf: Vec<i16>,
+    g722: G722Encoder,
+    out: RtpPacket,
+    tx_seq: SeqNo,
+    tx_ts_base: u32,
+    tx_tick: u64,
+    tx_marker: bool,
+    dtmf_tx: DtmfSenderConfig,
+    dtmf_duration: Duration,
+    dtmf_gap_ticks: u32,
+    dtmf_queue: VecDeque<DtmfDigit>,
+    dtmf_active: Option<OutgoingEvent>,
+    dtmf_wait: u32,
+    transmits: VecDeque<Transmit>,
+    spare: Vec<Vec<u8>>,
+
+    rtcp: RtcpSession,
+    timeout: MediaTimeout,
+    events: VecDeque<MediaEvent>,
+    stats: MediaStats,
+}
+
+/// An IPv4-mapped IPv6 address (from a dual-stack socket) as the IPv4 address it is.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+/// A usable remote address: not unspecified (0.0.0.0 is hold), not port 0.
+fn usable(addr: Option<SocketAddr>) -> Option<SocketAddr> {
+    addr.map(canonical)
+        .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+}
+
+/// splitmix64, to derive the initial sequence number and timestamp from the SSRC.
+fn mix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn samples_in(d: Duration, rate: u32) -> usize {
+    (d.as_micros() * u128::from(rate) / 1_000_000) as usize
+}
+
+fn send_ptime(ptime: Duration) -> Duration {
+    let ms = ptime.as_millis();
+    let whole = ptime.subsec_nanos().is_multiple_of(1_000_000);
+    if whole && (10..=60).contains(&ms) && ms.is_multiple_of(10) {
+        ptime
+    } else {
+        PHONE_FRAME
+    }
+}
+
+fn jitter_for(frame: Duration) -> JitterBuffer {
+    JitterBuffer::new(JitterConfig {
+        clock_rate: RTP_CLOCK_RATE,
+        frame,
+        ..JitterConfig::default()
+    })
+}
+
+fn jitter_discards(s: &JitterStats) -> u64 {
+    s.duplicates + s.overflow_drops + s.expired + s.shrunk_packets + s.flushed + s.held
+}
+
+impl PhoneMedia {
+    /// A phone leg starting at `now`; `wall` is the wall-clock time at `now` (read by the
+    /// owner), from which RTCP's NTP timestamps are derived. The first RTP packet is due
+    /// at `now`.
+    #[must_use]
+    pub fn new(config: PhoneMediaConfig, now: Instant, wall: SystemTime) -> Self {
+        let codec = config.codec;
+        let rate = codec.sample_rate();
+        let frame_samples = samples_in(PHONE_FRAME, rate);
+        let rx_frame = if (10..=120).contains(&config.ptime.as_millis()) {
+            config.ptime
+        } else {
+            PHONE_FRAME
+        };
+        let send_ptime = send_ptime(config.ptime);
+        let mixer = Mixer::new(
+            MixerConfig {
+                sample_rate: rate,
+                frame: send_ptime,
+                prefill: (send_ptime + PHONE_FRAME).max(Duration::from_millis(40)),
+                max_catch_up: MAX_CATCH_UP,
+                ..MixerConfig::default()
+            },
+            config.local_identity.clone(),
+            now,
+        );
+        let mix_buf = vec![0; mixer.frame_samples()];
+        // RFC 3550 section 5.1: the initial sequence number and timestamp should be
+        // random; they follow from the SSRC, which the owner draws at random.
+        // Test: `initial_sequence_and_timestamp_follow_the_ssrc`.
+        let seed = mix64(u64::from(config.local_ssrc.0));
+        let payload_type = config.payload_type & 0x7f;
+        let mut out = RtpPacket::new(
+            payload_type,
+            SeqNo(seed as u16),
+            0,
+            config.local_ssrc,
+            Vec::with_capacity(mixer.frame_samples()),
+        );
+        out.marker = true;
+        let mut timeout = MediaTimeout::new(config.timeouts, now);
+        if config.direction != Direction::SendRecv {
+            timeout.pause();
+        }
+        let dtmf_tx = DtmfSenderConfig {
+            clock_rate: TELEPHONE_EVENT_CLOCK_RATE,
+            packet_interval: send_ptime,
+            ..DtmfSenderConfig::default()
+        };
+        let remote = usable(config.remote_rtp);
+        PhoneMedia {
+            codec,
+            payload_type,
+            dtmf_payload_type: config.dtmf_payload_type.map(|pt| pt & 0x7f),
+            latch: config.latch,
+            rtcp_mux: config.rtcp_mux,
+            direction: config.direction,
+            t0: now,
+            wall0: wall,
+            frame_samples,
+            sdp_remote: remote,
+            known_remote: remote,
+            latched: None,
+            candidate: None,
+            rtcp_source: None,
+            rx_ssrc: None,
+            rx_frame,
+            ptime_pending: None,
+            jitter: jitter_for(rx_frame),
+            decoder: PlayoutDecoder::new(codec, samples_in(rx_frame, rate), DEFAULT_FADE_FRAMES),
+            dtmf_rx: DtmfReceiver::new(DtmfReceiverConfig::default()),
+            loss: LossCounter::default(),
+            fifo: VecDeque::with_capacity(frame_samples * (MAX_READY_FRAMES + 8)),
+            segments: VecDeque::with_capacity(MAX_READY_FRAMES + 8),
+            ready: 0,
+            next_playout: now,
+            retired_late: 0,
+            retired_discarded: 0,
+            retired_concealed: 0,
+            ts_per_tick: samples_in(send_ptime, RTP_CLOCK_RATE) as u64,
+            send_ptime,
+            mixer,
+            mix_buf,
+            g722: G722Encoder::new(),
+            out,
+            tx_seq: SeqNo(seed as u16),
+            tx_ts_base: (seed >> 32) as u32,
+            tx_tick: 0,
+            tx_marker: true,
+            dtmf_tx,
+            dtmf_duration: config.dtmf_duration,
+            dtmf_gap_ticks: DTMF_INTER_DIGIT
+                .as_micros()
+                .div_ceil(send_ptime.as_micros())
+                .max(1) as u32,
+            dtmf_queue: VecDeque::new(),
+            dtmf_active: None,
+            dtmf_wait: 0,
+            transmits: VecDeque::with_capacity(8),
+            spare: Vec::with_capacity(MAX_SPARE_BUFFERS),
+            rtcp: RtcpSession::new(config.local_ssrc, config.cname, RTP_CLOCK_RATE, now),
+            timeout,
+            events: VecDeque::new(),
+            stats: MediaStats::default(),
+        }
+    }
+
+    // ---- inputs ------------------------------------------------------------------
+
+    /// A datagram that arrived on the RTP port from `from` at `now`. RTCP on that port
+    /// (rtcp-mux) goes to `handle_rtcp`; anything invalid or foreign is dropped and
+    /// counted.
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if is_rtcp(bytes) {
+            self.handle_rtcp(now, from, bytes);
+            return;
+        }
+        let Ok(packet) = RtpPacket::parse(bytes) else {
+            self.stats.rx.invalid += 1;
+            return;
+        };
+        let kind = if packet.payload_type == self.payload_type {
+            Payload::Audio
+        } else if Some(packet.payload_type) == self.dtmf_payload_type {
+            Payload::Event
+        } else if packet.payload_type == COMFORT_NOISE_PAYLOAD_TYPE {
+            Payload::ComfortNoise
+        } else {
+            self.stats.rx.invalid += 1;
+            return;
+        };
+        if !self.accept_source(now, canonical(from)) {
+            self.stats.rx.wrong_source += 1;
+            return;
+        }
+        self.stats.rx.packets += 1;
+        self.stats.rx.bytes += bytes.len() as u64;
+        self.timeout.on_media(now);
+        self.rtcp.on_rtp_received(&packet);
+        self.loss.on_packet(packet.ssrc, packet.seq);
+        if !self.direction.receives() {
+            self.stats.rx.ignored += 1;
+            return;
+        }
+        match kind {
+            Payload::Event => {
+                if self.dtmf_rx.handle_packet(now, &packet).is_err() {
+                    self.stats.rx.invalid += 1;
+                }
+                self.collect_dtmf();
+            }
+            // Nothing to decode: playout conceals, then plays silence.
+            Payload::ComfortNoise => {}
+            Payload::Audio => {
+                if packet.payload.is_empty() {
+                    return;
+                }
+                if let Some(old) = self.rx_ssrc
+                    && old != packet.ssrc
+                {
+                    // The jitter buffer resynchronizes by itself on the new SSRC; the
+                    // decoder starts over too (G.722 is stateful).
+                    self.retire_decoder();
+                    self.ptime_pending = None;
+                    self.stats.rx.ssrc_changes += 1;
+                    self.events.push_back(MediaEvent::SsrcChanged {
+                        old,
+                        new: packet.ssrc,
+                    });
+                }
+                self.rx_ssrc = Some(packet.ssrc);
+                self.observe_packetization(packet.payload.len());
+                self.jitter.push(now, packet);
+            }
+        }
+    }
+
+    /// An RTCP datagram from `from` at `now`: reports and RTT go into the statistics.
+    pub fn handle_rtcp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let from = canonical(from);
+        let allowed = self.latch || self.known_remote.is_some_and(|r| r.ip() == from.ip());
+        if !allowed {
+            self.stats.rtcp_invalid += 1;
+            return;
+        }
+        let wall = self.ntp(now);
+        if self.rtcp.handle_rtcp(now, wall, bytes).is_err() {
+            self.stats.rtcp_invalid += 1;
+            return;
+        }
+        self.stats.rtcp_received += 1;
+        // Symmetric RTCP: answer where the phone's RTCP comes from, if it is the phone.
+        if self.latch && !self.rtcp_mux && self.rtp_peer().is_some_and(|p| p.ip() == from.ip()) {
+            self.rtcp_source = Some(from);
+        }
+    }
+
+    /// Decoded audio of a room track at the phone rate (normally 20 ms per call). The
+    /// track is added to the mixer on first sight; tracks owned by the caller's own
+    /// identity are never mixed.
+    pub fn push_room_audio(&mut self, track_sid: &str, owner_identity: &str, samples: &[i16]) {
+        if let Err(MixerError::UnknownTrack(_)) = self.mixer.push(track_sid, samples) {
+            self.mixer.add_track(track_sid, owner_identity);
+            let _ = self.mixer.push(track_sid, samples);
+        }
+    }
+
+    /// The room track is gone (unsubscribed, participant left).
+    pub fn remove_track(&mut self, track_sid: &str) {
+        self.mixer.remove_track(track_sid);
+    }
+
+    /// Queues a key press toward the phone as RFC 4733 events, sent from the next send
+    /// tick on with `DTMF_INTER_DIGIT` of audio between digits.
+    pub fn send_dtmf(&mut self, now: Instant, digit: DtmfDigit) -> Result<(), SendDtmfError> {
+        if self.dtmf_payload_type.is_none() {
+            return Err(SendDtmfError::NotNegotiated);
+        }
+        if self.dtmf_queue.len() >= MAX_QUEUED_DIGITS {
+            return Err(SendDtmfError::QueueFull);
+        }
+        self.drive(now);
+        self.dtmf_queue.push_back(digit);
+        Ok(())
+    }
+
+    /// A re-INVITE changed the remote address or our direction. A new address drops the
+    /// latch (the next packets latch again); `None` (hold) keeps it for the resume.
+    pub fn set_remote(
+        &mut self,
+        now: Instant,
+        remote_rtp: Option<SocketAddr>,
+        direction: Direction,
+    ) {
+        self.drive(now);
+        let remote = usable(remote_rtp);
+        if remote.is_some() && remote != self.known_remote {
+            self.known_remote = remote;
+            self.latched = None;
+            self.candidate = None;
+            self.rtcp_source = None;
+        }
+        self.sdp_remote = remote;
+        self.direction = direction;
+        if direction == Direction::SendRecv {
+            self.timeout.resume(now);
+        } else {
+            self.timeout.pause();
+        }
+        // An RTCP report held back for want of an address is due now.
+        self.drive(now);
+    }
+
+    /// Runs every timer due by `now`: send and playout ticks (their output waits in
+    /// `poll_transmit` / `poll_phone_frame`), RTCP, the DTMF end timeout and the media
+    /// timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.drive(now);
+    }
+
+    // ---- outputs -----------------------------------------------------------------
+
+    /// The next datagram toward the phone, if any is due by `now`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.drive(now);
+        self.transmits.pop_front()
+    }
+
+    /// Gives a sent datagram's buffer back for reuse (optional).
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS {
+            self.spare.push(bytes);
+        }
+    }
+
+    /// The next 20 ms of the phone's audio, if a frame is due by `now`: one every 20 ms
+    /// from the start, silence before the first packet.
+    pub fn poll_phone_frame(&mut self, now: Instant) -> Option<PhoneFrame> {
+        self.drive(now);
+        if self.ready == 0 {
+            return None;
+        }
+        let mut samples = Vec::with_capacity(self.frame_samples);
+        let kind = self.poll_phone_frame_into(now, &mut samples)?;
+        Some(PhoneFrame { samples, kind })
+    }
+
+    /// `poll_phone_frame` into the caller's buffer (cleared first), without allocating.
+    pub fn poll_phone_frame_into(&mut self, now: Instant, out: &mut Vec<i16>) -> Option<FrameKind> {
+        self.drive(now);
+        if self.ready == 0 {
+            return None;
+        }
+        out.clear();
+        self.stats.rx.frames += 1;
+        Some(self.take_frame(Some(out)))
+    }
+
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` is next needed: the next send or playout tick, RTCP report,
+    /// DTMF end timeout or media timeout.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = self.mixer.poll_timeout().min(self.next_playout);
+        for d in [self.timeout.poll_timeout(), self.dtmf_rx.poll_timeout()]
+            .into_iter()
+            .flatten()
+        {
+            t = t.min(d);
+        }
+        if self.rtcp_destination().is_some() {
+            t = t.min(self.rtcp.poll_timeout());
+        }
+        t
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> MediaStats {
+        let mut s = self.stats;
+        let j = self.jitter.stats();
+        s.rx.lost = self.loss.lost();
+        s.rx.jitter_ms = self.jitter.jitter().as_secs_f64() * 1000.0;
+        s.rx.late = self.retired_late + j.too_late;
+        s.rx.discarded = self.retired_discarded + jitter_discards(j);
+        s.rx.concealed_frames = self.retired_concealed + self.decoder.stats().concealed;
+        let r = self.rtcp.stats();
+        s.tx.lost = r.remote_cumulative_lost.map(i64::from);
+        s.tx.jitter_ms = r
+            .remote_jitter
+            .map(|j| f64::from(j) * 1000.0 / f64::from(RTP_CLOCK_RATE));
+        s.rtt = r.rtt;
+        s.rtcp_sent = r.reports_sent;
+        s
+    }
+
+    /// Where RTP goes now, if we send: the latched source or the SDP address.
+    #[must_use]
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.rtp_destination()
+    }
+
+    #[must_use]
+    pub fn codec(&self) -> PhoneCodec {
+        self.codec
+    }
+
+    #[must_use]
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// Samples in a 20 ms frame (160 or 320).
+    #[must_use]
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    /// Our packetization toward the phone.
+    #[must_use]
+    pub fn send_ptime(&self) -> Duration {
+        self.send_ptime
+    }
+
+    /// The phone's packetization, as read from its packets.
+    #[must_use]
+    pub fn receive_ptime(&self) -> Duration {
+        self.rx_frame
+    }
+
+    // ---- internals ---------------------------------------------------------------
+
+    fn ntp(&self, now: Instant) -> NtpTime {
+        NtpTime::from_system_time(self.wall0 + now.saturating_duration_since(self.t0))
+    }
+
+    /// Where the phone is for RTP, whatever our direction: nowhere without an SDP
+    /// address, else the latched source if any.
+    fn rtp_peer(&self) -> Option<SocketAddr> {
+        let sdp = self.sdp_remote?;
+        Some(self.latched.map_or(sdp, |l| l.addr))
+    }
+
+    fn rtp_destination(&self) -> Option<SocketAddr> {
+        self.rtp_peer().filter(|_| self.direction.sends())
+    }
+
+    /// RTCP goes to the RTP address under rtcp-mux, else where the phone's RTCP comes
+    /// from (latching), else to the RTP port + 1. RFC 3264 section 5.1: RTCP continues
+    /// while a stream is sendonly, recvonly or inactive. Tests: `rtcp_reports_*`,
+    /// `hold_stops_rtp_but_not_rtcp`.
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        let rtp = self.rtp_peer()?;
+        if self.rtcp_mux {
+            return Some(rtp);
+        }
+        if let Some(src) = self.rtcp_source {
+            return Some(src);
+        }
+        Some(SocketAddr::new(rtp.ip(), rtp.port().checked_add(1)?))
+    }
+
+    /// Symmetric RTP (RFC 4961) when latching, the SDP address otherwise.
+    /// Tests: `latching_*`, `without_latch_*`.
+    fn accept_source(&mut self, now: Instant, from: SocketAddr) -> bool {
+        if !self.latch {
+            return self.known_remote == Some(from);
+        }
+        let Some(current) = &mut self.latched else {
+            self.latch_to(now, from);
+            return true;
+        };
+        if current.addr == from {
+            current.last = now;
+            current.packets = current.packets.saturating_add(1);
+            self.candidate = None;
+            return true;
+        }
+        let quiet = now.saturating_duration_since(current.last) >= RELATCH_QUIET;
+        let candidate = match &mut self.candidate {
+            Some(c) if c.addr == from && now.saturating_duration_since(c.last) <= CANDIDATE_GAP => {
+                c.packets += 1;
+                c.last = now;
+                *c
+            }
+            slot => {
+                let c = Source {
+                    addr: from,
+                    packets: 1,
+                    last: now,
+                };
+                *slot = Some(c);
+                c
+            }
+        };
+        if candidate.packets >= RELATCH_PACKETS && quiet {
+            self.latch_to(now, from);
+            return true;
+        }
+        false
+    }
+
+    fn latch_to(&mut self, now: Instant, addr: SocketAddr) {
+        self.latched = Some(Source {
+            addr,
+            packets: 1,
+            last: now,
+        });
+        self.candidate = None;
+        self.rtcp_source = None;
+        self.stats.latches += 1;
+        self.events.push_back(MediaEvent::Latched(addr));
+    }
+
+    /// The phone's packetization, from the payload size (G.711 and G.722 at 64 kbit/s
+    /// both carry 8 octets per ms). A new size is taken at once before any audio, else
+    /// after `PTIME_CONFIRM_PACKETS` packets in a row.
+    fn observe_packetization(&mut self, payload_len: usize) {
+        if !payload_len.is_multiple_of(8) {
+            return;
+        }
+        let ms = (payload_len / 8) as u64;
+        if !(10..=120).contains(&ms) {
+            return;
+        }
+        let frame = Duration::from_millis(ms);
+        if frame == self.rx_frame {
+            self.ptime_pending = None;
+            return;
+        }
+        let confirmed = if self.jitter.stats().received == 0 {
+            true
+        } else {
+            let n = match self.ptime_pending {
+                Some((f, n)) if f == frame => n + 1,
+                _ => 1,
+            };
+            self.ptime_pending = Some((frame, n));
+            n >= PTIME_CONFIRM_PACKETS
+        };
+        if confirmed {
+            let old = std::mem::replace(&mut self.jitter, jitter_for(frame));
+            let s = old.stats();
+            self.retired_late += s.too_late;
+            self.retired_discarded += jitter_discards(s) + old.len() as u64;
+            self.rx_frame = frame;
+            self.ptime_pending = None;
+            self.retire_decoder();
+        }
+    }
+
+    fn retire_decoder(&mut self) {
+        let fresh = PlayoutDecoder::new(
+            self.codec,
+            samples_in(self.rx_frame, self.codec.sample_rate()),
+            DEFAULT_FADE_FRAMES,
+        );
+        let old = std::mem::replace(&mut self.decoder, fresh);
+        self.retired_concealed += old.stats().concealed;
+    }
+
+    fn collect_dtmf(&mut self) {
+        while let Some(ev) = self.dtmf_rx.poll_event() {
+            self.stats.rx.dtmf_events += 1;
+            self.events.push_back(MediaEvent::Dtmf(ev.digit));
+        }
+    }
+
+    /// Advances every schedule to `now`.
+    fn drive(&mut self, now: Instant) {
+        if let Some(t) = self.timeout.handle_timeout(now) {
+            self.events.push_back(MediaEvent::Timeout {
+                after: t.silent_for,
+                before_first_packet: t.reason == MediaTimeoutReason::NoMedia,
+            });
+        }
+        self.dtmf_rx.handle_timeout(now);
+        self.collect_dtmf();
+
+        loop {
+            let skipped_before = self.mixer.stats().skipped_frames;
+            if self.mixer.poll_frame(now, &mut self.mix_buf).is_none() {
+                break;
+            }
+            let skipped = self.mixer.stats().skipped_frames - skipped_before;
+            let at = self.mixer.poll_timeout() - self.send_ptime;
+            self.send_tick(at, skipped);
+        }
+
+        while self.next_playout <= now {
+            let behind = now.duration_since(self.next_playout);
+            if behind > PHONE_FRAME * MAX_CATCH_UP {
+                let skip = (behind.as_micros() / PHONE_FRAME.as_micros()) as u32;
+                self.next_playout += PHONE_FRAME * skip;
+                self.stats.rx.frames_skipped += u64::from(skip);
+            }
+            let at = self.next_playout;
+            self.next_playout += PHONE_FRAME;
+            self.playout_tick(at);
+        }
+
+        if let Some(to) = self.rtcp_destination()
+            && now >= self.rtcp.poll_timeout()
+        {
+            let wall = self.ntp(now);
+            let jitter = self.jitter.jitter_rtp_units();
+            if let Some(bytes) = self.rtcp.handle_timeout(now, wall, jitter) {
+                let rtcp = !self.rtcp_mux;
+                self.queue(Transmit { to, rtcp, bytes });
+            }
+        }
+    }
+
+    fn queue(&mut self, t: Transmit) {
+        if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
+            self.transmits.pop_front();
+            self.stats.tx.dropped += 1;
+        }
+        self.transmits.push_back(t);
+    }
+
+    /// One send tick at `at`; `mix_buf` holds the mixed frame. RFC 3551 section 4.1: the
+    /// first packet after a stretch without audio packets (start, hold, a DTMF event,
+    /// skipped ticks) has the marker bit. RFC 4733 section 2.5.1.2: no audio packet is
+    /// sent while an event is (the event takes the tick). Tests: `send_dtmf_*`,
+    /// `hold_stops_rtp_but_not_rtcp`, `a_late_owner_skips_ahead_instead_of_bursting`.
+    fn send_tick(&mut self, at: Instant, skipped: u64) {
+        if skipped > 0 {
+            self.tx_tick += skipped;
+            self.tx_marker = true;
+            self.stats.tx.ticks_skipped += skipped;
+        }
+        let ts = self
+            .tx_ts_base
+            .wrapping_add(self.tx_tick.wrapping_mul(self.ts_per_tick) as u32);
+        self.tx_tick += 1;
+        let dest = self.rtp_destination();
+
+        if self.dtmf_active.is_none()
+            && self.dtmf_wait == 0
+            && dest.is_some()
+            && let Some(digit) = self.dtmf_queue.pop_front()
+        {
+            self.dtmf_active = Some(OutgoingEvent {
+                packets: dtmf_send_sequence(&self.dtmf_tx, digit, self.dtmf_duration, ts),
+                next: 0,
+            });
+            self.stats.tx.dtmf_events += 1;
+        }
+        if let Some(event) = &mut self.dtmf_active {
+            let step = event.packets[event.next];
+            event.next += 1;
+            if event.next == event.packets.len() {
+                self.dtmf_active = None;
+                self.dtmf_wait = self.dtmf_gap_ticks;
+            }
+            self.tx_marker = true;
+            if let (Some(to), Some(pt)) = (dest, self.dtmf_payload_type) {
+                self.out.payload_type = pt;
+                self.out.marker = step.marker;
+                self.out.timestamp = step.timestamp;
+                self.out.payload.clear();
+                self.out.payload.extend_from_slice(&step.event.to_bytes());
+                self.stats.tx.dtmf_packets += 1;
+                self.emit_rtp(at, to);
+            }
+            return;
+        }
+        self.dtmf_wait = self.dtmf_wait.saturating_sub(1);
+
+        let Some(to) = dest else {
+            self.tx_marker = true;
+            return;
+        };
+        self.out.payload_type = self.payload_type;
+        self.out.marker = self.tx_marker;
+        self.tx_marker = false;
+        self.out.timestamp = ts;
+        self.out.payload.clear();
+        match self.codec {
+            PhoneCodec::G711(law) => law.encode(&self.mix_buf, &mut self.out.payload),
+            PhoneCodec::G722 => self.g722.encode(&self.mix_buf, &mut self.out.payload),
+        }
+        self.emit_rtp(at, to);
+    }
+
+    fn emit_rtp(&mut self, at: Instant, to: SocketAddr) {
+        self.out.seq = self.tx_seq;
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
+        if self.out.write_to(&mut bytes).is_err() {
+            return;
+        }
+        self.tx_seq = self.tx_seq.next();
+        self.rtcp.on_rtp_sent(at, &self.out);
+        self.stats.tx.packets += 1;
+        self.stats.tx.bytes += bytes.len() as u64;
+        self.queue(Transmit {
+            to,
+            rtcp: false,
+            bytes,
+        });
+    }
+
+    /// One playout tick at `at`: make sure the FIFO holds the frame, popping the jitter
+    /// buffer (at its own packetization) as often as needed.
+    fn playout_tick(&mut self, at: Instant) {
+        let need = (self.ready + 1) * self.frame_samples;
+        let mut pops = 0;
+        while self.fifo.len() < need {
+            if pops == MAX_POPS_PER_TICK {
+                let missing = need - self.fifo.len();
+                self.fifo.extend(std::iter::repeat_n(0, missing));
+                self.push_segment(missing, FrameKind::Silence);
+                break;
+            }
+            let playout = self.jitter.pop(at);
+            let (kind, samples) = self.decoder.play(&playout);
+            self.fifo.extend(samples.iter().copied());
+            let len = samples.len();
+            self.push_segment(len, kind);
+            pops += 1;
+        }
+        self.ready += 1;
+        if self.ready > MAX_READY_FRAMES {
+            self.take_frame(None);
+            self.stats.rx.frames_skipped += 1;
+        }
+    }
+
+    fn push_segment(&mut self, len: usize, kind: FrameKind) {
+        if len == 0 {
+            return;
+        }
+        match self.segments.back_mut() {
+            Some((n, k)) if *k == kind => *n += len,
+            _ => self.segments.push_back((len, kind)),
+        }
+    }
+
+    /// Takes the oldest ready frame out of the FIFO (into `out` if given).
+    fn take_frame(&mut self, out: Option<&mut Vec<i16>>) -> FrameKind {
+        let n = self.frame_samples.min(self.fifo.len());
+        match out {
+            Some(out) => out.extend(self.fifo.drain(..n)),
+            None => {
+                self.fifo.drain(..n);
+            }
+        }
+        self.ready -= 1;
+        let (mut decoded, mut concealed) = (false, false);
+        let mut remaining = n;
+        while remaining > 0 {
+            let Some((len, kind)) = self.segments.front_mut() else {
+                break;
+            };
+            let take = (*len).min(remaining);
+            decoded |= *kind == FrameKind::Decoded;
+            concealed |= *kind == FrameKind::Concealed;
+            *len -= take;
+            remaining -= take;
+            if *len == 0 {
+                self.segments.pop_front();
+            }
+        }
+        if concealed {
+            FrameKind::Concealed
+        } else if decoded {
+            FrameKind::Decoded
+        } else {
+            FrameKind::Silence
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::TelephoneEvent;
+    use crate::media::g722::G722Decoder;
+    use crate::media::rtcp::ReportBlock;
+    use crate::media::rtcp::{RtcpPacket, build_receiver_report, parse_compound};
+    use crate::media::test_signal::{XorShift, dominant_frequency, goertzel_power, sine};
+    use std::collections::BTreeMap;
+    use std::f64::consts::PI;
+
+    const PCMU: PhoneCodec = PhoneCodec::G711(G711::Pcmu);
+    const PCMA: PhoneCodec = PhoneCodec::G711(G711::Pcma);
+    const DTMF_PT: u8 = 101;
+    const LOCAL_SSRC: Ssrc = Ssrc(0x1234_5678);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    fn phone_addr() -> SocketAddr {
+        addr("127.0.0.1:5000")
+    }
+
+    fn sdp_addr() -> SocketAddr {
+        addr("192.0.2.1:4000")
+    }
+
+    fn config(codec: PhoneCodec) -> PhoneMediaConfig {
+        let mut c = PhoneMediaConfig::new(codec, LOCAL_SSRC, "sip_caller");
+        c.remote_rtp = Some(phone_addr());
+        c.dtmf_payload_type = Some(DTMF_PT);
+        c
+    }
+
+    fn decode(codec: PhoneCodec, payloads: &[Vec<u8>]) -> Vec<i16> {
+        let mut out = Vec::new();
+        let mut g722 = G722Decoder::new();
+        for p in payloads {
+            match codec {
+                PhoneCodec::G711(law) => law.decode(p, &mut out),
+                PhoneCodec::G722 => g722.decode(p, &mut out),
+            }
+        }
+        out
+    }
+
+    /// A simulated phone sending a tone in RTP packets of `ptime_ms`.
+    struct Phone {
+        codec: PhoneCodec,
+        ptime_ms: u32,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        freq: f64,
+        sent_samples: usize,
+        g722: G722Encoder,
+        payloads: Vec<Vec<u8>>,
+    }
+
+    impl Phone {
+        fn new(codec: PhoneCodec, ptime_ms: u32, freq: f64) -> Self {
+            Phone {
+                codec,
+                ptime_ms,
+                ssrc: 0xdee0_ee8f,
+                seq: 65_500,
+                ts: u32::MAX - 2000,
+                freq,
+                sent_samples: 0,
+                g722: G722Encoder::new(),
+                payloads: Vec::new(),
+            }
+        }
+
+        fn packet(&mut self) -> Vec<u8> {
+            let rate = self.codec.sample_rate();
+            let n = (rate * self.ptime_ms / 1000) as usize;
+            let phase = 2.0 * PI * self.freq * self.sent_samples as f64 / f64::from(rate);
+            let pcm = sine(self.freq, 0.3, rate, n, phase);
+            self.sent_samples += n;
+            let mut payload = Vec::new();
+            match self.codec {
+                PhoneCodec::G711(law) => law.encode(&pcm, &mut payload),
+                PhoneCodec::G722 => self.g722.encode(&pcm, &mut payload),
+            }
+            self.payloads.push(payload.clone());
+            self.rtp(self.codec.payload_type(), payload, 8 * self.ptime_ms)
+        }
+
+        fn rtp(&mut self, pt: u8, payload: Vec<u8>, advance: u32) -> Vec<u8> {
+            let mut p = RtpPacket::new(pt, SeqNo(self.seq), self.ts, Ssrc(self.ssrc), payload);
+            p.marker = self.payloads.len() == 1 && pt == self.codec.payload_type();
+            self.seq = self.seq.wrapping_add(1);
+            self.ts = self.ts.wrapping_add(advance);
+            p.to_bytes().expect("valid packet")
+        }
+
+        /// The RFC 4733 packets of one press, one per 20 ms (audio suppressed meanwhile).
+        fn press(&mut self, digit: DtmfDigit) -> Vec<Vec<u8>> {
+            let steps = dtmf_send_sequence(&DtmfSenderConfig::default(), digit, ms(100), self.ts);
+            let packets = steps
+                .iter()
+                .map(|s| {
+                    let p = s.to_rtp(DTMF_PT, SeqNo(self.seq), Ssrc(self.ssrc));
+                    self.seq = self.seq.wrapping_add(1);
+                    p.to_bytes().expect("valid packet")
+                })
+                .collect();
+            self.ts = self.ts.wrapping_add(160 * steps.len() as u32);
+            packets
+        }
+
+        fn reference(&self) -> Vec<i16> {
+            decode(self.codec, &self.payloads)
+        }
+    }
+
+    struct RoomTrack {
+        sid: &'static str,
+        owner: &'static str,
+        pcm: Vec<i16>,
+        pos: usize,
+    }
+
+    /// A virtual-clock owner: wakes at `poll_timeout` (or when a datagram arrives),
+    /// calls `handle_timeout`, drains everything, and feeds 20 ms of each room track per
+    /// phone frame, as the room side would.
+    struct Sim {
+        m: PhoneMedia,
+        t0: Instant,
+        now: Instant,
+        inbound: BTreeMap<(Instant, u64), (SocketAddr, Vec<u8>)>,
+        order: u64,
+        frames: Vec<PhoneFrame>,
+        sent: Vec<(Instant, Transmit)>,
+        events: Vec<(Instant, MediaEvent)>,
+        tracks: Vec<RoomTrack>,
+    }
+
+    impl Sim {
+        fn new(config: PhoneMediaConfig) -> Sim {
+            let t0 = Instant::now();
+            Sim {
+                m: PhoneMedia::new(
+                    config,
+                    t0,
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 31),
+                ),
+                t0,
+                now: t0,
+                inbound: BTreeMap::new(),
+                order: 0,
+                frames: Vec::new(),
+                sent: Vec::new(),
+                events: Vec::new(),
+                tracks: Vec::new(),
+            }
+        }
+
+        fn at(&self, ms_: u64) -> Instant {
+            self.t0 + ms(ms_)
+        }
+
+        fn deliver(&mut self, at_ms: u64, from: SocketAddr, bytes: Vec<u8>) {
+            self.order += 1;
+            self.inbound
+                .insert((self.at(at_ms), self.order), (from, bytes));
+        }
+
+        /// `count` packets of `phone`, one per ptime from `start_ms`.
+        fn stream(&mut self, phone: &mut Phone, from: SocketAddr, start_ms: u64, count: u64) {
+            for k in 0..count {
+                let p = phone.packet();
+                self.deliver(start_ms + k * u64::from(phone.ptime_ms), from, p);
+            }
+        }
+
+        fn add_track(&mut self, sid: &'static str, owner: &'static str, freq: f64) {
+            let rate = self.m.codec().sample_rate();
+            let pcm = sine(freq, 0.3, rate, rate as usize * 4, 0.0);
+            self.tracks.push(RoomTrack {
+                sid,
+                owner,
+                pcm,
+                pos: 0,
+            });
+        }
+
+        fn run_until(&mut self, end: Instant) {
+            loop {
+                let mut next = self.m.poll_timeout();
+                if let Some((&(t, _), _)) = self.inbound.first_key_value() {
+                    next = next.min(t);
+                }
+                if next >= end {
+                    break;
+                }
+                // An input (set_remote, send_dtmf) may leave work due right away.
+                self.step(next.max(self.now));
+            }
+            self.now = end;
+        }
+
+        fn step(&mut self, now: Instant) {
+            self.now = now;
+            while let Some(entry) = self.inbound.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let (from, bytes) = entry.remove();
+                self.m.handle_rtp(now, from, &bytes);
+            }
+            self.m.handle_timeout(now);
+            self.drain();
+            assert!(self.m.poll_timeout() > now, "poll_timeout in the past");
+        }
+
+        fn drain(&mut self) {
+            let now = self.now;
+            while let Some(t) = self.m.poll_transmit(now) {
+                self.sent.push((now, t));
+            }
+            while let Some(f) = self.m.poll_phone_frame(now) {
+                assert_eq!(f.samples.len(), self.m.frame_samples());
+                self.frames.push(f);
+                let n = self.m.frame_samples();
+                for t in &mut self.tracks {
+                    self.m
+                        .push_room_audio(t.sid, t.owner, &t.pcm[t.pos..t.pos + n]);
+                    t.pos = (t.pos + n) % (t.pcm.len() - n);
+                }
+            }
+            while let Some(e) = self.m.poll_event() {
+                self.events.push((now, e));
+            }
+        }
+
+        /// RTP sent: (time, destination, packet).
+        fn rtp(&self) -> Vec<(Instant, SocketAddr, RtpPacket)> {
+            self.sent
+                .iter()
+                .filter(|(_, t)| !t.rtcp && !is_rtcp(&t.bytes))
+                .map(|(at, t)| (*at, t.to, RtpPacket::parse(&t.bytes).expect("valid RTP")))
+                .collect()
+        }
+
+        fn rtcp(&self) -> Vec<(Instant, &Transmit)> {
+            self.sent
+                .iter()
+                .filter(|(_, t)| t.rtcp || is_rtcp(&t.bytes))
+                .map(|(at, t)| (*at, t))
+                .collect()
+        }
+
+        fn samples(&self) -> Vec<i16> {
+            self.frames
+                .iter()
+                .flat_map(|f| f.samples.iter().copied())
+                .collect()
+        }
+
+        fn events(&self) -> Vec<MediaEvent> {
+            self.events.iter().map(|(_, e)| *e).collect()
+        }
+    }
+
+    /// Where `reference` appears whole and in order in `out`.
+    fn find(out: &[i16], reference: &[i16]) -> Option<usize> {
+        let probe = &reference[..64.min(reference.len())];
+        (0..=out.len().saturating_sub(reference.len())).find(|&o| {
+            &out[o..o + probe.len()] == probe && &out[o..o + reference.len()] == reference
+        })
+    }
+
+    /// The phone's stream comes out whole: every sample of its decoding, in order, in
+    /// frames that are all decoded (never concealed) from the first to the last.
+    fn assert_continuous(sim: &Sim, reference: &[i16], freq: f64) {
+        let n = sim.m.frame_samples();
+        let out = sim.samples();
+        let at = find(&out, reference).expect("the whole stream, without a gap");
+        assert!(
+            sim.frames[..at / n]
+                .iter()
+                .all(|f| f.kind == FrameKind::Silence)
+        );
+        assert_decoded_within(&sim.frames, n, at, reference.len());
+        let rate = sim.m.codec().sample_rate();
+        let f = dominant_frequency(reference, rate);
+        assert!((f - freq).abs() < 1.0, "{f} Hz");
+        let heard = dominant_frequency(&out[at..at + reference.len()], rate);
+        assert!((heard - freq).abs() < 1.0, "{heard} Hz");
+    }
+
+    /// Frames wholly inside `len` samples from `at` are all decoded.
+    fn assert_decoded_within(frames: &[PhoneFrame], n: usize, at: usize, len: usize) {
+        let (first, end) = (at.div_ceil(n), (at + len) / n);
+        let inside = &frames[first..end];
+        assert!(inside.len() >= len / n - 1);
+        let bad: Vec<usize> = (first..end)
+            .filter(|&i| frames[i].kind != FrameKind::Decoded)
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "frames {bad:?} inside the stream were not decoded"
+        );
+    }
+
+    #[test]
+    fn pcmu_tone_from_the_phone_comes_out_in_continuous_frames() {
+        let mut sim = Sim::new(config(PCMU));
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 7, 100);
+        // Comfort noise (RFC 3389) after the talkspurt: accepted, played as silence.
+        let cn = phone.rtp(COMFORT_NOISE_PAYLOAD_TYPE, vec![60], 160);
+        sim.deliver(2007, phone_addr(), cn);
+        sim.run_until(sim.at(2200));
+        assert_eq!(sim.frames.len(), 110, "one frame per 20 ms from the start");
+        assert!(sim.frames.iter().all(|f| f.samples.len() == 160));
+        assert_continuous(&sim, &phone.reference(), 1000.0);
+        assert_eq!(sim.frames.last().map(|f| f.kind), Some(FrameKind::Silence));
+        let st = sim.m.stats();
+        assert_eq!((st.rx.packets, st.rx.invalid, st.rx.lost), (101, 0, 0));
+        assert_eq!(
+            st.rx.concealed_frames, DEFAULT_FADE_FRAMES as u64,
+            "the fade at the end"
+        );
+        assert!(st.rx.bytes >= 100 * 172);
+    }
+
+    #[test]
+    fn lost_packets_are_counted_and_concealed() {
+        let mut sim = Sim::new(config(PCMU));
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        for k in 0..100u64 {
+            let p = phone.packet();
+            if ![30, 31, 60].contains(&k) {
+                sim.deliver(5 + 20 * k, phone_addr(), p);
+            }
+        }
+        sim.run_until(sim.at(2200));
+        let st = sim.m.stats();
+        assert_eq!((st.rx.packets, st.rx.lost), (97, 3));
+        // Concealed: 2 + 1 frames for the gaps, 3 for the fade after the last packet.
+        assert_eq!(st.rx.concealed_frames, 2 + 1 + 3);
+        assert_eq!(sim.frames.len(), 110);
+        let concealed = sim
+            .frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Concealed)
+            .count();
+        assert!((3..=6).contains(&concealed), "{concealed}");
+    }
+
+    #[test]
+    fn g722_tone_from_the_phone_comes_out_at_16khz() {
+        let mut c = config(PhoneCodec::G722);
+        c.payload_type = 9;
+        let mut sim = Sim::new(c);
+        let mut phone = Phone::new(PhoneCodec::G722, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 3, 100);
+        sim.run_until(sim.at(2200));
+        assert_eq!(sim.frames.len(), 110);
+        assert!(sim.frames.iter().all(|f| f.samples.len() == 320));
+        assert_continuous(&sim, &phone.reference(), 1000.0);
+        assert_eq!(
+            phone.payloads[0].len(),
+            160,
+            "8 kHz RTP clock, 160 octets per 20 ms"
+        );
+    }
+
+    #[test]
+    fn pcma_30ms_packets_come_out_as_continuous_20ms_frames() {
+        // The SDP said nothing (20 ms assumed); the phone sends 30 ms.
+        let mut sim = Sim::new(config(PCMA));
+        let mut phone = Phone::new(PCMA, 30, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 11, 66);
+        sim.run_until(sim.at(2200));
+        assert_eq!(sim.m.receive_ptime(), ms(30));
+        assert_eq!(sim.frames.len(), 110);
+        assert!(sim.frames.iter().all(|f| f.samples.len() == 160));
+        assert_continuous(&sim, &phone.reference(), 1000.0);
+        assert_eq!(sim.m.stats().rx.discarded, 0);
+    }
+
+    /// The RTP payloads of a classic little-endian pcap of Ethernet/IPv4/UDP frames,
+    /// with their capture times.
+    fn pcap_datagrams(bytes: &[u8]) -> Vec<(Duration, Vec<u8>)> {
+        let le =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        assert_eq!(le(0), 0xa1b2_c3d4, "classic pcap");
+        let mut out = Vec::new();
+        let mut pos = 24;
+        while pos + 16 <= bytes.len() {
+            let t = Duration::from_secs(u64::from(le(pos)))
+                + Duration::from_micros(u64::from(le(pos + 4)));
+            let len = le(pos + 8) as usize;
+            let frame = &bytes[pos + 16..pos + 16 + len];
+            pos += 16 + len;
+            let ip = &frame[14..];
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            out.push((t, ip[ihl + 8..].to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn sipp_g711a_pcap_with_30ms_packets_plays_without_a_gap() {
+        // SIPp's g711a.pcap (Debian sip-tester): 7 s of speech in 30 ms PCMA packets,
+        // captured with 25-35 ms between packets.
+        let path = std::path::Path::new("/usr/share/sip-tester/g711a.pcap");
+        let bytes = std::fs::read(path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: run `scripts/install-test-deps` (Debian package sip-tester)",
+                path.display()
+            )
+        });
+        let datagrams = pcap_datagrams(&bytes);
+        assert!(datagrams.len() > 200);
+        let mut sim = Sim::new(config(PCMA));
+        let base = datagrams[0].0;
+        let mut payloads = Vec::new();
+        for (t, d) in &datagrams {
+            let p = RtpPacket::parse(d).expect("RTP in the capture");
+            assert_eq!((p.payload_type, p.payload.len()), (8, 240));
+            payloads.push(p.payload);
+            sim.deliver(5 + (*t - base).as_millis() as u64, phone_addr(), d.clone());
+        }
+        sim.run_until(sim.at(7400));
+        assert_eq!(sim.m.receive_ptime(), ms(30));
+        assert_eq!(sim.frames.len(), 370);
+        let reference = decode(PCMA, &payloads);
+        let out = sim.samples();
+        let at = find(&out, &reference).expect("every packet played, in order, without a gap");
+        assert_decoded_within(&sim.frames, 160, at, reference.len());
+        let st = sim.m.stats();
+        assert_eq!(
+            (st.rx.late, st.rx.discarded, st.rx.concealed_frames),
+            (0, 0, DEFAULT_FADE_FRAMES as u64)
+        );
+    }
+
+    #[test]
+    fn room_tone_goes_to_the_latched_address_as_pcmu_50_packets_per_second() {
+        let mut c = config(PCMU);
+        c.remote_rtp = Some(sdp_addr());
+        c.latch = true;
+        let mut sim = Sim::new(c);
+        sim.add_track("TR_alice", "alice", 440.0);
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 100, 150);
+        sim.run_until(sim.at(3000));
+        assert_eq!(sim.events(), vec![MediaEvent::Latched(phone_addr())]);
+        let rtp = sim.rtp();
+        for (at, to, _) in &rtp {
+            let want = if *at < sim.at(100) {
+                sdp_addr()
+            } else {
+                phone_addr()
+            };
+            assert_eq!(*to, want);
+        }
+        let second = rtp
+            .iter()
+            .filter(|(at, _, _)| (sim.at(1000)..sim.at(2000)).contains(at))
+            .count();
+        assert_eq!(second, 50, "50 packets per second");
+        assert_eq!(rtp.len(), 150);
+        for (k, (_, _, p)) in rtp.iter().enumerate() {
+            assert_eq!(
+                (p.payload_type, p.ssrc, p.payload.len()),
+                (0, LOCAL_SSRC, 160)
+            );
+            assert_eq!(p.marker, k == 0, "marker on the first packet only");
+            if k > 0 {
+                let prev = &rtp[k - 1].2;
+                assert_eq!(p.seq, prev.seq.next());
+                assert_eq!(p.timestamp, prev.timestamp.wrapping_add(160));
+            }
+        }
+        let payloads: Vec<Vec<u8>> = rtp[50..]
+            .iter()
+            .map(|(_, _, p)| p.payload.clone())
+            .collect();
+        let heard = decode(PCMU, &payloads);
+        let f = dominant_frequency(&heard, 8000);
+        assert!((f - 440.0).abs() < 1.0, "{f} Hz");
+        let st = sim.m.stats();
+        assert_eq!((st.tx.packets, st.latches), (150, 1));
+    }
+
+    #[test]
+    fn a_negotiated_30ms_ptime_is_what_we_send() {
+        let mut c = config(PCMA);
+        c.ptime = ms(30);
+        let mut sim = Sim::new(c);
+        sim.add_track("TR_alice", "alice", 440.0);
+        let mut phone = Phone::new(PCMA, 30, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 4, 66);
+        sim.run_until(sim.at(2100));
+        assert_eq!(sim.m.send_ptime(), ms(30));
+        let rtp = sim.rtp();
+        assert_eq!(rtp.len(), 70);
+        for w in rtp.windows(2) {
+            assert_eq!(w[1].0 - w[0].0, ms(30));
+            assert_eq!(w[1].2.timestamp, w[0].2.timestamp.wrapping_add(240));
+            assert_eq!(w[1].2.payload.len(), 240);
+        }
+        let payloads: Vec<Vec<u8>> = rtp[3..].iter().map(|(_, _, p)| p.payload.clone()).collect();
+        let heard = decode(PCMA, &payloads);
+        for packet in heard.chunks(240) {
+            let power = packet.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / 240.0;
+            assert!(
+                power.sqrt() > 5000.0,
+                "20 ms room frames never starve 30 ms ticks"
+            );
+        }
+        let f = dominant_frequency(&heard, 8000);
+        assert!((f - 440.0).abs() < 1.0, "{f} Hz");
+        // Toward the room it is 20 ms frames all the same.
+        assert_eq!(sim.frames.len(), 105);
+        assert_continuous(&sim, &phone.reference(), 1000.0);
+    }
+
+    #[test]
+    fn g722_room_audio_is_sent_on_the_8khz_rtp_clock() {
+        let mut sim = Sim::new(config(PhoneCodec::G722));
+        sim.add_track("TR_alice", "alice", 440.0);
+        sim.run_until(sim.at(1000));
+        let rtp = sim.rtp();
+        assert_eq!(rtp.len(), 50);
+        for w in rtp.windows(2) {
+            assert_eq!(w[1].2.timestamp, w[0].2.timestamp.wrapping_add(160));
+            assert_eq!((w[1].2.payload_type, w[1].2.payload.len()), (9, 160));
+        }
+        let payloads: Vec<Vec<u8>> = rtp.iter().map(|(_, _, p)| p.payload.clone()).collect();
+        let heard = decode(PhoneCodec::G722, &payloads);
+        assert_eq!(heard.len(), 50 * 320);
+        let f = dominant_frequency(&heard[4000..], 16_000);
+        assert!((f - 440.0).abs() < 1.0, "{f} Hz");
+    }
+
+    #[test]
+    fn the_callers_own_track_is_never_mixed_back() {
+        let mut sim = Sim::new(config(PCMU));
+        sim.add_track("TR_self", "sip_caller", 1000.0);
+        sim.run_until(sim.at(1000));
+        let rtp = sim.rtp();
+        assert_eq!(rtp.len(), 50);
+        assert!(
+            rtp.iter()
+                .all(|(_, _, p)| p.payload.iter().all(|&b| b == G711::Pcmu.silence())),
+            "only the caller's own track: silence is sent, and still sent"
+        );
+        sim.add_track("TR_bob", "bob", 440.0);
+        sim.run_until(sim.at(2000));
+        let payloads: Vec<Vec<u8>> = sim.rtp()[60..]
+            .iter()
+            .map(|(_, _, p)| p.payload.clone())
+            .collect();
+        let heard = decode(PCMU, &payloads);
+        let (own, bob) = (
+            goertzel_power(&heard, 1000.0, 8000),
+            goertzel_power(&heard, 440.0, 8000),
+        );
+        assert!(own < bob * 1e-4, "own {own:e} vs bob {bob:e}");
+        sim.m.remove_track("TR_bob");
+        sim.tracks.retain(|t| t.sid != "TR_bob");
+        sim.run_until(sim.at(2200));
+        let last = sim.rtp();
+        let (_, _, p) = last.last().expect("sent");
+        assert!(p.payload.iter().all(|&b| b == G711::Pcmu.silence()));
+    }
+
+    #[test]
+    fn without_latch_packets_from_another_address_are_dropped_and_counted() {
+        let mut c = config(PCMU);
+        c.remote_rtp = Some(sdp_addr());
+        let mut sim = Sim::new(c);
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 0, 50);
+        sim.run_until(sim.at(1200));
+        assert!(sim.frames.iter().all(|f| f.kind == FrameKind::Silence));
+        assert!(sim.rtp().iter().all(|(_, to, _)| *to == sdp_addr()));
+        assert!(sim.events().is_empty());
+        let st = sim.m.stats();
+        assert_eq!((st.rx.packets, st.rx.wrong_source, st.latches), (0, 50, 0));
+        // The SDP address itself is heard.
+        let mut from_sdp = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut from_sdp, sdp_addr(), 1200, 50);
+        sim.run_until(sim.at(2400));
+        assert_eq!(sim.m.stats().rx.packets, 50);
+        assert!(sim.frames.iter().any(|f| f.kind == FrameKind::Decoded));
+    }
+
+    #[test]
+    fn latching_ignores_strays_and_parallel_streams_and_follows_a_rebinding() {
+        let mut c = config(PCMU);
+        c.remote_rtp = Some(sdp_addr());
+        c.latch = true;
+        let mut sim = Sim::new(c);
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        // The phone sends from :5000 for 1 s, then (NAT rebinding) from :5002.
+        sim.stream(&mut phone, phone_addr(), 0, 50);
+        let moved = addr("127.0.0.1:5002");
+        sim.stream(&mut phone, moved, 1000, 50);
+        // One stray packet, then a parallel stream while the phone keeps sending.
+        let mut stray = Phone::new(PCMU, 20, 300.0);
+        stray.ssrc = 77;
+        sim.stream(&mut stray, addr("127.0.0.1:6666"), 305, 1);
+        sim.stream(&mut stray, addr("127.0.0.1:7777"), 405, 20);
+        sim.run_until(sim.at(2000));
+
+        assert_eq!(
+            sim.events(),
+            vec![
+                MediaEvent::Latched(phone_addr()),
+                MediaEvent::Latched(moved)
+            ]
+        );
+        let (latched_at, _) = sim.events[1];
+        assert!(latched_at >= sim.at(1000 + 20 * u64::from(RELATCH_PACKETS - 1)));
+        assert!(latched_at <= sim.at(1000 + 20 * u64::from(RELATCH_PACKETS + 1)));
+        for (at, to, _) in sim.rtp() {
+            let want = if at < latched_at { phone_addr() } else { moved };
+            assert_eq!(to, want, "at {:?}", at - sim.t0);
+        }
+        // The stray and the parallel stream never reached playout.
+        let out = sim.samples();
+        let first = out.iter().position(|&s| s != 0).expect("audio");
+        let stretch = &out[first..first + 8000 * 9 / 10];
+        assert!(
+            goertzel_power(stretch, 300.0, 8000) < goertzel_power(stretch, 1000.0, 8000) * 1e-4
+        );
+        let st = sim.m.stats();
+        assert_eq!(st.latches, 2);
+        assert_eq!(st.rx.wrong_source, 1 + 20 + u64::from(RELATCH_PACKETS - 1));
+    }
+
+    #[test]
+    fn ssrc_change_mid_call_keeps_audio_flowing() {
+        let codec = PhoneCodec::G722;
+        let mut sim = Sim::new(config(codec));
+        let mut first = Phone::new(codec, 20, 1000.0);
+        sim.stream(&mut first, phone_addr(), 5, 50);
+        // A re-INVITE to another media server: new SSRC, sequence and timestamps.
+        let mut second = Phone::new(codec, 20, 700.0);
+        (second.ssrc, second.seq, second.ts) = (0x0bad_cafe, 12, 777_777);
+        sim.stream(&mut second, phone_addr(), 1005, 50);
+        sim.run_until(sim.at(2200));
+        assert_eq!(
+            sim.events(),
+            vec![MediaEvent::SsrcChanged {
+                old: Ssrc(0xdee0_ee8f),
+                new: Ssrc(0x0bad_cafe)
+            }]
+        );
+        let out = sim.samples();
+        // What the jitter buffer still held of the old stream is flushed at the switch.
+        let flushed = sim.m.jitter.stats().flushed as usize;
+        assert!(flushed <= 2, "{flushed} packets flushed");
+        let old = first.reference();
+        let played = &old[..old.len() - 320 * flushed];
+        let a = find(&out, played).expect("first stream until the switch");
+        // The new stream decodes from a fresh G.722 state, whole and in order.
+        let b = find(&out, &second.reference()).expect("second stream whole");
+        let gap_frames = (b - (a + played.len())) / 320;
+        assert!(gap_frames <= 3, "{gap_frames} frames between the streams");
+        let f = dominant_frequency(&out[b..b + 16_000], 16_000);
+        assert!((f - 700.0).abs() < 1.0);
+        assert_eq!(sim.m.stats().rx.ssrc_changes, 1);
+    }
+
+    #[test]
+    fn dtmf_from_the_phone_is_one_event_per_press() {
+        let mut sim = Sim::new(config(PCMU));
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        let mut t = 0;
+        let mut send = |sim: &mut Sim, packets: Vec<Vec<u8>>| {
+            for p in packets {
+                sim.deliver(t, phone_addr(), p);
+                t += 20;
+            }
+        };
+        for round in 0..3 {
+            let audio: Vec<Vec<u8>> = (0..10).map(|_| phone.packet()).collect();
+            send(&mut sim, audio);
+            let digit = [DtmfDigit::D1, DtmfDigit::Pound, DtmfDigit::D1][round];
+            let press = phone.press(digit);
+            send(&mut sim, press);
+        }
+        sim.run_until(sim.at(t + 1000));
+        assert_eq!(
+            sim.events(),
+            vec![
+                MediaEvent::Dtmf(DtmfDigit::D1),
+                MediaEvent::Dtmf(DtmfDigit::Pound),
+                MediaEvent::Dtmf(DtmfDigit::D1)
+            ]
+        );
+        let st = sim.m.stats();
+        assert_eq!((st.rx.dtmf_events, st.rx.lost, st.rx.invalid), (3, 0, 0));
+    }
+
+    #[test]
+    fn send_dtmf_sends_rfc4733_events_without_audio_in_between() {
+        let mut sim = Sim::new(config(PCMU));
+        sim.add_track("TR_alice", "alice", 440.0);
+        sim.run_until(sim.at(205));
+        let now = sim.now;
+        sim.m.send_dtmf(now, DtmfDigit::D5).expect("negotiated");
+        sim.m.send_dtmf(now, DtmfDigit::Star).expect("negotiated");
+        sim.run_until(sim.at(1000));
+        let rtp: Vec<RtpPacket> = sim.rtp().into_iter().map(|(_, _, p)| p).collect();
+        for w in rtp.windows(2) {
+            assert_eq!(
+                w[1].seq,
+                w[0].seq.next(),
+                "one sequence across audio and events"
+            );
+        }
+        let kinds: String = rtp
+            .iter()
+            .map(|p| if p.payload_type == DTMF_PT { 'E' } else { 'a' })
+            .collect();
+        // 100 ms = 5 intervals: 4 updates and 3 end packets; 60 ms of audio between.
+        let first = kinds.find('E').expect("events sent");
+        assert_eq!(first, 11, "the tick after the request");
+        assert_eq!(&kinds[first..first + 20], "EEEEEEEaaaEEEEEEEaaa", "{kinds}");
+        for (i, digit) in [(first, DtmfDigit::D5), (first + 10, DtmfDigit::Star)] {
+            let event = &rtp[i..i + 7];
+            let before = &rtp[i - 1];
+            let after = &rtp[i + 7];
+            let ts = event[0].timestamp;
+            assert_eq!(
+                ts,
+                before.timestamp.wrapping_add(160),
+                "starts on the audio clock"
+            );
+            let parsed: Vec<TelephoneEvent> = event
+                .iter()
+                .map(|p| TelephoneEvent::parse(&p.payload).expect("event payload"))
+                .collect();
+            assert!(
+                event.iter().all(|p| p.timestamp == ts),
+                "one timestamp per event"
+            );
+            let durations: Vec<u16> = parsed.iter().map(|e| e.duration).collect();
+            assert_eq!(durations, vec![160, 320, 480, 640, 800, 800, 800]);
+            let ends: Vec<bool> = parsed.iter().map(|e| e.end).collect();
+            assert_eq!(ends, vec![false, false, false, false, true, true, true]);
+            assert!(parsed.iter().all(|e| e.event == digit.event_code()));
+            let markers: Vec<bool> = event.iter().map(|p| p.marker).collect();
+            assert_eq!(
+                markers,
+                vec![true, false, false, false, false, false, false]
+            );
+            // Audio resumes as a new talkspurt, past the event's end.
+            assert!(after.marker && after.payload_type == 0);
+            assert_eq!(after.timestamp, ts.wrapping_add(7 * 160));
+        }
+        let st = sim.m.stats();
+        assert_eq!((st.tx.dtmf_events, st.tx.dtmf_packets), (2, 14));
+
+        let mut plain = config(PCMU);
+        plain.dtmf_payload_type = None;
+        let mut m = PhoneMedia::new(plain, sim.t0, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            m.send_dtmf(sim.t0, DtmfDigit::D1),
+            Err(SendDtmfError::NotNegotiated)
+        );
+    }
+
+    #[test]
+    fn media_timeout_fires_at_30s_without_packets_and_15s_after_the_last() {
+        let mut sim = Sim::new(config(PCMU));
+        sim.run_until(sim.at(60_000));
+        assert_eq!(
+            sim.events,
+            vec![(
+                sim.at(30_000),
+                MediaEvent::Timeout {
+                    after: Duration::from_secs(30),
+                    before_first_packet: true
+                }
+            )]
+        );
+
+        let mut sim = Sim::new(config(PCMU));
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 0, 100);
+        sim.run_until(sim.at(60_000));
+        assert_eq!(
+            sim.events,
+            vec![(
+                sim.at(1980 + 15_000),
+                MediaEvent::Timeout {
+                    after: Duration::from_secs(15),
+                    before_first_packet: false
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn hold_stops_rtp_but_not_rtcp() {
+        let mut sim = Sim::new(config(PCMU));
+        sim.run_until(sim.at(1000));
+        assert_eq!(sim.rtp().len(), 50);
+        // The phone holds with a=inactive: no RTP, RTCP goes on. (What was due by the
+        // time of the change, the tick at 1 s, still goes out.)
+        let now = sim.now;
+        sim.m
+            .set_remote(now, Some(phone_addr()), Direction::Inactive);
+        sim.drain();
+        sim.run_until(sim.at(9000));
+        assert_eq!(sim.rtp().len(), 51);
+        let rtcp_on_hold = sim
+            .rtcp()
+            .iter()
+            .filter(|(at, _)| *at > sim.at(1000))
+            .count();
+        assert!(rtcp_on_hold >= 1);
+        // The old way, c=0.0.0.0: nothing at all.
+        let now = sim.now;
+        sim.m
+            .set_remote(now, Some(addr("0.0.0.0:4000")), Direction::RecvOnly);
+        sim.drain();
+        let sent = sim.sent.len();
+        sim.run_until(sim.at(20_000));
+        assert_eq!(sim.sent.len(), sent);
+        assert_eq!(sim.m.remote(), None);
+        // No media timeout while held, though the phone sent nothing for 20 s.
+        assert!(sim.events.is_empty());
+        // Resume: a new talkspurt on the same clock and sequence.
+        let now = sim.now;
+        sim.m
+            .set_remote(now, Some(phone_addr()), Direction::SendRecv);
+        sim.drain();
+        sim.run_until(sim.at(21_000));
+        let rtp = sim.rtp();
+        assert_eq!(rtp.len(), 51 + 49);
+        let ((t_before, _, last_before), (t_after, _, first_after)) = (&rtp[50], &rtp[51]);
+        assert_eq!(*t_after, sim.at(20_020));
+        assert_eq!(first_after.seq, last_before.seq.next());
+        assert!(first_after.marker, "RFC 3551 section 4.1: a new talkspurt");
+        let ticks = ((*t_after - *t_before).as_millis() / 20) as u32;
+        assert_eq!(
+            first_after.timestamp,
+            last_before.timestamp.wrapping_add(160 * ticks)
+        );
+        assert!(rtp[52..].iter().all(|(_, _, p)| !p.marker));
+    }
+
+    #[test]
+    fn peer_recvonly_means_we_send_but_ignore_its_audio() {
+        let mut c = config(PCMU);
+        c.direction = Direction::SendOnly;
+        let mut sim = Sim::new(c);
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 0, 50);
+        sim.run_until(sim.at(1200));
+        assert!(sim.frames.iter().all(|f| f.kind == FrameKind::Silence));
+        assert_eq!(sim.rtp().len(), 60);
+        assert_eq!(sim.m.stats().rx.ignored, 50);
+        // (The tick due at the change still goes out.)
+        // And the phone's own hold (a=sendonly, so we are recvonly): we stop sending.
+        let now = sim.now;
+        sim.m
+            .set_remote(now, Some(phone_addr()), Direction::RecvOnly);
+        sim.drain();
+        sim.run_until(sim.at(2000));
+        assert_eq!(sim.rtp().len(), 61);
+    }
+
+    #[test]
+    fn poll_timeout_is_never_in_the_past_and_the_send_schedule_does_not_drift() {
+        // 10 minutes of an owner that wakes up to 15 ms late.
+        let t0 = Instant::now();
+        let mut m = PhoneMedia::new(config(PCMU), t0, SystemTime::UNIX_EPOCH);
+        let mut rng = XorShift::new(42);
+        let end = t0 + Duration::from_secs(600);
+        let mut packets: Vec<RtpPacket> = Vec::with_capacity(30_000);
+        let mut frames = 0u64;
+        let mut buf = Vec::new();
+        loop {
+            let due = m.poll_timeout();
+            if due >= end {
+                break;
+            }
+            let now = (due + Duration::from_micros(rng.below(15_000)))
+                .min(end - Duration::from_micros(1));
+            m.handle_timeout(now);
+            assert!(m.poll_timeout() > now, "poll_timeout in the past");
+            while let Some(t) = m.poll_transmit(now) {
+                if !t.rtcp {
+                    packets.push(RtpPacket::parse(&t.bytes).expect("RTP"));
+                }
+                m.recycle(t.bytes);
+            }
+            while m.poll_phone_frame_into(now, &mut buf).is_some() {
+                frames += 1;
+            }
+        }
+        assert_eq!(packets.len(), 30_000, "exactly 50 per second");
+        assert_eq!(frames, 30_000);
+        let ts0 = packets[0].timestamp;
+        for (k, p) in packets.iter().enumerate() {
+            assert_eq!(
+                p.timestamp,
+                ts0.wrapping_add(160 * k as u32),
+                "no drift, no skip"
+            );
+            assert_eq!(p.seq, SeqNo(packets[0].seq.0.wrapping_add(k as u16)));
+        }
+        let st = m.stats();
+        assert_eq!((st.tx.ticks_skipped, st.rx.frames_skipped), (0, 0));
+        assert!(st.rtcp_sent >= 80, "{} reports in 10 min", st.rtcp_sent);
+    }
+
+    #[test]
+    fn a_late_owner_skips_ahead_instead_of_bursting() {
+        let mut sim = Sim::new(config(PCMU));
+        sim.run_until(sim.at(1000));
+        // The owner stalls for 500 ms (25 ticks).
+        let sent = sim.rtp().len();
+        let frames = sim.frames.len();
+        sim.step(sim.at(1500));
+        let burst = sim.rtp().len() - sent;
+        assert!(
+            burst <= MAX_CATCH_UP as usize + 1,
+            "{burst} packets at once"
+        );
+        assert!(sim.frames.len() - frames <= MAX_CATCH_UP as usize + 1);
+        sim.run_until(sim.at(2000));
+        let rtp = sim.rtp();
+        for w in rtp.windows(2) {
+            assert_eq!(w[1].2.seq, w[0].2.seq.next());
+            let step = w[1].2.timestamp.wrapping_sub(w[0].2.timestamp);
+            assert!(
+                step == 160 || (w[1].2.marker && step > 160),
+                "timestamps follow time"
+            );
+        }
+        // Time, not packets, sets the timestamp: 2 s after the start.
+        let (first, last) = (&rtp[0].2, &rtp[rtp.len() - 1].2);
+        assert_eq!(last.timestamp.wrapping_sub(first.timestamp), 160 * 99);
+        let st = sim.m.stats();
+        assert!(st.tx.ticks_skipped > 0 && st.rx.frames_skipped > 0);
+    }
+
+    #[test]
+    fn rtcp_reports_go_to_port_plus_one_or_the_rtp_port_with_mux() {
+        for mux in [false, true] {
+            let mut c = config(PCMU);
+            c.rtcp_mux = mux;
+            let mut sim = Sim::new(c);
+            let mut phone = Phone::new(PCMU, 20, 1000.0);
+            sim.stream(&mut phone, phone_addr(), 0, 1000);
+            sim.run_until(sim.at(20_000));
+            let reports = sim.rtcp();
+            assert!(
+                (3..=8).contains(&reports.len()),
+                "{} reports in 20 s",
+                reports.len()
+            );
+            let mut last = sim.t0;
+            for (i, (at, t)) in reports.iter().enumerate() {
+                let gap = *at - last;
+                let (lo, hi) = if i == 0 { (1250, 3750) } else { (2500, 7500) };
+                assert!(gap >= ms(lo) && gap <= ms(hi), "report {i} after {gap:?}");
+                last = *at;
+                let want = if mux {
+                    phone_addr()
+                } else {
+                    addr("127.0.0.1:5001")
+                };
+                assert_eq!((t.to, t.rtcp), (want, !mux));
+                let packets = parse_compound(&t.bytes).expect("valid RTCP");
+                match &packets[0] {
+                    RtcpPacket::SenderReport { ssrc, reports, .. } => {
+                        assert_eq!(*ssrc, LOCAL_SSRC);
+                        assert_eq!(reports[0].ssrc, Ssrc(0xdee0_ee8f));
+                    }
+                    other => panic!("SR expected: {other:?}"),
+                }
+            }
+        }
+        // The phone's reports: on port + 1 or muxed on the RTP port; garbage is counted.
+        let mut sim = Sim::new(config(PCMU));
+        let rr = build_receiver_report(
+            Ssrc(0xdee0_ee8f),
+            &[ReportBlock {
+                ssrc: LOCAL_SSRC,
+                fraction_lost: 0,
+                cumulative_lost: 7,
+                highest_seq: 100,
+                jitter: 80,
+                lsr: 0,
+                dlsr: 0,
+            }],
+            "phone",
+        );
+        let now = sim.at(10);
+        sim.m.handle_rtcp(now, addr("127.0.0.1:5001"), &rr);
+        sim.m.handle_rtp(now, phone_addr(), &rr);
+        sim.m
+            .handle_rtcp(now, addr("127.0.0.1:5001"), &[0x80, 201, 0, 9]);
+        sim.m.handle_rtcp(now, addr("198.51.100.7:5001"), &rr);
+        let st = sim.m.stats();
+        assert_eq!((st.rtcp_received, st.rtcp_invalid), (2, 2));
+        assert_eq!((st.tx.lost, st.tx.jitter_ms), (Some(7), Some(10.0)));
+        assert_eq!(st.rx.invalid, 0, "muxed RTCP is not an invalid RTP packet");
+    }
+
+    #[test]
+    fn initial_sequence_and_timestamp_follow_the_ssrc() {
+        let first = |ssrc: u32| {
+            let mut c = config(PCMU);
+            c.local_ssrc = Ssrc(ssrc);
+            let t0 = Instant::now();
+            let mut m = PhoneMedia::new(c, t0, SystemTime::UNIX_EPOCH);
+            let t = m.poll_transmit(t0).expect("first packet due at once");
+            let p = RtpPacket::parse(&t.bytes).expect("RTP");
+            assert!(p.marker);
+            (p.seq, p.timestamp)
+        };
+        assert_eq!(first(1), first(1));
+        let (a, b) = (first(1), first(2));
+        assert!(a.0 != b.0 && a.1 != b.1);
+    }
+}
