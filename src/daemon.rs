@@ -4,6 +4,10 @@
 //! snapshot and the reload status; the HTTP handlers read them through watch channels.
 
 use crate::api::{AppState, ReloadStatus};
+use crate::call::{self, CallContext};
+use crate::media::ports::PortPool;
+use crate::sip::endpoint::Endpoint;
+use crate::sip::transaction::Timers;
 use crate::config::{self, Config};
 use crate::ops::metrics as m;
 use crate::ops::watch::{Debounce, Fingerprint};
@@ -19,6 +23,9 @@ use tokio::sync::watch;
 pub const EXIT_CONFIG: u8 = 64;
 /// Exit status for a failure at run time (a listener that cannot bind, ...).
 pub const EXIT_RUNTIME: u8 = 1;
+
+/// How long a released RTP port pair rests before another call may use it.
+pub const PORT_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often the configuration files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -76,6 +83,30 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    // SIP: bind every listener before saying we are ready
+    let (endpoint, sip, invites) = match Endpoint::bind(config_rx.clone(), Timers::default()).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the SIP endpoint");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let sip_addrs = sip.transports.local_addrs();
+    tokio::spawn(endpoint.run());
+    let calls = {
+        let cfg = config_rx.borrow().clone();
+        let ports = PortPool::new(cfg.rtp.ports, PORT_DRAIN);
+        call::start(
+            CallContext {
+                endpoint: sip.clone(),
+                ports: Arc::new(std::sync::Mutex::new(ports)),
+                timers: Timers::default(),
+                rtp_public_ip: cfg.rtp.public_ip.or(cfg.sip.public_ip),
+                participants: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            },
+            invites,
+        )
+    };
     let http_client = match reqwest::Client::builder().build() {
         Ok(c) => c,
         Err(e) => {
@@ -90,6 +121,8 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         draining: draining_rx,
         metrics: metrics_handle,
         http: http_client,
+        calls: Some(calls.clone()),
+        sip_listeners: sip_addrs.clone(),
     };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let http = tokio::spawn(async move {
@@ -99,7 +132,11 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
             })
             .await
     });
-    tracing::info!(http = %http_addr, version = env!("CARGO_PKG_VERSION"), "roomline ready");
+    let listening: Vec<String> = sip_addrs
+        .iter()
+        .map(|(t, a)| format!("{}:{a}", t.as_str()))
+        .collect();
+    tracing::info!(http = %http_addr, sip = ?listening, version = env!("CARGO_PKG_VERSION"), "roomline ready");
     ops::notify(&[NotifyState::Ready]);
 
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
@@ -126,10 +163,32 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         reload_tx.send_replace(status);
         ops::notify(&[NotifyState::Ready]);
     }
-    tracing::info!("stopping");
+    // drain: no new calls; active ones may finish until the deadline or a second signal
     draining_tx.send_replace(true);
     metrics::gauge!(m::DRAINING).set(1.0);
     ops::notify(&[NotifyState::Stopping]);
+    sip.drain().await;
+    let grace = config_tx.borrow().limits.drain_timeout;
+    let active = calls.counts().active;
+    if active > 0 {
+        tracing::info!(active, grace_s = grace.as_secs(), "draining: waiting for active calls (signal again to stop now)");
+        tokio::select! {
+            done = calls.wait_no_active(grace) => {
+                if !done {
+                    tracing::info!(active = calls.counts().active, "drain deadline reached; ending the remaining calls");
+                }
+            }
+            _ = signals.next() => tracing::info!("second signal: ending the remaining calls now"),
+        }
+    }
+    calls.shutdown_all();
+    if !calls.wait_no_active(Duration::from_secs(5)).await {
+        tracing::warn!(active = calls.counts().active, "calls still active at exit");
+    }
+    // the last BYEs get their answers (bounded)
+    let _ = calls.wait_idle(Duration::from_secs(2)).await;
+    sip.transports.shutdown();
+    tracing::info!("stopped");
     let _ = stop_tx.send(true);
     match http.await {
         Ok(Ok(())) => ExitCode::SUCCESS,

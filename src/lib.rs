@@ -12,6 +12,7 @@
 //! - `daemon`, `api`, `ops`: the `roomline run` process shell (HTTP health, signals,
 //!   systemd notify).
 pub mod api;
+pub mod call;
 pub mod config;
 pub mod daemon;
 pub mod dialplan;

@@ -26,6 +26,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both).
+fn free_sip_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Copies the example configuration into `dir`, listening for HTTP on `port`.
 fn example_config(dir: &Path, port: u16) -> PathBuf {
     example_config_with(dir, port, "ws://127.0.0.1:7880")
@@ -46,7 +57,11 @@ fn example_config_with(dir: &Path, port: u16, livekit_url: &str) -> PathBuf {
             "listen: 127.0.0.1:8080",
             &format!("listen: 127.0.0.1:{port}"),
         )
-        .replace("url: ws://127.0.0.1:7880", &format!("url: {livekit_url}"));
+        .replace("url: ws://127.0.0.1:7880", &format!("url: {livekit_url}"))
+        .replace(
+            "address: 0.0.0.0:5060",
+            &format!("address: 127.0.0.1:{}", free_sip_port()),
+        );
     assert!(text.contains(&format!("127.0.0.1:{port}")) && text.contains(livekit_url));
     let path = dir.join("roomline.yaml");
     std::fs::write(&path, text).unwrap();

@@ -33,6 +33,10 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
     pub metrics: Option<PrometheusHandle>,
     pub http: reqwest::Client,
+    /// The running calls (None in tests of the HTTP side alone).
+    pub calls: Option<crate::call::Calls>,
+    /// The bound SIP listeners.
+    pub sip_listeners: Vec<(crate::config::Transport, std::net::SocketAddr)>,
 }
 
 /// How long a LiveKit probe may take before the server counts as unreachable.
@@ -44,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/health/ready", get(ready))
         .route("/health/livekit", get(livekit))
+        .route("/health/sip", get(sip))
         .route("/health/detailed", get(detailed))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -119,6 +124,28 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
+async fn sip(State(s): State<AppState>) -> Response {
+    let listeners: Vec<String> = s
+        .sip_listeners
+        .iter()
+        .map(|(t, a)| format!("{}:{a}", t.as_str()))
+        .collect();
+    let draining = *s.draining.borrow();
+    let ok = !listeners.is_empty() && !draining;
+    let body = serde_json::json!({
+        "ok": ok,
+        "listeners": listeners,
+        "draining": draining,
+        "calls": s.calls.as_ref().map(|c| c.counts()),
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
 async fn livekit(State(s): State<AppState>) -> Response {
     let url = s.config.borrow().livekit.url.clone();
     let (status, body) = match probe_livekit(&s.http, &url).await {
@@ -153,6 +180,8 @@ async fn detailed(State(s): State<AppState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "draining": *s.draining.borrow(),
+        "calls": s.calls.as_ref().map(|c| c.counts()),
+        "sip_listeners": s.sip_listeners.iter().map(|(t, a)| format!("{}:{a}", t.as_str())).collect::<Vec<_>>(),
         "config": {
             "file": cfg.files.config.display().to_string(),
             "trunks": trunks,

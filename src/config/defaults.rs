@@ -10,6 +10,11 @@ pub const DIALPLANS_DIR: &str = "dialplans";
 pub const SIP_LISTENERS: &[(&str, &str)] = &[("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060")];
 pub const SIP_USER_AGENT: &str = concat!("Roomline/", env!("CARGO_PKG_VERSION"));
 pub const UNMATCHED_INBOUND: &str = "reject";
+/// The realm of our digest challenges.
+pub const SIP_REALM: &str = "roomline";
+/// The flood limit: INVITE/OPTIONS/REGISTER per source address (token bucket).
+pub const SOURCE_REQUESTS_PER_SECOND: u32 = 100;
+pub const SOURCE_REQUESTS_BURST: u32 = 200;
 
 pub const RTP_PORT_RANGE: &str = "10000-20000";
 pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);

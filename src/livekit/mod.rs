@@ -82,6 +82,9 @@ pub struct JoinOptions {
     pub join_timeout: Duration,
     /// Token lifetime.
     pub token_ttl: Duration,
+    /// Agents to dispatch to the room (name, metadata), through the token's room
+    /// configuration.
+    pub agents: Vec<(String, Option<String>)>,
 }
 
 impl fmt::Debug for JoinOptions {
@@ -125,6 +128,7 @@ impl JoinOptions {
             track_name: "phone".into(),
             join_timeout: Duration::from_secs(20),
             token_ttl: Duration::from_secs(24 * 3600),
+            agents: Vec::new(),
         }
     }
 }

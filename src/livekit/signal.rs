@@ -73,6 +73,20 @@ pub(crate) fn mint_token(opts: &JoinOptions) -> Result<String, JoinError> {
     if !opts.attributes.is_empty() {
         token = token.with_attributes(opts.attributes.clone());
     }
+    if !opts.agents.is_empty() {
+        token = token.with_room_config(proto::RoomConfiguration {
+            agents: opts
+                .agents
+                .iter()
+                .map(|(name, metadata)| proto::RoomAgentDispatch {
+                    agent_name: name.clone(),
+                    metadata: metadata.clone().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+    }
     token
         .to_jwt()
         .map_err(|e| JoinError::Invalid(format!("cannot sign token: {e}")))

@@ -10,6 +10,25 @@ pub const CONFIG_TRUNKS: &str = "roomline_config_trunks";
 pub const CONFIG_RULES: &str = "roomline_config_rules";
 pub const DRAINING: &str = "roomline_draining";
 pub const LIVEKIT_PROBE_SECONDS: &str = "roomline_livekit_probe_seconds";
+pub const SIP_REQUESTS: &str = "roomline_sip_requests_received_total";
+pub const SIP_RESPONSES: &str = "roomline_sip_responses_received_total";
+pub const SIP_RESPONSES_SENT: &str = "roomline_sip_responses_sent_total";
+pub const SIP_INVALID: &str = "roomline_sip_invalid_messages_total";
+pub const SIP_DROPPED: &str = "roomline_sip_dropped_total";
+pub const SIP_SEND_FAILURES: &str = "roomline_sip_send_failures_total";
+pub const SIP_CONNECTIONS: &str = "roomline_sip_connections";
+pub const SIP_ENDPOINT_TRANSACTIONS: &str = "roomline_sip_endpoint_transactions";
+pub const SIP_AUTH: &str = "roomline_sip_auth_total";
+pub const CALLS_REFUSED: &str = "roomline_calls_refused_total";
+pub const CALLS_ACTIVE: &str = "roomline_calls_active";
+pub const CALLS_TOTAL: &str = "roomline_calls_total";
+pub const CALL_SETUP_SECONDS: &str = "roomline_call_setup_seconds";
+pub const CALL_DURATION_SECONDS: &str = "roomline_call_duration_seconds";
+pub const LIVEKIT_JOIN_SECONDS: &str = "roomline_livekit_join_seconds";
+pub const RTP_PACKETS: &str = "roomline_rtp_packets_total";
+pub const RTP_LOST: &str = "roomline_rtp_lost_packets_total";
+pub const RTP_JITTER_SECONDS: &str = "roomline_rtp_jitter_seconds";
+pub const DTMF_EVENTS: &str = "roomline_dtmf_events_total";
 
 /// Installs the global recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -34,6 +53,76 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_histogram!(
         LIVEKIT_PROBE_SECONDS,
         "Round-trip time of LiveKit health probes."
+    );
+    metrics::describe_counter!(
+        SIP_REQUESTS,
+        "SIP requests received, by method (INVITE, ACK, BYE, ..., other)."
+    );
+    metrics::describe_counter!(
+        SIP_RESPONSES,
+        "SIP responses received, by status class (1xx..6xx)."
+    );
+    metrics::describe_counter!(
+        SIP_RESPONSES_SENT,
+        "SIP final responses sent by call tasks, by status class."
+    );
+    metrics::describe_counter!(
+        SIP_INVALID,
+        "Received SIP messages that failed the syntax checks, by the status answered (or drop)."
+    );
+    metrics::describe_counter!(
+        SIP_DROPPED,
+        "SIP messages dropped unanswered, by reason (overload, rate_limit, framing, no_transaction, call_queue, connections)."
+    );
+    metrics::describe_counter!(
+        SIP_SEND_FAILURES,
+        "SIP messages that could not be sent, by transport."
+    );
+    metrics::describe_gauge!(SIP_CONNECTIONS, "Open SIP TCP/TLS connections.");
+    metrics::describe_gauge!(
+        SIP_ENDPOINT_TRANSACTIONS,
+        "Server transactions held by the endpoint itself (rejections, OPTIONS)."
+    );
+    metrics::describe_counter!(
+        SIP_AUTH,
+        "Inbound digest authentication outcomes (challenge, stale, rejected)."
+    );
+    metrics::describe_counter!(
+        CALLS_REFUSED,
+        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, no_trunk, overload)."
+    );
+    metrics::describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
+    metrics::describe_counter!(
+        CALLS_TOTAL,
+        "Calls ended, by direction (inbound, outbound), trunk and outcome."
+    );
+    metrics::describe_histogram!(
+        CALL_SETUP_SECONDS,
+        "Call setup time: INVITE received to 200 OK sent (inbound), by direction and trunk."
+    );
+    metrics::describe_histogram!(
+        CALL_DURATION_SECONDS,
+        "Answered call duration, by direction and trunk."
+    );
+    metrics::describe_histogram!(
+        LIVEKIT_JOIN_SECONDS,
+        "Time to join the LiveKit room as a participant."
+    );
+    metrics::describe_counter!(
+        RTP_PACKETS,
+        "RTP packets of ended calls, by direction (rx from the phone, tx to it) and codec."
+    );
+    metrics::describe_counter!(
+        RTP_LOST,
+        "RTP packets lost on the phone leg of ended calls, by direction and codec."
+    );
+    metrics::describe_histogram!(
+        RTP_JITTER_SECONDS,
+        "Interarrival jitter of the phone's RTP at the end of each call, by codec."
+    );
+    metrics::describe_counter!(
+        DTMF_EVENTS,
+        "DTMF digits carried, by direction (from_phone, to_phone) and source (rtp, info)."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

@@ -1,16 +1,18 @@
-//! SIP side of the bridge. So far, all sans-IO: digest authentication, receive-side
-//! message checks, SDP offer/answer, transaction state machines and stream framing.
-//! Transports and dialogs over rsipstack come next, behind this module's own types.
-//!
-//! - `digest`: digest authentication (RFC 3261 section 22, RFC 7616), both sides.
-//! - `message`: receive-side syntax and validity checks with the status to answer.
-//! - `sdp`: SDP offer/answer for the phone leg.
-//! - `transaction`: RFC 3261 section 17 transactions (with RFC 6026 for 2xx to INVITE):
-//!   byte-agnostic client and server, INVITE and non-INVITE state machines, Timers A-M.
-//! - `framing`: RFC 3261 section 18.3 message framing on TCP/TLS streams, with RFC 5626
-//!   CRLF keep-alives.
+//! The SIP side of the bridge, our own stack on our own strict parser. Sans-IO cores:
+//! `message` (receive-side syntax checks), `uri` (typed header values), `build`
+//! (outgoing messages), `body` (SDP in multipart, INFO DTMF), `digest` (auth),
+//! `sdp` (offer/answer), `dialog` (RFC 3261 section 12), `transaction` (section 17 state
+//! machines and timers), `framing` (stream framing). The async shell: `transport` (UDP,
+//! TCP, TLS sockets) and `endpoint` (the task that checks, answers and routes every
+//! message). Call logic sees these types only, never a third-party SIP crate's.
+pub mod body;
+pub mod build;
+pub mod dialog;
 pub mod digest;
+pub mod endpoint;
 pub mod framing;
 pub mod message;
 pub mod sdp;
 pub mod transaction;
+pub mod transport;
+pub mod uri;

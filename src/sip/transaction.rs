@@ -464,6 +464,11 @@ impl ServerNonInvite {
         }
     }
 
+    /// The last response sent, for re-sending after the transaction is gone.
+    pub fn last_response(&self) -> Option<&[u8]> {
+        self.last_response.as_deref()
+    }
+
     pub fn state(&self) -> ServerNonInviteState {
         self.state
     }

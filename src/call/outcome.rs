@@ -1,0 +1,184 @@
+//! How a call ended, classified once (design principle 5): each outcome maps here, and
+//! only here, to the SIP status answered before the call was up, the Reason header of a
+//! BYE after it, the LiveKit leave reason, and the metric label. Tests: `outcome_*`.
+
+use crate::livekit::LeaveReason;
+use std::fmt;
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The phone hung up (BYE) after the call was up.
+    CallerHangup,
+    /// The caller gave up before the answer (CANCEL).
+    CallerCancelled,
+    /// The room was deleted (or closed) under the call.
+    RoomClosed,
+    /// The participant was removed from the room.
+    ParticipantRemoved,
+    /// LiveKit ended the participant for another reason (text from the server).
+    LiveKitLeft(String),
+    /// A dialplan rule rejects the call with this status.
+    Rejected { status: u16, reason: Option<String> },
+    /// No dialplan rule matched.
+    NoRoute,
+    /// No codec in common (the Warning text).
+    NoCommonCodec(String),
+    /// The INVITE had no (usable) SDP offer and none could be made.
+    BadSdp(String),
+    /// No RTP port free.
+    NoPorts,
+    /// LiveKit could not be joined (unreachable, refused): the reason.
+    LiveKitUnavailable(String),
+    /// Nobody answered in the room in time (`answer: on_first_track`).
+    RingingTimeout,
+    /// The caller entered the wrong PIN too often, or none in time.
+    PinFailed,
+    /// No RTP for too long.
+    MediaTimeout,
+    /// Our 2xx was never acknowledged.
+    NoAck,
+    /// The daemon is stopping.
+    Shutdown,
+    /// The call's limit was reached (max call duration).
+    MaxDuration,
+    /// Something failed inside Roomline.
+    Internal(String),
+}
+
+impl Outcome {
+    /// The final response to the INVITE when the call ends before answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            Outcome::CallerHangup | Outcome::CallerCancelled => 487,
+            Outcome::RoomClosed | Outcome::ParticipantRemoved | Outcome::LiveKitLeft(_) => 480,
+            Outcome::Rejected { status, .. } => *status,
+            Outcome::NoRoute => 404,
+            Outcome::NoCommonCodec(_) => 488,
+            Outcome::BadSdp(_) => 400,
+            Outcome::NoPorts | Outcome::LiveKitUnavailable(_) | Outcome::Shutdown => 503,
+            Outcome::RingingTimeout => 480,
+            Outcome::PinFailed => 403,
+            Outcome::MediaTimeout | Outcome::NoAck | Outcome::MaxDuration => 408,
+            Outcome::Internal(_) => 500,
+        }
+    }
+
+    /// Retry-After seconds for a 503 (RFC 3261 section 20.33): the caller may try again.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            Outcome::NoPorts | Outcome::LiveKitUnavailable(_) => Some(10),
+            Outcome::Shutdown => Some(30),
+            _ => None,
+        }
+    }
+
+    /// The Reason header (RFC 3326) of our BYE after answer, Q.850 cause and text.
+    pub fn reason_header(&self) -> String {
+        let (cause, text) = match self {
+            Outcome::RoomClosed => (16, "room closed"),
+            Outcome::ParticipantRemoved => (16, "participant removed"),
+            Outcome::LiveKitLeft(_) => (16, "left the room"),
+            Outcome::MediaTimeout => (102, "media timeout"),
+            Outcome::NoAck => (102, "no ACK"),
+            Outcome::PinFailed => (21, "wrong PIN"),
+            Outcome::Shutdown => (16, "service shutting down"),
+            Outcome::MaxDuration => (16, "maximum call duration"),
+            Outcome::Internal(_) => (41, "internal error"),
+            _ => (16, "normal clearing"),
+        };
+        format!("Q.850;cause={cause};text=\"{text}\"")
+    }
+
+    /// What we tell LiveKit when we leave the room.
+    pub fn leave_reason(&self) -> LeaveReason {
+        match self {
+            Outcome::RingingTimeout => LeaveReason::UserUnavailable,
+            Outcome::PinFailed => LeaveReason::UserRejected,
+            _ => LeaveReason::ClientInitiated,
+        }
+    }
+
+    /// The bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::CallerHangup => "caller_hangup",
+            Outcome::CallerCancelled => "cancelled",
+            Outcome::RoomClosed => "room_closed",
+            Outcome::ParticipantRemoved => "participant_removed",
+            Outcome::LiveKitLeft(_) => "livekit_left",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::NoRoute => "no_route",
+            Outcome::NoCommonCodec(_) => "no_codec",
+            Outcome::BadSdp(_) => "bad_sdp",
+            Outcome::NoPorts => "no_ports",
+            Outcome::LiveKitUnavailable(_) => "livekit_unavailable",
+            Outcome::RingingTimeout => "ringing_timeout",
+            Outcome::PinFailed => "pin_failed",
+            Outcome::MediaTimeout => "media_timeout",
+            Outcome::NoAck => "no_ack",
+            Outcome::Shutdown => "shutdown",
+            Outcome::MaxDuration => "max_duration",
+            Outcome::Internal(_) => "error",
+        }
+    }
+
+    /// The `sip.callStatus`-style word for the summary line.
+    pub fn completed(&self) -> bool {
+        matches!(
+            self,
+            Outcome::CallerHangup
+                | Outcome::RoomClosed
+                | Outcome::ParticipantRemoved
+                | Outcome::LiveKitLeft(_)
+                | Outcome::Shutdown
+                | Outcome::MaxDuration
+        )
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Rejected { status, reason } => {
+                write!(f, "rejected {status}")?;
+                if let Some(r) = reason {
+                    write!(f, " {r}")?;
+                }
+                Ok(())
+            }
+            Outcome::NoCommonCodec(w) => write!(f, "no common codec ({w})"),
+            Outcome::BadSdp(w) => write!(f, "bad SDP ({w})"),
+            Outcome::LiveKitUnavailable(w) => write!(f, "LiveKit unavailable ({w})"),
+            Outcome::LiveKitLeft(w) => write!(f, "left the room ({w})"),
+            Outcome::Internal(w) => write!(f, "internal error ({w})"),
+            other => f.write_str(other.label()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_statuses_and_labels() {
+        assert_eq!(Outcome::CallerCancelled.status(), 487);
+        assert_eq!(Outcome::NoRoute.status(), 404);
+        assert_eq!(Outcome::NoCommonCodec("x".into()).status(), 488);
+        assert_eq!(Outcome::LiveKitUnavailable("down".into()).status(), 503);
+        assert_eq!(Outcome::LiveKitUnavailable("down".into()).retry_after(), Some(10));
+        assert_eq!(Outcome::NoPorts.status(), 503);
+        assert_eq!(
+            Outcome::Rejected { status: 603, reason: None }.status(),
+            603
+        );
+        assert_eq!(Outcome::CallerHangup.retry_after(), None);
+        assert!(Outcome::RoomClosed.reason_header().starts_with("Q.850;cause=16;"));
+        assert_eq!(Outcome::RingingTimeout.leave_reason(), LeaveReason::UserUnavailable);
+        // labels are bounded words
+        for o in [Outcome::MediaTimeout, Outcome::Internal("x".into()), Outcome::NoAck] {
+            assert!(o.label().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Tones a call plays to the phone itself (the PIN prompt, the wrong-PIN signal), as
+//! 20 ms frames at the phone's rate, pushed into the mixer like a room track. Sans-IO.
+//! Tests: `prompt_*`.
+
+use std::f64::consts::PI;
+
+/// One segment: a frequency (0 = silence) for a number of milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Segment {
+    pub hz: f64,
+    pub ms: u32,
+}
+
+/// A short rising two-tone beep: "enter your PIN".
+pub const PIN_PROMPT: &[Segment] = &[
+    Segment { hz: 660.0, ms: 160 },
+    Segment { hz: 0.0, ms: 40 },
+    Segment { hz: 880.0, ms: 200 },
+];
+
+/// Three low beeps: "wrong PIN".
+pub const PIN_WRONG: &[Segment] = &[
+    Segment { hz: 400.0, ms: 150 },
+    Segment { hz: 0.0, ms: 100 },
+    Segment { hz: 400.0, ms: 150 },
+    Segment { hz: 0.0, ms: 100 },
+    Segment { hz: 400.0, ms: 150 },
+];
+
+/// Plays segments frame by frame.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    rate: u32,
+    samples: Vec<i16>,
+    pos: usize,
+}
+
+impl Prompt {
+    pub fn new(segments: &[Segment], rate: u32) -> Prompt {
+        let mut samples = Vec::new();
+        for s in segments {
+            let n = (u64::from(rate) * u64::from(s.ms) / 1000) as usize;
+            for i in 0..n {
+                let v = if s.hz > 0.0 {
+                    // -12 dBFS with 5 ms ramps against clicks
+                    let ramp = (rate as usize / 200).max(1);
+                    let env = (i.min(n - 1 - i).min(ramp) as f64) / ramp as f64;
+                    (0.25 * env * (2.0 * PI * s.hz * i as f64 / f64::from(rate)).sin()) * 32767.0
+                } else {
+                    0.0
+                };
+                samples.push(v as i16);
+            }
+        }
+        Prompt {
+            rate,
+            samples,
+            pos: 0,
+        }
+    }
+
+    /// The next 20 ms frame (padded with silence at the end), or None when done.
+    pub fn next_frame(&mut self) -> Option<Vec<i16>> {
+        if self.pos >= self.samples.len() {
+            return None;
+        }
+        let n = self.rate as usize / 50;
+        let end = (self.pos + n).min(self.samples.len());
+        let mut f = self.samples[self.pos..end].to_vec();
+        f.resize(n, 0);
+        self.pos += n;
+        Some(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_frames_cover_the_segments() {
+        let mut p = Prompt::new(PIN_PROMPT, 8000);
+        let mut frames = 0;
+        let mut peak = 0i16;
+        while let Some(f) = p.next_frame() {
+            assert_eq!(f.len(), 160);
+            peak = peak.max(f.iter().copied().map(i16::abs).max().unwrap());
+            frames += 1;
+        }
+        assert_eq!(frames, 20, "400 ms in 20 ms frames");
+        assert!(peak > 7000 && peak < 9000, "about -12 dBFS: {peak}");
+        let mut w = Prompt::new(PIN_WRONG, 16000);
+        assert_eq!(w.next_frame().unwrap().len(), 320);
+    }
+}
