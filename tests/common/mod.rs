@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod livekit;
+pub mod roomline;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

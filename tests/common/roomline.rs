@@ -1,0 +1,758 @@
+//! The real `roomline run` daemon for integration tests, and the SIP-side peers around it:
+//! [`Roomline`] writes a configuration (trunks and dialplans given by the test, SIP on
+//! free 127.0.0.1 ports, its own RTP range), starts the binary, waits for `/health`, and
+//! stops it by PID when dropped (printing its log tail when the test failed).
+//! [`sipp`] runs the Debian `sipp` with a scenario and keeps its message trace;
+//! [`RtpPeer`] is a phone's RTP socket in the test: it sends tones and records what the
+//! daemon sends. `room_service` calls LiveKit's RoomService (DeleteRoom, RemoveParticipant,
+//! ListParticipants) with an admin token.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::livekit::LiveKitServer;
+use super::{stop_child, tail_file, wait_timeout};
+
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+/// RTP ranges: 200 ports each from 20000 up, below Linux's ephemeral ports.
+static NEXT_RTP: AtomicU16 = AtomicU16::new(0);
+
+/// A port free for both UDP and TCP on 127.0.0.1, not handed out before in this process.
+pub fn free_port() -> u16 {
+    let mut used = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if !used.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            used.insert(port);
+            return port;
+        }
+    }
+}
+
+fn rtp_range() -> (u16, u16) {
+    let slot = NEXT_RTP.fetch_add(1, Ordering::Relaxed) % 60;
+    // spread test binaries over the slots too (they may overlap in time on CI retries)
+    let offset = (std::process::id() % 7) as u16;
+    let start = 20000 + ((slot + offset * 8) % 60) * 200;
+    (start, start + 198)
+}
+
+/// What the daemon under test is configured with.
+pub struct Setup {
+    pub livekit_url: String,
+    pub api_key: String,
+    pub api_secret: String,
+    /// `trunks/<name>.yaml` contents.
+    pub trunks: Vec<(String, String)>,
+    /// `dialplans/<name>.yaml` contents.
+    pub dialplans: Vec<(String, String)>,
+    /// Extra lines of the `sip:` section (indented two spaces), e.g. a TLS listener.
+    pub sip_extra: String,
+    /// Extra lines of the `rtp:` section.
+    pub rtp_extra: String,
+    /// Lines of the `limits:` section.
+    pub limits: String,
+    /// `LOG_LEVEL` for the daemon.
+    pub log_level: String,
+}
+
+impl Setup {
+    /// A daemon against `lk` with one trunk `local` accepting 127.0.0.1 and the given rules.
+    pub fn new(lk: &LiveKitServer) -> Setup {
+        Setup {
+            livekit_url: lk.url(),
+            api_key: lk.api_key().into(),
+            api_secret: lk.api_secret().into(),
+            trunks: vec![(
+                "local".into(),
+                "inbound:\n  allowed_addresses: [127.0.0.1/32]\n".into(),
+            )],
+            dialplans: Vec::new(),
+            sip_extra: String::new(),
+            rtp_extra: String::new(),
+            limits: String::new(),
+            log_level: "info,roomline=debug".into(),
+        }
+    }
+
+    pub fn trunk(mut self, name: &str, yaml: &str) -> Setup {
+        self.trunks.retain(|(n, _)| n != name);
+        self.trunks.push((name.into(), yaml.into()));
+        self
+    }
+
+    pub fn dialplan(mut self, name: &str, yaml: &str) -> Setup {
+        self.dialplans.push((name.into(), yaml.into()));
+        self
+    }
+
+    pub fn sip_extra(mut self, lines: &str) -> Setup {
+        self.sip_extra.push_str(lines);
+        self
+    }
+
+    pub fn rtp_extra(mut self, lines: &str) -> Setup {
+        self.rtp_extra.push_str(lines);
+        self
+    }
+
+    pub fn limits(mut self, lines: &str) -> Setup {
+        self.limits.push_str(lines);
+        self
+    }
+}
+
+/// A running `roomline run`.
+pub struct Roomline {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub sip_port: u16,
+    pub http_port: u16,
+    pub rtp_ports: (u16, u16),
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl Roomline {
+    pub fn start(setup: Setup) -> Roomline {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sip_port = free_port();
+        let http_port = free_port();
+        let rtp_ports = rtp_range();
+        for sub in ["trunks", "dialplans"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        for (name, yaml) in &setup.trunks {
+            std::fs::write(dir.path().join("trunks").join(format!("{name}.yaml")), yaml).unwrap();
+        }
+        for (name, yaml) in &setup.dialplans {
+            std::fs::write(dir.path().join("dialplans").join(format!("{name}.yaml")), yaml)
+                .unwrap();
+        }
+        let limits = if setup.limits.is_empty() {
+            String::new()
+        } else {
+            format!("limits:\n{}", setup.limits)
+        };
+        let yaml = format!(
+            "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n\
+             sip:\n  listeners:\n    - transport: udp\n      address: 127.0.0.1:{sip_port}\n\
+             \x20   - transport: tcp\n      address: 127.0.0.1:{sip_port}\n{}\
+             rtp:\n  port_range: {}-{}\n{}\
+             http:\n  listen: 127.0.0.1:{http_port}\n{limits}",
+            setup.livekit_url,
+            setup.api_key,
+            setup.api_secret,
+            setup.sip_extra,
+            rtp_ports.0,
+            rtp_ports.1,
+            setup.rtp_extra,
+        );
+        let config = dir.path().join("roomline.yaml");
+        std::fs::write(&config, &yaml).unwrap();
+        let log = dir.path().join("roomline.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_roomline"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("LIVEKIT_URL")
+            .env_remove("LIVEKIT_API_KEY")
+            .env_remove("LIVEKIT_API_SECRET")
+            .env_remove("NOTIFY_SOCKET")
+            .env("LOG_LEVEL", &setup.log_level)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("start roomline");
+        let mut r = Roomline {
+            child,
+            dir,
+            sip_port,
+            http_port,
+            rtp_ports,
+            log,
+            config,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = r.child.try_wait() {
+                panic!(
+                    "roomline exited during start ({st}); config:\n{yaml}\nlog:\n{}",
+                    r.log_tail(40)
+                );
+            }
+            if r.get("/health").is_some_and(|(s, _)| s == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "roomline not ready in 20 s:\n{}",
+                r.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `127.0.0.1:<sip port>`.
+    pub fn sip_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.sip_port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        tail_file(&self.log, n)
+    }
+
+    /// GET on the HTTP listener: (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((status, body))
+    }
+
+    /// `calls` of /health/detailed: active, rtp_ports_in_use, participants, tasks.
+    pub fn counts(&self) -> serde_json::Value {
+        let (_, body) = self.get("/health/detailed").expect("/health/detailed");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        v["calls"].clone()
+    }
+
+    /// Waits until no call, RTP port or participant is held (every call task gone too);
+    /// panics with the counts and the log otherwise.
+    pub fn assert_no_leaks(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.counts();
+            let zero = |k: &str| c[k].as_u64() == Some(0);
+            if zero("active") && zero("rtp_ports_in_use") && zero("participants") && zero("tasks") {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "calls leaked resources after {within:?}: {c}\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns the line.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {within:?}:\n{}",
+                self.log_tail(60)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        assert!(super::send_signal(self.child.id(), sig), "kill -{sig}");
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        wait_timeout(&mut self.child, limit).and_then(|s| s.code())
+    }
+}
+
+impl Drop for Roomline {
+    fn drop(&mut self) {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if running {
+            stop_child(&mut self.child, Duration::from_secs(10));
+        }
+        if std::thread::panicking() {
+            eprintln!("---- roomline log (tail) ----\n{}", self.log_tail(80));
+        }
+        if std::env::var_os("ROOMLINE_KEEP_LOGS").is_some() {
+            let keep = self.dir.path().to_path_buf();
+            eprintln!("roomline logs kept in {}", keep.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
+        }
+    }
+}
+
+/// The result of one sipp run.
+pub struct SippRun {
+    /// None when killed on timeout.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The `-trace_msg` log: every message sent and received.
+    pub messages: String,
+    pub args: Vec<String>,
+}
+
+impl SippRun {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Status codes of responses sipp received, in order.
+    pub fn received_statuses(&self) -> Vec<u16> {
+        received_messages(&self.messages)
+            .iter()
+            .filter_map(|m| {
+                m.strip_prefix("SIP/2.0 ")
+                    .and_then(|r| r.get(..3))
+                    .and_then(|c| c.parse().ok())
+            })
+            .collect()
+    }
+
+    /// Messages sipp received (each as text).
+    pub fn received(&self) -> Vec<String> {
+        received_messages(&self.messages)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "sipp {:?}\nstatus: {:?}\nstdout (tail):\n{}\nstderr (tail):\n{}\nmessages (tail):\n{}",
+            self.args,
+            self.status,
+            last(&self.stdout, 15),
+            last(&self.stderr, 15),
+            last(&self.messages, 80)
+        )
+    }
+
+    pub fn expect_success(&self) {
+        assert!(self.success(), "sipp failed:\n{}", self.describe());
+    }
+}
+
+fn last(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
+/// The received messages of a sipp `-trace_msg` file: each block starts with a line of
+/// dashes and the date, then "UDP message received [N] bytes :".
+fn received_messages(trace: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    let mut header_next = false;
+    for line in trace.lines() {
+        if line.starts_with("----------") {
+            if let Some(m) = cur.take() {
+                out.push(m.trim().to_string());
+            }
+            header_next = true;
+            continue;
+        }
+        if header_next {
+            header_next = false;
+            if line.contains("message received") {
+                cur = Some(String::new());
+            }
+            continue;
+        }
+        if let Some(m) = cur.as_mut() {
+            m.push_str(line.trim_end_matches('\r'));
+            m.push('\n');
+        }
+    }
+    if let Some(m) = cur.take() {
+        out.push(m.trim().to_string());
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
+
+/// A sipp process started in the background.
+pub struct Sipp {
+    child: Child,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl Sipp {
+    /// Starts `sipp ARGS` with `scenario` (XML text) as `-sf`, `-trace_msg`, `-nostdin`.
+    pub fn spawn(scenario: Option<&str>, args: &[String]) -> Sipp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut all: Vec<String> = Vec::new();
+        if let Some(xml) = scenario {
+            let sf = dir.path().join("scenario.xml");
+            std::fs::write(&sf, xml).unwrap();
+            all.push("-sf".into());
+            all.push(sf.display().to_string());
+        }
+        all.extend(args.iter().cloned());
+        all.extend(
+            [
+                "-nostdin",
+                "-trace_msg",
+                "-message_file",
+                &dir.path().join("messages.log").display().to_string(),
+                "-trace_err",
+                "-error_file",
+                &dir.path().join("errors.log").display().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        let child = Command::new("sipp")
+            .args(&all)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.path().join("stdout")).unwrap())
+            .stderr(File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sipp: {e}: {}", super::INSTALL_HINT));
+        Sipp {
+            child,
+            dir,
+            args: all,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for sipp to end (killing it after `timeout`).
+    pub fn wait(mut self, timeout: Duration) -> SippRun {
+        let status = wait_timeout(&mut self.child, timeout);
+        let read = |n: &str| std::fs::read_to_string(self.dir.path().join(n)).unwrap_or_default();
+        let mut stderr = read("stderr");
+        let errors = read("errors.log");
+        if !errors.is_empty() {
+            stderr.push_str("\n-- errors.log --\n");
+            stderr.push_str(&errors);
+        }
+        SippRun {
+            status,
+            stdout: read("stdout"),
+            stderr,
+            messages: read("messages.log"),
+            args: self.args.clone(),
+        }
+    }
+
+    /// The message log so far (to watch a call in progress).
+    pub fn messages_so_far(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default()
+    }
+
+    /// The directory sipp runs in (files given to scenarios go here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs sipp to its end.
+pub fn sipp(scenario: Option<&str>, args: &[String], timeout: Duration) -> SippRun {
+    Sipp::spawn(scenario, args).wait(timeout)
+}
+
+/// Common sipp arguments: the target, our local address and port, one call.
+pub fn sipp_args(target: &str, transport_tcp: bool) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        target.to_string(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        free_port().to_string(),
+        "-m".into(),
+        "1".into(),
+        "-timeout".into(),
+        "60s".into(),
+        "-timeout_error".into(),
+    ];
+    if transport_tcp {
+        v.push("-t".into());
+        v.push("t1".into());
+    }
+    v
+}
+
+/// One received RTP packet.
+#[derive(Debug, Clone)]
+pub struct Rtp {
+    pub at: Instant,
+    pub from: SocketAddr,
+    pub pt: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub ts: u32,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
+}
+
+/// A phone's RTP socket in the test: records every packet it receives (on a thread) and
+/// can send a stream of packets.
+pub struct RtpPeer {
+    sock: Arc<UdpSocket>,
+    received: Arc<Mutex<Vec<Rtp>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn parse_rtp(buf: &[u8], from: SocketAddr) -> Option<Rtp> {
+    if buf.len() < 12 || buf[0] >> 6 != 2 {
+        return None;
+    }
+    let cc = (buf[0] & 0x0f) as usize;
+    let ext = buf[0] & 0x10 != 0;
+    let pad = buf[0] & 0x20 != 0;
+    let mut off = 12 + 4 * cc;
+    if ext {
+        if buf.len() < off + 4 {
+            return None;
+        }
+        let words = u16::from_be_bytes([buf[off + 2], buf[off + 3]]) as usize;
+        off += 4 + 4 * words;
+    }
+    let mut end = buf.len();
+    if pad {
+        end = end.checked_sub(*buf.last()? as usize)?;
+    }
+    if off > end {
+        return None;
+    }
+    Some(Rtp {
+        at: Instant::now(),
+        from,
+        pt: buf[1] & 0x7f,
+        marker: buf[1] & 0x80 != 0,
+        seq: u16::from_be_bytes([buf[2], buf[3]]),
+        ts: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        payload: buf[off..end].to_vec(),
+    })
+}
+
+impl RtpPeer {
+    pub fn bind() -> RtpPeer {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (sock, received, stop) = (sock.clone(), received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf)
+                        && let Some(p) = parse_rtp(&buf[..n], from)
+                        && (p.pt < 72 || p.pt > 76)
+                    {
+                        received.lock().unwrap().push(p);
+                    }
+                }
+            })
+        };
+        RtpPeer {
+            sock,
+            received,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.sock.local_addr().unwrap().port()
+    }
+
+    /// Every RTP packet received so far (RTCP excluded).
+    pub fn received(&self) -> Vec<Rtp> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Sends `payloads` (one per 20 ms) as RTP with payload type `pt` to `to`, paced in
+    /// real time, on a thread. Returns the thread.
+    pub fn send_stream(
+        &self,
+        to: SocketAddr,
+        pt: u8,
+        ts_step: u32,
+        payloads: Vec<Vec<u8>>,
+    ) -> std::thread::JoinHandle<()> {
+        let sock = self.sock.clone();
+        std::thread::spawn(move || {
+            let ssrc: u32 = 0x1234_5678;
+            let t0 = Instant::now();
+            for (i, p) in payloads.into_iter().enumerate() {
+                let due = t0 + Duration::from_millis(20 * i as u64);
+                if let Some(d) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+                let mut pkt = Vec::with_capacity(12 + p.len());
+                pkt.push(0x80);
+                pkt.push(if i == 0 { 0x80 | pt } else { pt });
+                pkt.extend_from_slice(&(i as u16).to_be_bytes());
+                pkt.extend_from_slice(&((i as u32) * ts_step).to_be_bytes());
+                pkt.extend_from_slice(&ssrc.to_be_bytes());
+                pkt.extend_from_slice(&p);
+                let _ = sock.send_to(&pkt, to);
+            }
+        })
+    }
+}
+
+impl Drop for RtpPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Decodes a G.711 mu-law stream with sox (an independent decoder) and analyses it with
+/// the room peer's oracle (`roompeer.py analyze-wav`): its JSON report.
+pub fn analyze_ulaw(payload: &[u8]) -> serde_json::Value {
+    analyze_raw(payload, &["-t", "ul", "-r", "8000", "-c", "1"])
+}
+
+/// The same for G.711 A-law.
+pub fn analyze_alaw(payload: &[u8]) -> serde_json::Value {
+    analyze_raw(payload, &["-t", "al", "-r", "8000", "-c", "1"])
+}
+
+fn analyze_raw(payload: &[u8], format: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("in.raw");
+    let wav = dir.path().join("out.wav");
+    std::fs::write(&raw, payload).unwrap();
+    let st = Command::new("sox")
+        .args(format)
+        .arg(&raw)
+        .args(["-b", "16", "-e", "signed-integer", "-r", "48000"])
+        .arg(&wav)
+        .status()
+        .expect("sox");
+    assert!(st.success(), "sox failed");
+    let run = super::run_roompeer(
+        ["analyze-wav".to_string(), wav.display().to_string()],
+        Duration::from_secs(60),
+    );
+    run.expect_ok().clone()
+}
+
+/// A raw mu-law tone file made by sox (for sipp's rtp_stream): `seconds` of `hz`.
+pub fn ulaw_tone_file(dir: &Path, hz: u32, seconds: u32) -> PathBuf {
+    let path = dir.join(format!("tone{hz}.ul"));
+    let st = Command::new("sox")
+        .args(["-n", "-r", "8000", "-c", "1", "-e", "mu-law", "-t", "raw"])
+        .arg(&path)
+        .args(["synth", &seconds.to_string(), "sine", &hz.to_string(), "vol", "0.5"])
+        .status()
+        .expect("sox");
+    assert!(st.success(), "sox synth failed");
+    path
+}
+
+/// Calls LiveKit's RoomService with an admin token: (HTTP status, body).
+pub fn room_service(
+    lk: &LiveKitServer,
+    method: &str,
+    room: &str,
+    body: serde_json::Value,
+) -> (u16, String) {
+    use livekit_api::access_token::{AccessToken, VideoGrants};
+    let token = AccessToken::with_api_key(lk.api_key(), lk.api_secret())
+        .with_identity("test-admin")
+        .with_ttl(Duration::from_secs(60))
+        .with_grants(VideoGrants {
+            room_admin: true,
+            room_create: true,
+            room_list: true,
+            room: room.to_string(),
+            ..Default::default()
+        })
+        .to_jwt()
+        .expect("admin token");
+    lk.twirp(
+        &format!("livekit.RoomService/{method}"),
+        &token,
+        &body.to_string(),
+    )
+}
+
+/// The participants of a room as LiveKit lists them (identity, kind, attributes JSON).
+pub fn list_participants(lk: &LiveKitServer, room: &str) -> Vec<serde_json::Value> {
+    let (status, body) = room_service(
+        lk,
+        "ListParticipants",
+        room,
+        serde_json::json!({ "room": room }),
+    );
+    if status != 200 {
+        return Vec::new();
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["participants"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until `pred` holds for the room's participant list.
+pub fn wait_participants<F>(lk: &LiveKitServer, room: &str, within: Duration, mut pred: F) -> Vec<serde_json::Value>
+where
+    F: FnMut(&[serde_json::Value]) -> bool,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let ps = list_participants(lk, room);
+        if pred(&ps) {
+            return ps;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room {room}: participants did not reach the expected state within {within:?}: {ps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
