@@ -6,7 +6,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+
+pub mod twirp;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +53,14 @@ pub fn router(state: AppState) -> Router {
         .route("/health/sip", get(sip))
         .route("/health/detailed", get(detailed))
         .route("/metrics", get(metrics))
+        .route(
+            "/twirp/livekit.SIP/CreateSIPParticipant",
+            post(twirp::create_sip_participant),
+        )
+        .route(
+            "/twirp/livekit.SIP/TransferSIPParticipant",
+            post(twirp::transfer_sip_participant),
+        )
         .with_state(state)
 }
 

@@ -4,7 +4,9 @@
 //! `inbound` (a phone call into a room), `outcome` (how a call ended, classified once),
 //! `prompt` (the tones a call plays to the phone itself).
 
+pub mod bridge;
 pub mod inbound;
+pub mod outbound;
 pub mod outcome;
 pub mod prompt;
 
@@ -13,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::media::socket::SharedPortPool;
 use crate::ops::metrics as m;
@@ -25,6 +29,19 @@ use crate::sip::transaction::Timers;
 pub enum Control {
     /// End the call now (daemon shutdown): BYE, or 503 before answer.
     Shutdown,
+}
+
+/// What the API asks of one call.
+#[derive(Debug)]
+pub enum CallControl {
+    /// End the call.
+    Hangup,
+    /// Transfer the phone elsewhere (REFER); the reply comes when the transfer is done.
+    Transfer {
+        to: String,
+        headers: Vec<(String, String)>,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Services every call uses.
@@ -86,9 +103,61 @@ pub struct Calls {
     ctx: Arc<CallContext>,
     tasks: Arc<AtomicUsize>,
     shutdown: watch::Sender<bool>,
+    manager: mpsc::Sender<ManagerCmd>,
+}
+
+enum ManagerCmd {
+    Dial {
+        cfg: Arc<crate::config::Config>,
+        req: outbound::OutboundRequest,
+        reply: oneshot::Sender<Result<outbound::Started, outbound::DialError>>,
+    },
+    Find {
+        room: String,
+        identity: String,
+        reply: oneshot::Sender<Option<mpsc::Sender<CallControl>>>,
+    },
+    Gone {
+        key: (String, String),
+        seq: u64,
+    },
 }
 
 impl Calls {
+    /// Places an outbound call; resolves when the participant is in the room (or, with
+    /// `wait_until_answered`, when the callee answered), or with why it failed.
+    pub async fn dial(
+        &self,
+        cfg: Arc<crate::config::Config>,
+        req: outbound::OutboundRequest,
+    ) -> Result<outbound::Started, outbound::DialError> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .manager
+            .send(ManagerCmd::Dial { cfg, req, reply })
+            .await
+            .is_err()
+        {
+            return Err(outbound::DialError::Ended("service shutting down".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(outbound::DialError::Ended("the call task ended".into())))
+    }
+
+    /// The control channel of the call whose participant is `identity` in `room`.
+    pub async fn find(&self, room: &str, identity: &str) -> Option<mpsc::Sender<CallControl>> {
+        let (reply, rx) = oneshot::channel();
+        self.manager
+            .send(ManagerCmd::Find {
+                room: room.into(),
+                identity: identity.into(),
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
     pub fn counts(&self) -> CallCounts {
         let rtp_ports_in_use = self
             .ctx
@@ -141,30 +210,78 @@ impl Calls {
 
 static CALL_SEQ: AtomicU64 = AtomicU64::new(1);
 
-/// Spawns a task per admitted INVITE. Returns the handle on the calls.
+/// Runs the call manager: a task per admitted INVITE and per dial request, and the
+/// registry of calls by room and participant identity (for the API). Returns the handle
+/// on the calls.
 pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Calls {
     let ctx = Arc::new(ctx);
     let tasks = Arc::new(AtomicUsize::new(0));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (manager, mut cmds) = mpsc::channel::<ManagerCmd>(256);
     let calls = Calls {
         ctx: ctx.clone(),
         tasks: tasks.clone(),
         shutdown,
+        manager: manager.clone(),
     };
     tokio::spawn(async move {
-        while let Some(inv) = invites.recv().await {
-            let seq = CALL_SEQ.fetch_add(1, Ordering::Relaxed);
-            let ctx = ctx.clone();
-            let tasks = tasks.clone();
-            let shutdown = shutdown_rx.clone();
-            tasks.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let task = tokio::spawn(inbound::run(ctx, inv, shutdown, seq));
-                if let Err(e) = task.await {
-                    tracing::error!(error = %e, "call task failed");
+        let mut registry: HashMap<(String, String), (u64, mpsc::Sender<CallControl>)> =
+            HashMap::new();
+        loop {
+            tokio::select! {
+                inv = invites.recv() => {
+                    let Some(inv) = inv else { break };
+                    let seq = CALL_SEQ.fetch_add(1, Ordering::Relaxed);
+                    let ctx = ctx.clone();
+                    let tasks = tasks.clone();
+                    let shutdown = shutdown_rx.clone();
+                    tasks.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let task = tokio::spawn(inbound::run(ctx, inv, shutdown, seq));
+                        if let Err(e) = task.await {
+                            tracing::error!(error = %e, "call task failed");
+                        }
+                        tasks.fetch_sub(1, Ordering::Relaxed);
+                    });
                 }
-                tasks.fetch_sub(1, Ordering::Relaxed);
-            });
+                cmd = cmds.recv() => match cmd {
+                    Some(ManagerCmd::Dial { cfg, req, reply }) => {
+                        let seq = CALL_SEQ.fetch_add(1, Ordering::Relaxed);
+                        let key = (
+                            req.room.clone(),
+                            req.identity.clone().unwrap_or_else(|| format!("sip_{}", req.call_to)),
+                        );
+                        let (ctl_tx, ctl_rx) = mpsc::channel(8);
+                        registry.insert(key.clone(), (seq, ctl_tx));
+                        let ctx = ctx.clone();
+                        let tasks = tasks.clone();
+                        let shutdown = shutdown_rx.clone();
+                        let manager = manager.clone();
+                        tasks.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(async move {
+                            let task = tokio::spawn(outbound::run(ctx, cfg, req, reply, shutdown, ctl_rx, seq));
+                            if let Err(e) = task.await {
+                                tracing::error!(error = %e, "call task failed");
+                            }
+                            tasks.fetch_sub(1, Ordering::Relaxed);
+                            let _ = manager.send(ManagerCmd::Gone { key, seq }).await;
+                        });
+                    }
+                    Some(ManagerCmd::Find { room, identity, reply }) => {
+                        let found = registry
+                            .get(&(room, identity))
+                            .map(|(_, tx)| tx.clone())
+                            .filter(|tx| !tx.is_closed());
+                        let _ = reply.send(found);
+                    }
+                    Some(ManagerCmd::Gone { key, seq }) => {
+                        if registry.get(&key).is_some_and(|(s, _)| *s == seq) {
+                            registry.remove(&key);
+                        }
+                    }
+                    None => break,
+                },
+            }
         }
     });
     calls

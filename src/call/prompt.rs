@@ -4,27 +4,40 @@
 
 use std::f64::consts::PI;
 
-/// One segment: a frequency (0 = silence) for a number of milliseconds.
+/// One segment: up to two frequencies (0 = none; both 0 = silence) for a number of
+/// milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Segment {
     pub hz: f64,
+    pub hz2: f64,
     pub ms: u32,
 }
 
+const fn tone(hz: f64, ms: u32) -> Segment {
+    Segment { hz, hz2: 0.0, ms }
+}
+
 /// A short rising two-tone beep: "enter your PIN".
-pub const PIN_PROMPT: &[Segment] = &[
-    Segment { hz: 660.0, ms: 160 },
-    Segment { hz: 0.0, ms: 40 },
-    Segment { hz: 880.0, ms: 200 },
-];
+pub const PIN_PROMPT: &[Segment] = &[tone(660.0, 160), tone(0.0, 40), tone(880.0, 200)];
 
 /// Three low beeps: "wrong PIN".
 pub const PIN_WRONG: &[Segment] = &[
-    Segment { hz: 400.0, ms: 150 },
-    Segment { hz: 0.0, ms: 100 },
-    Segment { hz: 400.0, ms: 150 },
-    Segment { hz: 0.0, ms: 100 },
-    Segment { hz: 400.0, ms: 150 },
+    tone(400.0, 150),
+    tone(0.0, 100),
+    tone(400.0, 150),
+    tone(0.0, 100),
+    tone(400.0, 150),
+];
+
+/// The North American ringback tone (440 + 480 Hz, 2 s on, 4 s off), played into the
+/// room while an outbound call rings (`play_dialtone`).
+pub const RINGBACK: &[Segment] = &[
+    Segment {
+        hz: 440.0,
+        hz2: 480.0,
+        ms: 2000,
+    },
+    tone(0.0, 4000),
 ];
 
 /// Plays segments frame by frame.
@@ -45,7 +58,12 @@ impl Prompt {
                     // -12 dBFS with 5 ms ramps against clicks
                     let ramp = (rate as usize / 200).max(1);
                     let env = (i.min(n - 1 - i).min(ramp) as f64) / ramp as f64;
-                    (0.25 * env * (2.0 * PI * s.hz * i as f64 / f64::from(rate)).sin()) * 32767.0
+                    let t = i as f64 / f64::from(rate);
+                    let mut x = (2.0 * PI * s.hz * t).sin();
+                    if s.hz2 > 0.0 {
+                        x = 0.5 * (x + (2.0 * PI * s.hz2 * t).sin());
+                    }
+                    0.25 * env * x * 32767.0
                 } else {
                     0.0
                 };

@@ -336,6 +336,7 @@ pub(crate) enum Command {
         done: oneshot::Sender<()>,
     },
     Simulate(Simulate),
+    SetSampleRate(SampleRate),
 }
 
 /// Why we leave (maps to LiveKit's DisconnectReason in the LeaveRequest).
@@ -358,7 +359,8 @@ pub struct ParticipantHandle {
     sid: watch::Receiver<String>,
     identity: String,
     room: String,
-    sample_rate: SampleRate,
+    /// Changes with `set_sample_rate`.
+    sample_rate: watch::Receiver<SampleRate>,
 }
 
 impl fmt::Debug for ParticipantHandle {
@@ -386,17 +388,29 @@ impl ParticipantHandle {
     }
 
     pub fn sample_rate(&self) -> SampleRate {
-        self.sample_rate
+        *self.sample_rate.borrow()
+    }
+
+    /// Changes the rate of the PCM pushed in and of the remote audio handed out (an
+    /// outbound call learns its codec only from the answer). Opus keeps its 48 kHz RTP
+    /// clock, so the published track goes on without a break.
+    pub async fn set_sample_rate(&self, rate: SampleRate) -> Result<(), HandleError> {
+        self.send(Command::SetSampleRate(rate)).await?;
+        // the handle's own checks follow once the task has switched
+        let mut rx = self.sample_rate.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|r| *r == rate)).await;
+        Ok(())
     }
 
     /// Queues one 20 ms mono frame for publishing; never blocks (a full queue drops the
     /// frame and says so). Frames pushed before the publisher connection is up are
     /// dropped by the task.
     pub fn push_audio(&self, frame: &[i16]) -> Result<(), HandleError> {
-        let want = self.sample_rate.samples_per_20ms();
+        let rate = *self.sample_rate.borrow();
+        let want = rate.samples_per_20ms();
         if frame.len() != want {
             return Err(HandleError::BadFrame {
-                rate: self.sample_rate.hz(),
+                rate: rate.hz(),
                 want,
                 got: frame.len(),
             });

@@ -64,6 +64,7 @@ pub(crate) async fn join(
 
     let local = join.participant.clone().unwrap_or_default();
     let (sid_tx, sid_rx) = watch::channel(local.sid.clone());
+    let (rate_tx, rate_rx) = watch::channel(opts.sample_rate);
     let room = join
         .room
         .as_ref()
@@ -86,6 +87,7 @@ pub(crate) async fn join(
         token,
         local_ip,
         sid_tx,
+        rate_tx,
         recoveries: VecDeque::new(),
         sub_offer: None,
         sub_answer: None,
@@ -140,7 +142,7 @@ pub(crate) async fn join(
         sid: sid_rx,
         identity: local.identity.clone(),
         room,
-        sample_rate: opts.sample_rate,
+        sample_rate: rate_rx,
     };
     tokio::spawn(task.run(join));
 
@@ -249,6 +251,8 @@ struct Task {
     local_ip: IpAddr,
     /// Our sid as the handle sees it.
     sid_tx: watch::Sender<String>,
+    /// The phone-side rate as the handle sees it.
+    rate_tx: watch::Sender<SampleRate>,
     /// When the recent recoveries started.
     recoveries: VecDeque<Instant>,
     /// Last subscriber offer (server) and our answer: sync_state on resume.
@@ -1012,6 +1016,21 @@ impl Task {
                 Err(End::Leave(reason))
             }
             Command::Simulate(scenario) => self.simulate(scenario).await,
+            Command::SetSampleRate(rate) => {
+                if rate != self.rate {
+                    match OpusEncoder::new(rate) {
+                        Ok(enc) => {
+                            self.publish.encoder = enc;
+                            self.rate = rate;
+                            self.decoders.clear();
+                            tracing::debug!(rate = rate.hz(), "phone sample rate changed");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot change the sample rate"),
+                    }
+                }
+                let _ = self.rate_tx.send(self.rate);
+                Ok(())
+            }
         }
     }
 

@@ -29,6 +29,7 @@ pub const RTP_PACKETS: &str = "roomline_rtp_packets_total";
 pub const RTP_LOST: &str = "roomline_rtp_lost_packets_total";
 pub const RTP_JITTER_SECONDS: &str = "roomline_rtp_jitter_seconds";
 pub const DTMF_EVENTS: &str = "roomline_dtmf_events_total";
+pub const TRUNK_FAILOVERS: &str = "roomline_trunk_failovers_total";
 
 /// Installs the global recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -123,6 +124,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         DTMF_EVENTS,
         "DTMF digits carried, by direction (from_phone, to_phone) and source (rtp, info)."
+    );
+    metrics::describe_counter!(
+        TRUNK_FAILOVERS,
+        "Outbound calls moved from a trunk to its backup, by the trunk that failed."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
