@@ -93,6 +93,14 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     };
     let sip_addrs = sip.transports.local_addrs();
     tokio::spawn(endpoint.run());
+    // trunk health pings and registrations (restarted on every configuration change)
+    let (trunks_stop, trunks_stop_rx) = watch::channel(false);
+    let (trunk_states, trunks_task) = crate::trunk::monitor::start(
+        sip.clone(),
+        Timers::default(),
+        config_rx.clone(),
+        trunks_stop_rx,
+    );
     let calls = {
         let cfg = config_rx.borrow().clone();
         let ports = PortPool::new(cfg.rtp.ports, PORT_DRAIN);
@@ -123,6 +131,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         http: http_client,
         calls: Some(calls.clone()),
         sip_listeners: sip_addrs.clone(),
+        trunks: Some(trunk_states),
     };
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let http = tokio::spawn(async move {
@@ -185,8 +194,10 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     if !calls.wait_no_active(Duration::from_secs(5)).await {
         tracing::warn!(active = calls.counts().active, "calls still active at exit");
     }
-    // the last BYEs get their answers (bounded)
+    // the last BYEs get their answers (bounded); registrations are withdrawn
     let _ = calls.wait_idle(Duration::from_secs(2)).await;
+    let _ = trunks_stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(6), trunks_task).await;
     sip.transports.shutdown();
     tracing::info!("stopped");
     let _ = stop_tx.send(true);

@@ -39,6 +39,8 @@ pub struct AppState {
     pub calls: Option<crate::call::Calls>,
     /// The bound SIP listeners.
     pub sip_listeners: Vec<(crate::config::Transport, std::net::SocketAddr)>,
+    /// Trunk health and registration state.
+    pub trunks: Option<watch::Receiver<crate::trunk::monitor::States>>,
 }
 
 /// How long a LiveKit probe may take before the server counts as unreachable.
@@ -174,15 +176,19 @@ async fn livekit(State(s): State<AppState>) -> Response {
 async fn detailed(State(s): State<AppState>) -> Response {
     let cfg = s.config.borrow().clone();
     let reload = s.reload.borrow().clone();
+    let states = s.trunks.as_ref().map(|t| t.borrow().clone()).unwrap_or_default();
     let trunks: Vec<serde_json::Value> = cfg
         .trunks
         .iter()
         .map(|t| {
+            let st = states.get(&t.name);
             serde_json::json!({
                 "name": t.name,
                 "inbound": t.inbound.is_some(),
                 "outbound": t.outbound.as_ref().map(|o| o.target.to_string()),
                 "backup": t.backup,
+                "health": st.map(|x| &x.health),
+                "registration": st.and_then(|x| x.registration.as_ref()),
             })
         })
         .collect();

@@ -162,11 +162,15 @@ pub struct OutboundTrunk {
     /// Extra headers on outbound INVITEs, by name.
     pub headers: Vec<(String, String)>,
     pub register: Option<RegisterConfig>,
+    /// How often to send OPTIONS pings (trunk health, failover); None: no pings.
+    pub options_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
 pub struct RegisterConfig {
     pub expires: Duration,
+    /// The user of the address-of-record (default: the auth username, else from_number).
+    pub user: Option<String>,
 }
 
 /// One dialplan rule.

@@ -110,6 +110,7 @@ pub struct Outbound {
     #[serde(default)]
     pub headers: BTreeMap<String, S<String>>,
     pub register: Option<S<Register>>,
+    pub options_interval: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +125,7 @@ pub struct Auth {
 #[serde(deny_unknown_fields)]
 pub struct Register {
     pub expires: Option<S<String>>,
+    pub user: Option<S<String>>,
 }
 
 /// `dialplans/<name>.yaml`

@@ -607,8 +607,31 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
                     cx.err_at(file, s, "register expires must be at least 60s");
                 }
             }
-            expires.map(|expires| RegisterConfig { expires })
+            let user = r.value.user.as_ref().and_then(|u| {
+                let ok = !u.value.is_empty()
+                    && u.value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c));
+                if ok {
+                    Some(u.value.clone())
+                } else {
+                    cx.err_at(file, u, "invalid register user: expected a SIP user part such as 15550100");
+                    None
+                }
+            });
+            expires.map(|expires| RegisterConfig { expires, user })
         }
+    };
+    let options_interval = match &v.options_interval {
+        None => None,
+        Some(s) => match cx.parse(file, s, types::parse_duration) {
+            Some(d) if d.is_zero() => None,
+            Some(d) if d < Duration::from_secs(1) => {
+                cx.err_at(file, s, "options_interval must be at least 1s (or 0s for no pings)");
+                None
+            }
+            other => other,
+        },
     };
     if cx.errors.len() != before {
         return None;
@@ -620,6 +643,7 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
         auth: auth.flatten(),
         headers,
         register,
+        options_interval,
     })
 }
 

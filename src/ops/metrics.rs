@@ -30,6 +30,8 @@ pub const RTP_LOST: &str = "roomline_rtp_lost_packets_total";
 pub const RTP_JITTER_SECONDS: &str = "roomline_rtp_jitter_seconds";
 pub const DTMF_EVENTS: &str = "roomline_dtmf_events_total";
 pub const TRUNK_FAILOVERS: &str = "roomline_trunk_failovers_total";
+pub const TRUNK_UP: &str = "roomline_trunk_up";
+pub const TRUNK_REGISTERED: &str = "roomline_trunk_registered";
 
 /// Installs the global recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -128,6 +130,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_counter!(
         TRUNK_FAILOVERS,
         "Outbound calls moved from a trunk to its backup, by the trunk that failed."
+    );
+    metrics::describe_gauge!(
+        TRUNK_UP,
+        "1 if the trunk answered its last OPTIONS ping, 0 if not (trunks with pings only)."
+    );
+    metrics::describe_gauge!(
+        TRUNK_REGISTERED,
+        "1 while the trunk's REGISTER binding is in force, 0 otherwise (registering trunks only)."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

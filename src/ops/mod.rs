@@ -14,6 +14,12 @@ pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// Resolves once the flag is set (or its sender is gone). Holds no watch guard across
+/// an await, so the future stays `Send`.
+pub async fn flag_set(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// A signal the daemon acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
