@@ -9,6 +9,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod outcome;
 pub mod prompt;
+pub mod transfer;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -227,6 +227,9 @@ struct Call {
     frame: Vec<i16>,
     last_status: Option<(u16, String)>,
     tried: Vec<String>,
+    transfer: Option<super::transfer::Transfer>,
+    /// The transfer ended the call (the BYE follows).
+    transferred: bool,
 }
 
 /// Runs one outbound call; `reply` gets the result the API waits for.
@@ -275,6 +278,8 @@ pub async fn run(
         frame: Vec::new(),
         last_status: None,
         tried: Vec::new(),
+        transfer: None,
+        transferred: false,
     };
     let outcome = call.run().await;
     call.finish(outcome).await;
@@ -981,6 +986,9 @@ impl Call {
             if let Some(h) = self.hangup_deadline {
                 deadline = deadline.min(h);
             }
+            if let Some(t) = self.transfer.as_ref() {
+                deadline = deadline.min(t.poll_timeout());
+            }
             if let Some(a) = self.attempt.as_ref()
                 && let Some(t) = a.tx.poll_timeout()
             {
@@ -996,10 +1004,16 @@ impl Call {
                         // a retransmitted 2xx: ACK again (RFC 3261 section 13.2.2.4)
                         if (200..300).contains(&resp.status()) && resp.cseq().map(|(_, m)| m) == Some("INVITE") {
                             self.reack();
+                            None
                         } else if let Some((b, tx, _)) = self.bye.as_mut() && *b == resp.branch() {
                             tx.on_response(resp.at, resp.status());
+                            None
+                        } else if let Some(t) = self.transfer.as_mut() && t.branch() == resp.branch() {
+                            let done = t.on_response(&resp);
+                            self.transfer_done(done)
+                        } else {
+                            None
                         }
-                        None
                     }
                     None => Some(Outcome::Internal("the SIP endpoint stopped".into())),
                 },
@@ -1021,8 +1035,8 @@ impl Call {
                 _ = self.shutdown.changed() => Some(Outcome::Shutdown),
                 c = self.control.recv() => match c {
                     Some(CallControl::Hangup) => Some(Outcome::Internal("hung up by the API".into())),
-                    Some(CallControl::Transfer { reply, .. }) => {
-                        let _ = reply.send(Err("transfer of outbound calls is not supported yet".into()));
+                    Some(CallControl::Transfer { to, headers, reply }) => {
+                        self.start_transfer(&to, &headers, reply);
                         None
                     }
                     None => None,
@@ -1034,6 +1048,12 @@ impl Call {
             }
             if self.hangup_deadline.is_some_and(|h| now() >= h) {
                 return Outcome::MaxDuration;
+            }
+            if let Some(t) = self.transfer.as_mut() {
+                let done = t.handle_timeout(now());
+                if let Some(o) = self.transfer_done(done) {
+                    return o;
+                }
             }
             let t = now();
             if let Some(a) = self.attempt.as_mut() {
@@ -1068,6 +1088,55 @@ impl Call {
                         PhoneSignal::Timeout => return Outcome::MediaTimeout,
                     }
                 }
+            }
+        }
+    }
+
+    fn start_transfer(
+        &mut self,
+        to: &str,
+        headers: &[(String, String)],
+        reply: oneshot::Sender<Result<(), String>>,
+    ) {
+        if self.transfer.is_some() {
+            let _ = reply.send(Err("a transfer is already in progress".into()));
+            return;
+        }
+        let (Some(a), Some(d)) = (self.attempt.as_ref(), self.dialog.as_mut()) else {
+            let _ = reply.send(Err("the call is not up".into()));
+            return;
+        };
+        tracing::info!(call_id = %a.call_id, "transferring the call");
+        self.transfer = Some(super::transfer::Transfer::start(
+            d,
+            &self.ctx.endpoint,
+            a.flow.clone(),
+            self.ctx.timers,
+            to,
+            headers,
+            reply,
+            now(),
+        ));
+        if let Some(r) = &self.room {
+            r.set_attributes(&[("sip.callStatus", "transferring")]);
+        }
+    }
+
+    /// A finished transfer: success ends the call, failure lets it go on.
+    fn transfer_done(&mut self, done: Option<super::transfer::Done>) -> Option<Outcome> {
+        match done? {
+            super::transfer::Done::Transferred => {
+                self.transfer = None;
+                self.transferred = true;
+                Some(Outcome::Transferred)
+            }
+            super::transfer::Done::Failed(why) => {
+                tracing::info!(%why, "transfer failed; the call goes on");
+                self.transfer = None;
+                if let Some(r) = &self.room {
+                    r.set_attributes(&[("sip.callStatus", "active")]);
+                }
+                None
             }
         }
     }
@@ -1125,6 +1194,7 @@ impl Call {
         }
         let in_dialog = self.dialog.as_ref().is_some_and(|d| d.matches(&req.msg));
         let local_tag = self.attempt.as_ref().map(|a| a.local_tag.clone()).unwrap_or_default();
+        let mut pending_end: Option<Outcome> = None;
         let status = if !in_dialog {
             481
         } else {
@@ -1139,6 +1209,16 @@ impl Call {
                     200
                 }
                 "OPTIONS" => 200,
+                "NOTIFY" => match self.transfer.as_mut() {
+                    Some(t) => {
+                        let (st, done) = t.on_notify(&req);
+                        if let Some(o) = self.transfer_done(done) {
+                            pending_end = Some(o);
+                        }
+                        st
+                    }
+                    None => 481,
+                },
                 // a re-INVITE we cannot renegotiate yet: the session goes on as it is
                 "INVITE" | "UPDATE" => 488,
                 _ => 501,
@@ -1160,7 +1240,10 @@ impl Call {
             }
             self.answered.insert(branch, tx);
         }
-        (method == "BYE" && in_dialog).then_some(Outcome::CallerHangup)
+        if method == "BYE" && in_dialog {
+            return Some(Outcome::CallerHangup);
+        }
+        pending_end
     }
 
     async fn send_bye(&mut self, outcome: &Outcome) {

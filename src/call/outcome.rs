@@ -42,6 +42,8 @@ pub enum Outcome {
     Shutdown,
     /// The call's limit was reached (max call duration).
     MaxDuration,
+    /// The call was transferred elsewhere (REFER accepted and completed).
+    Transferred,
     /// Something failed inside Roomline.
     Internal(String),
 }
@@ -60,6 +62,7 @@ impl Outcome {
             Outcome::RingingTimeout => 480,
             Outcome::PinFailed => 403,
             Outcome::MediaTimeout | Outcome::NoAck | Outcome::MaxDuration => 408,
+            Outcome::Transferred => 487,
             Outcome::Internal(_) => 500,
         }
     }
@@ -84,6 +87,7 @@ impl Outcome {
             Outcome::PinFailed => (21, "wrong PIN"),
             Outcome::Shutdown => (16, "service shutting down"),
             Outcome::MaxDuration => (16, "maximum call duration"),
+            Outcome::Transferred => (16, "call transferred"),
             Outcome::Internal(_) => (41, "internal error"),
             _ => (16, "normal clearing"),
         };
@@ -119,6 +123,7 @@ impl Outcome {
             Outcome::NoAck => "no_ack",
             Outcome::Shutdown => "shutdown",
             Outcome::MaxDuration => "max_duration",
+            Outcome::Transferred => "transferred",
             Outcome::Internal(_) => "error",
         }
     }
@@ -133,6 +138,7 @@ impl Outcome {
                 | Outcome::LiveKitLeft(_)
                 | Outcome::Shutdown
                 | Outcome::MaxDuration
+                | Outcome::Transferred
         )
     }
 }
