@@ -35,6 +35,8 @@ enum Command {
     Check,
     /// Mint a LiveKit access token signed with the configured API key and secret
     Token(TokenArgs),
+    /// Place an outbound call through the running daemon's SIP API (CreateSIPParticipant)
+    Dial(DialArgs),
     /// SIP diagnostics
     #[command(subcommand)]
     Sip(SipCommand),
@@ -77,6 +79,46 @@ struct TokenArgs {
     /// Lifetime, e.g. 10m or 6h
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: std::time::Duration,
+}
+
+#[derive(clap::Args)]
+struct DialArgs {
+    /// Trunk to call through (its name in trunks/)
+    #[arg(long)]
+    trunk: String,
+    /// Number (or SIP user) to call
+    #[arg(long)]
+    to: String,
+    /// Room the call joins
+    #[arg(long)]
+    room: String,
+    /// From number (default: the trunk's from_number)
+    #[arg(long)]
+    from: Option<String>,
+    /// Participant identity (default sip_<to>)
+    #[arg(long)]
+    identity: Option<String>,
+    /// Participant name (default Phone <to>)
+    #[arg(long)]
+    name: Option<String>,
+    /// DTMF digits to send once answered ('w' pauses 0.5 s)
+    #[arg(long, default_value = "")]
+    dtmf: String,
+    /// Wait until the callee answers (else return once the participant joined)
+    #[arg(long)]
+    wait: bool,
+    /// Time the callee has to answer, e.g. 30s
+    #[arg(long, value_parser = parse_ttl)]
+    ringing_timeout: Option<std::time::Duration>,
+    /// Hang up after this long, e.g. 1h
+    #[arg(long, value_parser = parse_ttl)]
+    max_duration: Option<std::time::Duration>,
+    /// Play a ringing tone into the room while the phone rings
+    #[arg(long)]
+    dialtone: bool,
+    /// The daemon's HTTP address (default: http.listen of the configuration)
+    #[arg(long)]
+    api: Option<String>,
 }
 
 fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
@@ -129,6 +171,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dial(a) => dial(&cfg, a),
         Command::Sip(_) => unreachable!("handled before loading the configuration"),
         Command::Run => {
             if let Err(e) = roomline::logging::init(&cfg.logging.level, cfg.logging.format) {
@@ -146,6 +189,83 @@ fn main() -> ExitCode {
                 }
             };
             rt.block_on(roomline::daemon::run(&cli.config, cfg))
+        }
+    }
+}
+
+/// `roomline dial`: one CreateSIPParticipant request to the daemon, with a token minted
+/// from the configured key and secret (sip.call grant).
+fn dial(cfg: &config::Config, a: DialArgs) -> ExitCode {
+    let jwt = match token::mint(
+        &cfg.livekit,
+        &TokenRequest {
+            identity: "roomline-dial".into(),
+            name: None,
+            kind: None,
+            room: None,
+            room_admin: false,
+            sip_call: true,
+            sip_admin: false,
+            ttl: std::time::Duration::from_secs(600),
+        },
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("roomline dial: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let base = a
+        .api
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", cfg.http.listen));
+    let dur = |d: Option<std::time::Duration>| d.map(|d| format!("{}s", d.as_secs_f64()));
+    let body = serde_json::json!({
+        "sip_trunk_id": a.trunk,
+        "sip_call_to": a.to,
+        "room_name": a.room,
+        "sip_number": a.from.unwrap_or_default(),
+        "participant_identity": a.identity.unwrap_or_default(),
+        "participant_name": a.name.unwrap_or_default(),
+        "dtmf": a.dtmf,
+        "wait_until_answered": a.wait,
+        "play_dialtone": a.dialtone,
+        "ringing_timeout": dur(a.ringing_timeout),
+        "max_call_duration": dur(a.max_duration),
+    });
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomline dial: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let url = format!("{}/twirp/livekit.SIP/CreateSIPParticipant", base.trim_end_matches('/'));
+    let result = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(&jwt)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Ok::<_, String>((status, text))
+    });
+    match result {
+        Ok((status, text)) if status.is_success() => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, text)) => {
+            eprintln!("roomline dial: {status}: {text}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("roomline dial: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
