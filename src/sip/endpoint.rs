@@ -50,8 +50,6 @@ const MAX_SOURCES: usize = 16_384;
 const MAX_LINGER: usize = 8192;
 /// Queued events per call.
 pub const CALL_QUEUE: usize = 64;
-/// How long an inbound nonce is good for.
-pub const NONCE_TTL: Duration = Duration::from_secs(300);
 
 /// A message for the task owning a Call-ID.
 #[derive(Debug)]
@@ -421,7 +419,12 @@ impl Endpoint {
             txs: TxTable::default(),
             linger: HashMap::new(),
             linger_order: VecDeque::new(),
-            auth: Authenticator::new(defaults::SIP_REALM, key, NONCE_TTL.as_secs(), 65_536),
+            auth: Authenticator::new(
+                defaults::SIP_REALM,
+                key,
+                cfg.sip.auth_nonce_ttl.as_secs(),
+                65_536,
+            ),
             limiter: SourceLimiter::new(
                 defaults::SOURCE_REQUESTS_PER_SECOND,
                 defaults::SOURCE_REQUESTS_BURST,
@@ -884,6 +887,8 @@ impl Endpoint {
         if let Some(creds) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref()) {
             let uri = req.request_uri().unwrap_or("").to_string();
             let now_s = unix_secs();
+            // `sip.auth_nonce_ttl` of the configuration in force (it may have been reloaded)
+            self.auth.set_nonce_ttl(cfg.sip.auth_nonce_ttl.as_secs());
             let header = req.msg.header("Authorization").map(str::to_string);
             let verdict = header.map(|h| {
                 self.auth.verify(
