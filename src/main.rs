@@ -339,6 +339,7 @@ fn sip_parse(file: &std::path::Path) -> ExitCode {
                 None if e.is_response => {
                     println!("the daemon drops it (a response is never answered)")
                 }
+                None if e.is_ack => println!("the daemon drops it (an ACK is never answered)"),
                 None => println!("the daemon drops it (no answerable request line)"),
             }
             ExitCode::from(1)

@@ -15,6 +15,8 @@ pub const SIP_REALM: &str = "roomline";
 /// The flood limit: INVITE/OPTIONS/REGISTER per source address (token bucket).
 pub const SOURCE_REQUESTS_PER_SECOND: u32 = 100;
 pub const SOURCE_REQUESTS_BURST: u32 = 200;
+/// How long a digest nonce we issue stays good (`sip.auth_nonce_ttl`).
+pub const AUTH_NONCE_TTL: Duration = Duration::from_secs(300);
 
 pub const RTP_PORT_RANGE: &str = "10000-20000";
 pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);

@@ -65,6 +65,9 @@ pub struct SipConfig {
     pub public_ip: Option<IpAddr>,
     pub user_agent: String,
     pub unmatched_inbound: UnmatchedInbound,
+    /// How long a digest nonce we issue stays good (`sip.auth_nonce_ttl`); an answer
+    /// to an older one gets a new challenge with `stale=true`. Whole seconds.
+    pub auth_nonce_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,7 @@ pub struct Sip {
     pub public_ip: Option<S<String>>,
     pub user_agent: Option<S<String>>,
     pub unmatched_inbound: Option<S<String>>,
+    pub auth_nonce_ttl: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -287,11 +287,25 @@ fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&S<raw::Sip>>) -> Optio
             )),
         },
     )?;
+    let ttl_raw = s.and_then(|s| s.auth_nonce_ttl.as_ref());
+    let auth_nonce_ttl = cx.duration_or(file, ttl_raw, defaults::AUTH_NONCE_TTL)?;
+    if let Some(raw) = ttl_raw
+        && auth_nonce_ttl.subsec_nanos() != 0
+    {
+        // nonces carry their issue time in whole seconds
+        cx.err_at(
+            file,
+            raw,
+            "auth_nonce_ttl must be a whole number of seconds (at least 1s)",
+        );
+        return None;
+    }
     Some(SipConfig {
         listeners,
         public_ip,
         user_agent,
         unmatched_inbound,
+        auth_nonce_ttl,
     })
 }
 

@@ -359,6 +359,12 @@ impl Authenticator {
         }
     }
 
+    /// Changes how long nonces are accepted (a reloaded `sip.auth_nonce_ttl`); applies to
+    /// nonces already issued too, since they carry only their issue time.
+    pub fn set_nonce_ttl(&mut self, nonce_ttl_secs: u64) {
+        self.nonce_ttl_secs = nonce_ttl_secs;
+    }
+
     pub fn realm(&self) -> &str {
         &self.realm
     }

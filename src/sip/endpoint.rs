@@ -50,8 +50,6 @@ const MAX_SOURCES: usize = 16_384;
 const MAX_LINGER: usize = 8192;
 /// Queued events per call.
 pub const CALL_QUEUE: usize = 64;
-/// How long an inbound nonce is good for.
-pub const NONCE_TTL: Duration = Duration::from_secs(300);
 
 /// A message for the task owning a Call-ID.
 #[derive(Debug)]
@@ -421,7 +419,12 @@ impl Endpoint {
             txs: TxTable::default(),
             linger: HashMap::new(),
             linger_order: VecDeque::new(),
-            auth: Authenticator::new(defaults::SIP_REALM, key, NONCE_TTL.as_secs(), 65_536),
+            auth: Authenticator::new(
+                defaults::SIP_REALM,
+                key,
+                cfg.sip.auth_nonce_ttl.as_secs(),
+                65_536,
+            ),
             limiter: SourceLimiter::new(
                 defaults::SOURCE_REQUESTS_PER_SECOND,
                 defaults::SOURCE_REQUESTS_BURST,
@@ -884,6 +887,8 @@ impl Endpoint {
         if let Some(creds) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref()) {
             let uri = req.request_uri().unwrap_or("").to_string();
             let now_s = unix_secs();
+            // `sip.auth_nonce_ttl` of the configuration in force (it may have been reloaded)
+            self.auth.set_nonce_ttl(cfg.sip.auth_nonce_ttl.as_secs());
             let header = req.msg.header("Authorization").map(str::to_string);
             let verdict = header.map(|h| {
                 self.auth.verify(
@@ -1035,7 +1040,9 @@ pub fn status_class(status: u16) -> &'static str {
 
 /// A response to a request that failed the syntax checks: the headers a response needs
 /// (Via, From, To, Call-ID, CSeq), copied raw from whatever could be read, the reason
-/// in the phrase. None when not even those can be found (then nothing is sent).
+/// in the phrase. A request missing some of them still gets its 400 (RFC 4475 section
+/// 3.3.1) with those it has; None only without a Via, which the sender needs to match the
+/// response to its transaction (then nothing is sent).
 pub fn best_effort_response(data: &[u8], status: u16, reason: &str) -> Option<Vec<u8>> {
     let text = String::from_utf8_lossy(data);
     let head = text.split("\r\n\r\n").next().unwrap_or("");
@@ -1065,7 +1072,7 @@ pub fn best_effort_response(data: &[u8], status: u16, reason: &str) -> Option<Ve
         wanted.push((canon.to_string(), value.to_string()));
     }
     let has = |n: &str| wanted.iter().any(|(k, _)| k == n);
-    if !has("Via") || !has("Call-ID") || !has("From") || !has("To") || !has("CSeq") {
+    if !has("Via") {
         return None;
     }
     let phrase = format!("{} ({})", build::reason_phrase(status), reason);
@@ -1115,6 +1122,14 @@ mod tests {
         assert_eq!(m.header("From"), Some("<sip:a@b>;tag=1"));
         assert!(best_effort_response(b"SIP/2.0 200 OK\r\n\r\n", 400, "x").is_none());
         assert!(best_effort_response(b"INVITE x SIP/2.0\r\nTo: a\r\n\r\n", 400, "x").is_none());
+        // RFC 4475 section 3.3.1 (insuf): no From, To or Call-ID, still a 400
+        let insuf = b"INVITE sip:x@y SIP/2.0\r\nCSeq: 1 INVITE\r\n\
+            Via: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bK1\r\nl: 0\r\n\r\n";
+        let r = best_effort_response(insuf, 400, "missing From header").unwrap();
+        let text = String::from_utf8(r).unwrap();
+        assert!(text.starts_with("SIP/2.0 400 "), "{text}");
+        assert!(text.contains("Via: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bK1\r\n"), "{text}");
+        assert!(text.contains("CSeq: 1 INVITE\r\n"), "{text}");
     }
 
     #[test]

@@ -82,13 +82,16 @@ impl fmt::Display for Invalid {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
     pub is_response: bool,
+    /// The request line names ACK: never answered either (RFC 3261 section 17.1.1.3,
+    /// an ACK has no response), even when it is malformed.
+    pub is_ack: bool,
     pub invalid: Invalid,
 }
 
 impl ParseError {
     /// The status to answer with, if any.
     pub fn status(&self) -> Option<u16> {
-        if self.is_response {
+        if self.is_response || self.is_ack {
             None
         } else {
             self.invalid.status()
@@ -190,8 +193,10 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         .unwrap_or(data.len());
     let data = &data[start..];
     let is_response = data.starts_with(b"SIP/");
+    let is_ack = data.starts_with(b"ACK ");
     let fail = |invalid| ParseError {
         is_response,
+        is_ack,
         invalid,
     };
     let (head_end, body_start) = find_head_end(data).ok_or_else(|| {
@@ -756,6 +761,12 @@ mod tests {
         let resp = b"SIP/2.0 200 OK\r\nCSeq: 1 OPTIONS\r\n\r\n";
         let e = parse(resp).unwrap_err();
         assert!(e.is_response && e.status().is_none());
+        // Nor is an ACK, however malformed (RFC 3261 section 17.1.1.3).
+        let ack = OPTIONS
+            .replace("OPTIONS sip", "ACK sip")
+            .replace("1 OPTIONS", "1 INVITE");
+        let e = parse(ack.as_bytes()).unwrap_err();
+        assert!(e.is_ack && e.status().is_none(), "{e}");
     }
 
     #[test]

@@ -1,0 +1,2074 @@
+//! The SIP endpoint of a running `roomline run`, seen from the wire: every RFC 4475 torture
+//! message (../shared/test-data/rfc4475, one test per file) sent over UDP gets the answer
+//! expected.tsv lists, or none, and the daemon keeps serving; no response is ever answered;
+//! sipp scenarios over UDP and TCP (OPTIONS, CANCEL before answer, BYE from either side);
+//! digest authentication (challenge, wrong password, stale nonce) with a client in this
+//! file; a retransmitted INVITE absorbed by its transaction; the per-source flood limit; an
+//! oversized TCP message; and a call over TLS with OpenSSL's `s_client` as the phone's TLS.
+//!
+//! Why some of it is not sipp: sipp 3.6.1 computes only MD5 digests and answers the first
+//! `WWW-Authenticate` it gets ("createAuthHeader: authentication must use MD5 or
+//! AKAv1-MD5"), while Roomline offers SHA-256 first and MD5 second (RFC 8760 section 2.4).
+//! So the digest tests use the small UA below: it picks the first algorithm it supports,
+//! as RFC 8760 asks, and computes RFC 7616 digests with the md-5/sha2 crates directly, not
+//! with Roomline's `sip::digest`. sipp has no TLS either.
+//!
+//! Every daemon and peer process is started by the harness and stopped by PID; all traffic
+//! stays on 127.0.0.0/8. Waits are bounded; nothing here asserts how fast anything is.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::livekit::LiveKitServer;
+use common::roomline::{
+    Roomline, RtpPeer, Setup, Sipp, SippRun, free_port, list_participants, room_service, sipp_args,
+    wait_participants,
+};
+
+const CALLER: &str = "+15551230000";
+const CALLED: &str = "+15550100";
+/// How long "nothing comes back" is watched for.
+const SILENCE: Duration = Duration::from_secs(1);
+/// Upper bound for any expected answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// A SIP message as the test reads it (independent of Roomline's parser)
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Sip {
+    start: String,
+    /// (name as written, value) with folded lines joined.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    text: String,
+}
+
+fn long_name(name: &str) -> String {
+    let n = name.trim().to_ascii_lowercase();
+    match n.as_str() {
+        "i" => "call-id".into(),
+        "v" => "via".into(),
+        "f" => "from".into(),
+        "t" => "to".into(),
+        "l" => "content-length".into(),
+        "c" => "content-type".into(),
+        "m" => "contact".into(),
+        "k" => "supported".into(),
+        "e" => "content-encoding".into(),
+        _ => n,
+    }
+}
+
+impl Sip {
+    fn parse(bytes: &[u8]) -> Option<Sip> {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let (head, body) = match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(i) => (&text[..i], bytes[i + 4..].to_vec()),
+            None => (text.as_str(), Vec::new()),
+        };
+        let mut lines = head.split("\r\n");
+        let start = lines.next()?.to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for line in lines {
+            if line.starts_with([' ', '\t']) {
+                if let Some(last) = headers.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(line.trim());
+                }
+                continue;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                headers.push((n.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        Some(Sip {
+            start,
+            headers,
+            body,
+            text,
+        })
+    }
+
+    fn status(&self) -> Option<u16> {
+        self.start
+            .strip_prefix("SIP/2.0 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse().ok())
+    }
+
+    fn is_response(&self) -> bool {
+        self.start.starts_with("SIP/2.0 ")
+    }
+
+    fn method(&self) -> &str {
+        self.start.split(' ').next().unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        let want = long_name(name);
+        self.headers
+            .iter()
+            .find(|(n, _)| long_name(n) == want)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn headers_named(&self, name: &str) -> Vec<&str> {
+        let want = long_name(name);
+        self.headers
+            .iter()
+            .filter(|(n, _)| long_name(n) == want)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn call_id(&self) -> &str {
+        self.header("Call-ID").unwrap_or("")
+    }
+
+    /// The CSeq method.
+    fn cseq_method(&self) -> &str {
+        self.header("CSeq")
+            .and_then(|c| c.split_whitespace().nth(1))
+            .unwrap_or("")
+    }
+
+    /// The first element of the first Via.
+    fn top_via(&self) -> Option<String> {
+        let v = self.header("Via")?;
+        Some(v.split(',').next().unwrap_or(v).trim().to_string())
+    }
+
+    /// The URI of the Contact (between < and >, or the whole value).
+    fn contact_uri(&self) -> Option<String> {
+        let c = self.header("Contact")?;
+        Some(match (c.find('<'), c.find('>')) {
+            (Some(a), Some(b)) if a < b => c[a + 1..b].to_string(),
+            _ => c.split(';').next().unwrap_or(c).trim().to_string(),
+        })
+    }
+
+    /// The items of comma-separated headers `name`, lower-cased and trimmed.
+    fn tokens(&self, name: &str) -> BTreeSet<String> {
+        self.headers_named(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+}
+
+/// The Content-Length of a message head (full or compact name), None without one.
+fn content_length(head: &str) -> Option<usize> {
+    head.split("\r\n").skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        (long_name(n) == "content-length").then(|| v.trim().parse().ok())?
+    })
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("ROOMLINE_RFC4475")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/test-data/rfc4475")
+        })
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        rand_u32()
+    )
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(13)).wrapping_mul(2_654_435_761)
+}
+
+// ---------------------------------------------------------------------------------------
+// Daemons
+// ---------------------------------------------------------------------------------------
+
+/// A daemon configuration for tests where no call reaches LiveKit (every INVITE is
+/// rejected or refused before a room is joined): LiveKit's URL names a loopback port
+/// nobody listens on, so no LiveKit server has to run for them.
+fn offline_setup() -> Setup {
+    Setup {
+        livekit_url: format!("ws://127.0.0.1:{}", free_port()),
+        api_key: "devkey".into(),
+        api_secret: "secret".into(),
+        trunks: vec![(
+            "local".into(),
+            "inbound:\n  allowed_addresses: [127.0.0.1/32]\n".into(),
+        )],
+        dialplans: Vec::new(),
+        sip_extra: String::new(),
+        rtp_extra: String::new(),
+        limits: String::new(),
+        log_level: "info,roomline=debug".into(),
+    }
+}
+
+/// Every call the dialplan routes is rejected with this (it proves the INVITE went all
+/// the way through the endpoint's checks, trunk matching and auth to the dialplan).
+const DIALPLAN_REJECT: u16 = 486;
+
+fn reject_all_plan() -> String {
+    format!(
+        "rules:\n  - name: busy\n    reject: {{status: {DIALPLAN_REJECT}, reason: Busy Here}}\n"
+    )
+}
+
+fn room_plan(room: &str, extra: &str) -> String {
+    format!("rules:\n  - name: room\n    room: {room}\n{extra}")
+}
+
+/// Waits until the phone's participant (identity `sip_<caller>`) is in `room`, fully
+/// joined (state ACTIVE: its peer connection is up), and the only one of its identity.
+fn wait_phone_in_room(lk: &LiveKitServer, room: &str) {
+    let identity = format!("sip_{CALLER}");
+    wait_participants(lk, room, Duration::from_secs(30), |ps| {
+        let mine: Vec<_> = ps
+            .iter()
+            .filter(|p| p["identity"] == identity.as_str())
+            .collect();
+        mine.len() == 1 && mine[0]["state"] == "ACTIVE"
+    });
+}
+
+/// Waits until sipp's message log contains `needle` (sipp reached that point).
+fn wait_sipp_log(sipp: &Sipp, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sipp.messages_so_far().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "sipp's log has no {needle:?} within 30 s:\n{}",
+            sipp.messages_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_phone_gone(lk: &LiveKitServer, room: &str) {
+    let identity = format!("sip_{CALLER}");
+    wait_participants(lk, room, Duration::from_secs(30), |ps| {
+        !ps.iter().any(|p| p["identity"] == identity.as_str())
+    });
+}
+
+fn active_calls(rl: &Roomline) -> u64 {
+    rl.counts()["active"].as_u64().unwrap_or(u64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// A UDP peer for the torture messages
+// ---------------------------------------------------------------------------------------
+
+/// A UDP socket on 127.45.x.y port 5060, a loopback address of its own per test.
+///
+/// Why port 5060: the torture messages keep their Via headers untouched, and most name a
+/// host without a port. Roomline answers a UDP request as RFC 3261 section 18.2.2 says:
+/// to the `received` address it stamps (the packet's source IP, since the Via host is
+/// not it) and the sent-by port, 5060 when none is given (or the source port when the
+/// Via asks for `rport`, as mpart01's does). A socket on the source IP and port 5060
+/// therefore gets every answer a correct daemon sends, with no rewriting of the messages.
+/// The distinct address also gives each test its own flood-limit bucket.
+fn torture_socket() -> UdpSocket {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() % 200) as u8 + 1;
+    for _ in 0..2000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let ip = Ipv4Addr::new(
+            127,
+            45,
+            base.wrapping_add((n / 250) as u8),
+            (n % 250) as u8 + 1,
+        );
+        if let Ok(s) = UdpSocket::bind(SocketAddrV4::new(ip, 5060)) {
+            return s;
+        }
+    }
+    panic!("no 127.45.x.y:5060 UDP address is free (is something bound to 0.0.0.0:5060?)");
+}
+
+fn recv_udp(sock: &UdpSocket, until: Instant) -> Option<Sip> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = until.checked_duration_since(Instant::now())?;
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                if let Some(m) = Sip::parse(&buf[..n]) {
+                    return Some(m);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}
+
+/// Every message that arrives on `sock` within `window`.
+fn collect_udp(sock: &UdpSocket, window: Duration) -> Vec<Sip> {
+    let until = Instant::now() + window;
+    let mut out = Vec::new();
+    while let Some(m) = recv_udp(sock, until) {
+        out.push(m);
+    }
+    out
+}
+
+fn options_text(via_host: &str, transport: &str, call_id: &str, target: &str) -> String {
+    format!(
+        "OPTIONS sip:{target} SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {via_host};branch=z9hG4bK-{}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{via_host}>;tag={}\r\n\
+         To: <sip:{target}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Accept: application/sdp\r\n\
+         Content-Length: 0\r\n\r\n",
+        unique("b"),
+        rand_u32()
+    )
+}
+
+/// The daemon still serves: an OPTIONS from `sock` gets 200 with Allow. Other messages
+/// arriving meanwhile (late retransmissions) are skipped.
+fn assert_still_serving(sock: &UdpSocket, rl: &Roomline, after: &str) {
+    let me = sock.local_addr().unwrap();
+    let call_id = unique("alive");
+    let msg = options_text(&me.to_string(), "UDP", &call_id, &rl.sip_addr());
+    sock.send_to(msg.as_bytes(), rl.sip_addr()).unwrap();
+    let until = Instant::now() + ANSWER_WITHIN;
+    loop {
+        let m = recv_udp(sock, until).unwrap_or_else(|| {
+            panic!(
+                "after {after}: no answer to OPTIONS within {ANSWER_WITHIN:?}\n{}",
+                rl.log_tail(40)
+            )
+        });
+        if m.call_id() == call_id {
+            assert_eq!(m.status(), Some(200), "after {after}: {}", m.text);
+            assert!(m.header("Allow").is_some(), "after {after}: {}", m.text);
+            return;
+        }
+    }
+}
+
+/// ACK for a non-2xx final response to an INVITE (RFC 3261 section 17.1.1.3): the
+/// request's Request-URI, the response's top Via (same branch), From, To with tag and
+/// Call-ID, the CSeq number with method ACK.
+fn ack_for(ruri: &str, resp: &Sip) -> String {
+    let cseq_n = resp
+        .header("CSeq")
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or("1");
+    format!(
+        "ACK {ruri} SIP/2.0\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq_n} ACK\r\n\
+         Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        resp.top_via().unwrap_or_default(),
+        resp.header("From").unwrap_or(""),
+        resp.header("To").unwrap_or(""),
+        resp.call_id(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// RFC 4475 torture messages over UDP
+// ---------------------------------------------------------------------------------------
+
+/// (kind, daemon_response) of a file in expected.tsv.
+fn expected(name: &str) -> (String, String) {
+    let path = data_dir().join("expected.tsv");
+    let tsv = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let row = tsv
+        .lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|cols| cols[0] == name)
+        .unwrap_or_else(|| panic!("{name} is not in expected.tsv"));
+    (row[2].to_string(), row[4].to_string())
+}
+
+/// What the daemon must do with a message, read from expected.tsv's `daemon_response`.
+#[derive(Debug)]
+enum Expect {
+    /// A final response with one of these statuses and these headers present.
+    Final {
+        statuses: Vec<u16>,
+        headers: Vec<&'static str>,
+    },
+    /// Nothing comes back.
+    Nothing,
+}
+
+/// The final response a valid request "handled normally" gets here: a new INVITE reaches
+/// the dialplan (which rejects every call with 486 in these tests); an INVITE whose To
+/// has a tag names a dialog this daemon does not have, and gets 481 (RFC 3261 section
+/// 12.2.2; wsinv's does); OPTIONS gets 200; the methods of a registrar or messaging
+/// server get 405 with Allow (Roomline is a UA).
+fn handled_normally(req: &Sip) -> Expect {
+    let to_tag = req.header("To").is_some_and(|t| {
+        t.split(';')
+            .skip(1)
+            .any(|p| p.trim().to_ascii_lowercase().starts_with("tag"))
+    });
+    match req.method() {
+        "INVITE" if to_tag => Expect::Final {
+            statuses: vec![481],
+            headers: vec![],
+        },
+        "INVITE" => Expect::Final {
+            statuses: vec![DIALPLAN_REJECT],
+            headers: vec![],
+        },
+        "OPTIONS" => Expect::Final {
+            statuses: vec![200],
+            headers: vec!["Allow", "Accept"],
+        },
+        "REGISTER" | "MESSAGE" | "SUBSCRIBE" | "PUBLISH" => Expect::Final {
+            statuses: vec![405],
+            headers: vec!["Allow"],
+        },
+        m => panic!("no rule for a normally handled {m}"),
+    }
+}
+
+fn expectation(response: &str, req: &Sip) -> Expect {
+    let fin = |statuses: &[u16], headers: &[&'static str]| Expect::Final {
+        statuses: statuses.to_vec(),
+        headers: headers.to_vec(),
+    };
+    let r = response;
+    if r.starts_with("parsed; no matching transaction so dropped") || r.starts_with("dropped") {
+        Expect::Nothing
+    } else if r.starts_with("400, or handled") || r.starts_with("400 (or handled liberally") {
+        match handled_normally(req) {
+            Expect::Final { mut statuses, .. } => {
+                statuses.push(400);
+                fin(&statuses, &[])
+            }
+            Expect::Nothing => unreachable!(),
+        }
+    } else if r.starts_with("400") {
+        fin(&[400], &[])
+    } else if r.starts_with("505") {
+        fin(&[505], &[])
+    } else if r.starts_with("416") {
+        fin(&[416], &[])
+    } else if r.starts_with("420 with Unsupported") {
+        fin(&[420], &["Unsupported"])
+    } else if r.starts_with("415 with Accept") {
+        fin(&[415], &["Accept"])
+    } else if r.starts_with("406") {
+        fin(&[406], &[])
+    } else if r.starts_with("405 or 501 (not a registrar) or 401") {
+        fin(&[405, 501, 401], &[])
+    } else if r.starts_with("405 or 501") {
+        fin(&[405, 501], &["Allow"])
+    } else if r.starts_with("processed as by an endpoint (200 to OPTIONS)") {
+        fin(&[200], &["Allow"])
+    } else if r.starts_with("handled normally (REGISTER: 405 or 501") {
+        fin(&[405, 501], &["Allow"])
+    } else if r.starts_with("handled normally") || r.starts_with("only the first message is read") {
+        handled_normally(req)
+    } else {
+        panic!("expected.tsv response {r:?} has no rule in this test: add one")
+    }
+}
+
+fn torture_daemon() -> Roomline {
+    // a trunk for any loopback source (each test sends from its own 127.45.x.y)
+    Roomline::start(
+        offline_setup()
+            .trunk("local", "inbound:\n  allowed_addresses: [127.0.0.0/8]\n")
+            .dialplan("main", &reject_all_plan()),
+    )
+}
+
+fn torture(name: &str) {
+    let (kind, response) = expected(name);
+    let data = std::fs::read(data_dir().join(format!("{name}.dat"))).unwrap();
+    let req = Sip::parse(&data).expect("the test's reader splits the message");
+    let method = req.method().to_string();
+    let want = if kind == "response" {
+        Expect::Nothing
+    } else {
+        expectation(&response, &req)
+    };
+    let rl = torture_daemon();
+    let sock = torture_socket();
+    // the bytes exactly as in the file
+    sock.send_to(&data, rl.sip_addr()).unwrap();
+    match &want {
+        Expect::Nothing => {
+            let got = collect_udp(&sock, SILENCE);
+            assert!(
+                got.is_empty(),
+                "{name} ({response}): expected no answer, got:\n{}",
+                got.iter()
+                    .map(|m| m.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            );
+        }
+        Expect::Final { statuses, headers } => {
+            let until = Instant::now() + ANSWER_WITHIN;
+            let mut seen = Vec::new();
+            let fin = loop {
+                let m = recv_udp(&sock, until).unwrap_or_else(|| {
+                    panic!(
+                        "{name} ({response}): no final response within {ANSWER_WITHIN:?}; got {:?}\n{}",
+                        seen,
+                        rl.log_tail(40)
+                    )
+                });
+                assert!(
+                    m.is_response(),
+                    "{name}: the daemon sent a request: {}",
+                    m.text
+                );
+                seen.push(m.status());
+                if m.status().is_some_and(|s| s >= 200) {
+                    break m;
+                }
+                // provisional responses: only to an INVITE
+                assert_eq!(
+                    method, "INVITE",
+                    "{name}: provisional to {method}: {}",
+                    m.text
+                );
+            };
+            let status = fin.status().unwrap();
+            assert!(
+                statuses.contains(&status),
+                "{name} ({response}): got {status}, expected one of {statuses:?}:\n{}",
+                fin.text
+            );
+            for h in headers {
+                assert!(
+                    fin.header(h).is_some(),
+                    "{name}: {status} without {h}:\n{}",
+                    fin.text
+                );
+            }
+            // the response belongs to this request
+            if let Some(cid) = req.header("Call-ID") {
+                assert_eq!(fin.call_id(), cid, "{name}: Call-ID of the response");
+            }
+            if let Some(cseq) = req.header("CSeq") {
+                let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+                assert_eq!(
+                    norm(fin.header("CSeq").unwrap_or("")),
+                    norm(cseq),
+                    "{name}: CSeq"
+                );
+            }
+            if status == 420 {
+                // Unsupported lists every option of Require (RFC 3261 section 8.2.2.3)
+                let unsupported = fin.tokens("Unsupported");
+                for opt in req.tokens("Require") {
+                    assert!(
+                        unsupported.contains(&opt),
+                        "{name}: {opt} not in {unsupported:?}"
+                    );
+                }
+            }
+            if method == "INVITE" && status >= 300 && status != 400 {
+                let ruri = req.start.split_whitespace().nth(1).unwrap_or("");
+                sock.send_to(ack_for(ruri, &fin).as_bytes(), rl.sip_addr())
+                    .unwrap();
+            }
+            if name == "dblreq" {
+                // only the first message (the REGISTER) is read: nothing answers the INVITE
+                let later = collect_udp(&sock, SILENCE);
+                assert!(
+                    later.iter().all(|m| m.cseq_method() == "REGISTER"),
+                    "dblreq: the second message was answered: {later:?}"
+                );
+            }
+        }
+    }
+    assert_still_serving(&sock, &rl, name);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+macro_rules! torture {
+    ($($name:ident),* $(,)?) => { mod rfc4475 { $( #[test] fn $name() { super::torture(stringify!($name)); } )* } };
+}
+
+torture!(
+    wsinv, intmeth, esc01, escnull, longreq, dblreq, mpart01, unreason, noreason, badinv01, clerr,
+    ncl, scalar02, ltgtruri, lwsruri, trws, escruri, baddate, regbadct, badaspec, badvers,
+    mismatch01, badbranch, insuf, unkscm, novelsc, bext01, invut, regaut01, multi01, bcast, zeromf,
+    cparam01, cparam02, sdp01, inv2543,
+);
+
+#[test]
+fn every_listed_torture_file_has_a_test() {
+    let tsv = std::fs::read_to_string(data_dir().join("expected.tsv")).unwrap();
+    let src = include_str!("sip_endpoint.rs");
+    let mut n = 0;
+    for name in tsv.lines().skip(1).filter_map(|l| l.split('\t').next()) {
+        n += 1;
+        assert!(
+            src.contains(&format!(" {name},")),
+            "{name} from expected.tsv has no test here"
+        );
+    }
+    assert!(n >= 36);
+}
+
+/// test.dat (not from the RFC, not in expected.tsv) has no SIP version: refused with 400
+/// or dropped, never answered as a request, and the daemon keeps serving.
+#[test]
+fn request_line_without_version_is_refused_and_the_daemon_keeps_serving() {
+    let rl = torture_daemon();
+    let sock = torture_socket();
+    let data = std::fs::read(data_dir().join("test.dat")).unwrap();
+    sock.send_to(&data, rl.sip_addr()).unwrap();
+    let got = collect_udp(&sock, SILENCE);
+    assert!(
+        got.iter().all(|m| m.status() == Some(400)),
+        "test.dat: {got:?}"
+    );
+    assert_still_serving(&sock, &rl, "test.dat");
+}
+
+/// No response is ever sent to a response (RFC 3261 section 17.1.3, 18.1.2): the torture
+/// responses, and well-formed and malformed responses matching no transaction, over UDP
+/// and over TCP; the daemon keeps serving on both.
+#[test]
+fn no_response_is_ever_sent_to_a_response() {
+    let rl = torture_daemon();
+    let sock = torture_socket();
+    let me = sock.local_addr().unwrap();
+    let mut sent: Vec<Vec<u8>> = ["unreason", "noreason", "bcast"]
+        .iter()
+        .map(|n| std::fs::read(data_dir().join(format!("{n}.dat"))).unwrap())
+        .collect();
+    let made = |status: &str, cseq: &str| {
+        format!(
+            "SIP/2.0 {status}\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{}\r\n\
+             From: <sip:a@{me}>;tag=1\r\nTo: <sip:b@{}>;tag=2\r\nCall-ID: {}\r\nCSeq: {cseq}\r\n\
+             Content-Length: 0\r\n\r\n",
+            unique("r"),
+            rl.sip_addr(),
+            unique("stray"),
+        )
+        .into_bytes()
+    };
+    sent.push(made("200 OK", "1 INVITE"));
+    sent.push(made("180 Ringing", "1 INVITE"));
+    sent.push(made("503 Service Unavailable", "2 BYE"));
+    sent.push(made("401 Unauthorized", "1 OPTIONS"));
+    // malformed responses: a status out of range, and CSeq missing its method
+    sent.push(made("99 Odd", "1 INVITE"));
+    sent.push(made("200 OK", "1"));
+    for m in &sent {
+        sock.send_to(m, rl.sip_addr()).unwrap();
+    }
+    let got = collect_udp(&sock, SILENCE);
+    assert!(got.is_empty(), "answers to responses over UDP: {got:?}");
+    assert_still_serving(&sock, &rl, "responses over UDP");
+
+    let mut tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+    let local = tcp.local_addr().unwrap();
+    let over_tcp = String::from_utf8(made("200 OK", "1 INVITE"))
+        .unwrap()
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    tcp.write_all(over_tcp.as_bytes()).unwrap();
+    let conn = StreamConn::new(tcp);
+    assert!(
+        conn.recv(SILENCE).is_none(),
+        "an answer to a response over TCP"
+    );
+    // the same connection still serves
+    let cid = unique("tcp-alive");
+    conn.send(&options_text(
+        &local.to_string(),
+        "TCP",
+        &cid,
+        &rl.sip_addr(),
+    ));
+    let m = conn
+        .recv_call(&cid, ANSWER_WITHIN)
+        .expect("OPTIONS over TCP answered");
+    assert_eq!(m.status(), Some(200), "{}", m.text);
+}
+
+/// An ACK is never answered either (RFC 3261 section 17.1.1.3): not a malformed one (no
+/// Request-URI, as a UAC that lost its dialog's target sends; a CSeq method that is not
+/// ACK), and not one that matches no transaction.
+#[test]
+fn malformed_or_stray_ack_gets_no_response() {
+    let rl = torture_daemon();
+    let sock = torture_socket();
+    let me = sock.local_addr().unwrap();
+    let ack = |ruri: &str, cseq: &str| {
+        format!(
+            "ACK {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{}\r\n\
+             From: <sip:a@{me}>;tag=1\r\nTo: <sip:b@{}>;tag=2\r\nCall-ID: {}\r\nCSeq: {cseq}\r\n\
+             Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            unique("ack"),
+            rl.sip_addr(),
+            unique("stray-ack"),
+        )
+    };
+    let target = format!("sip:b@{}", rl.sip_addr());
+    for m in [
+        ack("", "1 ACK"),
+        ack(&target, "1 INVITE"),
+        ack(&target, "1 ACK"),
+    ] {
+        sock.send_to(m.as_bytes(), rl.sip_addr()).unwrap();
+    }
+    let got = collect_udp(&sock, SILENCE);
+    assert!(got.is_empty(), "answers to ACKs: {got:?}");
+    assert_still_serving(&sock, &rl, "ACKs");
+}
+
+// ---------------------------------------------------------------------------------------
+// Stream connections (TCP, and TLS through openssl s_client)
+// ---------------------------------------------------------------------------------------
+
+enum StreamEvent {
+    Msg(Sip),
+    Closed,
+}
+
+/// A SIP stream connection: messages are framed by Content-Length on a reader thread.
+struct StreamConn {
+    writer: std::sync::Mutex<Box<dyn Write + Send>>,
+    rx: mpsc::Receiver<StreamEvent>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl StreamConn {
+    fn new(tcp: TcpStream) -> StreamConn {
+        let reader = tcp.try_clone().unwrap();
+        StreamConn::from_parts(Box::new(tcp), Box::new(reader))
+    }
+
+    fn from_parts(writer: Box<dyn Write + Send>, mut reader: Box<dyn Read + Send>) -> StreamConn {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = vec![0u8; 16384];
+            loop {
+                // frame what we have
+                loop {
+                    while buf.starts_with(b"\r\n") {
+                        buf.drain(..2);
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        break;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len = content_length(&head).unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        break;
+                    }
+                    let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                    if let Some(m) = Sip::parse(&msg) {
+                        let _ = tx.send(StreamEvent::Msg(m));
+                    }
+                }
+                match reader.read(&mut chunk) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(StreamEvent::Closed);
+                        return;
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        StreamConn {
+            writer: std::sync::Mutex::new(writer),
+            rx,
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn send(&self, text: &str) {
+        let mut w = self.writer.lock().unwrap();
+        w.write_all(text.as_bytes()).expect("write to the stream");
+        w.flush().expect("flush the stream");
+    }
+
+    /// The next message within `within`; None on timeout or once the peer closed.
+    fn recv(&self, within: Duration) -> Option<Sip> {
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.rx.recv_timeout(within) {
+            Ok(StreamEvent::Msg(m)) => Some(m),
+            Ok(StreamEvent::Closed) => {
+                self.closed.store(true, Ordering::Relaxed);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The next message of `call_id` within `within` (others skipped).
+    fn recv_call(&self, call_id: &str, within: Duration) -> Option<Sip> {
+        let until = Instant::now() + within;
+        loop {
+            let left = until.checked_duration_since(Instant::now())?;
+            let m = self.recv(left)?;
+            if m.call_id() == call_id {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Whether the peer closed the connection within `within` (messages before it are
+    /// returned too).
+    fn wait_closed(&self, within: Duration) -> (bool, Vec<Sip>) {
+        let until = Instant::now() + within;
+        let mut got = Vec::new();
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return (true, got);
+            }
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return (false, got);
+            };
+            match self.rx.recv_timeout(left) {
+                Ok(StreamEvent::Msg(m)) => got.push(m),
+                Ok(StreamEvent::Closed) => {
+                    self.closed.store(true, Ordering::Relaxed);
+                }
+                Err(_) => return (false, got),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A small UA (digest client, raw retransmissions, TLS calls)
+// ---------------------------------------------------------------------------------------
+
+enum Wire {
+    Udp { sock: UdpSocket, to: String },
+    Stream(StreamConn),
+}
+
+/// One phone: its wire to the daemon, its Via/Contact address and transport name.
+struct Ua {
+    wire: Wire,
+    local: SocketAddr,
+    transport: &'static str,
+    call_id: String,
+    from_tag: String,
+    rtp: RtpPeer,
+}
+
+impl Ua {
+    fn udp(rl: &Roomline) -> Ua {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = sock.local_addr().unwrap();
+        Ua::with(
+            Wire::Udp {
+                sock,
+                to: rl.sip_addr(),
+            },
+            local,
+            "UDP",
+        )
+    }
+
+    fn tcp(rl: &Roomline) -> Ua {
+        let tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+        let local = tcp.local_addr().unwrap();
+        Ua::with(Wire::Stream(StreamConn::new(tcp)), local, "TCP")
+    }
+
+    fn with(wire: Wire, local: SocketAddr, transport: &'static str) -> Ua {
+        Ua {
+            wire,
+            local,
+            transport,
+            call_id: unique("ua-call"),
+            from_tag: format!("{}", rand_u32()),
+            rtp: RtpPeer::bind(),
+        }
+    }
+
+    fn send(&self, text: &str) {
+        match &self.wire {
+            Wire::Udp { sock, to } => {
+                sock.send_to(text.as_bytes(), to.as_str()).unwrap();
+            }
+            Wire::Stream(c) => c.send(text),
+        }
+    }
+
+    /// The next message of this UA's call within `within`.
+    fn recv(&self, within: Duration) -> Option<Sip> {
+        match &self.wire {
+            Wire::Udp { sock, .. } => {
+                let until = Instant::now() + within;
+                loop {
+                    let m = recv_udp(sock, until)?;
+                    if m.call_id() == self.call_id {
+                        return Some(m);
+                    }
+                }
+            }
+            Wire::Stream(c) => c.recv_call(&self.call_id, within),
+        }
+    }
+
+    /// Responses with CSeq method `method` until a final one: (provisional statuses, final).
+    fn final_response(&self, method: &str, rl: &Roomline) -> (Vec<u16>, Sip) {
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut prov = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let m = self.recv(left).unwrap_or_else(|| {
+                panic!(
+                    "no final response to {method} (provisional: {prov:?})\n{}",
+                    rl.log_tail(40)
+                )
+            });
+            if !m.is_response() || m.cseq_method() != method {
+                continue;
+            }
+            match m.status() {
+                Some(s) if s >= 200 => return (prov, m),
+                Some(s) => prov.push(s),
+                None => {}
+            }
+        }
+    }
+
+    fn sdp(&self) -> String {
+        format!(
+            "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a=fmtp:101 0-15\r\na=ptime:20\r\n",
+            self.rtp.port()
+        )
+    }
+
+    fn ruri(&self, rl: &Roomline) -> String {
+        format!("sip:{CALLED}@{}", rl.sip_addr())
+    }
+
+    fn invite(&self, rl: &Roomline, cseq: u32, branch: &str, extra: &str) -> String {
+        let sdp = self.sdp();
+        let scheme = if self.transport == "TLS" {
+            "sips"
+        } else {
+            "sip"
+        };
+        let tp = match self.transport {
+            "TCP" => ";transport=tcp",
+            "TLS" => ";transport=tls",
+            _ => "",
+        };
+        format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {me};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: \"Caller\" <sip:{CALLER}@{me}>;tag={tag}\r\n\
+             To: <sip:{CALLED}@{host}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\n\
+             Contact: <{scheme}:phone@{me}{tp}>\r\n{extra}Content-Type: application/sdp\r\n\
+             Content-Length: {len}\r\n\r\n{sdp}",
+            ruri = self.ruri(rl),
+            t = self.transport,
+            me = self.local,
+            tag = self.from_tag,
+            host = rl.sip_addr(),
+            cid = self.call_id,
+            len = sdp.len(),
+        )
+    }
+
+    /// ACK of a non-2xx final (same branch as the INVITE).
+    fn ack_non2xx(&self, rl: &Roomline, resp: &Sip) -> String {
+        ack_for(&self.ruri(rl), resp)
+    }
+
+    /// A request inside the dialog a 2xx created: to its Contact, its To with tag, a new
+    /// branch.
+    fn in_dialog(&self, method: &str, cseq: u32, ok: &Sip) -> String {
+        let target = ok.contact_uri().expect("Contact in the 2xx");
+        format!(
+            "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{t} {me};branch=z9hG4bK-{b};rport\r\n\
+             Max-Forwards: 70\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             Content-Length: 0\r\n\r\n",
+            t = self.transport,
+            me = self.local,
+            b = unique("d"),
+            from = ok.header("From").unwrap_or(""),
+            to = ok.header("To").unwrap_or(""),
+            cid = self.call_id,
+        )
+    }
+
+    fn cancel(&self, rl: &Roomline, branch: &str) -> String {
+        format!(
+            "CANCEL {ruri} SIP/2.0\r\nVia: SIP/2.0/{t} {me};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: \"Caller\" <sip:{CALLER}@{me}>;tag={tag}\r\n\
+             To: <sip:{CALLED}@{host}>\r\nCall-ID: {cid}\r\nCSeq: 1 CANCEL\r\n\
+             Content-Length: 0\r\n\r\n",
+            ruri = self.ruri(rl),
+            t = self.transport,
+            me = self.local,
+            tag = self.from_tag,
+            host = rl.sip_addr(),
+            cid = self.call_id,
+        )
+    }
+}
+
+// --- digest (RFC 7616), computed here with md-5 and sha2, not with Roomline's code ------
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash(algorithm: &str, data: &str) -> String {
+    use sha2::Digest;
+    match algorithm {
+        "MD5" => hex(&md5::Md5::digest(data.as_bytes())),
+        "SHA-256" => hex(&sha2::Sha256::digest(data.as_bytes())),
+        a => panic!("no {a} here"),
+    }
+}
+
+/// The parameters of a `Digest ...` challenge.
+fn challenge_params(value: &str) -> std::collections::HashMap<String, String> {
+    let re = regex::Regex::new(r#"([A-Za-z-]+)\s*=\s*(?:"([^"]*)"|([^,\s]+))"#).unwrap();
+    let rest = value
+        .trim()
+        .strip_prefix("Digest")
+        .expect("a Digest challenge");
+    re.captures_iter(rest)
+        .map(|c| {
+            let v = c.get(2).or(c.get(3)).map_or("", |m| m.as_str());
+            (c[1].to_ascii_lowercase(), v.to_string())
+        })
+        .collect()
+}
+
+/// The first challenge of a 401 whose algorithm this client supports (RFC 8760 section
+/// 2.4 orders them by the server's preference), answered as an Authorization header.
+fn authorization(resp: &Sip, algorithm: &str, user: &str, pass: &str, uri: &str) -> String {
+    let challenges = resp.headers_named("WWW-Authenticate");
+    let ch = challenges
+        .iter()
+        .map(|c| challenge_params(c))
+        .find(|p| p.get("algorithm").map(String::as_str).unwrap_or("MD5") == algorithm)
+        .unwrap_or_else(|| panic!("no {algorithm} challenge in {challenges:?}"));
+    let realm = &ch["realm"];
+    let nonce = &ch["nonce"];
+    assert!(
+        ch.get("qop")
+            .is_some_and(|q| q.split(',').any(|x| x.trim() == "auth")),
+        "qop=auth offered: {ch:?}"
+    );
+    let cnonce = format!("{:08x}", rand_u32());
+    let nc = "00000001";
+    let ha1 = hash(algorithm, &format!("{user}:{realm}:{pass}"));
+    let ha2 = hash(algorithm, &format!("INVITE:{uri}"));
+    let response = hash(
+        algorithm,
+        &format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"),
+    );
+    format!(
+        "Authorization: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", \
+         uri=\"{uri}\", response=\"{response}\", algorithm={algorithm}, qop=auth, nc={nc}, \
+         cnonce=\"{cnonce}\"\r\n"
+    )
+}
+
+/// The daemon's 401: SHA-256 offered first, then MD5, both with qop=auth (RFC 8760).
+fn assert_challenge(resp: &Sip, stale: bool) {
+    assert_eq!(resp.status(), Some(401), "{}", resp.text);
+    let chs: Vec<_> = resp
+        .headers_named("WWW-Authenticate")
+        .iter()
+        .map(|c| challenge_params(c))
+        .collect();
+    let algs: Vec<&str> = chs.iter().map(|c| c["algorithm"].as_str()).collect();
+    assert_eq!(algs, ["SHA-256", "MD5"], "{}", resp.text);
+    for c in &chs {
+        assert!(c["qop"].split(',').any(|q| q.trim() == "auth"), "{c:?}");
+        assert!(!c["nonce"].is_empty() && !c["realm"].is_empty(), "{c:?}");
+        assert_eq!(
+            c.get("stale")
+                .is_some_and(|s| s.eq_ignore_ascii_case("true")),
+            stale,
+            "stale in {}",
+            resp.text
+        );
+    }
+}
+
+const AUTH_TRUNK: &str =
+    "inbound:\n  allowed_addresses: [127.0.0.1/32]\n  auth: {username: u, password: p}\n";
+
+/// INVITE -> 401 (ACKed) -> INVITE with credentials: the final response to the second.
+fn authenticated_invite(ua: &Ua, rl: &Roomline, algorithm: &str, password: &str) -> Sip {
+    let b1 = format!("z9hG4bK-{}", unique("inv1"));
+    ua.send(&ua.invite(rl, 1, &b1, ""));
+    let (_, challenge) = ua.final_response("INVITE", rl);
+    assert_challenge(&challenge, false);
+    ua.send(&ua.ack_non2xx(rl, &challenge));
+    let auth = authorization(&challenge, algorithm, "u", password, &ua.ruri(rl));
+    let b2 = format!("z9hG4bK-{}", unique("inv2"));
+    ua.send(&ua.invite(rl, 2, &b2, &auth));
+    let (_, fin) = ua.final_response("INVITE", rl);
+    fin
+}
+
+/// A digest-authenticated call: challenged, answered with the right password (SHA-256,
+/// the first algorithm offered, over UDP; MD5 over TCP), established (200 with SDP, the
+/// phone in the room), hung up by the phone (BYE 200), and gone from the room.
+fn digest_call(tcp: bool, algorithm: &str) {
+    let lk = LiveKitServer::start();
+    let room = if tcp {
+        "auth-call-tcp"
+    } else {
+        "auth-call-udp"
+    };
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk("local", AUTH_TRUNK)
+            .dialplan("main", &room_plan(room, "")),
+    );
+    let ua = if tcp { Ua::tcp(&rl) } else { Ua::udp(&rl) };
+    let ok = authenticated_invite(&ua, &rl, algorithm, "p");
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    assert!(
+        String::from_utf8_lossy(&ok.body).contains("m=audio"),
+        "SDP answer: {}",
+        ok.text
+    );
+    ua.send(&ua.in_dialog("ACK", 2, &ok));
+    wait_phone_in_room(&lk, room);
+    ua.send(&ua.in_dialog("BYE", 3, &ok));
+    let (_, bye_ok) = ua.final_response("BYE", &rl);
+    assert_eq!(bye_ok.status(), Some(200), "{}", bye_ok.text);
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn digest_challenge_answered_with_sha256_establishes_the_call_udp() {
+    digest_call(false, "SHA-256");
+}
+
+#[test]
+fn digest_challenge_answered_with_md5_establishes_the_call_tcp() {
+    digest_call(true, "MD5");
+}
+
+/// The right username with a wrong password gets 403 (after the 401), over UDP and TCP;
+/// no call is left.
+fn wrong_password(tcp: bool) {
+    let rl = Roomline::start(
+        offline_setup()
+            .trunk("local", AUTH_TRUNK)
+            .dialplan("main", &reject_all_plan()),
+    );
+    let ua = if tcp { Ua::tcp(&rl) } else { Ua::udp(&rl) };
+    let fin = authenticated_invite(&ua, &rl, "SHA-256", "not-p");
+    assert_eq!(fin.status(), Some(403), "{}", fin.text);
+    ua.send(&ua.ack_non2xx(&rl, &fin));
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn digest_wrong_password_gets_403_udp() {
+    wrong_password(false);
+}
+
+#[test]
+fn digest_wrong_password_gets_403_tcp() {
+    wrong_password(true);
+}
+
+/// With `sip.auth_nonce_ttl: 1s`, a right answer to a nonce older than that gets a new
+/// 401 with stale=true on every challenge; answering the fresh nonce goes through (the
+/// dialplan's 486 here, so no room is needed).
+fn stale_nonce(tcp: bool) {
+    let rl = Roomline::start(
+        offline_setup()
+            .trunk("local", AUTH_TRUNK)
+            .dialplan("main", &reject_all_plan())
+            .sip_extra("  auth_nonce_ttl: 1s\n"),
+    );
+    let ua = if tcp { Ua::tcp(&rl) } else { Ua::udp(&rl) };
+    let b1 = format!("z9hG4bK-{}", unique("inv1"));
+    ua.send(&ua.invite(&rl, 1, &b1, ""));
+    let (_, challenge) = ua.final_response("INVITE", &rl);
+    assert_challenge(&challenge, false);
+    ua.send(&ua.ack_non2xx(&rl, &challenge));
+    // nonces carry whole seconds: more than 1 s must pass, so wait 2.5 s
+    std::thread::sleep(Duration::from_millis(2500));
+    let auth = authorization(&challenge, "SHA-256", "u", "p", &ua.ruri(&rl));
+    let b2 = format!("z9hG4bK-{}", unique("inv2"));
+    ua.send(&ua.invite(&rl, 2, &b2, &auth));
+    let (_, again) = ua.final_response("INVITE", &rl);
+    assert_challenge(&again, true);
+    ua.send(&ua.ack_non2xx(&rl, &again));
+    // the fresh nonce is accepted
+    let auth = authorization(&again, "SHA-256", "u", "p", &ua.ruri(&rl));
+    let b3 = format!("z9hG4bK-{}", unique("inv3"));
+    ua.send(&ua.invite(&rl, 3, &b3, &auth));
+    let (_, fin) = ua.final_response("INVITE", &rl);
+    assert_eq!(fin.status(), Some(DIALPLAN_REJECT), "{}", fin.text);
+    ua.send(&ua.ack_non2xx(&rl, &fin));
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn digest_expired_nonce_gets_401_stale_udp() {
+    stale_nonce(false);
+}
+
+#[test]
+fn digest_expired_nonce_gets_401_stale_tcp() {
+    stale_nonce(true);
+}
+
+/// sipp's side of digest auth: its INVITE is challenged (401 with a SHA-256 and an MD5
+/// challenge, in that order), it ACKs, and answers the MD5 challenge's live nonce with a
+/// response that is not the digest of the password: 403, ACKed. (sipp cannot compute the
+/// digest itself here: `-au/-ap` answers only the first challenge, and only with MD5.)
+fn sipp_wrong_digest(tcp: bool) {
+    let rl = Roomline::start(
+        offline_setup()
+            .trunk("local", AUTH_TRUNK)
+            .dialplan("main", &reject_all_plan()),
+    );
+    let ack = |cseq: u32| {
+        format!(
+            r#"  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"#
+        )
+    };
+    let second = invite_xml("[branch]")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(
+            "      Max-Forwards: 70\n      Content-Type",
+            "      Authorization: Digest username=\"u\", realm=\"roomline\", nonce=\"[$nonce]\", uri=\"sip:[service]@[remote_ip]:[remote_port]\", response=\"00000000000000000000000000000000\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\"\n      Max-Forwards: 70\n      Content-Type",
+        );
+    assert!(second.contains("Authorization"), "{second}");
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="wrong-digest">
+{first}  <recv response="100" optional="true"/>
+  <recv response="401">
+    <action>
+      <ereg regexp="nonce=&quot;([^&quot;]+)&quot;, algorithm=MD5" search_in="msg" check_it="true" assign_to="all,nonce"/>
+    </action>
+  </recv>
+{ack1}{second}  <recv response="100" optional="true"/>
+  <recv response="403"/>
+{ack2}  <Reference variables="all"/>
+</scenario>
+"#,
+        first = invite_xml("[branch]"),
+        ack1 = ack(1),
+        ack2 = ack(2),
+    );
+    let mut args = sipp_args(&rl.sip_addr(), tcp);
+    args.extend(
+        ["-s", CALLED, "-mi", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["-mp".to_string(), free_port().to_string()]);
+    let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
+    run.expect_success();
+    let finals: Vec<u16> = run
+        .received_statuses()
+        .into_iter()
+        .filter(|s| *s >= 200)
+        .collect();
+    assert_eq!(finals, vec![401, 403], "{}", run.describe());
+    let challenge = run
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 401"))
+        .unwrap();
+    assert_challenge(
+        &Sip::parse(challenge.replace('\n', "\r\n").as_bytes()).unwrap(),
+        false,
+    );
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn sipp_invite_challenged_then_wrong_digest_gets_403_udp() {
+    sipp_wrong_digest(false);
+}
+
+#[test]
+fn sipp_invite_challenged_then_wrong_digest_gets_403_tcp() {
+    sipp_wrong_digest(true);
+}
+
+/// The same INVITE bytes sent twice from one UDP socket (same branch): the transaction
+/// absorbs the copy and re-sends its last provisional response; exactly one call and one
+/// participant exist; a CANCEL then ends it (200, 487) and nothing is left.
+#[test]
+fn retransmitted_invite_is_absorbed_by_its_transaction() {
+    let lk = LiveKitServer::start();
+    let room = "retransmitted-invite";
+    let rl = Roomline::start(Setup::new(&lk).dialplan(
+        "main",
+        &room_plan(
+            room,
+            "    answer: on_first_track\n    ringing_timeout: 20s\n",
+        ),
+    ));
+    let ua = Ua::udp(&rl);
+    let branch = format!("z9hG4bK-{}", unique("retrans"));
+    let invite = ua.invite(&rl, 1, &branch, "");
+    ua.send(&invite);
+    let until = Instant::now() + ANSWER_WITHIN;
+    let mut first = Vec::new();
+    while !first.contains(&180) {
+        let m = ua
+            .recv(until.saturating_duration_since(Instant::now()))
+            .expect("100/180 to the INVITE");
+        first.push(m.status().unwrap_or(0));
+    }
+    wait_phone_in_room(&lk, room);
+    // the retransmission: byte for byte the same
+    ua.send(&invite);
+    let again = ua
+        .recv(ANSWER_WITHIN)
+        .expect("a provisional response again");
+    assert_eq!(again.status(), Some(180), "{}", again.text);
+    // one call, one participant, after the copy was handled
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(active_calls(&rl), 1, "{}", rl.counts());
+    let identity = format!("sip_{CALLER}");
+    let ps = list_participants(&lk, room);
+    assert_eq!(
+        ps.iter()
+            .filter(|p| p["identity"] == identity.as_str())
+            .count(),
+        1,
+        "{ps:?}"
+    );
+    ua.send(&ua.cancel(&rl, &branch));
+    let (_, cancel_ok) = ua.final_response("CANCEL", &rl);
+    assert_eq!(cancel_ok.status(), Some(200), "{}", cancel_ok.text);
+    let (_, fin) = ua.final_response("INVITE", &rl);
+    assert_eq!(fin.status(), Some(487), "{}", fin.text);
+    ua.send(&ua.ack_non2xx(&rl, &fin));
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+// ---------------------------------------------------------------------------------------
+// sipp scenarios (UDP and TCP)
+// ---------------------------------------------------------------------------------------
+
+fn sipp_run(rl: &Roomline, tcp: bool, xml: &str, extra: &[&str]) -> SippRun {
+    let mut args = sipp_args(&rl.sip_addr(), tcp);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Sipp::spawn(Some(xml), &args).wait(Duration::from_secs(60))
+}
+
+const OPTIONS_XML: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options">
+  <send retrans="500">
+    <![CDATA[
+      OPTIONS sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:ping@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 OPTIONS
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#;
+
+/// An OPTIONS ping gets 200 with Allow (the methods Roomline serves) and Accept
+/// (application/sdp among them).
+fn options_ping(tcp: bool) {
+    let rl = Roomline::start(offline_setup());
+    let run = sipp_run(&rl, tcp, OPTIONS_XML, &["-s", "ping"]);
+    run.expect_success();
+    assert_eq!(run.received_statuses(), vec![200], "{}", run.describe());
+    let ok = Sip::parse(run.received()[0].replace('\n', "\r\n").as_bytes()).unwrap();
+    let allow = ok.tokens("Allow");
+    for m in ["invite", "ack", "cancel", "bye", "options"] {
+        assert!(allow.contains(m), "Allow lacks {m}: {}", ok.text);
+    }
+    assert!(
+        ok.tokens("Accept").contains("application/sdp"),
+        "Accept: {}",
+        ok.text
+    );
+}
+
+#[test]
+fn sipp_options_ping_gets_200_with_allow_and_accept_udp() {
+    options_ping(false);
+}
+
+#[test]
+fn sipp_options_ping_gets_200_with_allow_and_accept_tcp() {
+    options_ping(true);
+}
+
+const SDP: &str = "v=0
+      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+      a=ptime:20";
+
+fn invite_xml(branch: &str) -> String {
+    format!(
+        r#"  <send retrans="500">
+    <![CDATA[
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch}
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {SDP}
+    ]]>
+  </send>
+"#
+    )
+}
+
+const ACK_2XX_XML: &str = r#"  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:+15551230000@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"#;
+
+/// A UAC that calls, waits for a request from the test (the "go" INFO, see [`send_go`])
+/// before it cancels, and ACKs the 487.
+fn cancel_xml() -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="cancel">
+{invite}  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <recv request="INFO"/>
+  <send retrans="500">
+    <![CDATA[
+      CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-cancel-[call_number]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-cancel-[call_number]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+"#,
+        invite = invite_xml("z9hG4bK-cancel-[call_number]")
+    )
+}
+
+/// Tells the sipp UAC with Call-ID `call_id` listening on `sipp_port` to go on: an INFO
+/// (from the test, not from the daemon) that its scenario waits for. Over TCP sipp takes
+/// it on its listening socket.
+fn send_go(tcp: bool, sipp_port: u16, call_id: &str) {
+    let transport = if tcp { "TCP" } else { "UDP" };
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sock.local_addr().unwrap();
+    let info = format!(
+        "INFO sip:sipp@127.0.0.1:{sipp_port} SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {me};branch=z9hG4bK-{}\r\n\
+         From: <sip:test@{me}>;tag=go\r\nTo: <sip:sipp@127.0.0.1:{sipp_port}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 INFO\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        unique("go")
+    );
+    if tcp {
+        let mut s = TcpStream::connect(("127.0.0.1", sipp_port)).unwrap();
+        s.write_all(info.as_bytes()).unwrap();
+        // keep it open a moment so sipp reads it before the close
+        std::thread::sleep(Duration::from_millis(300));
+    } else {
+        sock.send_to(info.as_bytes(), ("127.0.0.1", sipp_port))
+            .unwrap();
+    }
+}
+
+fn sipp_port(args: &[String]) -> u16 {
+    let i = args.iter().position(|a| a == "-p").unwrap();
+    args[i + 1].parse().unwrap()
+}
+
+/// CANCEL before answer: the call rings (answer on_first_track, nobody publishes), the
+/// phone's participant is in the room, sipp cancels: 200 to the CANCEL, 487 to the
+/// INVITE, the participant leaves and nothing is left.
+fn cancel_before_answer(tcp: bool) {
+    let lk = LiveKitServer::start();
+    let room = if tcp { "cancel-tcp" } else { "cancel-udp" };
+    let rl = Roomline::start(Setup::new(&lk).dialplan(
+        "main",
+        &room_plan(
+            room,
+            "    answer: on_first_track\n    ringing_timeout: 20s\n",
+        ),
+    ));
+    let call_id = unique("sipp-cancel");
+    let mut args = sipp_args(&rl.sip_addr(), tcp);
+    let port = sipp_port(&args);
+    args.extend(
+        ["-s", CALLED, "-cid_str", &call_id, "-mi", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["-mp".to_string(), free_port().to_string()]);
+    let sipp = Sipp::spawn(Some(&cancel_xml()), &args);
+    // ringing, and in the room: now cancel
+    wait_sipp_log(&sipp, "SIP/2.0 180 Ringing");
+    wait_phone_in_room(&lk, room);
+    assert_eq!(active_calls(&rl), 1);
+    send_go(tcp, port, &call_id);
+    let run = sipp.wait(Duration::from_secs(60));
+    run.expect_success();
+    let got = run.received();
+    let find = |status: &str, method: &str| {
+        got.iter().any(|m| {
+            m.starts_with(&format!("SIP/2.0 {status}"))
+                && m.lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("cseq:") && l.ends_with(method))
+        })
+    };
+    assert!(find("200", "CANCEL"), "200 to CANCEL:\n{}", run.describe());
+    assert!(find("487", "INVITE"), "487 to INVITE:\n{}", run.describe());
+    assert!(
+        !got.iter()
+            .any(|m| m.starts_with("SIP/2.0 200") && m.contains("INVITE\n")),
+        "the call was answered:\n{}",
+        run.describe()
+    );
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn sipp_cancel_before_answer_gets_487_and_leaves_the_room_udp() {
+    cancel_before_answer(false);
+}
+
+#[test]
+fn sipp_cancel_before_answer_gets_487_and_leaves_the_room_tcp() {
+    cancel_before_answer(true);
+}
+
+/// The phone hangs up: call answered once in the room (200), ACK, BYE -> 200, the
+/// participant leaves.
+fn bye_from_phone(tcp: bool) {
+    let lk = LiveKitServer::start();
+    let room = if tcp {
+        "bye-phone-tcp"
+    } else {
+        "bye-phone-udp"
+    };
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &room_plan(room, "")));
+    let call_id = unique("sipp-bye");
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="bye-from-phone">
+{invite}  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true" rrs="true"/>
+{ack}  <recv request="INFO"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#,
+        invite = invite_xml("[branch]"),
+        ack = ACK_2XX_XML
+    );
+    let mut args = sipp_args(&rl.sip_addr(), tcp);
+    let port = sipp_port(&args);
+    args.extend(
+        ["-s", CALLED, "-cid_str", &call_id, "-mi", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["-mp".to_string(), free_port().to_string()]);
+    let sipp = Sipp::spawn(Some(&xml), &args);
+    // answered (sipp sent its ACK) and in the room: now hang up
+    wait_sipp_log(&sipp, "CSeq: 1 ACK");
+    wait_phone_in_room(&lk, room);
+    send_go(tcp, port, &call_id);
+    let run = sipp.wait(Duration::from_secs(60));
+    run.expect_success();
+    let finals: Vec<u16> = run
+        .received_statuses()
+        .into_iter()
+        .filter(|s| *s >= 200)
+        .collect();
+    assert_eq!(
+        finals,
+        vec![200, 200],
+        "200 to INVITE and BYE:\n{}",
+        run.describe()
+    );
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn sipp_bye_from_the_phone_ends_the_call_udp() {
+    bye_from_phone(false);
+}
+
+#[test]
+fn sipp_bye_from_the_phone_ends_the_call_tcp() {
+    bye_from_phone(true);
+}
+
+/// The room is deleted during the call: the daemon sends BYE with a Reason header
+/// (`Q.850;cause=16;text="room closed"`), sipp answers 200; nothing is left.
+fn bye_from_daemon(tcp: bool) {
+    let lk = LiveKitServer::start();
+    let room = if tcp {
+        "bye-daemon-tcp"
+    } else {
+        "bye-daemon-udp"
+    };
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &room_plan(room, "")));
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="bye-from-daemon">
+{invite}  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true" rrs="true"/>
+{ack}  <recv request="BYE"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+</scenario>
+"#,
+        invite = invite_xml("[branch]"),
+        ack = ACK_2XX_XML
+    );
+    let mut args = sipp_args(&rl.sip_addr(), tcp);
+    args.extend(
+        ["-s", CALLED, "-mi", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["-mp".to_string(), free_port().to_string()]);
+    let sipp = Sipp::spawn(Some(&xml), &args);
+    // answered (sipp sent its ACK) and in the room: now close the room
+    wait_sipp_log(&sipp, "CSeq: 1 ACK");
+    wait_phone_in_room(&lk, room);
+    let (status, body) = room_service(&lk, "DeleteRoom", room, serde_json::json!({ "room": room }));
+    assert_eq!(status, 200, "DeleteRoom: {body}");
+    let run = sipp.wait(Duration::from_secs(60));
+    run.expect_success();
+    let bye = run
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("BYE "))
+        .unwrap_or_else(|| panic!("no BYE:\n{}", run.describe()));
+    let bye = Sip::parse(bye.replace('\n', "\r\n").as_bytes()).unwrap();
+    let reason = bye
+        .header("Reason")
+        .unwrap_or_else(|| panic!("BYE without Reason:\n{}", bye.text));
+    // RFC 3326: the cause of a normal clearing, and why
+    assert!(
+        reason.starts_with("Q.850")
+            && reason.contains("cause=16")
+            && reason.contains("room closed"),
+        "Reason: {reason}"
+    );
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn sipp_bye_from_the_daemon_when_the_room_is_deleted_udp() {
+    bye_from_daemon(false);
+}
+
+#[test]
+fn sipp_bye_from_the_daemon_when_the_room_is_deleted_tcp() {
+    bye_from_daemon(true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Floods and size
+// ---------------------------------------------------------------------------------------
+
+/// One source sends OPTIONS far beyond its burst (200) as fast as it can: it gets fewer
+/// answers than it sent, and no more than the token bucket allows (burst + rate x the
+/// time the exchange took); another source is answered meanwhile and after.
+#[test]
+fn flood_from_one_source_is_limited_while_another_is_served() {
+    let rl = Roomline::start(offline_setup());
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = flood.local_addr().unwrap();
+    let reader = {
+        let sock = flood.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            let mut last = None;
+            let mut buf = vec![0u8; 65536];
+            sock.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            while let Ok((len, _)) = sock.recv_from(&mut buf) {
+                if Sip::parse(&buf[..len]).is_some_and(|m| m.status() == Some(200)) {
+                    n += 1;
+                    last = Some(Instant::now());
+                }
+            }
+            (n, last)
+        })
+    };
+    const SENT: usize = 600;
+    let t0 = Instant::now();
+    for i in 0..SENT {
+        let msg = options_text(
+            &me.to_string(),
+            "UDP",
+            &format!("flood-{i}"),
+            &rl.sip_addr(),
+        );
+        flood.send_to(msg.as_bytes(), rl.sip_addr()).unwrap();
+    }
+    // another source (its own address) is answered right after the burst
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    assert_still_serving(&other, &rl, "a flood from another source");
+    let (answered, last) = reader.join().unwrap();
+    let span = last.map_or(Duration::ZERO, |l| l.saturating_duration_since(t0));
+    let allowed = 200.0 + 100.0 * span.as_secs_f64() + 5.0;
+    eprintln!("flood: {answered} of {SENT} answered over {span:?} (bucket allows {allowed:.0})");
+    assert!(answered > 0, "the flooding source got no answer at all");
+    assert!(answered < SENT, "every one of {SENT} OPTIONS was answered");
+    assert!(
+        (answered as f64) <= allowed,
+        "{answered} answers, more than burst + rate x {span:?} = {allowed:.0}"
+    );
+    // the flooder itself is served again once its bucket refills
+    std::thread::sleep(Duration::from_secs(1));
+    assert_still_serving(&flood, &rl, "the flood, once the bucket refilled");
+    assert_still_serving(&other, &rl, "the flood");
+}
+
+/// A TCP message larger than 64 KiB (a Content-Length beyond the limit, and a header that
+/// never ends) gets its connection closed; the daemon keeps serving, its memory bounded.
+#[test]
+fn oversized_tcp_message_closes_the_connection() {
+    let rl = Roomline::start(offline_setup());
+    let rss_before = rss_kib(rl.pid());
+    // 1. Content-Length over the limit: closed (a 513 may come first)
+    let tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+    let local = tcp.local_addr().unwrap();
+    let conn = StreamConn::new(tcp.try_clone().unwrap());
+    let big = 100 * 1024;
+    let head = options_text(&local.to_string(), "TCP", &unique("big"), &rl.sip_addr()).replace(
+        "Content-Length: 0",
+        &format!("Content-Type: application/sdp\r\nContent-Length: {big}"),
+    );
+    conn.send(&head);
+    let _ = (&tcp).write_all(&vec![b'a'; big]);
+    let (closed, got) = conn.wait_closed(ANSWER_WITHIN);
+    assert!(
+        closed,
+        "connection still open after a {big}-byte body: {got:?}"
+    );
+    assert!(
+        got.iter()
+            .all(|m| m.status().is_some_and(|s| s == 513 || s == 400)),
+        "{got:?}"
+    );
+    // 2. a header line that never ends: closed while we keep writing; we stop at 16 MiB
+    let mut tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = StreamConn::new(tcp.try_clone().unwrap());
+    let _ = tcp.write_all(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nX-Long: ");
+    let chunk = vec![b'x'; 16 * 1024];
+    let mut written = 0usize;
+    while written < 16 * 1024 * 1024 {
+        match tcp.write(&chunk) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    let (closed, _) = conn.wait_closed(ANSWER_WITHIN);
+    assert!(
+        closed,
+        "connection still open after {written} bytes of one header"
+    );
+    // still serving, on UDP and on a new TCP connection
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_still_serving(&sock, &rl, "oversized TCP messages");
+    let tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+    let local = tcp.local_addr().unwrap();
+    let conn = StreamConn::new(tcp);
+    let cid = unique("after-big");
+    conn.send(&options_text(
+        &local.to_string(),
+        "TCP",
+        &cid,
+        &rl.sip_addr(),
+    ));
+    let m = conn
+        .recv_call(&cid, ANSWER_WITHIN)
+        .expect("OPTIONS over a new TCP connection");
+    assert_eq!(m.status(), Some(200));
+    let rss_after = rss_kib(rl.pid());
+    eprintln!("daemon RSS: {rss_before} KiB before, {rss_after} KiB after ({written} bytes sent)");
+    // far less than what was sent: the daemon did not buffer it
+    assert!(
+        rss_after.saturating_sub(rss_before) < 8 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------
+
+/// A self-signed P-256 certificate for localhost / 127.0.0.1: (cert, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success(), "openssl req failed");
+    (cert, key)
+}
+
+/// `openssl s_client` as the phone's TLS: it verifies the daemon's certificate against
+/// `ca` (for the name localhost) and relays plain SIP on its stdin/stdout. Killed by PID
+/// on drop.
+struct TlsClient {
+    child: Child,
+}
+
+impl Drop for TlsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_connect(port: u16, ca: &Path, log: &Path) -> (TlsClient, StreamConn) {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-verify_return_error",
+            "-verify_hostname",
+            "localhost",
+        ])
+        .args([
+            "-servername",
+            "localhost",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("openssl s_client");
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (
+        TlsClient { child },
+        StreamConn::from_parts(Box::new(stdin), Box::new(stdout)),
+    )
+}
+
+/// A call over TLS: OPTIONS -> 200 with Allow, then INVITE -> 100/180/200 with SDP and a
+/// sips Contact, ACK, the phone in the room, BYE -> 200, gone; all on one TLS connection
+/// made by OpenSSL, which verified the daemon's certificate.
+#[test]
+fn tls_options_and_call_with_openssl_client() {
+    let lk = LiveKitServer::start();
+    let room = "tls-call";
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let tls_port = free_port();
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .dialplan("main", &room_plan(room, ""))
+            .sip_extra(&format!(
+                "    - transport: tls\n      address: 127.0.0.1:{tls_port}\n      cert: {}\n      key: {}\n",
+                cert.display(),
+                key.display()
+            )),
+    );
+    let log = certs.path().join("s_client.log");
+    let (_client, conn) = tls_connect(tls_port, &cert, &log);
+    // the address the phone names in Via/Contact: TLS has no port of its own here (the
+    // connection's local end is s_client's), responses go back on the connection
+    let local: SocketAddr = "127.0.0.1:5061".parse().unwrap();
+    let cid = unique("tls-options");
+    conn.send(&options_text(
+        &local.to_string(),
+        "TLS",
+        &cid,
+        &format!("127.0.0.1:{tls_port}"),
+    ));
+    let ok = conn.recv_call(&cid, ANSWER_WITHIN).unwrap_or_else(|| {
+        panic!(
+            "no answer to OPTIONS over TLS; s_client: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    assert!(ok.tokens("Allow").contains("invite"), "{}", ok.text);
+
+    let ua = Ua::with(Wire::Stream(conn), local, "TLS");
+    let branch = format!("z9hG4bK-{}", unique("tls"));
+    ua.send(&ua.invite(&rl, 1, &branch, ""));
+    let (_, ok) = ua.final_response("INVITE", &rl);
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    let contact = ok.contact_uri().unwrap_or_default();
+    assert!(
+        contact.starts_with("sips:") || contact.contains("transport=tls"),
+        "Contact over TLS: {contact}"
+    );
+    ua.send(&ua.in_dialog("ACK", 1, &ok));
+    wait_phone_in_room(&lk, room);
+    ua.send(&ua.in_dialog("BYE", 2, &ok));
+    let (_, bye_ok) = ua.final_response("BYE", &rl);
+    assert_eq!(bye_ok.status(), Some(200), "{}", bye_ok.text);
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
