@@ -2072,3 +2072,117 @@ fn tls_options_and_call_with_openssl_client() {
     wait_phone_gone(&lk, room);
     rl.assert_no_leaks(Duration::from_secs(20));
 }
+
+/// sipp answers the challenge itself (`-au/-ap`, its `[authentication]` keyword): sipp
+/// knows MD5 only and takes the first challenge, so the trunk is configured with
+/// `algorithms: [md5]` (the operator's switch for such peers); the call is then up and
+/// ended by sipp's BYE, and nothing is left.
+fn sipp_native_digest(tcp: bool) {
+    let lk = LiveKitServer::start();
+    let room = if tcp { "sipp-digest-tcp" } else { "sipp-digest-udp" };
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk(
+                "local",
+                "inbound:\n  allowed_addresses: [127.0.0.1/32]\n  auth: {username: u, password: p, algorithms: [md5]}\n",
+            )
+            .dialplan("main", &room_plan(room, "")),
+    );
+    let second = invite_xml("[branch]")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(
+            "      Max-Forwards: 70\n      Content-Type",
+            "      [authentication]\n      Max-Forwards: 70\n      Content-Type",
+        );
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="sipp-digest">
+{first}  <recv response="100" optional="true"/>
+  <recv response="401" auth="true"/>
+  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      [last_Via:]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+{second}  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <pause milliseconds="1000"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#,
+        first = invite_xml("[branch]"),
+    );
+    let mut args = sipp_args(&rl.sip_addr(), tcp);
+    // the digest uri must be the Request-URI (RFC 3261 section 22.4); sipp's default is
+    // the bare remote address, which the daemon refuses as a mismatch
+    let auth_uri = format!("{CALLED}@{}", rl.sip_addr()); // sipp adds the "sip:"
+    args.extend(
+        ["-s", CALLED, "-mi", "127.0.0.1", "-au", "u", "-ap", "p", "-auth_uri", &auth_uri]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["-mp".to_string(), free_port().to_string()]);
+    let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
+    run.expect_success();
+    let finals: Vec<u16> = run
+        .received_statuses()
+        .into_iter()
+        .filter(|s| *s >= 200)
+        .collect();
+    assert_eq!(finals, vec![401, 200, 200], "{}", run.describe());
+    let challenge = run
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 401"))
+        .unwrap();
+    assert_eq!(
+        challenge.matches("WWW-Authenticate:").count(),
+        1,
+        "one challenge, MD5 only: {challenge}"
+    );
+    assert!(challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""), "{challenge}");
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+#[test]
+fn sipp_answers_an_md5_only_challenge_and_the_call_is_up_udp() {
+    sipp_native_digest(false);
+}
+
+#[test]
+fn sipp_answers_an_md5_only_challenge_and_the_call_is_up_tcp() {
+    sipp_native_digest(true);
+}

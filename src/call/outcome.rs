@@ -53,7 +53,11 @@ impl Outcome {
     pub fn status(&self) -> u16 {
         match self {
             Outcome::CallerHangup | Outcome::CallerCancelled => 487,
-            Outcome::RoomClosed | Outcome::ParticipantRemoved | Outcome::LiveKitLeft(_) => 480,
+            // design.md section 1: a room that goes away before the answer ends the call
+            // with 487 (the request is terminated), a removal with 486 (the room said no)
+            Outcome::RoomClosed => 487,
+            Outcome::ParticipantRemoved => 486,
+            Outcome::LiveKitLeft(_) => 480,
             Outcome::Rejected { status, .. } => *status,
             Outcome::NoRoute => 404,
             Outcome::NoCommonCodec(_) => 488,

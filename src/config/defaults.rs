@@ -10,6 +10,8 @@ pub const DIALPLANS_DIR: &str = "dialplans";
 pub const SIP_LISTENERS: &[(&str, &str)] = &[("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060")];
 pub const SIP_USER_AGENT: &str = concat!("Roomline/", env!("CARGO_PKG_VERSION"));
 pub const UNMATCHED_INBOUND: &str = "reject";
+/// Digest algorithms an inbound trunk is challenged with, preferred first (RFC 8760).
+pub const AUTH_ALGORITHMS: &[&str] = &["sha-256", "md5"];
 /// The realm of our digest challenges.
 pub const SIP_REALM: &str = "roomline";
 /// The flood limit: INVITE/OPTIONS/REGISTER per source address (token bucket).

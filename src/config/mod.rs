@@ -130,6 +130,15 @@ pub struct LoggingConfig {
 pub struct Credentials {
     pub username: String,
     pub password: Secret,
+    /// Digest algorithms we challenge with, in preference order (inbound only).
+    pub algorithms: Vec<DigestAlgorithm>,
+}
+
+/// Digest algorithms (RFC 7616, RFC 8760).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    Md5,
+    Sha256,
 }
 
 /// One trunk: a carrier connection, inbound and/or outbound.

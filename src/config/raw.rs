@@ -120,6 +120,7 @@ pub struct Auth {
     pub username: S<String>,
     pub password: Option<S<String>>,
     pub password_env: Option<S<String>>,
+    pub algorithms: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -443,8 +443,52 @@ fn logging_settings(
     })
 }
 
-fn credentials(cx: &mut Ctx<'_>, file: &Path, a: &S<raw::Auth>) -> Option<Credentials> {
+fn credentials(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    a: &S<raw::Auth>,
+    inbound: bool,
+) -> Option<Credentials> {
     let v = &a.value;
+    let mut algorithms = Vec::new();
+    match &v.algorithms {
+        Some(list) if !inbound => {
+            cx.err_at(
+                file,
+                list,
+                "algorithms applies to inbound.auth only (outbound answers whatever the carrier offers)",
+            );
+            return None;
+        }
+        Some(list) => {
+            if list.value.is_empty() {
+                cx.err_at(file, list, "algorithms must name at least one of sha-256, md5");
+                return None;
+            }
+            for a in &list.value {
+                let alg = match a.value.to_ascii_lowercase().as_str() {
+                    "sha-256" | "sha256" => DigestAlgorithm::Sha256,
+                    "md5" => DigestAlgorithm::Md5,
+                    _ => {
+                        cx.err_at(file, a, format!("unknown digest algorithm {:?}: expected sha-256 or md5", a.value));
+                        return None;
+                    }
+                };
+                if !algorithms.contains(&alg) {
+                    algorithms.push(alg);
+                }
+            }
+        }
+        None => {
+            for a in defaults::AUTH_ALGORITHMS {
+                algorithms.push(if *a == "md5" {
+                    DigestAlgorithm::Md5
+                } else {
+                    DigestAlgorithm::Sha256
+                });
+            }
+        }
+    }
     if v.username.value.is_empty() || v.username.value.contains([':', '\r', '\n', '"']) {
         cx.err_at(
             file,
@@ -483,6 +527,7 @@ fn credentials(cx: &mut Ctx<'_>, file: &Path, a: &S<raw::Auth>) -> Option<Creden
         }
     };
     Some(Credentials {
+        algorithms,
         username: v.username.value.clone(),
         password: Secret::new(password),
     })
@@ -534,7 +579,7 @@ fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<Inbound
         .iter()
         .filter_map(|n| cx.parse(file, n, types::parse_number_pattern))
         .collect();
-    let auth = v.auth.as_ref().map(|a| credentials(cx, file, a));
+    let auth = v.auth.as_ref().map(|a| credentials(cx, file, a, true));
     let mut seen = HashMap::new();
     for (n, s) in numbers.iter().zip(&v.numbers) {
         if let Some(first) = seen.insert(normalize_number(n).to_string(), n.clone()) {
@@ -586,7 +631,7 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
         .from_number
         .as_ref()
         .and_then(|n| cx.parse(file, n, types::parse_number));
-    let auth = v.auth.as_ref().map(|a| credentials(cx, file, a));
+    let auth = v.auth.as_ref().map(|a| credentials(cx, file, a, false));
     let mut headers = Vec::new();
     for (name, value) in &v.headers {
         if !header_ok(name) {

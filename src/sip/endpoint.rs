@@ -25,7 +25,7 @@ use super::message::{self, Message};
 use super::transaction::{Output, ServerInvite, ServerNonInvite, Timers};
 use super::transport::{Flow, Received, Transports};
 use super::uri::{self, NameAddr, Uri, UriError, Via};
-use crate::config::{Config, Transport, UnmatchedInbound};
+use crate::config::{Config, DigestAlgorithm, Transport, UnmatchedInbound};
 use crate::config::defaults;
 use crate::ops::metrics as m;
 use crate::trunk::matching::{self, InboundMatch};
@@ -890,7 +890,7 @@ impl Endpoint {
             // `sip.auth_nonce_ttl` of the configuration in force (it may have been reloaded)
             self.auth.set_nonce_ttl(cfg.sip.auth_nonce_ttl.as_secs());
             let header = req.msg.header("Authorization").map(str::to_string);
-            let verdict = header.map(|h| {
+            let verdict = header.as_ref().map(|h| {
                 self.auth.verify(
                     now_s,
                     "INVITE",
@@ -900,21 +900,41 @@ impl Endpoint {
                     creds.password.expose(),
                 )
             });
+            // the algorithm used must be one the trunk allows
+            let verdict = match (verdict, &header) {
+                (Some(Verdict::Authorized), Some(h)) => {
+                    let used = super::digest::DigestParams::parse(h)
+                        .ok()
+                        .and_then(|p| p.get("algorithm").map(str::to_ascii_lowercase))
+                        .unwrap_or_else(|| "md5".into());
+                    let allowed = creds.algorithms.iter().any(|a| match a {
+                        DigestAlgorithm::Md5 => used == "md5",
+                        DigestAlgorithm::Sha256 => used == "sha-256",
+                    });
+                    if allowed {
+                        Some(Verdict::Authorized)
+                    } else {
+                        Some(Verdict::Rejected(super::digest::Rejection::Header(
+                            super::digest::DigestError::UnsupportedAlgorithm(used),
+                        )))
+                    }
+                }
+                (v, _) => v,
+            };
             match verdict {
                 Some(Verdict::Authorized) => {}
                 None | Some(Verdict::Stale) => {
                     let stale = verdict.is_some();
                     metrics::counter!(m::SIP_AUTH, "result" => if stale { "stale" } else { "challenge" }).increment(1);
                     let mut out = build::response_to(&req.msg, 401, Some(&build::new_tag()));
-                    // RFC 8760 section 2.4: the preferred algorithm first
-                    out.push(
-                        "WWW-Authenticate",
-                        self.auth.challenge(now_s, Algorithm::Sha256, stale),
-                    );
-                    out.push(
-                        "WWW-Authenticate",
-                        self.auth.challenge(now_s, Algorithm::Md5, stale),
-                    );
+                    // RFC 8760 section 2.4: one challenge per algorithm, the preferred first
+                    for alg in &creds.algorithms {
+                        let a = match alg {
+                            DigestAlgorithm::Md5 => Algorithm::Md5,
+                            DigestAlgorithm::Sha256 => Algorithm::Sha256,
+                        };
+                        out.push("WWW-Authenticate", self.auth.challenge(now_s, a, stale));
+                    }
                     return self.reply(&req, out);
                 }
                 Some(Verdict::Rejected(why)) => {
