@@ -147,6 +147,24 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         .collect();
     tracing::info!(http = %http_addr, sip = ?listening, version = env!("CARGO_PKG_VERSION"), "roomline ready");
     ops::notify(&[NotifyState::Ready]);
+    // systemd watchdog (WatchdogSec=): pinged only while the SIP endpoint answers, so a
+    // stuck runtime or endpoint gets the service restarted
+    if let Some(watchdog_usec) = ops::watchdog_usec() {
+        let period = Duration::from_micros(watchdog_usec / 2);
+        let ep = sip.clone();
+        tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                if ep.ping(period / 2).await {
+                    ops::notify(&[NotifyState::Watchdog]);
+                } else {
+                    tracing::warn!("the SIP endpoint did not answer; withholding the watchdog ping");
+                }
+            }
+        });
+    }
 
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -94,6 +94,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path, dir: &Path) -> Daemon {
+        Daemon::start_with(config, dir, &[])
+    }
+
+    fn start_with(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Daemon {
         let sock = dir.join("notify.sock");
         let notify = UnixDatagram::bind(&sock).unwrap();
         notify
@@ -106,6 +110,9 @@ impl Daemon {
             .env("NOTIFY_SOCKET", &sock)
             .env_remove("LIVEKIT_URL")
             .env_remove("LOG_LEVEL")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -209,6 +216,31 @@ fn notifies_systemd_reloads_safely_and_stops_cleanly() {
         http_get(port, "/health").is_none(),
         "listener closed after exit"
     );
+}
+
+/// With WatchdogSec set (systemd passes WATCHDOG_USEC), the daemon sends WATCHDOG=1
+/// regularly, each after a round trip through its SIP endpoint.
+#[test]
+fn pings_the_systemd_watchdog_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = example_config(dir.path(), port);
+    let mut d = Daemon::start_with(&config, dir.path(), &[("WATCHDOG_USEC", "400000")]);
+    let ready = d
+        .next_notify()
+        .unwrap_or_else(|| panic!("no READY=1; log:\n{}", d.log()));
+    assert!(ready.contains("READY=1"), "{ready}");
+    let mut pings = 0;
+    while pings < 3 {
+        let m = d
+            .next_notify()
+            .unwrap_or_else(|| panic!("no WATCHDOG=1 after {pings} pings; log:\n{}", d.log()));
+        if m.contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    d.signal("-TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
 }
 
 #[test]

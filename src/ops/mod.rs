@@ -14,6 +14,18 @@ pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// The watchdog period systemd asks for (`WATCHDOG_USEC`), as sd_watchdog_enabled(3)
+/// reads it: only if `WATCHDOG_PID` is unset or names this process.
+pub fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.trim().parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then_some(usec)
+}
+
 /// Resolves once the flag is set (or its sender is gone). Holds no watch guard across
 /// an await, so the future stays `Send`.
 pub async fn flag_set(rx: &mut tokio::sync::watch::Receiver<bool>) {

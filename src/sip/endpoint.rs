@@ -169,6 +169,8 @@ enum Command {
         linger: Vec<Linger>,
     },
     Drain,
+    /// A liveness round trip (the systemd watchdog).
+    Ping(oneshot::Sender<()>),
 }
 
 /// What call tasks, registrations and the daemon use to talk to the endpoint.
@@ -205,6 +207,16 @@ impl EndpointHandle {
             call_id: call_id.to_string(),
             linger,
         });
+    }
+
+    /// A round trip through the endpoint task: false if it does not answer within
+    /// `limit` (a stuck runtime or endpoint).
+    pub async fn ping(&self, limit: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.cmd.try_send(Command::Ping(tx)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 
     /// Stop admitting calls: INVITE gets 503, OPTIONS 503.
@@ -492,6 +504,9 @@ impl Endpoint {
             }
             Command::Drain => {
                 self.draining = true;
+            }
+            Command::Ping(done) => {
+                let _ = done.send(());
             }
         }
     }
