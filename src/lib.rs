@@ -15,6 +15,7 @@ pub mod api;
 pub mod call;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
 pub mod dialplan;
 pub mod livekit;
 pub mod logging;

@@ -37,6 +37,9 @@ enum Command {
     Token(TokenArgs),
     /// Place an outbound call through the running daemon's SIP API (CreateSIPParticipant)
     Dial(DialArgs),
+    /// Check what calls need: configuration, LiveKit reachability and credentials, SIP
+    /// ports, RTP range, trunk OPTIONS; one verdict per item (exit 0 if none failed)
+    Diagnose,
     /// SIP diagnostics
     #[command(subcommand)]
     Sip(SipCommand),
@@ -172,6 +175,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Dial(a) => dial(&cfg, a),
+        Command::Diagnose => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("roomline diagnose: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let checks = rt.block_on(roomline::diagnose::run(&cfg));
+            if roomline::diagnose::print(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
         Command::Sip(_) => unreachable!("handled before loading the configuration"),
         Command::Run => {
             if let Err(e) = roomline::logging::init(&cfg.logging.level, cfg.logging.format) {
