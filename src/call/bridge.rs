@@ -31,6 +31,8 @@ pub struct MediaLeg {
     pub latch: bool,
     /// Our current SDP (offer or answer).
     pub sdp: String,
+    frames_seen: u64,
+    next_sample: u64,
 }
 
 impl MediaLeg {
@@ -43,6 +45,8 @@ impl MediaLeg {
             local,
             latch: true,
             sdp,
+            frames_seen: 0,
+            next_sample: 50,
         }
     }
 
@@ -234,6 +238,8 @@ pub fn drive_media(
         return out;
     };
     let t = now();
+    let started = std::time::Instant::now();
+    let mut frames = 0u32;
     pm.handle_timeout(t);
     while let Some(tr) = pm.poll_transmit(t) {
         if live {
@@ -242,10 +248,20 @@ pub fn drive_media(
         pm.recycle(tr.bytes);
     }
     while pm.poll_phone_frame_into(t, frame).is_some() {
+        frames += 1;
         on_frame(pm);
         if forward && let Some(room) = room {
             let _ = room.handle.push_audio(frame);
         }
+    }
+    // about once a second per call: the work of one 20 ms frame, and the buffer depth
+    media.frames_seen += u64::from(frames);
+    if frames > 0 && media.frames_seen >= media.next_sample {
+        media.next_sample = media.frames_seen + 50;
+        let codec = media.negotiated.as_ref().map_or("none", |n| n.codec.name());
+        metrics::histogram!(m::MEDIA_FRAME_SECONDS, "codec" => codec)
+            .record(started.elapsed().as_secs_f64() / f64::from(frames));
+        metrics::histogram!(m::JITTER_BUFFER_DELAY_SECONDS).record(pm.jitter_delay().as_secs_f64());
     }
     while let Some(ev) = pm.poll_event() {
         match ev {

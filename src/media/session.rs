@@ -834,6 +834,11 @@ impl PhoneMedia {
         self.rx_frame
     }
 
+    /// The jitter buffer's playout delay target now (for the depth metric).
+    pub fn jitter_delay(&self) -> Duration {
+        self.jitter.target_delay()
+    }
+
     // ---- internals ---------------------------------------------------------------
 
     fn ntp(&self, now: Instant) -> NtpTime {

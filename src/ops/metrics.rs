@@ -31,6 +31,8 @@ pub const RTP_JITTER_SECONDS: &str = "roomline_rtp_jitter_seconds";
 pub const DTMF_EVENTS: &str = "roomline_dtmf_events_total";
 pub const TRUNK_FAILOVERS: &str = "roomline_trunk_failovers_total";
 pub const TRUNK_UP: &str = "roomline_trunk_up";
+pub const JITTER_BUFFER_DELAY_SECONDS: &str = "roomline_jitter_buffer_delay_seconds";
+pub const MEDIA_FRAME_SECONDS: &str = "roomline_media_frame_seconds";
 pub const TRUNK_REGISTERED: &str = "roomline_trunk_registered";
 
 /// Installs the global recorder (once per process) and describes every metric.
@@ -67,7 +69,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         SIP_RESPONSES_SENT,
-        "SIP final responses sent by call tasks, by status class."
+        "SIP responses sent by the endpoint and final responses sent by call tasks, by status class."
     );
     metrics::describe_counter!(
         SIP_INVALID,
@@ -138,6 +140,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_gauge!(
         TRUNK_REGISTERED,
         "1 while the trunk's REGISTER binding is in force, 0 otherwise (registering trunks only)."
+    );
+    metrics::describe_histogram!(
+        JITTER_BUFFER_DELAY_SECONDS,
+        "Playout delay of the phone's jitter buffer, sampled once a second per call."
+    );
+    metrics::describe_histogram!(
+        MEDIA_FRAME_SECONDS,
+        "Time to process 20 ms of one call's media (decode, mix, encode, both ways), sampled once a second per call, by codec."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

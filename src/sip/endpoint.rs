@@ -657,6 +657,7 @@ impl Endpoint {
     /// Answers `req` through a server transaction of the endpoint's own (retransmitted
     /// finals for INVITE until ACK; absorbed request retransmissions).
     fn reply_status(&mut self, req: &Incoming, status: u16, mut out: Outgoing) {
+        metrics::counter!(m::SIP_RESPONSES_SENT, "class" => status_class(status)).increment(1);
         out.push("Server", &self.handle.user_agent);
         let bytes = out.to_bytes();
         let method = req.method();
