@@ -352,6 +352,15 @@ impl Task {
                         regions: None,
                     }))
                     .await;
+                // Read until the server has handled the leave and closed the connection
+                // (bounded). Closing our socket with the server's last responses still
+                // unread makes the kernel reset the connection, and the server then
+                // drops the leave it had not read yet: the participant would stay in
+                // the room until its peer connections time out.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = self.ws_rx.next().await {}
+                })
+                .await;
                 DisconnectReason::ClientInitiated
             }
             End::Gone(reason) => reason,
