@@ -76,7 +76,9 @@ pub(crate) async fn join(
     let ping_interval = Duration::from_secs(join.ping_interval.clamp(1, 60) as u64);
     let ping_timeout = Duration::from_secs(join.ping_timeout.clamp(2, 120) as u64);
     let cid = new_cid();
-    tracing::info!(room = %room, sid = %local.sid, identity = %local.identity,
+    // the identity is usually made from the caller's number (`sip_{caller}`): redacted
+    // like every phone number unless debug logging is on
+    tracing::info!(room = %room, sid = %local.sid, identity = %crate::logging::Phone(&local.identity),
         server = %join.server_version, publisher = %publisher.local_addr(),
         subscriber = %subscriber.local_addr(), "joined LiveKit room");
 
