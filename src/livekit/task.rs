@@ -77,7 +77,9 @@ pub(crate) async fn join(
     let ping_interval = Duration::from_secs(join.ping_interval.clamp(1, 60) as u64);
     let ping_timeout = Duration::from_secs(join.ping_timeout.clamp(2, 120) as u64);
     let cid = new_cid();
-    tracing::info!(room = %room, sid = %local.sid, identity = %local.identity,
+    // the identity is usually made from the caller's number (`sip_{caller}`): redacted
+    // like every phone number unless debug logging is on
+    tracing::info!(room = %room, sid = %local.sid, identity = %crate::logging::Phone(&local.identity),
         server = %join.server_version, publisher = %publisher.local_addr(),
         subscriber = %subscriber.local_addr(), "joined LiveKit room");
 
@@ -356,6 +358,15 @@ impl Task {
                         regions: None,
                     }))
                     .await;
+                // Read until the server has handled the leave and closed the connection
+                // (bounded). Closing our socket with the server's last responses still
+                // unread makes the kernel reset the connection, and the server then
+                // drops the leave it had not read yet: the participant would stay in
+                // the room until its peer connections time out.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some(Ok(_)) = self.ws_rx.next().await {}
+                })
+                .await;
                 DisconnectReason::ClientInitiated
             }
             End::Gone(reason) => reason,

@@ -45,6 +45,16 @@ fn rtp_range() -> (u16, u16) {
     (start, start + 198)
 }
 
+/// The daemon binary: `$ROOMLINE_BIN` if set, else the one cargo built for this test
+/// (`CARGO_BIN_EXE_roomline`). Worktrees sharing one target directory overwrite each
+/// other's `target/debug/roomline`; the variable pins the binary a run exercises.
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os("ROOMLINE_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_roomline")))
+}
+
 /// What the daemon under test is configured with.
 pub struct Setup {
     pub livekit_url: String,
@@ -159,7 +169,7 @@ impl Roomline {
         let config = dir.path().join("roomline.yaml");
         std::fs::write(&config, &yaml).unwrap();
         let log = dir.path().join("roomline.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_roomline"))
+        let child = Command::new(daemon_binary())
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("LIVEKIT_URL")
@@ -477,6 +487,11 @@ impl Sipp {
         std::fs::read_to_string(self.dir.path().join("messages.log")).unwrap_or_default()
     }
 
+    /// The messages sipp received so far (each as text), to follow a call in progress.
+    pub fn received_so_far(&self) -> Vec<String> {
+        received_messages(&self.messages_so_far())
+    }
+
     /// The directory sipp runs in (files given to scenarios go here).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -610,6 +625,11 @@ impl RtpPeer {
     /// Every RTP packet received so far (RTCP excluded).
     pub fn received(&self) -> Vec<Rtp> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Sends one datagram from this socket (the address the daemon latches to).
+    pub fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
+        let _ = self.sock.send_to(datagram, to);
     }
 
     /// Sends `payloads` (one per 20 ms) as RTP with payload type `pt` to `to`, paced in
