@@ -61,6 +61,49 @@ impl fmt::Display for Phone<'_> {
     }
 }
 
+/// Free text that may embed phone numbers (a room named `support-+447700900089`, an
+/// identity `sip_+15551230000`): every run of 7 or more digits (with its `+`) is masked
+/// as [`Phone`] masks a number, unless debug logging is on.
+pub struct Masked<'a>(pub &'a str);
+
+/// Masks the digit runs of `text` (see [`Masked`]).
+pub fn mask_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let start = i;
+        let plus = chars[i] == '+';
+        let mut j = if plus { i + 1 } else { i };
+        while j < chars.len() && chars[j].is_ascii_digit() {
+            j += 1;
+        }
+        let digits = j - if plus { i + 1 } else { i };
+        if digits >= 7 {
+            let run: String = chars[start..j].iter().collect();
+            out.push_str(&redact(&run));
+            i = j;
+        } else if digits > 0 {
+            out.extend(&chars[start..j]);
+            i = j;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+impl fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if LevelFilter::current() >= LevelFilter::DEBUG {
+            f.write_str(self.0)
+        } else {
+            f.write_str(&mask_numbers(self.0))
+        }
+    }
+}
+
 impl fmt::Debug for Phone<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{self}\"")
@@ -98,6 +141,15 @@ mod tests {
         assert_eq!(redact("+123456"), "+******");
         assert_eq!(redact(""), "");
         assert_eq!(redact("anonymous"), "an*****us");
+    }
+
+    #[test]
+    fn numbers_inside_text_are_masked() {
+        assert_eq!(mask_numbers("support-+447700900089"), "support-+44********89");
+        assert_eq!(mask_numbers("sip_15551230000"), "sip_15*******00");
+        assert_eq!(mask_numbers("lobby-2001"), "lobby-2001");
+        assert_eq!(mask_numbers("room 12 and +1 and 1234567"), "room 12 and +1 and 12***67");
+        assert_eq!(mask_numbers(""), "");
     }
 
     #[test]

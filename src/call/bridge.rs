@@ -165,7 +165,10 @@ pub enum RoomSignal {
 /// What the phone's media asks of the call.
 pub enum PhoneSignal {
     Digit(char),
-    Timeout,
+    Timeout {
+        after: std::time::Duration,
+        before_first_packet: bool,
+    },
 }
 
 /// Maps a LiveKit disconnect to the call's outcome.
@@ -270,7 +273,13 @@ pub fn drive_media(
                     .increment(1);
                 out.push(PhoneSignal::Digit(d.as_char()));
             }
-            MediaEvent::Timeout { .. } => out.push(PhoneSignal::Timeout),
+            MediaEvent::Timeout {
+                after,
+                before_first_packet,
+            } => out.push(PhoneSignal::Timeout {
+                after,
+                before_first_packet,
+            }),
             MediaEvent::Latched(addr) => tracing::debug!(%addr, "RTP latched"),
             MediaEvent::SsrcChanged { .. } => {}
         }

@@ -12,33 +12,30 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
 use super::outcome::Outcome;
 use super::prompt::{self, Prompt};
-use super::{ActiveGuard, CallContext};
+use super::{ActiveGuard, CallContext, CallControl, Registration};
 use crate::config::{AnswerMode, Config};
 use crate::dialplan::{self, CallSummary, Decision, JoinPlan};
 use crate::livekit::{
-    DisconnectReason, JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle,
+    JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle,
     ParticipantKind, SampleRate,
 };
 use crate::logging::Phone;
-use crate::media::dtmf::DtmfDigit;
-use crate::media::rtp::Ssrc;
-use crate::media::session::{MediaEvent, PhoneMedia, PhoneMediaConfig};
-use crate::media::socket::{self, PortGuard, RtpSockets};
+use crate::media::socket;
 use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::body;
 use crate::sip::build::{self, Outgoing};
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::{self, Incoming, InboundInvite, Linger, SipEvent};
-use crate::sip::sdp::{self, Codec, Direction, Local, Negotiated};
+use crate::sip::sdp::{self, Codec, Local};
 use crate::sip::transaction::{ClientNonInvite, Output, ServerInvite, ServerNonInvite};
 use crate::sip::transport::Flow;
 use crate::trunk::matching;
@@ -62,23 +59,6 @@ fn now() -> Instant {
 
 /// The codecs Roomline offers and accepts on the phone leg, preferred first when we offer.
 pub const PHONE_CODECS: &[Codec] = &[Codec::G722, Codec::Pcmu, Codec::Pcma];
-
-struct MediaLeg {
-    sockets: RtpSockets,
-    _ports: PortGuard,
-    /// Created at answer (or 183): before it, the phone's packets are read and dropped.
-    pm: Option<PhoneMedia>,
-    negotiated: Negotiated,
-    local: Local,
-    latch: bool,
-    /// Our current SDP (answer or offer).
-    sdp: String,
-}
-
-struct Room {
-    handle: ParticipantHandle,
-    events: mpsc::Receiver<ParticipantEvent>,
-}
 
 struct PinEntry {
     pin: String,
@@ -105,6 +85,10 @@ struct Call {
     invite_cseq: u32,
     events: mpsc::Receiver<SipEvent>,
     shutdown: watch::Receiver<bool>,
+    control: mpsc::Receiver<CallControl>,
+    /// Puts the call in the registry (for the API) once it is in its room.
+    registration: Option<Registration>,
+    transfer: Option<super::transfer::Transfer>,
     active: ActiveGuard,
     seq: u64,
     call_id: String,
@@ -125,8 +109,6 @@ struct Call {
     join: Option<JoinHandle<JoinResult>>,
     join_started: Option<Instant>,
     room: Option<Room>,
-    /// The participant counts in `ctx.participants` (joined, not yet left).
-    counted: bool,
     pin: Option<PinEntry>,
     prompt: Option<Prompt>,
     ringing_deadline: Option<Instant>,
@@ -144,6 +126,8 @@ pub async fn run(
     ctx: Arc<CallContext>,
     inv: InboundInvite,
     shutdown: watch::Receiver<bool>,
+    control: mpsc::Receiver<CallControl>,
+    registration: Registration,
     seq: u64,
 ) {
     let InboundInvite {
@@ -175,6 +159,9 @@ pub async fn run(
         invite_cseq,
         events,
         shutdown,
+        control,
+        registration: Some(registration),
+        transfer: None,
         active,
         seq,
         call_id,
@@ -191,7 +178,6 @@ pub async fn run(
         join: None,
         join_started: None,
         room: None,
-        counted: false,
         pin: None,
         prompt: None,
         ringing_deadline: None,
@@ -210,29 +196,12 @@ pub async fn run(
     call.finish(outcome).await;
 }
 
-async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn join_opt(j: Option<&mut JoinHandle<JoinResult>>) -> JoinResult {
     match j {
         Some(j) => match j.await {
             Ok(r) => r,
             Err(e) => Err(JoinError::Signal(format!("join task failed: {e}"))),
         },
-        None => std::future::pending().await,
-    }
-}
-
-async fn media_recv(
-    m: Option<&MediaLeg>,
-    buf: &mut [u8],
-) -> std::io::Result<socket::Received> {
-    match m {
-        Some(m) => m.sockets.recv(buf).await,
         None => std::future::pending().await,
     }
 }
@@ -244,12 +213,16 @@ fn is_private_or_loopback(ip: IpAddr) -> bool {
     }
 }
 
+async fn recv_room(room: Option<&mut Room>) -> Option<ParticipantEvent> {
+    match room {
+        Some(r) => r.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Call {
     fn sample_rate(&self) -> SampleRate {
-        match self.media.as_ref().map(|m| m.negotiated.codec) {
-            Some(Codec::G722) => SampleRate::Hz16000,
-            _ => SampleRate::Hz8000,
-        }
+        self.media.as_ref().map_or(SampleRate::Hz8000, |m| m.rate())
     }
 
     /// Sends a response to the INVITE through its transaction.
@@ -334,40 +307,26 @@ impl Call {
             Some(offer) => {
                 let text = String::from_utf8_lossy(&offer).into_owned();
                 let offer = sdp::parse(&text).map_err(|e| Outcome::BadSdp(e.to_string()))?;
-                sdp::answer(&offer, &local).map_err(|r| Outcome::NoCommonCodec(r.warning(&self.cfg.sip.user_agent)))?
+                let (n, a) = sdp::answer(&offer, &local)
+                    .map_err(|r| Outcome::NoCommonCodec(r.warning(&self.cfg.sip.user_agent)))?;
+                (Some(n), a)
             }
-            None => {
-                // late offer: we offer in the 200, the answer comes in the ACK
-                let offer = sdp::offer(&local);
-                let placeholder = Negotiated {
-                    codec: PHONE_CODECS[1],
-                    payload_type: PHONE_CODECS[1].static_pt(),
-                    dtmf_payload_type: Some(sdp::OFFER_DTMF_PT),
-                    remote_rtp: None,
-                    remote_rtcp: None,
-                    ptime_ms: 20,
-                    direction: Direction::SendRecv,
-                    rtcp_mux: false,
-                };
-                (placeholder, offer)
-            }
+            // late offer: we offer in the 200, the answer comes in the ACK
+            None => (None, sdp::offer(&local)),
         };
-        let latch = negotiated
-            .remote_rtp
-            .is_none_or(|a| is_private_or_loopback(a.ip()) || a.ip() != self.invite.flow.remote.ip());
-        self.media = Some(MediaLeg {
-            sockets: bound.sockets,
-            _ports: bound.guard,
-            pm: None,
-            negotiated,
-            local,
-            latch,
-            sdp: answer,
+        let latch = negotiated.as_ref().is_none_or(|n| {
+            n.remote_rtp.is_none_or(|a| {
+                is_private_or_loopback(a.ip()) || a.ip() != self.invite.flow.remote.ip()
+            })
         });
+        let mut leg = MediaLeg::new(bound, local, answer);
+        leg.negotiated = negotiated;
+        leg.latch = latch;
+        let codec = leg.codec().map_or("offered", |c| c.name());
+        self.media = Some(leg);
         tracing::info!(call_id = %self.call_id, trunk = %self.trunk, rule = %plan.rule,
-            room = %plan.room, caller = %Phone(&self.caller), called = %Phone(&self.called),
-            codec = self.media.as_ref().map(|m| m.negotiated.codec.name()).unwrap_or(""),
-            "inbound call");
+            room = %crate::logging::Masked(&plan.room), caller = %Phone(&self.caller),
+            called = %Phone(&self.called), codec, "inbound call");
         let pin = plan.pin.clone();
         let early_media = plan.early_media;
         self.plan = Some(plan);
@@ -397,7 +356,7 @@ impl Call {
         Ok(())
     }
 
-    /// Creates the media pipeline (at answer or 183).
+    /// Creates the media pipeline (at answer or 183; after the ACK for a late offer).
     fn start_media(&mut self) {
         let identity = self
             .plan
@@ -414,11 +373,9 @@ impl Call {
         if m.pm.is_some() {
             return;
         }
-        let ssrc = Ssrc(rand::random());
-        let mut config = PhoneMediaConfig::from_negotiated(&m.negotiated, ssrc, identity);
-        config.latch = m.latch;
-        config.timeouts = timeouts;
-        m.pm = Some(PhoneMedia::new(config, now(), SystemTime::now()));
+        if let Some(n) = m.negotiated.clone() {
+            m.start(n, &identity, timeouts);
+        }
     }
 
     fn join_options(&self, plan: &JoinPlan) -> JoinOptions {
@@ -499,6 +456,7 @@ impl Call {
                 .map(|pm| pm.poll_timeout()),
         );
         min(self.ringing_deadline);
+        min(self.transfer.as_ref().map(|t| t.poll_timeout()));
         min(self.pin.as_ref().map(|p| p.deadline));
         d
     }
@@ -513,14 +471,22 @@ impl Call {
                     None => Err(Outcome::Internal("the SIP endpoint stopped".into())),
                 },
                 _ = self.shutdown.changed() => Err(Outcome::Shutdown),
-                r = media_recv(self.media.as_ref(), &mut buf) => {
+                c = self.control.recv() => match c {
+                    Some(CallControl::Hangup) => Err(Outcome::Internal("hung up by the API".into())),
+                    Some(CallControl::Transfer { to, headers, reply }) => {
+                        self.start_transfer(&to, &headers, reply);
+                        Ok(())
+                    }
+                    None => Ok(()),
+                },
+                r = bridge::media_recv(self.media.as_ref(), &mut buf) => {
                     match r {
                         Ok(rcv) => self.on_packet(rcv.rtcp, rcv.from, &buf[..rcv.len]),
                         Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "RTP receive error"),
                     }
                     Ok(())
                 }
-                ev = recv_opt(self.room.as_mut().map(|r| &mut r.events)) => self.on_room(ev),
+                ev = recv_room(self.room.as_mut()) => self.on_room(ev),
                 r = join_opt(self.join.as_mut()) => {
                     self.join = None;
                     self.on_joined(r)
@@ -606,6 +572,12 @@ impl Call {
         {
             return Err(Outcome::PinFailed);
         }
+        if let Some(tr) = self.transfer.as_mut() {
+            let done = tr.handle_timeout(t);
+            if let Some(o) = self.transfer_done(done) {
+                return Err(o);
+            }
+        }
         self.drive_media(t)
     }
 
@@ -624,42 +596,29 @@ impl Call {
         });
     }
 
-    fn drive_media(&mut self, t: Instant) -> Result<(), Outcome> {
+    fn drive_media(&mut self, _t: Instant) -> Result<(), Outcome> {
         let live = self.answered_at.is_some() || self.early;
         let forward = self.pin.is_none();
         let Some(m) = self.media.as_mut() else {
             return Ok(());
         };
-        let Some(pm) = m.pm.as_mut() else {
-            return Ok(());
-        };
-        pm.handle_timeout(t);
-        while let Some(tr) = pm.poll_transmit(t) {
-            if live {
-                let _ = m.sockets.try_send(&tr);
-            }
-            pm.recycle(tr.bytes);
-        }
-        while let Some(_kind) = pm.poll_phone_frame_into(t, &mut self.frame) {
+        let prompt = &mut self.prompt;
+        let signals = bridge::drive_media(m, self.room.as_ref(), live, forward, &mut self.frame, |pm| {
             // the prompt plays at the phone's frame pace
-            if let Some(p) = self.prompt.as_mut() {
+            if let Some(p) = prompt.as_mut() {
                 match p.next_frame() {
                     Some(f) => pm.push_room_audio("prompt", PROMPT_OWNER, &f),
                     None => {
                         pm.remove_track("prompt");
-                        self.prompt = None;
+                        *prompt = None;
                     }
                 }
             }
-            if forward && let Some(room) = &self.room {
-                let _ = room.handle.push_audio(&self.frame);
-            }
-        }
-        let mut digits = Vec::new();
-        while let Some(ev) = pm.poll_event() {
-            match ev {
-                MediaEvent::Dtmf(d) => digits.push(d.as_char()),
-                MediaEvent::Timeout {
+        });
+        for sig in signals {
+            match sig {
+                PhoneSignal::Digit(d) => self.on_digit(d)?,
+                PhoneSignal::Timeout {
                     after,
                     before_first_packet,
                 } => {
@@ -668,18 +627,61 @@ impl Call {
                         return Err(Outcome::MediaTimeout);
                     }
                 }
-                MediaEvent::Latched(addr) => {
-                    tracing::debug!(call_id = %self.call_id, %addr, "RTP latched")
-                }
-                MediaEvent::SsrcChanged { .. } => {}
             }
         }
-        for d in digits {
-            metrics::counter!(m::DTMF_EVENTS, "direction" => "from_phone", "source" => "rtp")
-                .increment(1);
-            self.on_digit(d)?;
-        }
         Ok(())
+    }
+
+    fn start_transfer(
+        &mut self,
+        to: &str,
+        headers: &[(String, String)],
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ) {
+        if self.transfer.is_some() {
+            let _ = reply.send(Err("a transfer is already in progress".into()));
+            return;
+        }
+        if self.answered_at.is_none() || !self.tx.is_acked() {
+            let _ = reply.send(Err("the call is not up".into()));
+            return;
+        }
+        let Some(d) = self.dialog.as_mut() else {
+            let _ = reply.send(Err("the call is not up".into()));
+            return;
+        };
+        tracing::info!(call_id = %self.call_id, "transferring the call");
+        self.transfer = Some(super::transfer::Transfer::start(
+            d,
+            &self.ctx.endpoint,
+            self.invite.flow.clone(),
+            self.ctx.timers,
+            to,
+            headers,
+            reply,
+            now(),
+        ));
+        if let Some(r) = &self.room {
+            r.set_attributes(&[("sip.callStatus", "transferring")]);
+        }
+    }
+
+    /// A finished transfer: success ends the call (BYE), failure lets it go on.
+    fn transfer_done(&mut self, done: Option<super::transfer::Done>) -> Option<Outcome> {
+        match done? {
+            super::transfer::Done::Transferred => {
+                self.transfer = None;
+                Some(Outcome::Transferred)
+            }
+            super::transfer::Done::Failed(why) => {
+                tracing::info!(call_id = %self.call_id, %why, "transfer failed; the call goes on");
+                self.transfer = None;
+                if let Some(r) = &self.room {
+                    r.set_attributes(&[("sip.callStatus", "active")]);
+                }
+                None
+            }
+        }
     }
 
     /// A key the caller pressed (RFC 4733 or INFO).
@@ -730,10 +732,13 @@ impl Call {
         if let Some(t0) = self.join_started {
             metrics::histogram!(m::LIVEKIT_JOIN_SECONDS).record(now().saturating_duration_since(t0).as_secs_f64());
         }
-        self.ctx.participants.fetch_add(1, Ordering::Relaxed);
-        self.counted = true;
         tracing::debug!(call_id = %self.call_id, sid = %handle.sid(), room = %handle.room(), "joined");
-        self.room = Some(Room { handle, events });
+        self.room = Some(Room::new(handle, events, self.ctx.participants.clone()));
+        if let Some(reg) = self.registration.take()
+            && let Some(plan) = &self.plan
+        {
+            reg.register(plan.room.clone(), plan.identity.clone());
+        }
         let mode = self
             .plan
             .as_ref()
@@ -761,60 +766,21 @@ impl Call {
     }
 
     fn on_room(&mut self, ev: Option<ParticipantEvent>) -> Result<(), Outcome> {
-        let Some(ev) = ev else {
-            return Err(Outcome::LiveKitLeft("participant task ended".into()));
-        };
-        match ev {
-            ParticipantEvent::AudioFrame(f) => {
-                if let Some(pm) = self.media.as_mut().and_then(|m| m.pm.as_mut()) {
-                    pm.push_room_audio(&f.track_sid, &f.participant_identity, &f.samples);
-                }
-            }
-            ParticipantEvent::TrackSubscribed { .. } => {
+        match bridge::on_room_event(self.media.as_mut(), ev, &self.call_id) {
+            RoomSignal::Nothing => Ok(()),
+            RoomSignal::TrackSubscribed => {
                 let mode = self.plan.as_ref().map(|p| p.answer);
                 if mode == Some(AnswerMode::OnFirstTrack) && !self.final_sent {
                     self.ringing_deadline = None;
                     self.answer();
                 }
+                Ok(())
             }
-            ParticipantEvent::TrackUnpublished { track_sid, .. } => {
-                if let Some(pm) = self.media.as_mut().and_then(|m| m.pm.as_mut()) {
-                    pm.remove_track(&track_sid);
-                }
-            }
-            ParticipantEvent::Dtmf { digit, .. } => {
-                if let Some(d) = digit.chars().next().and_then(DtmfDigit::from_char)
-                    && let Some(pm) = self.media.as_mut().and_then(|m| m.pm.as_mut())
-                {
-                    match pm.send_dtmf(now(), d) {
-                        Ok(()) => {
-                            self.dtmf_out += 1;
-                            metrics::counter!(m::DTMF_EVENTS, "direction" => "to_phone", "source" => "rtp")
-                                .increment(1);
-                        }
-                        Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, "DTMF not sent"),
-                    }
-                }
-            }
-            ParticipantEvent::Disconnected(reason) => {
+            RoomSignal::Ended(o) => {
                 self.room = None;
-                if self.counted {
-                    self.counted = false;
-                    self.ctx.participants.fetch_sub(1, Ordering::Relaxed);
-                }
-                return Err(match reason {
-                    DisconnectReason::Server { reason, .. } if reason == "ROOM_DELETED" || reason == "ROOM_CLOSED" => {
-                        Outcome::RoomClosed
-                    }
-                    DisconnectReason::Server { reason, .. } if reason == "PARTICIPANT_REMOVED" => {
-                        Outcome::ParticipantRemoved
-                    }
-                    other => Outcome::LiveKitLeft(other.to_string()),
-                });
+                Err(o)
             }
-            _ => {}
         }
-        Ok(())
     }
 
     /// Answers a non-INVITE request through a transaction of its own.
@@ -849,6 +815,13 @@ impl Call {
                     && resp.branch() == bye.branch
                 {
                     bye.tx.on_response(resp.at, resp.status());
+                } else if let Some(t) = self.transfer.as_mut()
+                    && t.branch() == resp.branch()
+                {
+                    let done = t.on_response(&resp);
+                    if let Some(o) = self.transfer_done(done) {
+                        return Err(o);
+                    }
                 }
                 Ok(())
             }
@@ -980,6 +953,17 @@ impl Call {
                 self.on_reinvite(req);
                 Ok(())
             }
+            "NOTIFY" => {
+                let (status, done) = match self.transfer.as_mut() {
+                    Some(t) => t.on_notify(&req),
+                    None => (481, None),
+                };
+                self.reply(&req, status);
+                match self.transfer_done(done) {
+                    Some(o) => Err(o),
+                    None => Ok(()),
+                }
+            }
             _ => {
                 let out = build::response_to(&req.msg, 501, Some(&self.local_tag))
                     .header("Allow", endpoint::ALLOW);
@@ -1045,7 +1029,10 @@ impl Call {
         let offer = sdp::parse(&text).map_err(|e| format!("399 {agent} \"{e}\""))?;
         self.sdp_version += 1;
         let mut local = m.local.clone();
-        local.codecs = vec![m.negotiated.codec];
+        // keep the codec in use: the room's sample rate follows it
+        if let Some(n) = &m.negotiated {
+            local.codecs = vec![n.codec];
+        }
         local.session_version = self.sdp_version;
         let (negotiated, answer) = sdp::answer(&offer, &local).map_err(|r| r.warning(&agent))?;
         if let Some(pm) = m.pm.as_mut() {
@@ -1053,7 +1040,7 @@ impl Call {
         }
         tracing::info!(call_id = %self.call_id, direction = ?negotiated.direction,
             remote = ?negotiated.remote_rtp, "media renegotiated");
-        m.negotiated = negotiated;
+        m.negotiated = Some(negotiated);
         m.local = local;
         m.sdp = answer.clone();
         Ok(Some(answer))
@@ -1072,13 +1059,23 @@ impl Call {
             return;
         };
         if let Ok(n) = sdp::read_answer(&parsed, &m.local) {
-            let rate_changed = n.codec.sample_rate() != m.negotiated.codec.sample_rate();
-            m.negotiated = n;
-            if rate_changed || m.pm.is_none() {
-                m.pm = None;
-                self.start_media();
-            } else if let Some(pm) = m.pm.as_mut() {
-                pm.set_remote(now(), m.negotiated.remote_rtp, m.negotiated.direction);
+            m.latch = n
+                .remote_rtp
+                .is_none_or(|a| is_private_or_loopback(a.ip()) || a.ip() != self.invite.flow.remote.ip());
+            let identity = self.plan.as_ref().map(|p| p.identity.clone()).unwrap_or_default();
+            let timeouts = MediaTimeoutConfig {
+                timeout: self.cfg.rtp.media_timeout,
+                initial: self.cfg.rtp.media_timeout_initial,
+            };
+            m.start(n, &identity, timeouts);
+            let rate = m.rate();
+            if let Some(room) = &self.room
+                && room.handle.sample_rate() != rate
+            {
+                let h = room.handle.clone();
+                tokio::spawn(async move {
+                    let _ = h.set_sample_rate(rate).await;
+                });
             }
         }
     }
@@ -1172,17 +1169,7 @@ impl Call {
         }
         // leave the room
         if let Some(room) = self.room.take() {
-            let h = room.handle.clone();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                h.set_attributes(HashMap::from([("sip.callStatus".into(), "hangup".into())])),
-            )
-            .await;
-            let _ = h.leave(outcome.leave_reason()).await;
-        }
-        if self.counted {
-            self.counted = false;
-            self.ctx.participants.fetch_sub(1, Ordering::Relaxed);
+            room.leave(&outcome).await;
         }
         let stats = self
             .media
@@ -1192,7 +1179,8 @@ impl Call {
         let codec = self
             .media
             .as_ref()
-            .map(|m| m.negotiated.codec.name())
+            .and_then(|m| m.codec())
+            .map(|c| c.name())
             .unwrap_or("none");
         self.media = None; // sockets closed, ports back to the pool (after a drain period)
         self.active.release();
@@ -1233,7 +1221,7 @@ impl Call {
             direction = "inbound",
             trunk = %trunk,
             rule = %rule,
-            room = %room,
+            room = %crate::logging::Masked(&room),
             caller = %Phone(&self.caller),
             called = %Phone(&self.called),
             codec,

@@ -118,10 +118,32 @@ enum ManagerCmd {
         identity: String,
         reply: oneshot::Sender<Option<mpsc::Sender<CallControl>>>,
     },
-    Gone {
+    Register {
         key: (String, String),
         seq: u64,
+        tx: mpsc::Sender<CallControl>,
     },
+    Gone {
+        seq: u64,
+    },
+}
+
+/// Lets a call put itself in the registry once it knows its room and identity (an
+/// inbound call learns them from the dialplan).
+pub struct Registration {
+    manager: mpsc::Sender<ManagerCmd>,
+    seq: u64,
+    tx: mpsc::Sender<CallControl>,
+}
+
+impl Registration {
+    pub fn register(self, room: String, identity: String) {
+        let _ = self.manager.try_send(ManagerCmd::Register {
+            key: (room, identity),
+            seq: self.seq,
+            tx: self.tx,
+        });
+    }
 }
 
 impl Calls {
@@ -236,13 +258,17 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                     let ctx = ctx.clone();
                     let tasks = tasks.clone();
                     let shutdown = shutdown_rx.clone();
+                    let (ctl_tx, ctl_rx) = mpsc::channel(8);
+                    let registration = Registration { manager: manager.clone(), seq, tx: ctl_tx };
+                    let manager = manager.clone();
                     tasks.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        let task = tokio::spawn(inbound::run(ctx, inv, shutdown, seq));
+                        let task = tokio::spawn(inbound::run(ctx, inv, shutdown, ctl_rx, registration, seq));
                         if let Err(e) = task.await {
                             tracing::error!(error = %e, "call task failed");
                         }
                         tasks.fetch_sub(1, Ordering::Relaxed);
+                        let _ = manager.send(ManagerCmd::Gone { seq }).await;
                     });
                 }
                 cmd = cmds.recv() => match cmd {
@@ -253,7 +279,7 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                             req.identity.clone().unwrap_or_else(|| format!("sip_{}", req.call_to)),
                         );
                         let (ctl_tx, ctl_rx) = mpsc::channel(8);
-                        registry.insert(key.clone(), (seq, ctl_tx));
+                        registry.insert(key, (seq, ctl_tx));
                         let ctx = ctx.clone();
                         let tasks = tasks.clone();
                         let shutdown = shutdown_rx.clone();
@@ -265,7 +291,7 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                                 tracing::error!(error = %e, "call task failed");
                             }
                             tasks.fetch_sub(1, Ordering::Relaxed);
-                            let _ = manager.send(ManagerCmd::Gone { key, seq }).await;
+                            let _ = manager.send(ManagerCmd::Gone { seq }).await;
                         });
                     }
                     Some(ManagerCmd::Find { room, identity, reply }) => {
@@ -275,10 +301,11 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                             .filter(|tx| !tx.is_closed());
                         let _ = reply.send(found);
                     }
-                    Some(ManagerCmd::Gone { key, seq }) => {
-                        if registry.get(&key).is_some_and(|(s, _)| *s == seq) {
-                            registry.remove(&key);
-                        }
+                    Some(ManagerCmd::Register { key, seq, tx }) => {
+                        registry.insert(key, (seq, tx));
+                    }
+                    Some(ManagerCmd::Gone { seq }) => {
+                        registry.retain(|_, (s, _)| *s != seq);
                     }
                     None => break,
                 },

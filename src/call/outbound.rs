@@ -368,7 +368,7 @@ impl Call {
         let (handle, events) = match joined {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(error = %e, room = %self.req.room, "cannot join for an outbound call");
+                tracing::warn!(error = %e, room = %crate::logging::Masked(&self.req.room), "cannot join for an outbound call");
                 self.reply_once(Err(DialError::LiveKit(e.to_string())));
                 return Outcome::LiveKitUnavailable(e.to_string());
             }
@@ -560,7 +560,7 @@ impl Call {
         };
         self.send_invite(&mut attempt, None);
         tracing::info!(call_id = %attempt.call_id, trunk = %attempt.target.trunk,
-            to = %Phone(&self.req.call_to), room = %self.req.room, "outbound call");
+            to = %Phone(&self.req.call_to), room = %crate::logging::Masked(&self.req.room), "outbound call");
         self.attempt = Some(attempt);
         self.ringing().await
     }
@@ -1085,7 +1085,10 @@ impl Call {
                                 r.send_dtmf(d);
                             }
                         }
-                        PhoneSignal::Timeout => return Outcome::MediaTimeout,
+                        PhoneSignal::Timeout { after, before_first_packet } => {
+                            tracing::info!(?after, before_first_packet, "media timeout");
+                            return Outcome::MediaTimeout;
+                        }
                     }
                 }
             }
@@ -1310,7 +1313,7 @@ impl Call {
             direction = "outbound",
             trunk = %trunk,
             tried = ?self.tried,
-            room = %self.req.room,
+            room = %crate::logging::Masked(&self.req.room),
             called = %Phone(&self.req.call_to),
             codec,
             answered = self.answered_at.is_some(),

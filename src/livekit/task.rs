@@ -79,7 +79,7 @@ pub(crate) async fn join(
     let cid = new_cid();
     // the identity is usually made from the caller's number (`sip_{caller}`): redacted
     // like every phone number unless debug logging is on
-    tracing::info!(room = %room, sid = %local.sid, identity = %crate::logging::Phone(&local.identity),
+    tracing::info!(room = %crate::logging::Masked(&room), sid = %local.sid, identity = %crate::logging::Masked(&local.identity),
         server = %join.server_version, publisher = %publisher.local_addr(),
         subscriber = %subscriber.local_addr(), "joined LiveKit room");
 
