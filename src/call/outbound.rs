@@ -562,6 +562,13 @@ impl Call {
         tracing::info!(call_id = %attempt.call_id, trunk = %attempt.target.trunk,
             to = %Phone(&self.req.call_to), room = %self.req.room, "outbound call");
         self.attempt = Some(attempt);
+        // wait_until_answered=false: the caller hears back once the participant is in
+        // the room and the INVITE is out; the rest of the call shows in the room
+        if !self.req.wait_until_answered
+            && let Some(info) = self.started_info()
+        {
+            self.reply_once(Ok(info));
+        }
         self.ringing().await
     }
 
