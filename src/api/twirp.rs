@@ -461,7 +461,15 @@ pub async fn transfer_sip_participant(
         return TwirpError::new("not_found", "the call ended").into_response();
     }
     match rx.await {
-        Ok(Ok(())) => respond(protobuf, &proto::TransferSipParticipantResponse::default()),
+        // an empty response reads as STS_TRANSFER_ONGOING: say it completed
+        Ok(Ok(())) => respond(
+            protobuf,
+            &proto::TransferSipParticipantResponse {
+                status: proto::SipTransferStatus::StsTransferSuccessful as i32,
+                reason: proto::SipTransferReason::StrCompleted as i32,
+                ..Default::default()
+            },
+        ),
         Ok(Err(e)) => TwirpError::new("failed_precondition", e).into_response(),
         Err(_) => TwirpError::new("aborted", "the call ended during the transfer").into_response(),
     }
