@@ -19,6 +19,7 @@ use livekit_protocol as proto;
 use super::AppState;
 use crate::call::CallControl;
 use crate::call::outbound::{DialError, OutboundRequest};
+use crate::call::transfer::{FailReason, Failure};
 
 /// Default time the callee has to answer (LiveKit's default too).
 pub const DEFAULT_RINGING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -368,6 +369,28 @@ pub fn dial_error(e: &DialError) -> TwirpError {
     }
 }
 
+/// The Twirp error of a failed transfer, as LiveKit's SIP service reports it: the status
+/// that refused it (the REFER's answer or the target's, from the sipfrag) in
+/// `sip_status_code`/`sip_status`, LiveKit's SIPTransferReason in `sip_transfer_reason`.
+pub fn transfer_error(f: &Failure) -> TwirpError {
+    let mut e = match (&f.sip, f.reason) {
+        (Some((status, reason)), _) => TwirpError::from_sip(*status, reason),
+        (None, FailReason::Timeout) => TwirpError::new("deadline_exceeded", ""),
+        (None, _) => TwirpError::new("failed_precondition", ""),
+    };
+    e.msg = f.message.clone();
+    let reason = match f.reason {
+        FailReason::Rejected => Some(proto::SipTransferReason::StrRejected),
+        FailReason::Timeout => Some(proto::SipTransferReason::StrRingingTimeout),
+        FailReason::SubscriptionTerminated => Some(proto::SipTransferReason::StrSubscriptionTerminated),
+        FailReason::Other => None,
+    };
+    if let Some(r) = reason {
+        e.meta.push(("sip_transfer_reason".into(), r.as_str_name().into()));
+    }
+    e
+}
+
 pub async fn create_sip_participant(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -461,9 +484,24 @@ pub async fn transfer_sip_participant(
         return TwirpError::new("not_found", "the call ended").into_response();
     }
     match rx.await {
-        Ok(Ok(())) => respond(protobuf, &proto::TransferSipParticipantResponse::default()),
-        Ok(Err(e)) => TwirpError::new("failed_precondition", e).into_response(),
-        Err(_) => TwirpError::new("aborted", "the call ended during the transfer").into_response(),
+        // an empty response reads as STS_TRANSFER_ONGOING: say it completed
+        Ok(Ok(())) => respond(
+            protobuf,
+            &proto::TransferSipParticipantResponse {
+                status: proto::SipTransferStatus::StsTransferSuccessful as i32,
+                reason: proto::SipTransferReason::StrCompleted as i32,
+                ..Default::default()
+            },
+        ),
+        Ok(Err(f)) => transfer_error(&f).into_response(),
+        Err(_) => {
+            let mut e = TwirpError::new("aborted", "the call ended during the transfer");
+            e.meta.push((
+                "sip_transfer_reason".into(),
+                proto::SipTransferReason::StrCallEnded.as_str_name().into(),
+            ));
+            e.into_response()
+        }
     }
 }
 
@@ -486,6 +524,24 @@ mod tests {
         assert_eq!(e.http_status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(e.meta.contains(&("sip_status_code".into(), "486".into())));
         assert_eq!(e.msg, "sip status 486: Busy Here");
+    }
+
+    #[test]
+    fn twirp_transfer_errors_carry_the_sip_status_and_reason() {
+        let f = Failure {
+            message: "the transfer target answered 486 Busy Here".into(),
+            reason: FailReason::Rejected,
+            sip: Some((486, "Busy Here".into())),
+        };
+        let e = transfer_error(&f);
+        assert_eq!(e.code, "resource_exhausted");
+        assert_eq!(e.msg, f.message);
+        assert!(e.meta.contains(&("sip_status_code".into(), "486".into())));
+        assert!(e.meta.contains(&("sip_status".into(), "Busy Here".into())));
+        assert!(e.meta.contains(&("sip_transfer_reason".into(), "STR_REJECTED".into())));
+        let e = transfer_error(&Failure::from("the call is not up"));
+        assert_eq!(e.code, "failed_precondition");
+        assert!(e.meta.is_empty());
     }
 
     #[test]

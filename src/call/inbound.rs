@@ -636,7 +636,7 @@ impl Call {
         &mut self,
         to: &str,
         headers: &[(String, String)],
-        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+        reply: tokio::sync::oneshot::Sender<Result<(), super::transfer::Failure>>,
     ) {
         if self.transfer.is_some() {
             let _ = reply.send(Err("a transfer is already in progress".into()));

@@ -41,7 +41,7 @@ pub enum CallControl {
     Transfer {
         to: String,
         headers: Vec<(String, String)>,
-        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+        reply: tokio::sync::oneshot::Sender<Result<(), transfer::Failure>>,
     },
 }
 

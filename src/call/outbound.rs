@@ -562,6 +562,13 @@ impl Call {
         tracing::info!(call_id = %attempt.call_id, trunk = %attempt.target.trunk,
             to = %Phone(&self.req.call_to), room = %crate::logging::Masked(&self.req.room), "outbound call");
         self.attempt = Some(attempt);
+        // wait_until_answered=false: the caller hears back once the participant is in
+        // the room and the INVITE is out; the rest of the call shows in the room
+        if !self.req.wait_until_answered
+            && let Some(info) = self.started_info()
+        {
+            self.reply_once(Ok(info));
+        }
         self.ringing().await
     }
 
@@ -1099,7 +1106,7 @@ impl Call {
         &mut self,
         to: &str,
         headers: &[(String, String)],
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), super::transfer::Failure>>,
     ) {
         if self.transfer.is_some() {
             let _ = reply.send(Err("a transfer is already in progress".into()));

@@ -46,12 +46,64 @@ pub fn sipfrag_status(body: &[u8]) -> Option<(u16, String)> {
     Some((code, reason.trim().to_string()))
 }
 
+/// Why a transfer failed, as the API caller is told (LiveKit's SIPTransferReason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// The REFER, or the transfer target, was answered with a failure status.
+    Rejected,
+    /// Nobody answered in time.
+    Timeout,
+    /// The subscription ended without a final status.
+    SubscriptionTerminated,
+    /// Anything else (no call, one transfer at a time).
+    Other,
+}
+
+/// A failed transfer: what happened, and the SIP status that refused it if one did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub message: String,
+    pub reason: FailReason,
+    /// The final status of the REFER or of the target (from the sipfrag), with its reason.
+    pub sip: Option<(u16, String)>,
+}
+
+impl Failure {
+    fn new(reason: FailReason, message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            reason,
+            sip: None,
+        }
+    }
+
+    fn rejected(status: u16, phrase: &str, message: String) -> Failure {
+        Failure {
+            message,
+            reason: FailReason::Rejected,
+            sip: Some((status, phrase.to_string())),
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::new(FailReason::Other, message)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// A transfer in progress.
 pub struct Transfer {
     branch: String,
     tx: ClientNonInvite,
     flow: Flow,
-    reply: Option<oneshot::Sender<Result<(), String>>>,
+    reply: Option<oneshot::Sender<Result<(), Failure>>>,
     deadline: Instant,
     accepted: bool,
 }
@@ -62,7 +114,7 @@ pub enum Done {
     /// The target answered: our leg is to end.
     Transferred,
     /// It failed; the call goes on.
-    Failed(String),
+    Failed(Failure),
 }
 
 impl Transfer {
@@ -75,7 +127,7 @@ impl Transfer {
         timers: Timers,
         to: &str,
         headers: &[(String, String)],
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), Failure>>,
         now: Instant,
     ) -> Transfer {
         let branch = build::new_branch();
@@ -132,7 +184,15 @@ impl Transfer {
             self.accepted = true;
             None
         } else {
-            self.finish(Done::Failed(format!("REFER refused: {status}")))
+            let phrase = match &resp.msg.start {
+                crate::sip::message::StartLine::Response { reason, .. } => reason.clone(),
+                _ => String::new(),
+            };
+            self.finish(Done::Failed(Failure::rejected(
+                status,
+                &phrase,
+                format!("REFER refused: {status} {phrase}"),
+            )))
         }
     }
 
@@ -147,17 +207,21 @@ impl Transfer {
         match sipfrag_status(&req.msg.body) {
             Some((code, _)) if code < 200 => (200, None),
             Some((code, _)) if code < 300 => (200, self.finish(Done::Transferred)),
-            Some((code, reason)) => (
-                200,
-                self.finish(Done::Failed(format!("the transfer target answered {code} {reason}"))),
-            ),
+            Some((code, reason)) => {
+                let message = format!("the transfer target answered {code} {reason}");
+                (200, self.finish(Done::Failed(Failure::rejected(code, &reason, message))))
+            }
             None => {
                 let terminated = req
                     .msg
                     .header("Subscription-State")
                     .is_some_and(|s| s.trim().starts_with("terminated"));
                 if terminated {
-                    (200, self.finish(Done::Failed("the transfer ended without a final status".into())))
+                    let f = Failure::new(
+                        FailReason::SubscriptionTerminated,
+                        "the transfer ended without a final status",
+                    );
+                    (200, self.finish(Done::Failed(f)))
                 } else {
                     (200, None)
                 }
@@ -180,10 +244,10 @@ impl Transfer {
             }
         }
         if timed_out && !self.accepted {
-            return self.finish(Done::Failed("no answer to the REFER".into()));
+            return self.finish(Done::Failed(Failure::new(FailReason::Timeout, "no answer to the REFER")));
         }
         if now >= self.deadline {
-            return self.finish(Done::Failed("the transfer timed out".into()));
+            return self.finish(Done::Failed(Failure::new(FailReason::Timeout, "the transfer timed out")));
         }
         let _ = ClientNonInviteState::Completed;
         None
