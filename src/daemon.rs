@@ -111,6 +111,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
                 timers: Timers::default(),
                 rtp_public_ip: cfg.rtp.public_ip.or(cfg.sip.public_ip),
                 participants: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                trunk_states: Some(trunk_states.clone()),
             },
             invites,
         )

@@ -139,7 +139,7 @@ fn respond<M: prost::Message + serde::Serialize>(protobuf: bool, msg: &M) -> Res
         )
             .into_response()
     } else {
-        match serde_json::to_vec(msg) {
+        match serde_json::to_value(msg).map(|v| proto_names(v).to_string()) {
             Ok(body) => (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -150,6 +150,35 @@ fn respond<M: prost::Message + serde::Serialize>(protobuf: bool, msg: &M) -> Res
                 .into_response(),
         }
     }
+}
+
+/// JSON with the protobuf field names (`participant_identity`), as Twirp servers answer
+/// by default, rather than pbjson's lowerCamelCase (parsers accept both).
+fn proto_names(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (snake_case(&k), proto_names(v)))
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(proto_names).collect())
+        }
+        other => other,
+    }
+}
+
+fn snake_case(k: &str) -> String {
+    let mut out = String::with_capacity(k.len() + 4);
+    for c in k.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn decode<M: prost::Message + Default + serde::de::DeserializeOwned>(
@@ -508,6 +537,21 @@ pub async fn transfer_sip_participant(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn twirp_json_uses_proto_field_names() {
+        let v = serde_json::to_value(proto::SipParticipantInfo {
+            participant_id: "PA_1".into(),
+            participant_identity: "sip_1".into(),
+            room_name: "r".into(),
+            sip_call_id: "c".into(),
+        })
+        .unwrap();
+        let v = proto_names(v);
+        assert_eq!(v["participant_identity"], "sip_1");
+        assert_eq!(v["sip_call_id"], "c");
+        assert!(v.get("participantIdentity").is_none());
+    }
 
     #[test]
     fn twirp_codes_follow_livekit() {

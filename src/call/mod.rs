@@ -54,6 +54,8 @@ pub struct CallContext {
     pub rtp_public_ip: Option<IpAddr>,
     /// Participants currently joined (for the no-leak checks of tests and /health).
     pub participants: Arc<AtomicUsize>,
+    /// Trunk health (OPTIONS) for failover ordering.
+    pub trunk_states: Option<watch::Receiver<crate::trunk::monitor::States>>,
 }
 
 /// Counts of what calls hold, for health, metrics and tests.

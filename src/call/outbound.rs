@@ -37,6 +37,9 @@ use crate::sip::transport::Flow;
 use crate::sip::uri;
 
 const BIND_ATTEMPTS: usize = 8;
+/// With a backup to go to, a trunk that has not answered the INVITE at all (not even
+/// 100 Trying) this long counts as down, long before Timer B's 32 s.
+pub const NO_RESPONSE_FAILOVER: Duration = Duration::from_secs(5);
 /// How long we wait for the 487 after our CANCEL.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Pause for each 'w' in the request's DTMF string.
@@ -192,6 +195,9 @@ struct Attempt {
     invite: Outgoing,
     auth_tries: u32,
     provisional: bool,
+    /// Anything came back for this INVITE (even 100 Trying).
+    responded: bool,
+    sent_at: Instant,
     cancel: Option<(String, ClientNonInvite)>,
 }
 
@@ -230,6 +236,8 @@ struct Call {
     transfer: Option<super::transfer::Transfer>,
     /// The transfer ended the call (the BYE follows).
     transferred: bool,
+    /// Another trunk is left to try after this attempt.
+    more_targets: bool,
 }
 
 /// Runs one outbound call; `reply` gets the result the API waits for.
@@ -280,6 +288,7 @@ pub async fn run(
         tried: Vec::new(),
         transfer: None,
         transferred: false,
+        more_targets: false,
     };
     let outcome = call.run().await;
     call.finish(outcome).await;
@@ -302,6 +311,20 @@ impl Call {
                 && let Some(x) = Target::of(b)
             {
                 out.push(x);
+            }
+        }
+        // OPTIONS health: a trunk known to be down goes after one that is not
+        if out.len() == 2 && let Some(states) = &self.ctx.trunk_states {
+            let states = states.borrow();
+            let down = |name: &str| {
+                states
+                    .get(name)
+                    .is_some_and(|s| matches!(s.health, crate::trunk::monitor::Health::Down { .. }))
+            };
+            if down(&out[0].trunk) && !down(&out[1].trunk) {
+                tracing::info!(primary = %out[0].trunk, backup = %out[1].trunk,
+                    "the primary trunk is down (OPTIONS); trying the backup first");
+                out.swap(0, 1);
             }
         }
         out
@@ -378,7 +401,7 @@ impl Call {
             self.dialtone = Some(super::prompt::Prompt::new(super::prompt::RINGBACK, 8000));
         }
         // the media leg, with our offer
-        let mut attempts = targets.into_iter();
+        let mut attempts = targets.into_iter().peekable();
         let mut next = attempts.next();
         let mut media_bound = Some(bound);
         loop {
@@ -402,6 +425,7 @@ impl Call {
                 return Outcome::RingingTimeout;
             }
             self.tried.push(target.trunk.clone());
+            self.more_targets = attempts.peek().is_some();
             match self.attempt(target, &mut media_bound).await {
                 Ok(()) => break,
                 Err(Fail::Next(why)) => {
@@ -556,6 +580,8 @@ impl Call {
             invite: Outgoing::request("INVITE", "sip:x"),
             auth_tries: 0,
             provisional: false,
+            responded: false,
+            sent_at: now(),
             cancel: None,
         };
         self.send_invite(&mut attempt, None);
@@ -683,6 +709,13 @@ impl Call {
                 self.last_status = Some((408, "no response from the trunk".into()));
                 return Err(Fail::Next("no response (Timer B)".into()));
             }
+            if self.more_targets
+                && !a.responded
+                && now().saturating_duration_since(a.sent_at) >= NO_RESPONSE_FAILOVER
+            {
+                self.last_status = Some((408, "no response from the trunk".into()));
+                return Err(Fail::Next(format!("no response within {NO_RESPONSE_FAILOVER:?}")));
+            }
             self.tick_ringing();
             if now() >= self.ringing_deadline {
                 self.cancel().await;
@@ -737,6 +770,7 @@ impl Call {
             return None;
         }
         let status = resp.status();
+        a.responded = true;
         let to_tu = {
             let invite = a.invite.clone();
             let msg = resp.msg.clone();
