@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""phone: a real SIP phone (pjsip's pjsua2, PyPI pjsua2-python) for Roomline's tests.
+
+It places one call, plays a WAV file into it, records what it hears to a WAV file,
+optionally sends RFC 4733 DTMF, hangs up after a time, and prints ONE JSON object on
+stdout: {"ok": true, "status": <final SIP status>, "codec": "G722/16000", "connected_s":
+..., "recorded": path, "dtmf_received": "..."} or {"ok": false, "error": ...}.
+Logs go to stderr. No sound device is used (pjsua2's null device); every run has a hard
+time limit.
+
+  phone.py call sip:+15550100@127.0.0.1:5060 --codec G722 --play tone.wav \
+      --record heard.wav --seconds 6 [--dtmf 12#] [--local-port 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="phone")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("call")
+    c.add_argument("uri")
+    c.add_argument("--codec", default="G722", help="the only codec offered: G722, PCMU or PCMA")
+    c.add_argument("--play", default=None, help="WAV file played into the call (looped)")
+    c.add_argument("--record", default=None, help="WAV file recording what the phone hears")
+    c.add_argument("--seconds", type=float, default=5.0, help="time connected before hanging up")
+    c.add_argument("--dtmf", default="", help="RFC 4733 digits sent once connected")
+    c.add_argument("--from-user", default="+15551230000")
+    c.add_argument("--timeout", type=float, default=40.0)
+    c.add_argument("--local-port", type=int, default=0)
+    args = p.parse_args()
+
+    import pjsua2 as pj
+
+    result: dict = {"ok": False, "command": "call"}
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.logConfig.level = 3
+    cfg.logConfig.consoleLevel = 3
+    cfg.uaConfig.maxCalls = 4
+    cfg.medConfig.clockRate = 16000
+    cfg.medConfig.sndClockRate = 16000
+    cfg.medConfig.noVad = True
+    ep.libInit(cfg)
+    tcfg = pj.TransportConfig()
+    tcfg.port = args.local_port
+    tcfg.boundAddress = "127.0.0.1"
+    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    ep.audDevManager().setNullDev()
+    ep.libStart()
+    # only the requested codec (plus telephone-event, which pjsip always offers)
+    wanted = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}[args.codec.upper()]
+    for ci in ep.codecEnum2():
+        ep.codecSetPriority(ci.codecId, 255 if ci.codecId.startswith(wanted) else 0)
+
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:{args.from_user}@127.0.0.1"
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acc = pj.Account()
+    acc.create(acfg)
+
+    state = {"confirmed": None, "disconnected": False, "status": 0, "reason": "", "codec": None,
+             "dtmf": ""}
+    player = None
+    recorder = None
+
+    class Call(pj.Call):
+        def onCallState(self, prm):  # noqa: N802 (pjsua2 names)
+            ci = self.getInfo()
+            state["status"] = ci.lastStatusCode
+            state["reason"] = ci.lastReason
+            if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and state["confirmed"] is None:
+                state["confirmed"] = time.monotonic()
+            if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                state["disconnected"] = True
+
+        def onCallMediaState(self, prm):  # noqa: N802
+            nonlocal player, recorder
+            ci = self.getInfo()
+            for i, mi in enumerate(ci.media):
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    am = self.getAudioMedia(i)
+                    try:
+                        si = self.getStreamInfo(i)
+                        state["codec"] = f"{si.codecName}/{si.codecClockRate}"
+                    except Exception as e:  # pragma: no cover - diagnostic only
+                        state["codec"] = f"unknown ({e})"
+                    if args.play and player is None:
+                        player = pj.AudioMediaPlayer()
+                        player.createPlayer(args.play, 0)
+                        player.startTransmit(am)
+                    if args.record and recorder is None:
+                        recorder = pj.AudioMediaRecorder()
+                        recorder.createRecorder(args.record)
+                        am.startTransmit(recorder)
+
+        def onDtmfDigit(self, prm):  # noqa: N802
+            state["dtmf"] += prm.digit
+
+    call = Call(acc)
+    deadline = time.monotonic() + args.timeout
+    try:
+        call.makeCall(args.uri, pj.CallOpParam(True))
+        sent_dtmf = False
+        while time.monotonic() < deadline and not state["disconnected"]:
+            ep.libHandleEvents(20)
+            if state["confirmed"] is not None:
+                up = time.monotonic() - state["confirmed"]
+                if args.dtmf and not sent_dtmf and up > 1.0:
+                    sent_dtmf = True
+                    call.dialDtmf(args.dtmf)
+                if up >= args.seconds:
+                    break
+        if state["confirmed"] is None:
+            result["error"] = f"not connected: {state['status']} {state['reason']}"
+            result["status"] = state["status"]
+        else:
+            connected = time.monotonic() - state["confirmed"]
+            if not state["disconnected"]:
+                call.hangup(pj.CallOpParam(True))
+                end = time.monotonic() + 5
+                while time.monotonic() < end and not state["disconnected"]:
+                    ep.libHandleEvents(20)
+            result.update({
+                "ok": True,
+                "status": 200,
+                "codec": state["codec"],
+                "connected_s": round(connected, 3),
+                "ended_by_remote": state["disconnected"] and connected < args.seconds - 0.1,
+                "recorded": args.record,
+                "dtmf_received": state["dtmf"],
+            })
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
+    finally:
+        # pjsua2 wants its objects gone before libDestroy
+        recorder = None
+        player = None
+        del call
+        try:
+            acc.shutdown()
+        except Exception:
+            pass
+        ep.libDestroy()
+    print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
