@@ -17,6 +17,8 @@ pub mod config;
 pub mod daemon;
 pub mod diagnose;
 pub mod dialplan;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod livekit;
 pub mod logging;
 pub mod media;
