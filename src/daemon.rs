@@ -59,6 +59,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     };
     publish_config_metrics(&initial);
     metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
+    metrics::gauge!(m::DRAINING).set(0.0);
     let http_addr = initial.http.listen;
     let mut debounce = Debounce::new(fingerprint(&initial));
     let (config_tx, config_rx) = watch::channel(Arc::new(initial));

@@ -1198,6 +1198,8 @@ fn unreachable_livekit_gets_503_with_retry_after() {
         rtp_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
+        bind_ip: "127.0.0.1".into(),
+        env: Vec::new(),
     }
     .dialplan("main", &one_room_plan("+15550100", "nowhere"));
     let rl = Roomline::start(setup);

@@ -228,6 +228,8 @@ fn offline_setup() -> Setup {
         rtp_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
+        bind_ip: "127.0.0.1".into(),
+        env: Vec::new(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The real `roomline run` daemon for integration tests, and the SIP-side peers around it:
-//! [`Roomline`] writes a configuration (trunks and dialplans given by the test, SIP on
-//! free 127.0.0.1 ports, its own RTP range), starts the binary, waits for `/health`, and
-//! stops it by PID when dropped (printing its log tail when the test failed).
+//! [`Roomline`] writes a configuration (trunks and dialplans given by the test, SIP and
+//! HTTP on free ports of 127.0.0.1 or another loopback address, its own RTP range),
+//! starts the binary, waits for `/health`, and stops it by PID when dropped (printing its
+//! log tail when the test failed).
 //! [`sipp`] runs the Debian `sipp` with a scenario and keeps its message trace;
 //! [`RtpPeer`] is a phone's RTP socket in the test: it sends tones and records what the
 //! daemon sends. `room_service` calls LiveKit's RoomService (DeleteRoom, RemoveParticipant,
@@ -72,6 +73,11 @@ pub struct Setup {
     pub limits: String,
     /// `LOG_LEVEL` for the daemon.
     pub log_level: String,
+    /// The loopback address the SIP and HTTP listeners bind (default 127.0.0.1); give
+    /// each of several daemons its own (127.0.0.2, 127.0.0.3, ...) to tell them apart.
+    pub bind_ip: String,
+    /// Extra environment of the daemon (e.g. `NOTIFY_SOCKET` for a test's socket).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -90,7 +96,21 @@ impl Setup {
             rtp_extra: String::new(),
             limits: String::new(),
             log_level: "info,roomline=debug".into(),
+            bind_ip: "127.0.0.1".into(),
+            env: Vec::new(),
         }
+    }
+
+    /// Binds SIP and HTTP on `ip` (a 127.0.0.0/8 address) instead of 127.0.0.1.
+    pub fn bind_ip(mut self, ip: &str) -> Setup {
+        self.bind_ip = ip.into();
+        self
+    }
+
+    /// Sets an environment variable for the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     pub fn trunk(mut self, name: &str, yaml: &str) -> Setup {
@@ -124,6 +144,8 @@ impl Setup {
 pub struct Roomline {
     child: Child,
     dir: tempfile::TempDir,
+    /// The address SIP and HTTP listen on (`Setup::bind_ip`).
+    pub ip: String,
     pub sip_port: u16,
     pub http_port: u16,
     pub rtp_ports: (u16, u16),
@@ -147,6 +169,7 @@ impl Roomline {
             std::fs::write(dir.path().join("dialplans").join(format!("{name}.yaml")), yaml)
                 .unwrap();
         }
+        let ip = &setup.bind_ip;
         let limits = if setup.limits.is_empty() {
             String::new()
         } else {
@@ -154,10 +177,10 @@ impl Roomline {
         };
         let yaml = format!(
             "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n\
-             sip:\n  listeners:\n    - transport: udp\n      address: 127.0.0.1:{sip_port}\n\
-             \x20   - transport: tcp\n      address: 127.0.0.1:{sip_port}\n{}\
+             sip:\n  listeners:\n    - transport: udp\n      address: {ip}:{sip_port}\n\
+             \x20   - transport: tcp\n      address: {ip}:{sip_port}\n{}\
              rtp:\n  port_range: {}-{}\n{}\
-             http:\n  listen: 127.0.0.1:{http_port}\n{limits}",
+             http:\n  listen: {ip}:{http_port}\n{limits}",
             setup.livekit_url,
             setup.api_key,
             setup.api_secret,
@@ -168,6 +191,7 @@ impl Roomline {
         );
         let config = dir.path().join("roomline.yaml");
         std::fs::write(&config, &yaml).unwrap();
+        let ip = setup.bind_ip.clone();
         let log = dir.path().join("roomline.log");
         let child = Command::new(daemon_binary())
             .args(["run", "--config"])
@@ -177,6 +201,7 @@ impl Roomline {
             .env_remove("LIVEKIT_API_SECRET")
             .env_remove("NOTIFY_SOCKET")
             .env("LOG_LEVEL", &setup.log_level)
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -184,6 +209,7 @@ impl Roomline {
         let mut r = Roomline {
             child,
             dir,
+            ip,
             sip_port,
             http_port,
             rtp_ports,
@@ -215,9 +241,9 @@ impl Roomline {
         self.child.id()
     }
 
-    /// `127.0.0.1:<sip port>`.
+    /// `<ip>:<sip port>` (`127.0.0.1:<sip port>` unless `Setup::bind_ip` said otherwise).
     pub fn sip_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.sip_port)
+        format!("{}:{}", self.ip, self.sip_port)
     }
 
     pub fn dir(&self) -> &Path {
@@ -238,11 +264,12 @@ impl Roomline {
 
     /// GET on the HTTP listener: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        let mut s = TcpStream::connect((self.ip.as_str(), self.http_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.ip
         )
         .ok()?;
         let mut resp = String::new();
