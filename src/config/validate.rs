@@ -843,6 +843,41 @@ fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
             let (Some(ia), Some(ib)) = (&a.inbound, &b.inbound) else {
                 continue;
             };
+            // calls from a shared backup's addresses are taken by the primary trunk
+            // (trunk::matching): two primaries of one backup must not both take one
+            if let (Some(ba), Some(bb)) = (&a.backup, &b.backup)
+                && ba == bb
+                && !ia.allowed_addresses.is_empty()
+                && !ib.allowed_addresses.is_empty()
+            {
+                let numbers_overlap = ia.numbers.is_empty()
+                    || ib.numbers.is_empty()
+                    || ia.numbers.iter().any(|n| {
+                        ib.numbers
+                            .iter()
+                            .any(|m| normalize_number(m) == normalize_number(n))
+                    });
+                let callers_overlap = ia.allowed_numbers.is_empty()
+                    || ib.allowed_numbers.is_empty()
+                    || ia
+                        .allowed_numbers
+                        .iter()
+                        .any(|x| ib.allowed_numbers.iter().any(|y| x.may_overlap(y)));
+                if numbers_overlap && callers_overlap {
+                    let origin = pb
+                        .value
+                        .backup
+                        .as_ref()
+                        .map_or(Origin::File(pb.file.clone()), |s| Origin::at(&pb.file, s.referenced));
+                    cx.err(
+                        origin,
+                        format!(
+                            "trunks {:?} and {:?} share the backup {ba:?} and could take the same call from its addresses; give them distinct numbers or allowed_numbers",
+                            a.name, b.name
+                        ),
+                    );
+                }
+            }
             let shared_number = if ia.numbers.is_empty() || ib.numbers.is_empty() {
                 Some("any number".to_string())
             } else {

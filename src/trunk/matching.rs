@@ -90,7 +90,51 @@ pub fn match_inbound<'a>(
         }
         return InboundMatch::Trunk(t);
     }
+    // Design section 4: when a carrier fails over to its backup, its calls come from the
+    // backup's addresses; they are accepted under the primary trunk (its numbers, caller
+    // filter and auth), but only when no trunk takes them directly. Configuration
+    // validation refuses two trunks that share a backup and could both take a call.
+    for t in trunks {
+        let (Some(inb), Some(backup)) = (&t.inbound, t.backup.as_deref()) else {
+            continue;
+        };
+        if inb.allowed_addresses.is_empty() {
+            continue; // already any address
+        }
+        let Some(b) = trunks.iter().find(|x| x.name == backup) else {
+            continue;
+        };
+        if !backup_addresses(b).iter().any(|net| net.contains(&source)) {
+            continue;
+        }
+        let number_ok = inb.numbers.is_empty()
+            || inb
+                .numbers
+                .iter()
+                .any(|n| normalize_number(n) == normalize_number(&called));
+        let caller_ok = inb.allowed_numbers.is_empty()
+            || inb.allowed_numbers.iter().any(|p| p.matches(&caller));
+        if number_ok && caller_ok {
+            return InboundMatch::Trunk(t);
+        }
+    }
     InboundMatch::NoTrunk { nearest }
+}
+
+/// Where a backup trunk's calls come from: its inbound allowed addresses, and its outbound
+/// address when that is an IP literal.
+pub fn backup_addresses(b: &Trunk) -> Vec<ipnet::IpNet> {
+    let mut out: Vec<ipnet::IpNet> = b
+        .inbound
+        .as_ref()
+        .map(|i| i.allowed_addresses.clone())
+        .unwrap_or_default();
+    if let Some(o) = &b.outbound
+        && let Ok(ip) = o.target.host.parse::<IpAddr>()
+    {
+        out.push(ipnet::IpNet::from(ip));
+    }
+    out
 }
 
 impl Miss {
@@ -140,6 +184,39 @@ mod tests {
             outbound: None,
             backup: None,
         }
+    }
+
+    /// Design section 4: calls from the backup's addresses are the primary trunk's, unless
+    /// a trunk takes them directly.
+    #[test]
+    fn backup_addresses_are_accepted_under_the_primary() {
+        let mut primary = trunk("carrier", &["+15550100"], &["192.0.2.0/24"], &[]);
+        primary.backup = Some("carrier-backup".into());
+        let mut backup = trunk("carrier-backup", &["+15550199"], &["198.51.100.0/24"], &[]);
+        backup.outbound = Some(crate::config::OutboundTrunk {
+            target: types::parse_sip_target("203.0.113.9:5060").unwrap(),
+            transport: crate::config::Transport::Udp,
+            from_number: None,
+            auth: None,
+            headers: Vec::new(),
+            register: None,
+            options_interval: None,
+        });
+        let trunks = vec![primary, backup];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // from the primary's own network
+        assert_eq!(name(match_inbound(&trunks, ip("192.0.2.5"), "+15550100", "1")), Ok("carrier"));
+        // from the backup's inbound network and its outbound address
+        assert_eq!(name(match_inbound(&trunks, ip("198.51.100.7"), "+15550100", "1")), Ok("carrier"));
+        assert_eq!(name(match_inbound(&trunks, ip("203.0.113.9"), "15550100", "1")), Ok("carrier"));
+        // the backup's own number from its own network stays the backup's
+        assert_eq!(
+            name(match_inbound(&trunks, ip("198.51.100.7"), "+15550199", "1")),
+            Ok("carrier-backup")
+        );
+        // anywhere else: no trunk
+        assert!(name(match_inbound(&trunks, ip("192.0.2.200"), "+15550199", "1")).is_err());
+        assert!(name(match_inbound(&trunks, ip("10.0.0.1"), "+15550100", "1")).is_err());
     }
 
     fn name(m: InboundMatch<'_>) -> Result<&str, Miss> {
