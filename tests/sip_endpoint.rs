@@ -2188,3 +2188,269 @@ fn sipp_answers_an_md5_only_challenge_and_the_call_is_up_udp() {
 fn sipp_answers_an_md5_only_challenge_and_the_call_is_up_tcp() {
     sipp_native_digest(true);
 }
+
+// ---------------------------------------------------------------------------------------
+// Dialog features seen from the phone: hold by re-INVITE, INFO DTMF, early media, the
+// public address, IPv6, the unmatched-INVITE policy, backup addresses
+// ---------------------------------------------------------------------------------------
+
+/// An in-dialog request with an SDP body (re-INVITE, UPDATE) or another body (INFO).
+fn in_dialog_with_body(ua: &Ua, method: &str, cseq: u32, ok: &Sip, ctype: &str, body: &str) -> String {
+    let req = ua.in_dialog(method, cseq, ok);
+    let req = req.replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!(
+            "Contact: <sip:phone@{}>\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            ua.local,
+            body.len()
+        ),
+    );
+    assert!(req.ends_with(body));
+    req
+}
+
+/// Sets up a call through the raw UA and returns the 200 (already ACKed).
+fn answered_call(ua: &Ua, rl: &Roomline) -> Sip {
+    let branch = format!("z9hG4bK-{}", unique("call"));
+    ua.send(&ua.invite(rl, 1, &branch, ""));
+    let (_, ok) = ua.final_response("INVITE", rl);
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    ua.send(&ua.in_dialog("ACK", 1, &ok));
+    ok
+}
+
+fn rtp_count_within(ua: &Ua, window: Duration) -> usize {
+    let before = ua.rtp.received().len();
+    std::thread::sleep(window);
+    ua.rtp.received().len() - before
+}
+
+/// RFC 3264 section 8.4: a re-INVITE with a sendonly offer (the phone puts the call on
+/// hold) is answered recvonly and the daemon stops sending RTP; a sendrecv offer resumes.
+#[test]
+fn reinvite_to_hold_is_answered_recvonly_and_resume_sendrecv() {
+    let lk = LiveKitServer::start();
+    let room = "hold-reinvite";
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &room_plan(room, "")));
+    let ua = Ua::udp(&rl);
+    let ok = answered_call(&ua, &rl);
+    wait_phone_in_room(&lk, &room);
+    assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "RTP flows before hold");
+    let hold = ua.sdp().replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendonly\r\n");
+    ua.send(&in_dialog_with_body(&ua, "INVITE", 2, &ok, "application/sdp", &hold));
+    let (_, held) = ua.final_response("INVITE", &rl);
+    assert_eq!(held.status(), Some(200), "{}", held.text);
+    let answer = String::from_utf8_lossy(&held.body).into_owned();
+    assert!(answer.contains("a=recvonly"), "hold answered recvonly: {answer}");
+    ua.send(&ua.in_dialog("ACK", 2, &held));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rtp_count_within(&ua, Duration::from_millis(800)), 0, "no RTP while on hold");
+    let resume = ua.sdp().replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendrecv\r\n");
+    ua.send(&in_dialog_with_body(&ua, "INVITE", 3, &ok, "application/sdp", &resume));
+    let (_, resumed) = ua.final_response("INVITE", &rl);
+    assert_eq!(resumed.status(), Some(200), "{}", resumed.text);
+    assert!(String::from_utf8_lossy(&resumed.body).contains("a=sendrecv"));
+    ua.send(&ua.in_dialog("ACK", 3, &resumed));
+    assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "RTP flows again");
+    ua.send(&ua.in_dialog("BYE", 4, &ok));
+    let (_, bye) = ua.final_response("BYE", &rl);
+    assert_eq!(bye.status(), Some(200));
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// SIP INFO with application/dtmf-relay is a DTMF input too: the digit reaches the room
+/// as a SipDTMF packet (the LiveKit Python SDK's sip_dtmf_received), and the INFO gets 200.
+#[test]
+fn info_dtmf_relay_reaches_the_room() {
+    let lk = LiveKitServer::start();
+    let room = "info-dtmf";
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &room_plan(room, "")));
+    let observer = {
+        let mut args = vec!["session".to_string()];
+        args.extend(lk.peer_args());
+        args.extend(
+            ["--room", room, "--identity", "observer", "--seconds", "40", "--until-dtmf", "2"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        std::thread::spawn(move || common::run_roompeer(args, Duration::from_secs(60)))
+    };
+    wait_participants(&lk, room, Duration::from_secs(30), |ps| {
+        ps.iter().any(|p| p["identity"] == "observer")
+    });
+    let ua = Ua::udp(&rl);
+    let ok = answered_call(&ua, &rl);
+    wait_phone_in_room(&lk, room);
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, d) in ["7", "#"].iter().enumerate() {
+        let body = format!("Signal={d}\r\nDuration=160\r\n");
+        ua.send(&in_dialog_with_body(&ua, "INFO", 2 + i as u32, &ok, "application/dtmf-relay", &body));
+        let (_, r) = ua.final_response("INFO", &rl);
+        assert_eq!(r.status(), Some(200), "{}", r.text);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let run = observer.join().unwrap();
+    let report = run.expect_ok();
+    let digits: Vec<String> = report["dtmf_received"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d["digit"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    assert_eq!(digits, vec!["7".to_string(), "#".to_string()], "{report}");
+    ua.send(&ua.in_dialog("BYE", 10, &ok));
+    let _ = ua.final_response("BYE", &rl);
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// `early_media: true`: the daemon answers 183 with SDP while it waits for the room, and
+/// RTP flows to the phone before the 200 (which here waits for the first remote track).
+#[test]
+fn early_media_rule_sends_183_with_sdp_and_rtp_before_the_answer() {
+    let lk = LiveKitServer::start();
+    let room = "early-media";
+    let rl = Roomline::start(Setup::new(&lk).dialplan(
+        "main",
+        &room_plan(
+            room,
+            "    early_media: true\n    answer: on_first_track\n    ringing_timeout: 30s\n",
+        ),
+    ));
+    let ua = Ua::udp(&rl);
+    let branch = format!("z9hG4bK-{}", unique("early"));
+    ua.send(&ua.invite(&rl, 1, &branch, ""));
+    let until = Instant::now() + Duration::from_secs(30);
+    let progress = loop {
+        let m = ua
+            .recv(until.saturating_duration_since(Instant::now()))
+            .expect("a 183");
+        if m.status() == Some(183) {
+            break m;
+        }
+        assert!(m.status().is_some_and(|s| s < 200), "final before 183: {}", m.text);
+    };
+    let sdp = String::from_utf8_lossy(&progress.body).into_owned();
+    assert!(sdp.contains("m=audio ") && sdp.contains("PCMU"), "183 carries SDP: {sdp}");
+    assert!(progress.header("To").is_some_and(|t| t.contains("tag=")), "early dialog tag");
+    wait_phone_in_room(&lk, room);
+    assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "early media flows before the answer");
+    // an agent's audio arrives: now the call is answered
+    let mut args = vec!["publish-tone".to_string()];
+    args.extend(lk.peer_args());
+    args.extend(
+        ["--room", room, "--identity", "agent", "--seconds", "2", "--wait-timeout", "30"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let agent = std::thread::spawn(move || common::run_roompeer(args, Duration::from_secs(60)));
+    let (_, ok) = ua.final_response("INVITE", &rl);
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    ua.send(&ua.in_dialog("ACK", 1, &ok));
+    let _ = agent.join();
+    ua.send(&ua.in_dialog("BYE", 2, &ok));
+    let _ = ua.final_response("BYE", &rl);
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// `sip.public_ip` (1:1 NAT): Contact and the SDP connection address carry it.
+#[test]
+fn public_ip_is_written_in_contact_and_sdp() {
+    let lk = LiveKitServer::start();
+    let room = "public-ip";
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .sip_extra("  public_ip: 203.0.113.10\n")
+            .dialplan("main", &room_plan(room, "")),
+    );
+    let ua = Ua::udp(&rl);
+    let ok = answered_call(&ua, &rl);
+    let contact = ok.header("Contact").unwrap_or("").to_string();
+    assert!(contact.contains("@203.0.113.10:"), "Contact: {contact}");
+    let sdp = String::from_utf8_lossy(&ok.body).into_owned();
+    assert!(sdp.contains("c=IN IP4 203.0.113.10"), "SDP: {sdp}");
+    // the dialog still works: our BYE reaches the daemon at the address we used
+    ua.send(&ua.in_dialog("BYE", 2, &ok).replacen(
+        &format!("BYE {} ", ok.contact_uri().unwrap()),
+        &format!("BYE sip:roomline@{} ", rl.sip_addr()),
+        1,
+    ));
+    let (_, bye) = ua.final_response("BYE", &rl);
+    assert_eq!(bye.status(), Some(200));
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// An IPv6 listener: OPTIONS over [::1] gets 200, answered to the IPv6 source.
+#[test]
+fn ipv6_listener_answers_options() {
+    let sock = UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
+    let probe = UdpSocket::bind("[::1]:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let rl = Roomline::start(offline_setup().sip_extra(&format!(
+        "    - transport: udp\n      address: \"[::1]:{port}\"\n"
+    )));
+    let me = sock.local_addr().unwrap();
+    let req = format!(
+        "OPTIONS sip:[::1]:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-{b};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=1\r\nTo: <sip:[::1]:{port}>\r\n\
+         Call-ID: {cid}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        b = unique("v6"),
+        cid = unique("v6call"),
+    );
+    sock.send_to(req.as_bytes(), ("::1", port)).unwrap();
+    let r = recv_udp(&sock, Instant::now() + Duration::from_secs(5)).expect("an answer over IPv6");
+    assert_eq!(r.status(), Some(200), "{}", r.text);
+    assert!(r.header("Allow").is_some());
+    let _ = rl.counts();
+}
+
+/// `sip.unmatched_inbound: drop`: an INVITE no trunk accepts gets no answer at all (the
+/// default, reject, answers 403 as other tests show).
+#[test]
+fn unmatched_invite_is_dropped_when_configured() {
+    let rl = Roomline::start(
+        offline_setup()
+            .trunk("local", "inbound:\n  allowed_addresses: [127.0.0.9/32]\n")
+            .sip_extra("  unmatched_inbound: drop\n")
+            .dialplan("main", &reject_all_plan()),
+    );
+    let ua = Ua::udp(&rl);
+    let branch = format!("z9hG4bK-{}", unique("drop"));
+    ua.send(&ua.invite(&rl, 1, &branch, ""));
+    assert!(ua.recv(Duration::from_millis(1500)).is_none(), "nothing comes back");
+    rl.wait_log("INVITE matches no trunk", Duration::from_secs(5));
+}
+
+/// Design section 4: a trunk's backup carrier may deliver its calls: calls from the
+/// backup's outbound address are accepted under the primary trunk (`sip.trunkID`).
+#[test]
+fn calls_from_the_backup_trunks_address_belong_to_the_primary() {
+    let lk = LiveKitServer::start();
+    let room = "backup-inbound";
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk(
+                "local",
+                &format!(
+                    "inbound:\n  numbers: [\"{CALLED}\"]\n  allowed_addresses: [127.0.0.9/32]\n\
+                     outbound:\n  address: 127.0.0.9\nbackup: spare\n"
+                ),
+            )
+            .trunk("spare", "outbound:\n  address: 127.0.0.1:5999\n")
+            .dialplan("main", &room_plan(room, "")),
+    );
+    let ua = Ua::udp(&rl);
+    let ok = answered_call(&ua, &rl);
+    let identity = format!("sip_{CALLER}");
+    let ps = wait_participants(&lk, room, Duration::from_secs(30), |ps| {
+        ps.iter().any(|p| p["identity"] == identity.as_str())
+    });
+    let me = ps.iter().find(|p| p["identity"] == identity.as_str()).unwrap();
+    assert_eq!(me["attributes"]["sip.trunkID"], "local", "{me}");
+    ua.send(&ua.in_dialog("BYE", 2, &ok));
+    let _ = ua.final_response("BYE", &rl);
+    wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
