@@ -1556,3 +1556,120 @@ fn ten_concurrent_calls_into_ten_rooms_all_carry_audio() {
     eprintln!("{}", summary.join("\n"));
     rl.assert_no_leaks(Duration::from_secs(10));
 }
+
+/// The phone's side of a transfer it carries out: the daemon's REFER arrives in the
+/// dialog, the phone accepts it (202) and reports `SIP/2.0 100 Trying` then `final_frag`
+/// in NOTIFYs (message/sipfrag, Event: refer).
+fn phone_transfer_steps(final_frag: &str) -> String {
+    let notify = |cseq: u32, state: &str, frag: &str| {
+        format!(
+            r#"  <send retrans="500">
+    <![CDATA[
+      NOTIFY sip:roomline@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} NOTIFY
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Event: refer
+      Subscription-State: {state}
+      Max-Forwards: 70
+      Content-Type: message/sipfrag;version=2.0
+      Content-Length: [len]
+
+      {frag}
+    ]]>
+  </send>
+  <recv response="200"/>
+"#
+        )
+    };
+    format!(
+        r#"  <recv request="REFER" timeout="40000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 202 Accepted
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+    ]]>
+  </send>
+{}{}"#,
+        notify(2, "active;expires=60", "SIP/2.0 100 Trying"),
+        notify(3, "terminated;reason=noresource", &format!("SIP/2.0 {final_frag}")),
+    )
+}
+
+fn transfer_api(rl: &Roomline, lk: &LiveKitServer, room: &str, to: &str) -> (u16, serde_json::Value) {
+    use livekit_api::access_token::{AccessToken, SIPGrants};
+    use std::io::{Read, Write};
+    let token = AccessToken::with_api_key(lk.api_key(), lk.api_secret())
+        .with_identity("test-api")
+        .with_ttl(Duration::from_secs(60))
+        .with_sip_grants(SIPGrants { admin: false, call: true })
+        .to_jwt()
+        .unwrap();
+    let body = serde_json::json!({
+        "participant_identity": sip_identity(CALLER),
+        "room_name": room,
+        "transfer_to": to,
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", rl.http_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /twirp/livekit.SIP/TransferSIPParticipant HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = resp
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// TransferSIPParticipant on an inbound call: the phone gets REFER with the target in
+/// Refer-To, accepts and reports success by NOTIFY; the API answers success and the
+/// daemon then ends its leg with a BYE whose Reason says so.
+#[test]
+fn inbound_call_is_transferred_by_refer() {
+    let lk = LiveKitServer::start();
+    let room = "inbound-transfer";
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &one_room_plan("+15550100", room)));
+    let rtp = RtpPeer::bind();
+    let sipp = Sipp::spawn(
+        Some(&uac(CALLER, &rtp.port().to_string(), &phone_transfer_steps("200 OK"), End::AwaitBye)),
+        &call_args(&rl, "+15550100"),
+    );
+    wait_answer(&sipp, Duration::from_secs(30));
+    roomline::wait_participants(&lk, room, Duration::from_secs(30), |ps| {
+        ps.iter().any(|p| p["identity"] == sip_identity(CALLER).as_str() && p["attributes"]["sip.callStatus"] == "active")
+    });
+    let (status, json) = transfer_api(&rl, &lk, room, "sip:agent@127.0.0.1:5999");
+    assert_eq!(status, 200, "{json}");
+    let run = sipp.wait(Duration::from_secs(60));
+    run.expect_success();
+    let refer = run
+        .received()
+        .into_iter()
+        .find(|m| m.starts_with("REFER "))
+        .expect("a REFER");
+    assert!(
+        header(&refer, "Refer-To").is_some_and(|v| v.contains("sip:agent@127.0.0.1:5999")),
+        "{refer}"
+    );
+    assert_bye_reason(&run, "Q.850;cause=16;text=\"call transferred\"");
+    rl.assert_no_leaks(Duration::from_secs(20));
+}

@@ -193,6 +193,23 @@ fn decode<M: prost::Message + Default + serde::de::DeserializeOwned>(
     }
 }
 
+/// What every call of the API goes through: a known Content-Type, the token, the body.
+/// Returns whether it is protobuf (the answer is encoded the same way) and the request.
+fn accept<M: prost::Message + Default + serde::de::DeserializeOwned>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(bool, M), TwirpError> {
+    let protobuf = is_protobuf(headers).ok_or_else(|| {
+        TwirpError::new(
+            "bad_route",
+            "Content-Type must be application/json or application/protobuf",
+        )
+    })?;
+    authorize(s, headers)?;
+    Ok((protobuf, decode(protobuf, body)?))
+}
+
 /// Checks the bearer token: valid signature and expiry, the `sip.call` grant.
 fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), TwirpError> {
     let token = headers
@@ -425,20 +442,11 @@ pub async fn create_sip_participant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(protobuf) = is_protobuf(&headers) else {
-        return TwirpError::new(
-            "bad_route",
-            "Content-Type must be application/json or application/protobuf",
-        )
-        .into_response();
-    };
-    if let Err(e) = authorize(&s, &headers) {
-        return e.into_response();
-    }
-    let req: proto::CreateSipParticipantRequest = match decode(protobuf, &body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let (protobuf, req): (bool, proto::CreateSipParticipantRequest) =
+        match accept(&s, &headers, &body) {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     if *s.draining.borrow() {
         return TwirpError::new("unavailable", "draining: not placing new calls").into_response();
     }
@@ -469,20 +477,11 @@ pub async fn transfer_sip_participant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(protobuf) = is_protobuf(&headers) else {
-        return TwirpError::new(
-            "bad_route",
-            "Content-Type must be application/json or application/protobuf",
-        )
-        .into_response();
-    };
-    if let Err(e) = authorize(&s, &headers) {
-        return e.into_response();
-    }
-    let req: proto::TransferSipParticipantRequest = match decode(protobuf, &body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+    let (protobuf, req): (bool, proto::TransferSipParticipantRequest) =
+        match accept(&s, &headers, &body) {
+            Ok(x) => x,
+            Err(e) => return e.into_response(),
+        };
     if req.transfer_to.trim().is_empty() {
         return TwirpError::new("invalid_argument", "transfer_to is required").into_response();
     }

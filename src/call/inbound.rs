@@ -638,50 +638,24 @@ impl Call {
         headers: &[(String, String)],
         reply: tokio::sync::oneshot::Sender<Result<(), super::transfer::Failure>>,
     ) {
-        if self.transfer.is_some() {
-            let _ = reply.send(Err("a transfer is already in progress".into()));
-            return;
-        }
-        if self.answered_at.is_none() || !self.tx.is_acked() {
-            let _ = reply.send(Err("the call is not up".into()));
-            return;
-        }
-        let Some(d) = self.dialog.as_mut() else {
-            let _ = reply.send(Err("the call is not up".into()));
-            return;
-        };
-        tracing::info!(call_id = %self.call_id, "transferring the call");
-        self.transfer = Some(super::transfer::Transfer::start(
-            d,
+        let up = self.answered_at.is_some() && self.tx.is_acked();
+        super::transfer::begin(
+            &mut self.transfer,
+            if up { self.dialog.as_mut() } else { None },
             &self.ctx.endpoint,
             self.invite.flow.clone(),
             self.ctx.timers,
             to,
             headers,
             reply,
-            now(),
-        ));
-        if let Some(r) = &self.room {
-            r.set_attributes(&[("sip.callStatus", "transferring")]);
-        }
+            self.room.as_ref(),
+            &self.call_id,
+        );
     }
 
     /// A finished transfer: success ends the call (BYE), failure lets it go on.
     fn transfer_done(&mut self, done: Option<super::transfer::Done>) -> Option<Outcome> {
-        match done? {
-            super::transfer::Done::Transferred => {
-                self.transfer = None;
-                Some(Outcome::Transferred)
-            }
-            super::transfer::Done::Failed(why) => {
-                tracing::info!(call_id = %self.call_id, %why, "transfer failed; the call goes on");
-                self.transfer = None;
-                if let Some(r) = &self.room {
-                    r.set_attributes(&[("sip.callStatus", "active")]);
-                }
-                None
-            }
-        }
+        super::transfer::conclude(&mut self.transfer, done, self.room.as_ref(), &self.call_id)
     }
 
     /// A key the caller pressed (RFC 4733 or INFO).

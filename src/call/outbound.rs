@@ -1142,47 +1142,35 @@ impl Call {
         headers: &[(String, String)],
         reply: oneshot::Sender<Result<(), super::transfer::Failure>>,
     ) {
-        if self.transfer.is_some() {
-            let _ = reply.send(Err("a transfer is already in progress".into()));
-            return;
-        }
-        let (Some(a), Some(d)) = (self.attempt.as_ref(), self.dialog.as_mut()) else {
-            let _ = reply.send(Err("the call is not up".into()));
-            return;
+        let (flow, call_id) = match self.attempt.as_ref() {
+            Some(a) => (a.flow.clone(), a.call_id.clone()),
+            None => {
+                let _ = reply.send(Err("the call is not up".into()));
+                return;
+            }
         };
-        tracing::info!(call_id = %a.call_id, "transferring the call");
-        self.transfer = Some(super::transfer::Transfer::start(
-            d,
+        super::transfer::begin(
+            &mut self.transfer,
+            self.dialog.as_mut(),
             &self.ctx.endpoint,
-            a.flow.clone(),
+            flow,
             self.ctx.timers,
             to,
             headers,
             reply,
-            now(),
-        ));
-        if let Some(r) = &self.room {
-            r.set_attributes(&[("sip.callStatus", "transferring")]);
-        }
+            self.room.as_ref(),
+            &call_id,
+        );
     }
 
     /// A finished transfer: success ends the call, failure lets it go on.
     fn transfer_done(&mut self, done: Option<super::transfer::Done>) -> Option<Outcome> {
-        match done? {
-            super::transfer::Done::Transferred => {
-                self.transfer = None;
-                self.transferred = true;
-                Some(Outcome::Transferred)
-            }
-            super::transfer::Done::Failed(why) => {
-                tracing::info!(%why, "transfer failed; the call goes on");
-                self.transfer = None;
-                if let Some(r) = &self.room {
-                    r.set_attributes(&[("sip.callStatus", "active")]);
-                }
-                None
-            }
+        let call_id = self.attempt.as_ref().map(|a| a.call_id.clone()).unwrap_or_default();
+        let o = super::transfer::conclude(&mut self.transfer, done, self.room.as_ref(), &call_id);
+        if o.is_some() {
+            self.transferred = true;
         }
+        o
     }
 
     fn reack(&mut self) {

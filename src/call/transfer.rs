@@ -260,6 +260,65 @@ fn local_uri(local: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Starts a transfer for a call whose dialog is up (`dialog` None: refused), telling the
+/// room (`sip.callStatus` transferring). Refuses a second one at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn begin(
+    current: &mut Option<Transfer>,
+    dialog: Option<&mut Dialog>,
+    ep: &EndpointHandle,
+    flow: Flow,
+    timers: Timers,
+    to: &str,
+    headers: &[(String, String)],
+    reply: oneshot::Sender<Result<(), Failure>>,
+    room: Option<&super::bridge::Room>,
+    call_id: &str,
+) {
+    if current.is_some() {
+        let _ = reply.send(Err("a transfer is already in progress".into()));
+        return;
+    }
+    let Some(d) = dialog else {
+        let _ = reply.send(Err("the call is not up".into()));
+        return;
+    };
+    tracing::info!(%call_id, "transferring the call");
+    *current = Some(Transfer::start(d, ep, flow, timers, to, headers, reply, now()));
+    if let Some(r) = room {
+        r.set_attributes(&[("sip.callStatus", "transferring")]);
+    }
+}
+
+/// What a finished transfer means for the call: success ends it (the BYE follows), a
+/// failure lets it go on (`sip.callStatus` active again).
+pub fn conclude(
+    current: &mut Option<Transfer>,
+    done: Option<Done>,
+    room: Option<&super::bridge::Room>,
+    call_id: &str,
+) -> Option<super::outcome::Outcome> {
+    match done? {
+        Done::Transferred => {
+            *current = None;
+            Some(super::outcome::Outcome::Transferred)
+        }
+        Done::Failed(why) => {
+            tracing::info!(%call_id, %why, "transfer failed; the call goes on");
+            *current = None;
+            if let Some(r) = room {
+                r.set_attributes(&[("sip.callStatus", "active")]);
+            }
+            None
+        }
+    }
+}
+
+/// The call tasks' clock (tokio's, so tests may pause it).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

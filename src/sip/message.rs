@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use super::uri::split_list_raw as split_list;
+
 /// RFC 3261 section 7.3.3: compact header names.
 const COMPACT: &[(&str, &str)] = &[
     ("a", "Accept-Contact"),
@@ -492,31 +494,6 @@ fn check_cseq(msg: &Message) -> Result<(), Invalid> {
         }
     }
     Ok(())
-}
-
-/// Splits a header value on commas outside quotes and angle brackets.
-fn split_list(v: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut quoted, mut angle, mut escape, mut from) = (false, false, false, 0);
-    for (i, c) in v.char_indices() {
-        if escape {
-            escape = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escape = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
-                out.push(v[from..i].trim());
-                from = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(v[from..].trim());
-    out
 }
 
 /// Generic parameters: `*( SEMI name [ EQUAL value ] )`, LWS allowed around `;` and `=`.

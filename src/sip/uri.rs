@@ -135,8 +135,16 @@ fn split_outside_quotes(s: &str, sep: char) -> Vec<&str> {
 }
 
 /// Splits a header value on commas outside quotes and angle brackets (RFC 3261 section
-/// 7.3.1: a list header may be one line with commas or several lines).
+/// 7.3.1: a list header may be one line with commas or several lines), dropping empty
+/// elements.
 pub fn split_list(v: &str) -> Vec<&str> {
+    let mut out = split_list_raw(v);
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// [`split_list`] keeping empty elements (the syntax checks refuse them).
+pub fn split_list_raw(v: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut quoted, mut angle, mut escape, mut from) = (false, false, false, 0);
     for (i, c) in v.char_indices() {
@@ -157,7 +165,6 @@ pub fn split_list(v: &str) -> Vec<&str> {
         }
     }
     out.push(v[from..].trim());
-    out.retain(|s| !s.is_empty());
     out
 }
 
