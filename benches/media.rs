@@ -32,12 +32,17 @@ fn tone(freqs: &[f64], rate: u32, n: usize) -> Vec<i16> {
 /// The encoder the LiveKit side uses (`livekit::audio::OpusEncoder`): VoIP, 32 kbit/s,
 /// in-band FEC, 5 % expected loss, default complexity.
 fn opus_encoder(rate: u32) -> opus::Encoder {
+    opus_encoder_at(rate, roomline::livekit::OPUS_COMPLEXITY)
+}
+
+fn opus_encoder_at(rate: u32, complexity: i32) -> opus::Encoder {
     let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)
         .expect("opus encoder");
     enc.set_bitrate(opus::Bitrate::Bits(32_000))
         .expect("bitrate");
     enc.set_inband_fec(true).expect("fec");
     enc.set_packet_loss_perc(5).expect("loss");
+    enc.set_complexity(complexity).expect("complexity");
     enc
 }
 
@@ -56,6 +61,10 @@ fn measure(mut run: impl FnMut()) -> f64 {
 }
 
 fn pcmu_to_opus() -> f64 {
+    pcmu_to_opus_at(roomline::livekit::OPUS_COMPLEXITY)
+}
+
+fn pcmu_to_opus_at(complexity: i32) -> f64 {
     let pcm = tone(&[440.0, 1000.0], 8000, 160 * FRAMES);
     let mut payloads = Vec::new();
     for frame in pcm.chunks(160) {
@@ -63,7 +72,7 @@ fn pcmu_to_opus() -> f64 {
         G711::Pcmu.encode(frame, &mut p);
         payloads.push(p);
     }
-    let mut enc = opus_encoder(8000);
+    let mut enc = opus_encoder_at(8000, complexity);
     let mut pcm = Vec::with_capacity(160);
     let mut out = vec![0u8; 1500];
     measure(|| {
@@ -159,4 +168,11 @@ fn main() {
         "  per call, PCMU with 1 remote track   {:8.1}  (target <= 150)",
         up_pcmu + down[0]
     );
+    println!(
+        "Opus encoder complexity (in use: {}), PCMU -> Opus:",
+        roomline::livekit::OPUS_COMPLEXITY
+    );
+    for c in [10, 8, 5, 3, 1] {
+        println!("  complexity {c:>2}                        {:8.1}", pcmu_to_opus_at(c));
+    }
 }

@@ -124,6 +124,7 @@ struct Target {
     from_number: Option<String>,
     auth: Option<(String, String)>,
     headers: Vec<(String, String)>,
+    early_media: bool,
 }
 
 impl Target {
@@ -141,6 +142,7 @@ impl Target {
                 .as_ref()
                 .map(|a| (a.username.clone(), a.password.expose().to_string())),
             headers: o.headers.clone(),
+            early_media: o.early_media,
         })
     }
 
@@ -791,8 +793,9 @@ impl Call {
                     }
                 }
                 if let Some(answer) = body::sdp(&resp.msg) {
+                    let forward = self.attempt.as_ref().is_some_and(|a| a.target.early_media);
                     self.apply_answer(&answer);
-                    self.early = self.media.as_ref().is_some_and(|m| m.pm.is_some());
+                    self.early = forward && self.media.as_ref().is_some_and(|m| m.pm.is_some());
                 }
                 None
             }

@@ -34,6 +34,7 @@ pub const LOG_LEVEL: &str = "info";
 pub const LOG_FORMAT: &str = "human";
 
 pub const REGISTER_EXPIRES: Duration = Duration::from_secs(3600);
+pub const OUTBOUND_EARLY_MEDIA: bool = true;
 
 pub const RULE_IDENTITY: &str = "sip_{caller}";
 pub const RULE_NAME: &str = "Phone {caller}";

@@ -176,6 +176,8 @@ pub struct OutboundTrunk {
     pub register: Option<RegisterConfig>,
     /// How often to send OPTIONS pings (trunk health, failover); None: no pings.
     pub options_interval: Option<Duration>,
+    /// Forward early media (a 183's audio: ringback, announcements) to the room.
+    pub early_media: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -112,6 +112,7 @@ pub struct Outbound {
     pub headers: BTreeMap<String, S<String>>,
     pub register: Option<S<Register>>,
     pub options_interval: Option<S<String>>,
+    pub early_media: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -703,6 +703,10 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
         headers,
         register,
         options_interval,
+        early_media: v
+            .early_media
+            .as_ref()
+            .map_or(defaults::OUTBOUND_EARLY_MEDIA, |b| b.value),
     })
 }
 

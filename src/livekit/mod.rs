@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use audio::OPUS_COMPLEXITY;
 pub use signal::JoinError;
 
 /// Phone-side sample rates the participant encodes from and decodes to.

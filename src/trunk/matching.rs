@@ -201,6 +201,7 @@ mod tests {
             headers: Vec::new(),
             register: None,
             options_interval: None,
+            early_media: true,
         });
         let trunks = vec![primary, backup];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
