@@ -15,7 +15,7 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         };
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_file() && !p.file_name().is_some_and(|n| n == ".keep") {
+            if p.is_file() && p.file_name().is_none_or(|n| n != ".keep") {
                 let data = std::fs::read(&p).unwrap();
                 out.push((p, data));
             }

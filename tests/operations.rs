@@ -311,7 +311,7 @@ impl Phone {
             "150s".into(),
             "-timeout_error".into(),
         ];
-        if !extra.iter().any(|a| *a == "-m") {
+        if !extra.contains(&"-m") {
             args.extend(["-m".into(), "1".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));

@@ -2234,7 +2234,7 @@ fn reinvite_to_hold_is_answered_recvonly_and_resume_sendrecv() {
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &room_plan(room, "")));
     let ua = Ua::udp(&rl);
     let ok = answered_call(&ua, &rl);
-    wait_phone_in_room(&lk, &room);
+    wait_phone_in_room(&lk, room);
     assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "RTP flows before hold");
     let hold = ua.sdp().replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendonly\r\n");
     ua.send(&in_dialog_with_body(&ua, "INVITE", 2, &ok, "application/sdp", &hold));

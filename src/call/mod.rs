@@ -112,7 +112,7 @@ pub struct Calls {
 enum ManagerCmd {
     Dial {
         cfg: Arc<crate::config::Config>,
-        req: outbound::OutboundRequest,
+        req: Box<outbound::OutboundRequest>,
         reply: oneshot::Sender<Result<outbound::Started, outbound::DialError>>,
     },
     Find {
@@ -159,7 +159,11 @@ impl Calls {
         let (reply, rx) = oneshot::channel();
         if self
             .manager
-            .send(ManagerCmd::Dial { cfg, req, reply })
+            .send(ManagerCmd::Dial {
+                cfg,
+                req: Box::new(req),
+                reply,
+            })
             .await
             .is_err()
         {
@@ -288,7 +292,7 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                         let manager = manager.clone();
                         tasks.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(async move {
-                            let task = tokio::spawn(outbound::run(ctx, cfg, req, reply, shutdown, ctl_rx, seq));
+                            let task = tokio::spawn(outbound::run(ctx, cfg, *req, reply, shutdown, ctl_rx, seq));
                             if let Err(e) = task.await {
                                 tracing::error!(error = %e, "call task failed");
                             }

@@ -332,7 +332,7 @@ impl Call {
         out
     }
 
-    fn from_number(&self, target: &Target) -> String {
+    fn caller_number(&self, target: &Target) -> String {
         self.req
             .from_number
             .clone()
@@ -472,7 +472,7 @@ impl Call {
         for (k, v) in [
             ("sip.trunkID", self.req.trunk.clone()),
             ("sip.phoneNumber", self.req.call_to.clone()),
-            ("sip.trunkPhoneNumber", self.from_number(target)),
+            ("sip.trunkPhoneNumber", self.caller_number(target)),
             ("sip.callStatus", "dialing".to_string()),
         ] {
             o.attributes.insert(k.to_string(), v);
@@ -541,7 +541,7 @@ impl Call {
             let offer = sdp::offer(&local);
             self.media = Some(MediaLeg::new(b, local, offer));
         }
-        let from_number = self.from_number(&target);
+        let from_number = self.caller_number(&target);
         let local_tag = build::new_tag();
         let advertised = self.ctx.endpoint.advertised(&flow);
         let from_host = uri::host_port(advertised);
@@ -944,7 +944,7 @@ impl Call {
         }
         let mut c = Outgoing::request("CANCEL", &a.ruri);
         if let Some(v) = a.invite.get("Via") {
-            c.push("Via", v.to_string());
+            c.push("Via", v);
         }
         c.push("Max-Forwards", "70");
         c.push("From", &a.from);

@@ -59,7 +59,7 @@ impl PortRange {
         if first_even >= self.end {
             return 0;
         }
-        (u32::from(self.end) - u32::from(first_even) + 1) / 2
+        (u32::from(self.end) - u32::from(first_even)).div_ceil(2)
     }
 }
 

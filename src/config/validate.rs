@@ -661,11 +661,10 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
         Some(r) => {
             let expires =
                 cx.duration_or(file, r.value.expires.as_ref(), defaults::REGISTER_EXPIRES);
-            if let (Some(d), Some(s)) = (expires, r.value.expires.as_ref()) {
-                if d < Duration::from_secs(60) {
+            if let (Some(d), Some(s)) = (expires, r.value.expires.as_ref())
+                && d < Duration::from_secs(60) {
                     cx.err_at(file, s, "register expires must be at least 60s");
                 }
-            }
             let user = r.value.user.as_ref().and_then(|u| {
                 let ok = !u.value.is_empty()
                     && u.value

@@ -233,7 +233,7 @@ impl JitterBuffer {
             // MAX_MISORDER behind need a second, consecutive packet to be believed.
             // Test: `jitter_sequence_jump_needs_confirmation`.
             let delta = i64::from(packet.seq.delta(highest.seq()));
-            if delta > MAX_DROPOUT || delta < -MAX_MISORDER {
+            if !(-MAX_MISORDER..=MAX_DROPOUT).contains(&delta) {
                 match self.probation.take() {
                     Some((expected, held)) if expected == packet.seq => {
                         self.resync();

@@ -482,7 +482,7 @@ impl Endpoint {
     fn on_command(&mut self, c: Command) {
         match c {
             Command::Register { call_id, tx, done } => {
-                let free = !self.routes.get(&call_id).is_some_and(|s| !s.is_closed());
+                let free = self.routes.get(&call_id).is_none_or(|s| s.is_closed());
                 if free {
                     self.routes.insert(call_id, tx);
                 }
@@ -688,11 +688,10 @@ impl Endpoint {
         );
         self.txs.order.push_back(key.clone());
         while self.txs.order.len() > MAX_TRANSACTIONS {
-            if let Some(k) = self.txs.order.pop_front() {
-                if self.txs.entries.contains_key(&k) && k != key {
+            if let Some(k) = self.txs.order.pop_front()
+                && self.txs.entries.contains_key(&k) && k != key {
                     self.txs.entries.remove(&k);
                 }
-            }
         }
         if self.txs.order.len() > self.txs.entries.len() * 2 + 64 {
             let e = &self.txs.entries;
@@ -911,7 +910,7 @@ impl Endpoint {
                     now_s,
                     "INVITE",
                     &uri,
-                    &h,
+                    h,
                     &creds.username,
                     creds.password.expose(),
                 )

@@ -178,11 +178,10 @@ fn is_token(s: &str) -> bool {
 }
 
 fn canonical_name(name: &str) -> String {
-    if name.len() == 1 {
-        if let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
+    if name.len() == 1
+        && let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
             return full.to_string();
         }
-    }
     name.to_string()
 }
 
@@ -427,11 +426,10 @@ fn check_headers(msg: &Message) -> Result<(), Invalid> {
             return Err(Invalid::BadRequest(format!("bad Max-Forwards {mf:?}")));
         }
     }
-    if let Some(e) = msg.header("Expires") {
-        if !e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() || e.parse::<u32>().is_err() {
+    if let Some(e) = msg.header("Expires")
+        && (!e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() || e.parse::<u32>().is_err()) {
             return Err(Invalid::BadRequest(format!("bad Expires {:.40}", e)));
         }
-    }
     for v in msg.headers_named("Via") {
         check_via(v)?;
     }
@@ -486,13 +484,12 @@ fn check_cseq(msg: &Message) -> Result<(), Invalid> {
             num
         )));
     }
-    if let Some(m) = msg.method() {
-        if m != method {
+    if let Some(m) = msg.method()
+        && m != method {
             return Err(Invalid::BadRequest(format!(
                 "CSeq method {method} does not match the request method {m}"
             )));
         }
-    }
     Ok(())
 }
 
@@ -529,7 +526,7 @@ fn check_params(s: &str) -> Result<(), String> {
         }
         if let Some(v) = value {
             let ok = if let Some(q) = v.strip_prefix('"') {
-                q.ends_with('"') && q.len() >= 1
+                q.ends_with('"') && !q.is_empty()
             } else {
                 !v.is_empty() && v.chars().all(|c| is_token_char(c) || "[]:".contains(c))
             };
@@ -599,15 +596,14 @@ fn check_host_port(s: &str) -> Result<(), String> {
     {
         return Err(format!("bad host {:.40}", host));
     }
-    if let Some(p) = port {
-        if p.is_empty()
+    if let Some(p) = port
+        && (p.is_empty()
             || p.len() > 5
             || !p.bytes().all(|b| b.is_ascii_digit())
-            || p.parse::<u32>().map_or(true, |n| n > 65535)
+            || p.parse::<u32>().map_or(true, |n| n > 65535))
         {
             return Err(format!("bad port {:.10}", p));
         }
-    }
     Ok(())
 }
 

@@ -244,11 +244,10 @@ pub fn parse(text: &str) -> Result<Sdp, SdpError> {
                         m.rtpmap.push((pt, name, clock));
                     }
                     ("fmtp", Some(m)) => {
-                        if let Some((pt, params)) = val.split_once(' ') {
-                            if let Ok(pt) = pt.trim().parse() {
+                        if let Some((pt, params)) = val.split_once(' ')
+                            && let Ok(pt) = pt.trim().parse() {
                                 m.fmtp.push((pt, params.trim().to_string()));
                             }
-                        }
                     }
                     ("ptime", Some(m)) => {
                         m.ptime = val.trim().parse().ok().filter(|p| (10..=120).contains(p))

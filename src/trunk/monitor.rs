@@ -362,8 +362,8 @@ async fn register_loop(
                 registered_flow = Some(flow);
                 // refresh at the earlier of 80 % and expiry minus the margin
                 let g = Duration::from_secs(granted.max(1));
-                let refresh = g.mul_f64(0.8).min(g.saturating_sub(REFRESH_MARGIN)).max(Duration::from_secs(5));
-                refresh
+                
+                g.mul_f64(0.8).min(g.saturating_sub(REFRESH_MARGIN)).max(Duration::from_secs(5))
             }
             Err((reason, retry_after)) => {
                 failures += 1;
