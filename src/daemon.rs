@@ -243,6 +243,18 @@ fn reload(
     let path: PathBuf = path.to_path_buf();
     match config::load(&path) {
         Ok(cfg) => {
+            // what the running process bound cannot change under it
+            let old = config_tx.borrow().clone();
+            for (what, changed) in [
+                ("sip.listeners", old.sip.listeners != cfg.sip.listeners),
+                ("http.listen", old.http.listen != cfg.http.listen),
+                ("rtp.port_range", old.rtp.ports != cfg.rtp.ports),
+                ("sip.public_ip / rtp.public_ip", old.sip.public_ip != cfg.sip.public_ip || old.rtp.public_ip != cfg.rtp.public_ip),
+            ] {
+                if changed {
+                    tracing::warn!(setting = what, "changed in the configuration: takes effect at the next restart");
+                }
+            }
             tracing::info!(
                 trigger,
                 trunks = cfg.trunks.len(),
