@@ -30,6 +30,9 @@ pub const MAX_CONNECTIONS: usize = 2048;
 /// A new inbound stream must deliver a complete message this soon.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream that carries nothing (not even a keep-alive) this long is closed, so idle
+/// connections cannot hold the connection slots; a call's later requests reconnect.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Queued outgoing messages per stream connection.
 const STREAM_QUEUE: usize = 256;
@@ -561,6 +564,8 @@ async fn stream_reader<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
     mut first_message_timeout: Option<Duration>,
 ) {
+    // accepted connections are closed when idle; ours (to trunks) we keep
+    let idle = first_message_timeout.map(|_| IDLE_TIMEOUT);
     let mut framer = StreamFramer::new(MAX_STREAM_MESSAGE);
     let mut buf = vec![0u8; 16 * 1024];
     let mut stop = shared.stop.clone();
@@ -592,15 +597,12 @@ async fn stream_reader<R: AsyncRead + Unpin>(
             }
         }
         let read_fut = read.read(&mut buf);
+        let limit = first_message_timeout.or(idle).unwrap_or(Duration::from_secs(365 * 86_400));
         let n = tokio::select! {
-            r = async {
-                match first_message_timeout {
-                    Some(t) => tokio::time::timeout(t, read_fut).await.ok(),
-                    None => Some(read_fut.await),
-                }
-            } => match r {
+            r = tokio::time::timeout(limit, read_fut) => match r.ok() {
                 None => {
-                    tracing::debug!(remote = %flow.remote, "no SIP message on a new connection; closing");
+                    tracing::debug!(remote = %flow.remote, first = first_message_timeout.is_some(),
+                        "no SIP traffic on a connection; closing");
                     return;
                 }
                 Some(Ok(0)) | Some(Err(_)) => return,
