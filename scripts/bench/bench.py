@@ -5,8 +5,10 @@ is needed, creates the private network namespace this runs in, and calls this).
 Nothing here asserts anything about speed: it measures, prints and writes a report.
 
   bench.py OUTDIR --roomline BIN --lk-bench BIN --livekit-server BIN [--livekit-sip BIN]
-           [--ns "10 50 100 200 300 400"] [--seconds 30] [--rate 20]
-           [--bridges "roomline livekit-sip"] [--quick] [--media-bench FILE]
+           [--ns "10 25 50 75 100 150 200 300 400"] [--seconds 30] [--rate 20]
+           [--bridges "roomline livekit-sip"] [--profile-n 50] [--media-bench FILE]
+           [--skip "load profile latency daemon"]
+  bench.py OUTDIR --report-only      # rebuild report.md and cpu_mem.png from OUTDIR's files
 
 Topology of one load run (bridge B, N calls), all on this machine:
 
@@ -841,7 +843,7 @@ def run_load(a: argparse.Namespace, infra: Infra, bridge: Any, n: int, out: Path
     W = t_w1 - t_w0
     for role in ["bridge", "livekit-server", "redis", "room-side", "sipp", "tcpdump", "listeners"]:
         row[f"cpu_{role}"] = cpu_frac(w0, w1, role)
-    row["cpu_machine_cores"] = (w1.busy - w0.busy) / W
+    row["cpu_machine_cores"] = (w1.busy - w0.busy) / W  # /proc/stat: tick-sampled
     row["cpu_steal_cores"] = (w1.steal - w0.steal) / W
     row["cpu_other_cores"] = other_cpu(w0, w1, roles)
     row["cpu_bridge_pct_per_call"] = 100 * row["cpu_bridge"] / n
@@ -998,6 +1000,14 @@ def perf_breakdown(data: Path) -> dict:
     top.sort(reverse=True)
     return {"categories": dict(sorted(cats.items(), key=lambda kv: -kv[1])),
             "top": [{"share": round(x, 2), "symbol": y[:90]} for x, y in top[:12]]}
+
+
+ROLES = ["bridge", "livekit-server", "redis", "room-side", "sipp", "tcpdump", "listeners"]
+
+
+def cpu_all(row: dict) -> float:
+    """Cores used by every process on the machine in the window (per-process counters)."""
+    return sum(row[f"cpu_{r}"] for r in ROLES) + row["cpu_other_cores"]
 
 
 def limit_reason(row: dict) -> Optional[str]:
@@ -1247,7 +1257,7 @@ def machine_info(a: argparse.Namespace, bridges: list) -> dict:
     mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
     lk_ver = subprocess.run([a.livekit_server, "--version"], capture_output=True, text=True).stdout.strip()
     sipp_ver = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout
-    sipp_ver = (re.search(r"SIPp v[\w.\-]+", sipp_ver) or re.search(r".*", "")).group(0)
+    sipp_ver = (re.search(r"SIPp v[\w.\-]+", sipp_ver) or re.search(r".*", "")).group(0).rstrip(".")
     redis_ver = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
     return {
         "cpu_model": model, "cores": os.cpu_count(), "mem_gib": round(mem, 1),
@@ -1276,7 +1286,7 @@ def plot(rows: list[dict], limits: dict, path: Path, versions: dict) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8))
     colors = {"roomline": "tab:blue", "livekit-sip": "tab:orange"}
-    saturated = sorted({r["n"] for r in rows if r["cpu_machine_cores"] >= 1.9})
+    saturated = sorted({r["n"] for r in rows if cpu_all(r) >= 1.9})
     for ax in (ax1, ax2):
         if saturated:
             ax.axvspan(saturated[0] - 2, max(r["n"] for r in rows) + 2, color="0.9", zorder=0)
@@ -1367,7 +1377,7 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
         return f"met for N = {', '.join(map(str, good))}; missed otherwise"
 
     L.append("Judged on the N every bridge carried (the limit runs below are left out). At N where "
-             "the machine's two cores are saturated (see *machine busy*), CPU figures are what the "
+             "the machine's two cores are saturated (see *all processes* below), CPU figures are what the "
              "bridge got, and setup times include waiting for a core.\n")
     L.append("| target | measured (Roomline) | verdict |")
     L.append("|---|---|---|")
@@ -1393,6 +1403,46 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
                  + ", ".join(f"{x:.1f}x (N={n})" for x, n in zip(ratios, both)) + " | "
                  f"{'met' if min(ratios) >= 3 else 'missed'} |")
     L.append("")
+
+    # ---- reading: what the data says about the targets (data-driven, no opinion)
+    R: list[str] = []
+    sat = sorted(r["n"] for r in rows if cpu_all(r) >= 1.9)
+    if sat:
+        r0 = min((r for r in rows if r["n"] == sat[0]), key=lambda r: r["bridge"])
+        R.append(f"- **The machine, not only the bridge, sets the ceiling.** From N={sat[0]} on, all "
+                 f"processes together use {cpu_all(r0):.2f} of the 2 cores; livekit-server and the "
+                 "room side take about as much CPU as the bridge (table below). Figures at and "
+                 "beyond that N carry queueing for a core.")
+    m = re.search(r"PCMU -> Opus \(8 kHz\)\s+([\d.]+)", media or "")
+    prof_rl = (profiles or {}).get("roomline", {}).get("categories", {})
+    if m:
+        enc = float(m.group(1))
+        R.append(f"- **Opus encoding alone is {enc:.0f} us per 20 ms frame** (`cargo bench --bench media`, "
+                 f"PCMU -> Opus at 8 kHz, libopus' default complexity), i.e. {enc / 200:.2f} % of a core per "
+                 f"call before any RTP, SRTP, socket or scheduling work: the 0.3 %/call target leaves "
+                 f"{max(0.0, 60 - enc):.0f} us per frame for everything else.")
+    if prof_rl:
+        op = prof_rl.get("Opus codec (libopus)", 0.0)
+        kern = prof_rl.get("kernel (syscalls, UDP/loopback, scheduling)", 0.0)
+        ls_op = (profiles or {}).get("livekit-sip", {}).get("categories", {}).get("Opus codec (libopus)")
+        R.append(f"- **Where Roomline's CPU goes** (perf, N={profiles['roomline']['n']}): {op:.0f} % of its samples "
+                 f"are in libopus, {kern:.0f} % in the kernel (a sendto/recvfrom per packet on two legs, "
+                 "wake-ups)" + (f"; livekit-sip spends {ls_op:.0f} % in the same library" if ls_op else "")
+                 + ". For both, the largest share is the same C library (Roomline bundles libopus with the "
+                 "`opus` crate, livekit-sip links Debian's), not code written in Rust or Go.")
+    fails = [r for r in rows if r["bridge"] == "roomline" and r["calls_failed"]]
+    for r in fails:
+        nt = json.loads(r.get("notes") or "{}")
+        ends = [k for k, _ in nt.get("bridge_call_ends", []) if "peer connection failed" in k]
+        if ends:
+            R.append(f"- **Roomline's failure mode at N={r['n']}:** calls were ended by the bridge itself "
+                     f"(`{ends[0]}`): str0m refuses a write once 512 payloads wait unsent (about 10 s of "
+                     "20 ms frames, `MAX_PENDING_PAYLOADS` in str0m 0.25) and the participant task treats that as "
+                     "a failed peer connection, so the call gets a BYE instead of losing frames.")
+    if R:
+        L.append("## Reading the figures\n")
+        L += R
+        L.append("")
 
     # ---- load table
     L.append("## Load test\n")
@@ -1464,11 +1514,11 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
     L.append("The bridge, LiveKit's server (and Redis) are measured separately; the room side, "
              "sipp, the capture and the Python listeners are the test's own load on the same "
              "two cores. `other` is every other process on the machine (kernel threads "
-             "included), from the same per-process counters. `machine busy` is `/proc/stat`'s "
-             "user+nice+system+irq+softirq time (2.00 = both cores saturated); it is tick-sampled "
-             "and need not equal the sum of the per-process figures, which come from the "
-             "scheduler's exact runtimes. `steal` is time the hypervisor ran something else.\n")
-    L.append("| bridge | N | bridge | livekit-server | redis | room side | sipp | tcpdump | listeners | other | machine busy | steal |")
+             "included); `all processes` is the sum (2.00 = both cores saturated). All from the "
+             "per-process counters (the scheduler's exact runtimes; `/proc/stat`'s tick-sampled "
+             "totals read low on this VM at light load and are in load.csv as "
+             "`cpu_machine_cores`). `steal` is time the hypervisor ran something else.\n")
+    L.append("| bridge | N | bridge | livekit-server | redis | room side | sipp | tcpdump | listeners | other | all processes | steal |")
     L.append("|" + "---|" * 12)
     for b in bridges:
         for n in ns_all:
@@ -1477,7 +1527,7 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
                 continue
             L.append(f"| {b} | {n} | {r['cpu_bridge']:.2f} | {r['cpu_livekit-server']:.2f} | {r['cpu_redis']:.3f} | "
                      f"{r['cpu_room-side']:.2f} | {r['cpu_sipp']:.2f} | {r['cpu_tcpdump']:.3f} | "
-                     f"{r['cpu_listeners']:.2f} | {r['cpu_other_cores']:.2f} | {r['cpu_machine_cores']:.2f} | "
+                     f"{r['cpu_listeners']:.2f} | {r['cpu_other_cores']:.2f} | {cpu_all(r):.2f} | "
                      f"{r.get('cpu_steal_cores', float('nan')):.2f} |")
     L.append("")
     L.append("![CPU and memory against concurrent calls](cpu_mem.png)\n")
@@ -1610,19 +1660,59 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
         "calls are up in the window, or either direction delivers less than 90 % of its audio; the "
         "machine's 2 cores carry the server, the room side and sipp too, so a limit is this "
         "machine's, not the bridge's alone (see the CPU table).\n")
-    L.append("Raw data: `load.csv` (one row per bridge and N), `samples.csv` (1 s samples of every "
-             "process), `latency.csv` (every chirp), `daemon.json`.\n")
+    L.append("Data: `load.csv` (one row per bridge and N; every figure above and more), `samples.csv` "
+             "(1 s samples of every process's CPU and RSS), `latency.csv` (every chirp), `daemon.json`, "
+             "`profile.json`, `run.json` (arguments, machine, limits), `media_bench.txt`. The per-run logs, "
+             "sipp files and packet captures stay in the output directory's `raw/`. "
+             "`scripts/bench/bench.py OUTDIR --report-only` rebuilds this page and the plot from those files.\n")
     (out / "report.md").write_text("\n".join(L))
 
 
 # ---- main ----------------------------------------------------------------------------------
 
+def read_csv_rows(path: Path) -> list[dict]:
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            d: dict[str, Any] = {}
+            for k, v in r.items():
+                for conv in (int, float):
+                    try:
+                        d[k] = conv(v)
+                        break
+                    except (TypeError, ValueError):
+                        continue
+                else:
+                    d[k] = v
+            rows.append(d)
+    return rows
+
+
+def report_only(out: Path) -> int:
+    """Rebuilds report.md and cpu_mem.png from a finished run's files."""
+    run = json.loads((out / "run.json").read_text())
+    a = argparse.Namespace(**run["args"])
+    rows = read_csv_rows(out / "load.csv") if (out / "load.csv").exists() else []
+    limits = {(b, n): why for b, n, why in run["limits"]}
+
+    def js(name: str) -> dict:
+        return json.loads((out / name).read_text()) if (out / name).exists() else {}
+
+    media = (out / "media_bench.txt").read_text() if (out / "media_bench.txt").exists() else ""
+    if rows:
+        plot(rows, limits, out / "cpu_mem.png", run["info"]["bridges"])
+    write_report(a, out, run["info"], rows, limits, js("latency.json"), js("daemon.json"), media,
+                 run["runtime_s"], js("profile.json"))
+    log(f"rebuilt {out / 'report.md'}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench.py")
     p.add_argument("outdir")
-    p.add_argument("--roomline", required=True)
-    p.add_argument("--lk-bench", required=True)
-    p.add_argument("--livekit-server", required=True)
+    p.add_argument("--roomline", default="")
+    p.add_argument("--lk-bench", default="")
+    p.add_argument("--livekit-server", default="")
     p.add_argument("--livekit-sip", default="")
     p.add_argument("--livekit-sip-version", default="?")
     p.add_argument("--livekit-sip-note", default="")
@@ -1639,7 +1729,13 @@ def main() -> int:
     p.add_argument("--netns-if", default="")
     p.add_argument("--started-at", type=float, default=0.0,
                    help="when scripts/bench/run started (Unix time), for the total runtime")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild report.md and cpu_mem.png from OUTDIR's data files")
     a = p.parse_args()
+    if a.report_only:
+        return report_only(Path(a.outdir).resolve())
+    if not (a.roomline and a.lk_bench and a.livekit_server):
+        p.error("--roomline, --lk-bench and --livekit-server are required (unless --report-only)")
     a.ns = [int(x) for x in a.ns.split()]
     a.bridges = a.bridges.split()
     a.registrations = [int(x) for x in a.registrations.split()]
@@ -1717,6 +1813,12 @@ def main() -> int:
     write_csv(out / "samples.csv", samples)
     if rows:
         plot(rows, limits, out / "cpu_mem.png", info["bridges"])
+    (out / "run.json").write_text(json.dumps({
+        "args": {k: getattr(a, k) for k in ("ns", "seconds", "rate", "bridges", "registrations",
+                                            "livekit_sip_note", "profile_n")},
+        "info": info, "runtime_s": runtime,
+        "limits": [[b, n, why] for (b, n), why in limits.items()],
+    }, indent=1))
     write_report(a, out, info, rows, limits, lat, dm, media, runtime, profiles)
     log(f"done in {runtime / 60:.1f} min: {out / 'report.md'}")
     print((out / "report.md").read_text())
