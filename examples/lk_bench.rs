@@ -15,6 +15,30 @@
 //! CPU seconds (user+system, whole process, from /proc/self/stat in clock ticks of
 //! 10 ms) are measured over the `--seconds` window after joining and a `--settle`
 //! period; RSS is VmRSS at the end of the window and VmHWM (peak) for the whole run.
+//!
+//! Two more modes serve `scripts/bench/run` as the room side of a load test:
+//!
+//! ```text
+//! lk_bench --url URL --mode rooms --room-list FILE [--tone-hz 440] [--expect-hz 1000]
+//!          [--echo] [--concurrency 8]
+//! lk_bench --url URL --mode probe --room R --pattern FILE --out PREFIX [--seconds S]
+//! ```
+//! * `rooms`: one participant (identity `room-side`, kind standard, 16 kHz) in each room
+//!   named in FILE (one a line), all in this process. Each publishes a `--tone-hz` tone
+//!   (one 20 ms ticker for all, catching up on missed ticks) and decodes every remote
+//!   audio track; per room it counts the samples received and the 20 ms frames whose
+//!   energy is mostly at `--expect-hz` (Goertzel). With `--echo` it publishes what it
+//!   hears instead of a tone (the far end of a latency loop). Prints
+//!   `{"event":"ready",...}` once all have joined, then reads commands on stdin:
+//!   `window` (zero the counters), `report` (one JSON line: per-room counters since
+//!   `window`, this process's CPU and RSS), `quit` (or end of input: leave and exit).
+//! * `probe`: one participant that plays a 16 kHz mono s16le PATTERN (20 ms frames, in
+//!   real time) and records what the room sends back; writes `PREFIX.sent.s16` and
+//!   `PREFIX.recv.s16`, 16 kHz timelines from one start instant: each sent frame placed
+//!   at the instant its first sample was "spoken" (push time - 20 ms), each received
+//!   frame at its arrival. `scripts/bench` cross-correlates them (LiveKit's own loop,
+//!   the baseline for the bridge's added latency). It records for `--seconds` or the
+//!   pattern's length plus 1 s, whichever is longer.
 
 use std::time::{Duration, Instant};
 
@@ -31,12 +55,26 @@ struct Args {
     shared: bool,
     seconds: f64,
     settle: f64,
+    /// `rooms` or `probe` (the load-test room side); None: the idle/stream benchmark.
+    special: Option<String>,
+    room_list: String,
+    room: String,
+    tone_hz: f64,
+    expect_hz: f64,
+    echo: bool,
+    concurrency: usize,
+    pattern: String,
+    out: String,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: lk_bench --url URL [--key K --secret S] --n N [--mode idle|stream] \
-         [--rooms separate|shared] [--seconds S] [--settle S]"
+         [--rooms separate|shared] [--seconds S] [--settle S]\n\
+         \x20      lk_bench --url URL --mode rooms --room-list FILE [--tone-hz HZ] \
+         [--expect-hz HZ] [--echo] [--concurrency K]\n\
+         \x20      lk_bench --url URL --mode probe --room R --pattern FILE --out PREFIX \
+         [--seconds S]"
     );
     std::process::exit(2)
 }
@@ -51,6 +89,15 @@ fn parse_args() -> Args {
         shared: false,
         seconds: 10.0,
         settle: 3.0,
+        special: None,
+        room_list: String::new(),
+        room: String::new(),
+        tone_hz: 440.0,
+        expect_hz: 1000.0,
+        echo: false,
+        concurrency: 8,
+        pattern: String::new(),
+        out: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,13 +107,20 @@ fn parse_args() -> Args {
             "--key" => a.key = value(),
             "--secret" => a.secret = value(),
             "--n" => a.n = value().parse().unwrap_or_else(|_| usage()),
-            "--mode" => {
-                a.stream = match value().as_str() {
-                    "idle" => false,
-                    "stream" => true,
-                    _ => usage(),
-                }
-            }
+            "--mode" => match value().as_str() {
+                "idle" => a.stream = false,
+                "stream" => a.stream = true,
+                m @ ("rooms" | "probe") => a.special = Some(m.to_string()),
+                _ => usage(),
+            },
+            "--room-list" => a.room_list = value(),
+            "--room" => a.room = value(),
+            "--tone-hz" => a.tone_hz = value().parse().unwrap_or_else(|_| usage()),
+            "--expect-hz" => a.expect_hz = value().parse().unwrap_or_else(|_| usage()),
+            "--echo" => a.echo = true,
+            "--concurrency" => a.concurrency = value().parse().unwrap_or_else(|_| usage()),
+            "--pattern" => a.pattern = value(),
+            "--out" => a.out = value(),
             "--rooms" => {
                 a.shared = match value().as_str() {
                     "separate" => false,
@@ -79,7 +133,12 @@ fn parse_args() -> Args {
             _ => usage(),
         }
     }
-    if a.url.is_empty() || a.n == 0 {
+    let bad = match a.special.as_deref() {
+        Some("rooms") => a.room_list.is_empty() || a.concurrency == 0,
+        Some(_) => a.room.is_empty() || a.pattern.is_empty() || a.out.is_empty(),
+        None => a.n == 0,
+    };
+    if a.url.is_empty() || bad {
         usage()
     }
     a
@@ -122,6 +181,11 @@ fn tone_frame(n: &mut u64) -> Vec<i16> {
 #[tokio::main]
 async fn main() {
     let args = parse_args();
+    match args.special.as_deref() {
+        Some("rooms") => return rooms_mode(&args).await,
+        Some("probe") => return probe_mode(&args).await,
+        _ => {}
+    }
     let run = format!("bench-{}-{}", std::process::id(), args.n);
     let t0 = Instant::now();
     let mut handles: Vec<ParticipantHandle> = Vec::new();
@@ -214,5 +278,378 @@ async fn main() {
         rss,
         peak,
         frames as f64 / wall,
+    );
+}
+
+// ---- the room side of scripts/bench/run ---------------------------------------------
+
+/// Rate of the room-side participants (PCM pushed and remote audio decoded).
+const ROOM_RATE: SampleRate = SampleRate::Hz16000;
+
+/// Per-room counters, zeroed by `window`.
+#[derive(Default)]
+struct RoomCounters {
+    samples: u64,
+    frames: u64,
+    tone_frames: u64,
+    /// Identities whose audio arrived since the window opened.
+    from: std::collections::BTreeSet<String>,
+}
+
+/// Goertzel: the fraction of a frame's energy at `hz` (1.0 for a pure tone there), and
+/// the frame's RMS in full-scale units.
+fn tone_fraction(samples: &[i16], rate: f64, hz: f64) -> (f64, f64) {
+    let n = samples.len() as f64;
+    if n == 0.0 {
+        return (0.0, 0.0);
+    }
+    let w = 2.0 * std::f64::consts::PI * hz / rate;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in samples {
+        let x = f64::from(x) / 32768.0;
+        energy += x * x;
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    let rms = (energy / n).sqrt();
+    if energy <= 0.0 {
+        return (0.0, rms);
+    }
+    ((power / (n / 2.0 * energy)).min(1.0), rms)
+}
+
+fn tone_frame_at(hz: f64, rate: f64, n: &mut u64, len: usize) -> Vec<i16> {
+    let frame = (0..len as u64)
+        .map(|i| {
+            let t = (*n + i) as f64 / rate;
+            (0.3 * 32767.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+        })
+        .collect();
+    *n += len as u64;
+    frame
+}
+
+/// Server URL, API key and secret.
+#[derive(Clone)]
+struct Server {
+    url: String,
+    key: String,
+    secret: String,
+}
+
+impl Server {
+    fn of(args: &Args) -> Server {
+        Server {
+            url: args.url.clone(),
+            key: args.key.clone(),
+            secret: args.secret.clone(),
+        }
+    }
+}
+
+/// A joined participant: its handle and its events.
+type Joined = (
+    ParticipantHandle,
+    tokio::sync::mpsc::Receiver<ParticipantEvent>,
+);
+
+async fn join_room_side(server: &Server, room: String, identity: &str) -> Result<Joined, String> {
+    let mut o = JoinOptions::sip(
+        &server.url,
+        &server.key,
+        &server.secret,
+        room.clone(),
+        identity,
+    );
+    o.kind = roomline::livekit::ParticipantKind::Standard;
+    o.sample_rate = ROOM_RATE;
+    o.track_name = "room-side".into();
+    o.join_timeout = Duration::from_secs(60);
+    // a few attempts: at the start of a large run the server may be busy
+    let mut last = String::new();
+    for attempt in 0..3 {
+        match Participant::join(o.clone()).await {
+            Ok(x) => return Ok(x),
+            Err(e) => {
+                last = format!("{room}: {e}");
+                tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn rooms_mode(args: &Args) {
+    use std::sync::{Arc, Mutex};
+
+    let rooms: Vec<String> = std::fs::read_to_string(&args.room_list)
+        .unwrap_or_else(|e| {
+            eprintln!("lk_bench: cannot read {}: {e}", args.room_list);
+            std::process::exit(2)
+        })
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let t0 = Instant::now();
+    // join with bounded concurrency, keeping the room order
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut joins = Vec::new();
+    for room in &rooms {
+        let sem = sem.clone();
+        let room = room.clone();
+        let server = Server::of(args);
+        joins.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            join_room_side(&server, room, "room-side").await
+        }));
+    }
+    let mut handles = Vec::new();
+    let mut counters: Vec<Arc<Mutex<RoomCounters>>> = Vec::new();
+    for (room, j) in rooms.iter().zip(joins) {
+        let (handle, mut events) = match j.await.expect("join task") {
+            Ok(x) => x,
+            Err(e) => {
+                println!("{{\"event\":\"error\",\"error\":{:?}}}", e);
+                eprintln!("lk_bench: could not join {room}: {e}");
+                std::process::exit(1);
+            }
+        };
+        let c = Arc::new(Mutex::new(RoomCounters::default()));
+        let cc = c.clone();
+        let echo = args.echo.then(|| handle.clone());
+        let expect = args.expect_hz;
+        tokio::spawn(async move {
+            let rate = f64::from(ROOM_RATE.hz());
+            let per = ROOM_RATE.samples_per_20ms();
+            let mut pending: Vec<i16> = Vec::new();
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    ParticipantEvent::AudioFrame(f) => {
+                        let (frac, rms) = tone_fraction(&f.samples, rate, expect);
+                        {
+                            let mut c = cc.lock().unwrap();
+                            c.samples += f.samples.len() as u64;
+                            c.frames += 1;
+                            if rms > 0.01 && frac > 0.5 {
+                                c.tone_frames += 1;
+                            }
+                            if !c.from.contains(&f.participant_identity) {
+                                c.from.insert(f.participant_identity.clone());
+                            }
+                        }
+                        if let Some(h) = &echo {
+                            pending.extend_from_slice(&f.samples);
+                            while pending.len() >= per {
+                                let _ = h.push_audio(&pending[..per]);
+                                pending.drain(..per);
+                            }
+                        }
+                    }
+                    ParticipantEvent::Disconnected(r) => {
+                        eprintln!("lk_bench: a room-side participant left: {r}");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        counters.push(c);
+        handles.push(handle);
+    }
+    let join_s = t0.elapsed().as_secs_f64();
+    if !args.echo {
+        let hs = handles.clone();
+        let hz = args.tone_hz;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(20));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut n = 0u64;
+            loop {
+                ticker.tick().await;
+                let frame = tone_frame_at(
+                    hz,
+                    f64::from(ROOM_RATE.hz()),
+                    &mut n,
+                    ROOM_RATE.samples_per_20ms(),
+                );
+                for h in &hs {
+                    let _ = h.push_audio(&frame);
+                }
+            }
+        });
+    }
+    println!(
+        "{{\"event\":\"ready\",\"rooms\":{},\"join_s\":{:.2},\"rss_mib\":{:.1}}}",
+        rooms.len(),
+        join_s,
+        status_mib("VmRSS:")
+    );
+    let mut window_start = Instant::now();
+    let mut window_cpu = cpu_seconds();
+    // commands on stdin, read by a plain thread (tokio's io-std feature is not enabled)
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        match line.trim() {
+            "window" => {
+                for c in &counters {
+                    *c.lock().unwrap() = RoomCounters::default();
+                }
+                window_start = Instant::now();
+                window_cpu = cpu_seconds();
+                println!("{{\"event\":\"window\"}}");
+            }
+            "report" => {
+                let wall = window_start.elapsed().as_secs_f64();
+                let per_room: Vec<String> = rooms
+                    .iter()
+                    .zip(&counters)
+                    .map(|(room, c)| {
+                        let c = c.lock().unwrap();
+                        let from: Vec<String> = c.from.iter().map(|s| format!("{s:?}")).collect();
+                        format!(
+                            "{{\"room\":{room:?},\"samples\":{},\"frames\":{},\"tone_frames\":{},\"from\":[{}]}}",
+                            c.samples,
+                            c.frames,
+                            c.tone_frames,
+                            from.join(",")
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{{\"event\":\"report\",\"window_s\":{wall:.3},\"rate\":{},\"cpu_s\":{:.2},\"rss_mib\":{:.1},\"rooms\":[{}]}}",
+                    ROOM_RATE.hz(),
+                    cpu_seconds() - window_cpu,
+                    status_mib("VmRSS:"),
+                    per_room.join(",")
+                );
+            }
+            "quit" => break,
+            _ => {}
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    let leaves: Vec<_> = handles
+        .into_iter()
+        .map(|h| tokio::spawn(async move { h.leave(LeaveReason::ClientInitiated).await }))
+        .collect();
+    for l in leaves {
+        let _ = l.await;
+    }
+}
+
+/// Writes `frame` into `timeline` at `at` seconds from its start (16 kHz), growing it.
+fn place(timeline: &mut Vec<i16>, at: f64, frame: &[i16]) {
+    let start = (at * f64::from(ROOM_RATE.hz())).round().max(0.0) as usize;
+    if timeline.len() < start + frame.len() {
+        timeline.resize(start + frame.len(), 0);
+    }
+    timeline[start..start + frame.len()].copy_from_slice(frame);
+}
+
+fn write_s16(path: &str, samples: &[i16]) {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    if let Err(e) = std::fs::write(path, bytes) {
+        eprintln!("lk_bench: cannot write {path}: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn probe_mode(args: &Args) {
+    let raw = std::fs::read(&args.pattern).unwrap_or_else(|e| {
+        eprintln!("lk_bench: cannot read {}: {e}", args.pattern);
+        std::process::exit(2)
+    });
+    let pattern: Vec<i16> = raw
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let (handle, mut events) =
+        match join_room_side(&Server::of(args), args.room.clone(), "probe").await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("lk_bench: probe could not join: {e}");
+                std::process::exit(1)
+            }
+        };
+    // wait until our track is published and the far end's audio arrives (up to 20 s)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut published, mut hearing) = (false, false);
+    while !(published && hearing) && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+            Ok(Some(ParticipantEvent::PublisherConnected)) => published = true,
+            Ok(Some(ParticipantEvent::TrackSubscribed { .. })) => hearing = true,
+            Ok(Some(ParticipantEvent::Disconnected(r))) => {
+                eprintln!("lk_bench: probe disconnected: {r}");
+                std::process::exit(1)
+            }
+            Ok(None) => std::process::exit(1),
+            _ => {}
+        }
+    }
+    if !(published && hearing) {
+        eprintln!(
+            "lk_bench: probe: no echo participant in {} (published={published})",
+            args.room
+        );
+        std::process::exit(1)
+    }
+    // let the echo's first frames settle
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per = ROOM_RATE.samples_per_20ms();
+    let frame_s = per as f64 / f64::from(ROOM_RATE.hz());
+    let t0 = Instant::now();
+    let mut sent: Vec<i16> = Vec::new();
+    let mut recv: Vec<i16> = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let frames = pattern.len() / per;
+    let mut k = 0usize;
+    let end = t0 + Duration::from_secs_f64(args.seconds.max(frames as f64 * frame_s + 1.0));
+    loop {
+        tokio::select! {
+            _ = ticker.tick(), if k < frames => {
+                let frame = &pattern[k * per..(k + 1) * per];
+                let _ = handle.push_audio(frame);
+                let at = t0.elapsed().as_secs_f64() - frame_s;
+                place(&mut sent, at, frame);
+                k += 1;
+            }
+            ev = events.recv() => match ev {
+                Some(ParticipantEvent::AudioFrame(f)) => {
+                    let at = t0.elapsed().as_secs_f64();
+                    place(&mut recv, at, &f.samples);
+                }
+                Some(ParticipantEvent::Disconnected(r)) => {
+                    eprintln!("lk_bench: probe disconnected: {r}");
+                    break;
+                }
+                None => break,
+                _ => {}
+            },
+            _ = tokio::time::sleep_until(end.into()) => break,
+        }
+    }
+    let _ = handle.leave(LeaveReason::ClientInitiated).await;
+    write_s16(&format!("{}.sent.s16", args.out), &sent);
+    write_s16(&format!("{}.recv.s16", args.out), &recv);
+    println!(
+        "{{\"event\":\"done\",\"frames_sent\":{k},\"seconds\":{:.2},\"rate\":{}}}",
+        t0.elapsed().as_secs_f64(),
+        ROOM_RATE.hz()
     );
 }
