@@ -45,6 +45,8 @@ const REJOIN_ATTEMPTS: u32 = 3;
 const REJOIN_BACKOFF: Duration = Duration::from_millis(500);
 /// How long closing a dead signalling connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Audio writes refused in a row (10 s of frames) before the publisher counts as failed.
+const MAX_WRITE_FAILURES: u32 = 500;
 
 /// The task's clock: tokio's, so a paused test clock drives str0m too.
 fn now() -> Instant {
@@ -123,6 +125,8 @@ pub(crate) async fn join(
             rtp_time: 0,
             frames_sent: 0,
             dropped_before_connect: 0,
+            write_failures: 0,
+            frames_dropped: 0,
             pending_data: Vec::new(),
         },
         data_sequence: 0,
@@ -240,6 +244,9 @@ struct Publish {
     rtp_time: u64,
     frames_sent: u64,
     dropped_before_connect: u64,
+    /// Writes refused in a row (see `publish_frame`), and frames lost that way.
+    write_failures: u32,
+    frames_dropped: u64,
     /// Data packets (bytes, reliable) sent before their channel opened.
     pending_data: Vec<(Vec<u8>, bool)>,
 }
@@ -373,6 +380,7 @@ impl Task {
             End::Recover(_) => unreachable!("recovered above"),
         };
         tracing::info!(sid = %self.local_sid, %reason, frames_sent = self.publish.frames_sent,
+            frames_dropped = self.publish.frames_dropped,
             events_dropped = self.events_dropped, "left LiveKit room");
         let mut ignored = Vec::new();
         for peer in [&mut self.publisher, &mut self.subscriber] {
@@ -1138,6 +1146,10 @@ impl Task {
         let packet = self.publish.encoder.encode(pcm)?;
         let level = audio::audio_level_dbov(pcm);
         let t = now();
+        // a task running late (an overloaded host) has str0m's timers to catch up on
+        // first: queued payloads leave only when they run
+        let mut events = Vec::new();
+        self.publisher.handle_timeout(t, &mut events)?;
         let Some(writer) = self.publisher.rtc.writer(mid) else {
             return Ok(());
         };
@@ -1148,17 +1160,33 @@ impl Task {
         else {
             return Err("the server did not accept Opus on the publisher".into());
         };
-        writer
+        let written = writer
             .audio_level(-(level as i8), level < 50)
             .write(
                 pt,
                 t,
                 MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
                 packet,
-            )
-            .map_err(|e| format!("write audio: {e}"))?;
-        self.publish.frames_sent += 1;
-        let mut events = Vec::new();
+            );
+        match written {
+            Ok(()) => {
+                self.publish.frames_sent += 1;
+                self.publish.write_failures = 0;
+            }
+            // str0m refuses a write while too many payloads wait unsent (a host too busy
+            // to keep up): the frame is lost like a dropped packet, the call goes on;
+            // only a publisher that stays stuck for seconds counts as failed
+            Err(e) => {
+                self.publish.write_failures += 1;
+                self.publish.frames_dropped += 1;
+                if self.publish.write_failures == 1 || self.publish.write_failures % 50 == 0 {
+                    tracing::debug!(error = %e, failures = self.publish.write_failures, "audio frame not written");
+                }
+                if self.publish.write_failures >= MAX_WRITE_FAILURES {
+                    return Err(format!("write audio: {e} ({} frames in a row)", self.publish.write_failures));
+                }
+            }
+        }
         self.publisher.drain(&mut events)?;
         Ok(())
     }
