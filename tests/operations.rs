@@ -1680,11 +1680,11 @@ fn metrics_scrape_parses_with_the_documented_names_and_label_sets() {
         ) >= 1.0
     );
     assert!(v("roomline_sip_requests_received_total", &[("method", "BYE")]) >= 1.0);
-    // the endpoint's answers and the calls' final answers to their INVITEs: the 200s of
-    // the answered call and of the OPTIONS, the 404 and the 403
+    // every response but retransmissions and 100 Trying: the 200s to the answered call's
+    // INVITE, to its BYE (an in-dialog answer) and to the OPTIONS; the 404 and the 403
     assert_eq!(
         v("roomline_sip_responses_sent_total", &[("class", "2xx")]),
-        2.0
+        3.0
     );
     assert_eq!(
         v("roomline_sip_responses_sent_total", &[("class", "4xx")]),
@@ -2063,7 +2063,16 @@ struct Kamailio {
     log: PathBuf,
 }
 
-const KAMAILIO_MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
+/// Debian's module directory for this architecture (/usr/lib/<multiarch>/kamailio/modules).
+fn kamailio_modules() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("kamailio/modules"))
+        .find(|p| p.join("dispatcher.so").is_file())
+        .unwrap_or_else(|| panic!("kamailio's modules not found: {}", common::INSTALL_HINT))
+}
 
 impl Kamailio {
     /// A dispatcher proxy on 127.0.0.1:<free port> balancing INVITEs round-robin over
@@ -2101,6 +2110,8 @@ impl Kamailio {
         .iter()
         .map(|m| format!("loadmodule \"{m}.so\"\n"))
         .collect::<String>();
+        let mpath = kamailio_modules();
+        let mpath = mpath.display();
         let cfg = format!(
             r#"#!KAMAILIO
 debug=2
@@ -2109,7 +2120,7 @@ children=2
 auto_aliases=no
 disable_tcp=yes
 listen=udp:127.0.0.1:{port}
-mpath="{KAMAILIO_MODULES}"
+mpath="{mpath}"
 {modules}
 modparam("tm", "fr_timer", 3000)
 modparam("rr", "enable_full_lr", 1)

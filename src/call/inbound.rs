@@ -234,6 +234,8 @@ impl Call {
             Ok(()) => {
                 if status >= 200 {
                     self.final_sent = true;
+                }
+                if status != 100 {
                     metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
                         .increment(1);
                 }
@@ -767,6 +769,8 @@ impl Call {
             .unwrap_or(500);
         let mut out = out;
         out.push("Server", &self.ctx.endpoint.user_agent);
+        metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
+            .increment(1);
         let mut tx = ServerNonInvite::new(req.at, req.flow.is_reliable(), self.ctx.timers);
         let _ = tx.respond(req.at, status, out.to_bytes());
         while let Some(o) = tx.poll_output() {
@@ -852,6 +856,8 @@ impl Call {
                     // (RFC 3261 section 8.2.2.2), or a stranger
                     let status = if method == "INVITE" { 482 } else { 481 };
                     let out = build::response_to(&req.msg, status, Some(&build::new_tag()));
+                    metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
+                        .increment(1);
                     req.reply(&out);
                     return Ok(());
                 }

@@ -69,7 +69,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         SIP_RESPONSES_SENT,
-        "SIP responses sent by the endpoint and final responses sent by call tasks, by status class."
+        "SIP responses sent (retransmissions and 100 Trying excepted), by status class."
     );
     metrics::describe_counter!(
         SIP_INVALID,
