@@ -1494,6 +1494,34 @@ fn options_pings_show_trunk_health_up_and_down() {
     rl.assert_no_leaks(Duration::from_secs(5));
 }
 
+/// A trunk whose address is the daemon itself (a loop, or a test set-up) is up: the
+/// daemon answers its own OPTIONS like anyone else's, and the ping gets that 200.
+#[test]
+fn a_trunk_pointing_at_the_daemon_itself_is_up() {
+    let lk = LiveKitServer::start();
+    let rl = Roomline::start(Setup::new(&lk));
+    std::fs::write(
+        rl.dir().join("trunks/myself.yaml"),
+        format!(
+            "outbound:\n  address: {}\n  from_number: \"{FROM}\"\n  options_interval: 1s\n",
+            rl.sip_addr()
+        ),
+    )
+    .unwrap();
+    rl.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while detailed(&rl)["last_reload"]["trigger"] != "signal" {
+        assert!(Instant::now() < deadline, "no reload: {}", rl.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = wait_trunk(&rl, "myself", Duration::from_secs(15), |t| {
+        t["health"]["state"] == "up"
+    });
+    assert_eq!(t["health"]["status"], 200, "{t}");
+    assert_eq!(metric(&rl, "roomline_trunk_up{trunk=\"myself\"}"), Some(1.0));
+    rl.assert_no_leaks(Duration::from_secs(5));
+}
+
 /// A REGISTER answered with a digest challenge (nonce `nonce`), checked by sipp, then 200
 /// granting `granted` seconds.
 fn registration(nonce: &str, granted: u32, n: u32) -> String {

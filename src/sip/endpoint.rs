@@ -162,6 +162,8 @@ enum Command {
     Register {
         call_id: String,
         tx: mpsc::Sender<SipEvent>,
+        /// Requests with the Call-ID go to `tx` too (a dialog); else only responses do.
+        requests: bool,
         done: oneshot::Sender<bool>,
     },
     Unregister {
@@ -185,15 +187,32 @@ pub struct EndpointHandle {
 }
 
 impl EndpointHandle {
-    /// Routes every message with `call_id` to the returned receiver (outbound calls,
-    /// registrations, pings). False if the Call-ID is taken.
+    /// Routes every message with `call_id` to the returned receiver (outbound calls).
+    /// None if the Call-ID is taken.
     pub async fn register(&self, call_id: &str) -> Option<mpsc::Receiver<SipEvent>> {
+        self.register_route(call_id, true).await
+    }
+
+    /// Routes the responses with `call_id` to the returned receiver (a lone client
+    /// transaction: a registration, a ping). Requests with it are the endpoint's own, so
+    /// a request looped back to this daemon (a trunk whose address is the daemon itself)
+    /// is answered like any other. None if the Call-ID is taken.
+    pub async fn register_responses(&self, call_id: &str) -> Option<mpsc::Receiver<SipEvent>> {
+        self.register_route(call_id, false).await
+    }
+
+    async fn register_route(
+        &self,
+        call_id: &str,
+        requests: bool,
+    ) -> Option<mpsc::Receiver<SipEvent>> {
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         let (done, ok) = oneshot::channel();
         self.cmd
             .send(Command::Register {
                 call_id: call_id.to_string(),
                 tx,
+                requests,
                 done,
             })
             .await
@@ -376,7 +395,10 @@ pub struct Endpoint {
     cmd_rx: mpsc::Receiver<Command>,
     config: watch::Receiver<Arc<Config>>,
     calls_tx: mpsc::Sender<InboundInvite>,
+    /// Call-IDs whose requests and responses go to a task (calls).
     routes: HashMap<String, mpsc::Sender<SipEvent>>,
+    /// Call-IDs whose responses only go to a task (registrations, pings).
+    response_routes: HashMap<String, mpsc::Sender<SipEvent>>,
     txs: TxTable,
     linger: HashMap<(String, String), (Instant, Linger)>,
     linger_order: VecDeque<(Instant, (String, String))>,
@@ -428,6 +450,7 @@ impl Endpoint {
             config,
             calls_tx,
             routes: HashMap::new(),
+            response_routes: HashMap::new(),
             txs: TxTable::default(),
             linger: HashMap::new(),
             linger_order: VecDeque::new(),
@@ -481,15 +504,28 @@ impl Endpoint {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Register { call_id, tx, done } => {
-                let free = self.routes.get(&call_id).is_none_or(|s| s.is_closed());
+            Command::Register {
+                call_id,
+                tx,
+                requests,
+                done,
+            } => {
+                let free = self.routes.get(&call_id).is_none_or(|s| s.is_closed())
+                    && self.response_routes.get(&call_id).is_none_or(|s| s.is_closed());
                 if free {
-                    self.routes.insert(call_id, tx);
+                    self.routes.remove(&call_id);
+                    self.response_routes.remove(&call_id);
+                    if requests {
+                        self.routes.insert(call_id, tx);
+                    } else {
+                        self.response_routes.insert(call_id, tx);
+                    }
                 }
                 let _ = done.send(free);
             }
             Command::Unregister { call_id, linger } => {
                 self.routes.remove(&call_id);
+                self.response_routes.remove(&call_id);
                 let t = now();
                 for l in linger {
                     if self.linger.len() >= MAX_LINGER
@@ -539,6 +575,7 @@ impl Endpoint {
             self.last_sweep = t;
             self.limiter.sweep(t);
             self.routes.retain(|_, s| !s.is_closed());
+            self.response_routes.retain(|_, s| !s.is_closed());
             let linger_for = self.timers.t1 * 64;
             while let Some((at, _)) = self.linger_order.front() {
                 if t.saturating_duration_since(*at) < linger_for {
@@ -630,7 +667,11 @@ impl Endpoint {
                 via,
                 at: t,
             };
-            match self.routes.get(&call_id) {
+            match self
+                .routes
+                .get(&call_id)
+                .or_else(|| self.response_routes.get(&call_id))
+            {
                 Some(tx) => {
                     if tx.try_send(SipEvent::Response(inc)).is_err() {
                         metrics::counter!(m::SIP_DROPPED, "reason" => "call_queue").increment(1);

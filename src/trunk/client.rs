@@ -130,7 +130,7 @@ pub async fn exchange(
     req: &mut Request,
     creds: Option<(&str, &str)>,
 ) -> Result<Incoming, ExchangeError> {
-    let Some(mut events) = ep.register(&req.call_id).await else {
+    let Some(mut events) = ep.register_responses(&req.call_id).await else {
         return Err(ExchangeError::Shutdown);
     };
     let result = exchange_on(ep, flow, timers, req, creds, &mut events).await;
