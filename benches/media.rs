@@ -30,20 +30,18 @@ fn tone(freqs: &[f64], rate: u32, n: usize) -> Vec<i16> {
 }
 
 /// The encoder the LiveKit side uses (`livekit::audio::OpusEncoder`): VoIP, 32 kbit/s,
-/// in-band FEC, 5 % expected loss, default complexity.
+/// in-band FEC, 5 % expected loss, the complexity Roomline uses at that rate.
 fn opus_encoder(rate: u32) -> opus::Encoder {
-    opus_encoder_at(rate, roomline::livekit::OPUS_COMPLEXITY)
+    let c = if rate == 8000 {
+        roomline::livekit::OPUS_COMPLEXITY_NARROWBAND
+    } else {
+        roomline::livekit::OPUS_COMPLEXITY_WIDEBAND
+    };
+    opus_encoder_at(rate, c)
 }
 
 fn opus_encoder_at(rate: u32, complexity: i32) -> opus::Encoder {
-    let mut enc = opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip)
-        .expect("opus encoder");
-    enc.set_bitrate(opus::Bitrate::Bits(32_000))
-        .expect("bitrate");
-    enc.set_inband_fec(true).expect("fec");
-    enc.set_packet_loss_perc(5).expect("loss");
-    enc.set_complexity(complexity).expect("complexity");
-    enc
+    roomline::livekit::opus_encoder(rate, complexity).expect("opus encoder")
 }
 
 /// Median microseconds per frame of `run`, which processes `FRAMES` frames.
@@ -61,7 +59,7 @@ fn measure(mut run: impl FnMut()) -> f64 {
 }
 
 fn pcmu_to_opus() -> f64 {
-    pcmu_to_opus_at(roomline::livekit::OPUS_COMPLEXITY)
+    pcmu_to_opus_at(roomline::livekit::OPUS_COMPLEXITY_NARROWBAND)
 }
 
 fn pcmu_to_opus_at(complexity: i32) -> f64 {
@@ -170,10 +168,14 @@ fn main() {
         up_pcmu + down[0]
     );
     println!(
-        "Opus encoder complexity (in use: {}), PCMU -> Opus:",
-        roomline::livekit::OPUS_COMPLEXITY
+        "Opus encoder complexity (in use: {} at 8 kHz, {} at 16 kHz), PCMU -> Opus:",
+        roomline::livekit::OPUS_COMPLEXITY_NARROWBAND,
+        roomline::livekit::OPUS_COMPLEXITY_WIDEBAND
     );
-    for c in [10, 8, 5, 3, 1] {
-        println!("  complexity {c:>2}                        {:8.1}", pcmu_to_opus_at(c));
+    for c in [10, 8, 6, 5, 3, 1, 0] {
+        println!(
+            "  complexity {c:>2}                        {:8.1}",
+            pcmu_to_opus_at(c)
+        );
     }
 }

@@ -11,10 +11,44 @@ pub(crate) const OPUS_CLOCK: u64 = 48_000;
 /// RTP ticks in 20 ms at the Opus clock.
 pub(crate) const TICKS_20MS: u64 = OPUS_CLOCK / 50;
 
-/// Opus encoder complexity (0-10) for the phone's audio toward the room. Speech at 8 or
-/// 16 kHz at 32 kbit/s: 5 costs about half of 10 (`cargo bench --bench media` prints
-/// the sweep) with no audible difference on a phone's narrow- or wideband input.
-pub const OPUS_COMPLEXITY: i32 = 5;
+/// Opus encoder complexity (0-10) for the phone's audio toward the room, by phone rate.
+/// Chosen by `scripts/bench/opus_quality` (PESQ on spoken sentences through the phone
+/// leg and this encoder; libopus 1.6.1):
+/// - 8 kHz (PCMU, PCMA): 1. PESQ 3.94 against 3.99 at 5 and 4.01 at 10 (PCMU alone
+///   scores 4.04), for well under half the encoder's time: complexities 2-5 use SILK's
+///   delayed-decision quantizer with 2 states, which has no SIMD version.
+/// - 16 kHz (G.722): 6. PESQ 3.99 against 3.78 at 5 and 4.08 at 10, at the cost of 5
+///   (3 states run libopus's AVX2 quantizer); below 4 wideband speech loses 0.2-0.7.
+pub const OPUS_COMPLEXITY_NARROWBAND: i32 = 1;
+pub const OPUS_COMPLEXITY_WIDEBAND: i32 = 6;
+
+/// The complexity Roomline encodes at for a phone rate.
+pub fn opus_complexity(rate: SampleRate) -> i32 {
+    match rate {
+        SampleRate::Hz8000 => OPUS_COMPLEXITY_NARROWBAND,
+        SampleRate::Hz16000 => OPUS_COMPLEXITY_WIDEBAND,
+    }
+}
+
+/// The encoder the phone's audio goes through toward the room, at `complexity`: VoIP
+/// mode, 32 kbit/s (plenty for speech at phone bandwidth), in-band FEC for 5 % expected
+/// loss (helps on lossy uplinks), no DTX. Public for the benches and
+/// `examples/opus_quality`, which measure exactly this configuration.
+pub fn opus_encoder(rate_hz: u32, complexity: i32) -> Result<opus::Encoder, String> {
+    let mut enc = opus::Encoder::new(rate_hz, opus::Channels::Mono, opus::Application::Voip)
+        .map_err(|e| format!("opus encoder: {e}"))?;
+    let settings = [
+        enc.set_bitrate(opus::Bitrate::Bits(32_000)),
+        enc.set_inband_fec(true),
+        enc.set_packet_loss_perc(5),
+        enc.set_dtx(false),
+        enc.set_complexity(complexity),
+    ];
+    for r in settings {
+        r.map_err(|e| format!("opus encoder setting: {e}"))?;
+    }
+    Ok(enc)
+}
 
 pub(crate) struct OpusEncoder {
     enc: opus::Encoder,
@@ -23,14 +57,7 @@ pub(crate) struct OpusEncoder {
 
 impl OpusEncoder {
     pub(crate) fn new(rate: SampleRate) -> Result<Self, String> {
-        let mut enc = opus::Encoder::new(rate.hz(), opus::Channels::Mono, opus::Application::Voip)
-            .map_err(|e| format!("opus encoder: {e}"))?;
-        // speech at phone bandwidth: 32 kbit/s is plenty; FEC helps on lossy uplinks
-        let _ = enc.set_bitrate(opus::Bitrate::Bits(32_000));
-        let _ = enc.set_inband_fec(true);
-        let _ = enc.set_packet_loss_perc(5);
-        let _ = enc.set_dtx(false);
-        let _ = enc.set_complexity(OPUS_COMPLEXITY);
+        let enc = opus_encoder(rate.hz(), opus_complexity(rate))?;
         Ok(OpusEncoder {
             enc,
             out: vec![0; 1500],
@@ -172,8 +199,9 @@ mod tests {
     /// A 1 kHz tone through Opus at each phone rate (the encoder settings the
     /// participant publishes with): the frequency survives and the waveform SNR, after
     /// aligning for the codec's delay, stays above a floor set a few dB under what was
-    /// measured (8 kHz: 19.1 dB, 16 kHz: 18.8 dB on this tone at 32 kbit/s and
-    /// complexity 5; Opus is perceptual, so waveform SNR is lower than G.711's).
+    /// measured (8 kHz: 21.5 dB at complexity 1, 16 kHz: 19.2 dB at complexity 6, on
+    /// this tone at 32 kbit/s; Opus is perceptual, so waveform SNR is lower than G.711's;
+    /// speech quality is measured by `scripts/bench/opus_quality`).
     #[test]
     fn opus_tone_round_trip_keeps_frequency_and_snr() {
         use crate::media::test_signal::{dominant_frequency, sine, snr_db};
@@ -192,7 +220,12 @@ mod tests {
             // skip the first 200 ms, then find the codec's delay
             let skip = n * 10;
             let best = (0..n)
-                .map(|lag| snr_db(&pcm[skip..pcm.len() - n], &out[skip + lag..out.len() - n + lag]))
+                .map(|lag| {
+                    snr_db(
+                        &pcm[skip..pcm.len() - n],
+                        &out[skip + lag..out.len() - n + lag],
+                    )
+                })
                 .fold(f64::MIN, f64::max);
             println!("opus at {} Hz: 1 kHz SNR {best:.1} dB", rate.hz());
             assert!(best > floor, "SNR {best:.1} dB at {rate:?}");
