@@ -18,6 +18,8 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Signalling protocol version we speak (reference section 1).
 pub(crate) const PROTOCOL_VERSION: u32 = 16;
+/// tungstenite's read buffer: signalling messages are small and rare.
+const WS_READ_BUFFER: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a join failed.
@@ -181,8 +183,16 @@ pub(crate) async fn connect_with(
         http::HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|e| JoinError::Invalid(format!("token not usable as a header: {e}")))?,
     );
-    let connected =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await;
+    // tungstenite zeroes its free read buffer (128 KiB by default) on every poll that
+    // finds no data; the participant's loop polls the socket on every media frame, so a
+    // small buffer saves a memset per frame (larger messages reserve their own length)
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER);
+    let connected = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(config), false),
+    )
+    .await;
     let mut ws = match connected {
         Err(_) => {
             return Err(JoinError::Timeout(
