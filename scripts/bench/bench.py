@@ -1418,7 +1418,7 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
     if m:
         enc = float(m.group(1))
         R.append(f"- **Opus encoding alone is {enc:.0f} us per 20 ms frame** (`cargo bench --bench media`, "
-                 f"PCMU -> Opus at 8 kHz, libopus' default complexity), i.e. {enc / 200:.2f} % of a core per "
+                 f"PCMU -> Opus at 8 kHz, at the complexity Roomline uses there), i.e. {enc / 200:.2f} % of a core per "
                  f"call before any RTP, SRTP, socket or scheduling work: the 0.3 %/call target leaves "
                  f"{max(0.0, 60 - enc):.0f} us per frame for everything else.")
     if prof_rl:
@@ -1428,8 +1428,11 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
         R.append(f"- **Where Roomline's CPU goes** (perf, N={profiles['roomline']['n']}): {op:.0f} % of its samples "
                  f"are in libopus, {kern:.0f} % in the kernel (a sendto/recvfrom per packet on two legs, "
                  "wake-ups)" + (f"; livekit-sip spends {ls_op:.0f} % in the same library" if ls_op else "")
-                 + ". For both, the largest share is the same C library (Roomline bundles libopus with the "
-                 "`opus` crate, livekit-sip links Debian's), not code written in Rust or Go.")
+                 + (". libopus is the largest share of both: the same C library (Roomline bundles it with "
+                    "the `opus` crate, livekit-sip links Debian's), not code written in Rust or Go."
+                    if ls_op and op >= max(prof_rl.values())
+                    and ls_op >= max(profiles["livekit-sip"]["categories"].values()) else ".")
+                 )
     fails = [r for r in rows if r["bridge"] == "roomline" and r["calls_failed"]]
     for r in fails:
         nt = json.loads(r.get("notes") or "{}")
