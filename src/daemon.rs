@@ -5,13 +5,13 @@
 
 use crate::api::{AppState, ReloadStatus};
 use crate::call::{self, CallContext};
-use crate::media::ports::PortPool;
-use crate::sip::endpoint::Endpoint;
-use crate::sip::transaction::Timers;
 use crate::config::{self, Config};
+use crate::media::ports::PortPool;
 use crate::ops::metrics as m;
 use crate::ops::watch::{Debounce, Fingerprint};
 use crate::ops::{self, Signal, Signals};
+use crate::sip::endpoint::Endpoint;
+use crate::sip::transaction::Timers;
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,7 +85,8 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         }
     };
     // SIP: bind every listener before saying we are ready
-    let (endpoint, sip, invites) = match Endpoint::bind(config_rx.clone(), Timers::default()).await {
+    let (endpoint, sip, invites) = match Endpoint::bind(config_rx.clone(), Timers::default()).await
+    {
         Ok(x) => x,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the SIP endpoint");
@@ -154,7 +155,10 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     if let Some(watchdog_usec) = ops::watchdog_usec() {
         let period = Duration::from_micros(watchdog_usec / 2);
         let ep = sip.clone();
-        tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog enabled");
+        tracing::info!(
+            period_ms = period.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -162,7 +166,9 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
                 if ep.ping(period / 2).await {
                     ops::notify(&[NotifyState::Watchdog]);
                 } else {
-                    tracing::warn!("the SIP endpoint did not answer; withholding the watchdog ping");
+                    tracing::warn!(
+                        "the SIP endpoint did not answer; withholding the watchdog ping"
+                    );
                 }
             }
         });
@@ -200,7 +206,11 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     let grace = config_tx.borrow().limits.drain_timeout;
     let active = calls.counts().active;
     if active > 0 {
-        tracing::info!(active, grace_s = grace.as_secs(), "draining: waiting for active calls (signal again to stop now)");
+        tracing::info!(
+            active,
+            grace_s = grace.as_secs(),
+            "draining: waiting for active calls (signal again to stop now)"
+        );
         tokio::select! {
             done = calls.wait_no_active(grace) => {
                 if !done {
@@ -249,10 +259,17 @@ fn reload(
                 ("sip.listeners", old.sip.listeners != cfg.sip.listeners),
                 ("http.listen", old.http.listen != cfg.http.listen),
                 ("rtp.port_range", old.rtp.ports != cfg.rtp.ports),
-                ("sip.public_ip / rtp.public_ip", old.sip.public_ip != cfg.sip.public_ip || old.rtp.public_ip != cfg.rtp.public_ip),
+                (
+                    "sip.public_ip / rtp.public_ip",
+                    old.sip.public_ip != cfg.sip.public_ip
+                        || old.rtp.public_ip != cfg.rtp.public_ip,
+                ),
             ] {
                 if changed {
-                    tracing::warn!(setting = what, "changed in the configuration: takes effect at the next restart");
+                    tracing::warn!(
+                        setting = what,
+                        "changed in the configuration: takes effect at the next restart"
+                    );
                 }
             }
             tracing::info!(

@@ -65,11 +65,17 @@ fn options_udp(to: SocketAddr, timeout: Duration) -> Result<(u16, Duration), Str
             format!("SIP/2.0/UDP {host};branch={};rport", build::new_branch()),
         )
         .header("Max-Forwards", "70")
-        .header("From", format!("<sip:diagnose@{host}>;tag={}", build::new_tag()))
+        .header(
+            "From",
+            format!("<sip:diagnose@{host}>;tag={}", build::new_tag()),
+        )
         .header("To", format!("<sip:{target}>"))
         .header("Call-ID", build::new_call_id())
         .header("CSeq", "1 OPTIONS")
-        .header("User-Agent", concat!("roomline-diagnose/", env!("CARGO_PKG_VERSION")))
+        .header(
+            "User-Agent",
+            concat!("roomline-diagnose/", env!("CARGO_PKG_VERSION")),
+        )
         .to_bytes();
     let t0 = Instant::now();
     let mut next_send = t0;
@@ -131,23 +137,32 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
             out.push(check(
                 item,
                 Verdict::Warn,
-                format!("{} trunks are not probed here; see /health/detailed while running", addr.transport.as_str()),
+                format!(
+                    "{} trunks are not probed here; see /health/detailed while running",
+                    addr.transport.as_str()
+                ),
             ));
             continue;
         }
         match addr.resolve().await {
             Err(e) => out.push(check(item, Verdict::Fail, e)),
             Ok(sa) => {
-                let r = tokio::task::spawn_blocking(move || options_udp(sa, Duration::from_secs(4)))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+                let r =
+                    tokio::task::spawn_blocking(move || options_udp(sa, Duration::from_secs(4)))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
                 out.push(match r {
                     Ok((status, rtt)) if status < 500 && status != 408 => check(
                         item,
                         Verdict::Ok,
-                        format!("answered OPTIONS {status} in {:.0} ms", rtt.as_secs_f64() * 1e3),
+                        format!(
+                            "answered OPTIONS {status} in {:.0} ms",
+                            rtt.as_secs_f64() * 1e3
+                        ),
                     ),
-                    Ok((status, _)) => check(item, Verdict::Fail, format!("answered OPTIONS {status}")),
+                    Ok((status, _)) => {
+                        check(item, Verdict::Fail, format!("answered OPTIONS {status}"))
+                    }
                     Err(e) => check(item, Verdict::Fail, e),
                 });
             }
@@ -168,9 +183,18 @@ async fn livekit(cfg: &Config) -> Check {
         },
     ) {
         Ok(t) => t,
-        Err(e) => return check("livekit", Verdict::Fail, format!("cannot mint a token: {e}")),
+        Err(e) => {
+            return check(
+                "livekit",
+                Verdict::Fail,
+                format!("cannot mint a token: {e}"),
+            );
+        }
     };
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(3)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => return check("livekit", Verdict::Fail, e.to_string()),
     };
@@ -183,18 +207,30 @@ async fn livekit(cfg: &Config) -> Check {
         .send()
         .await;
     match resp {
-        Err(e) => check("livekit", Verdict::Fail, format!("cannot reach {base}: {e}")),
+        Err(e) => check(
+            "livekit",
+            Verdict::Fail,
+            format!("cannot reach {base}: {e}"),
+        ),
         Ok(r) if r.status().is_success() => check(
             "livekit",
             Verdict::Ok,
-            format!("{base} reachable, key {} accepted ({:.0} ms)", cfg.livekit.api_key, t0.elapsed().as_secs_f64() * 1e3),
+            format!(
+                "{base} reachable, key {} accepted ({:.0} ms)",
+                cfg.livekit.api_key,
+                t0.elapsed().as_secs_f64() * 1e3
+            ),
         ),
         Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => check(
             "livekit",
             Verdict::Fail,
             format!("{base} refuses the credentials (401): check livekit.api_key / api_secret"),
         ),
-        Ok(r) => check("livekit", Verdict::Fail, format!("{base} answered {}", r.status())),
+        Ok(r) => check(
+            "livekit",
+            Verdict::Fail,
+            format!("{base} answered {}", r.status()),
+        ),
     }
 }
 
@@ -217,10 +253,20 @@ fn listener(transport: Transport, addr: SocketAddr) -> Check {
                 match options_udp(probe, Duration::from_secs(2)) {
                     Ok((status, _)) => check(
                         item,
-                        if status == 200 { Verdict::Ok } else { Verdict::Warn },
-                        format!("in use by a SIP server that answers OPTIONS {status} (a running daemon?)"),
+                        if status == 200 {
+                            Verdict::Ok
+                        } else {
+                            Verdict::Warn
+                        },
+                        format!(
+                            "in use by a SIP server that answers OPTIONS {status} (a running daemon?)"
+                        ),
                     ),
-                    Err(_) => check(item, Verdict::Fail, "in use by another program that does not speak SIP"),
+                    Err(_) => check(
+                        item,
+                        Verdict::Fail,
+                        "in use by another program that does not speak SIP",
+                    ),
                 }
             } else {
                 check(item, Verdict::Warn, "in use (a running daemon?)")
@@ -266,7 +312,10 @@ pub fn print(checks: &[Check]) -> bool {
     if failed == 0 {
         println!("verdict: ok");
     } else {
-        println!("verdict: {failed} check{} failed", if failed == 1 { "" } else { "s" });
+        println!(
+            "verdict: {failed} check{} failed",
+            if failed == 1 { "" } else { "s" }
+        );
     }
     failed == 0
 }

@@ -145,10 +145,16 @@ mod tests {
 
     #[test]
     fn numbers_inside_text_are_masked() {
-        assert_eq!(mask_numbers("support-+447700900089"), "support-+44********89");
+        assert_eq!(
+            mask_numbers("support-+447700900089"),
+            "support-+44********89"
+        );
         assert_eq!(mask_numbers("sip_15551230000"), "sip_15*******00");
         assert_eq!(mask_numbers("lobby-2001"), "lobby-2001");
-        assert_eq!(mask_numbers("room 12 and +1 and 1234567"), "room 12 and +1 and 12***67");
+        assert_eq!(
+            mask_numbers("room 12 and +1 and 1234567"),
+            "room 12 and +1 and 12***67"
+        );
         assert_eq!(mask_numbers(""), "");
     }
 

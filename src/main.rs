@@ -176,7 +176,10 @@ fn main() -> ExitCode {
         }
         Command::Dial(a) => dial(&cfg, a),
         Command::Diagnose => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("roomline diagnose: {e}");
@@ -251,14 +254,20 @@ fn dial(cfg: &config::Config, a: DialArgs) -> ExitCode {
         "ringing_timeout": dur(a.ringing_timeout),
         "max_call_duration": dur(a.max_duration),
     });
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("roomline dial: {e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let url = format!("{}/twirp/livekit.SIP/CreateSIPParticipant", base.trim_end_matches('/'));
+    let url = format!(
+        "{}/twirp/livekit.SIP/CreateSIPParticipant",
+        base.trim_end_matches('/')
+    );
     let result = rt.block_on(async {
         let resp = reqwest::Client::new()
             .post(&url)

@@ -351,8 +351,16 @@ fn sipp_pcmu_tone_reaches_the_room_at_1khz() {
         args.extend(lk.peer_args());
         args.extend(
             [
-                "--room", room, "--identity", "listener", "--seconds", "20",
-                "--from-identity", &identity, "--wait-timeout", "40",
+                "--room",
+                room,
+                "--identity",
+                "listener",
+                "--seconds",
+                "20",
+                "--from-identity",
+                &identity,
+                "--wait-timeout",
+                "40",
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -375,13 +383,22 @@ fn sipp_pcmu_tone_reaches_the_room_at_1khz() {
         tone_seconds * 1000
     );
     let mut args = sipp_args(&rl.sip_addr(), false);
-    args.extend(["-s".into(), "+15550100".into(), "-mi".into(), "127.0.0.1".into()]);
+    args.extend([
+        "-s".into(),
+        "+15550100".into(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+    ]);
     args.extend(["-mp".into(), roomline::free_port().to_string()]);
     let run = Sipp::spawn(Some(&uac_scenario("[media_port]", &during)), &args)
         .wait(Duration::from_secs(60));
     run.expect_success();
     assert_eq!(
-        run.received_statuses().iter().filter(|s| **s >= 200).copied().collect::<Vec<_>>(),
+        run.received_statuses()
+            .iter()
+            .filter(|s| **s >= 200)
+            .copied()
+            .collect::<Vec<_>>(),
         vec![200, 200],
         "200 to the INVITE and to the BYE:\n{}",
         run.describe()
@@ -1601,17 +1618,29 @@ fn phone_transfer_steps(final_frag: &str) -> String {
   </send>
 {}{}"#,
         notify(2, "active;expires=60", "SIP/2.0 100 Trying"),
-        notify(3, "terminated;reason=noresource", &format!("SIP/2.0 {final_frag}")),
+        notify(
+            3,
+            "terminated;reason=noresource",
+            &format!("SIP/2.0 {final_frag}")
+        ),
     )
 }
 
-fn transfer_api(rl: &Roomline, lk: &LiveKitServer, room: &str, to: &str) -> (u16, serde_json::Value) {
+fn transfer_api(
+    rl: &Roomline,
+    lk: &LiveKitServer,
+    room: &str,
+    to: &str,
+) -> (u16, serde_json::Value) {
     use livekit_api::access_token::{AccessToken, SIPGrants};
     use std::io::{Read, Write};
     let token = AccessToken::with_api_key(lk.api_key(), lk.api_secret())
         .with_identity("test-api")
         .with_ttl(Duration::from_secs(60))
-        .with_sip_grants(SIPGrants { admin: false, call: true })
+        .with_sip_grants(SIPGrants {
+            admin: false,
+            call: true,
+        })
         .to_jwt()
         .unwrap();
     let body = serde_json::json!({
@@ -1632,7 +1661,11 @@ fn transfer_api(rl: &Roomline, lk: &LiveKitServer, room: &str, to: &str) -> (u16
     .unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
-    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let json = resp
         .split_once("\r\n\r\n")
         .and_then(|(_, b)| serde_json::from_str(b).ok())
@@ -1650,12 +1683,20 @@ fn inbound_call_is_transferred_by_refer() {
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &one_room_plan("+15550100", room)));
     let rtp = RtpPeer::bind();
     let sipp = Sipp::spawn(
-        Some(&uac(CALLER, &rtp.port().to_string(), &phone_transfer_steps("200 OK"), End::AwaitBye)),
+        Some(&uac(
+            CALLER,
+            &rtp.port().to_string(),
+            &phone_transfer_steps("200 OK"),
+            End::AwaitBye,
+        )),
         &call_args(&rl, "+15550100"),
     );
     wait_answer(&sipp, Duration::from_secs(30));
     roomline::wait_participants(&lk, room, Duration::from_secs(30), |ps| {
-        ps.iter().any(|p| p["identity"] == sip_identity(CALLER).as_str() && p["attributes"]["sip.callStatus"] == "active")
+        ps.iter().any(|p| {
+            p["identity"] == sip_identity(CALLER).as_str()
+                && p["attributes"]["sip.callStatus"] == "active"
+        })
     });
     let (status, json) = transfer_api(&rl, &lk, room, "sip:agent@127.0.0.1:5999");
     assert_eq!(status, 200, "{json}");

@@ -2391,7 +2391,8 @@ fn kamailio_dispatcher_moves_new_calls_to_the_survivor_when_one_drains() {
         run.expect_success();
         assert_eq!(finals(&run), [200, 200], "{caller}: {}", run.describe());
         assert!(
-            run.messages.contains(&format!("Route: <sip:{};lr", kam.addr())),
+            run.messages
+                .contains(&format!("Route: <sip:{};lr", kam.addr())),
             "the BYE went through the proxy: {}",
             run.describe()
         );

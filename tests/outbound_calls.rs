@@ -1518,7 +1518,10 @@ fn a_trunk_pointing_at_the_daemon_itself_is_up() {
         t["health"]["state"] == "up"
     });
     assert_eq!(t["health"]["status"], 200, "{t}");
-    assert_eq!(metric(&rl, "roomline_trunk_up{trunk=\"myself\"}"), Some(1.0));
+    assert_eq!(
+        metric(&rl, "roomline_trunk_up{trunk=\"myself\"}"),
+        Some(1.0)
+    );
     rl.assert_no_leaks(Duration::from_secs(5));
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::livekit::LiveKitServer;
 use common::roomline::{Roomline, Setup, wait_participants};
-use common::{python, run_roompeer, PeerRun};
+use common::{PeerRun, python, run_roompeer};
 
 const CALLER: &str = "+15551230000";
 const CALLED: &str = "+15550100";
@@ -29,7 +29,14 @@ fn tone_wav(dir: &std::path::Path, hz: u32, rate: u32, seconds: u32) -> std::pat
     let st = Command::new("sox")
         .args(["-n", "-r", &rate.to_string(), "-c", "1", "-b", "16"])
         .arg(&path)
-        .args(["synth", &seconds.to_string(), "sine", &hz.to_string(), "vol", "0.5"])
+        .args([
+            "synth",
+            &seconds.to_string(),
+            "sine",
+            &hz.to_string(),
+            "vol",
+            "0.5",
+        ])
         .status()
         .expect("sox");
     assert!(st.success());
@@ -81,7 +88,9 @@ fn roompeer_bg(lk: &LiveKitServer, cmd: &str, extra: &[&str]) -> std::thread::Jo
 fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
     let _media = MEDIA.lock().unwrap_or_else(|e| e.into_inner());
     let lk = LiveKitServer::start();
-    let plan = format!("rules:\n  - name: phone\n    match:\n      called: \"{CALLED}\"\n    room: {room}\n");
+    let plan = format!(
+        "rules:\n  - name: phone\n    match:\n      called: \"{CALLED}\"\n    room: {room}\n"
+    );
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let dir = tempfile::tempdir().unwrap();
     let rate = if codec == "G722" { 16000 } else { 8000 };
@@ -91,17 +100,40 @@ fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
     let listener = roompeer_bg(
         &lk,
         "listen",
-        &["--room", room, "--identity", "listener", "--seconds", "30",
-          "--from-identity", &identity, "--wait-timeout", "60"],
+        &[
+            "--room",
+            room,
+            "--identity",
+            "listener",
+            "--seconds",
+            "30",
+            "--from-identity",
+            &identity,
+            "--wait-timeout",
+            "60",
+        ],
     );
     let publisher = roompeer_bg(
         &lk,
         "publish-tone",
-        &["--room", room, "--identity", "agent", "--freq", &room_hz.to_string(),
-          "--seconds", "8", "--frame-ms", "20", "--wait-timeout", "60"],
+        &[
+            "--room",
+            room,
+            "--identity",
+            "agent",
+            "--freq",
+            &room_hz.to_string(),
+            "--seconds",
+            "8",
+            "--frame-ms",
+            "20",
+            "--wait-timeout",
+            "60",
+        ],
     );
     wait_participants(&lk, room, Duration::from_secs(30), |ps| {
-        ps.iter().any(|p| p["identity"] == "listener") && ps.iter().any(|p| p["identity"] == "agent")
+        ps.iter().any(|p| p["identity"] == "listener")
+            && ps.iter().any(|p| p["identity"] == "agent")
     });
     let seconds = 6.0;
     let run = phone(
@@ -122,7 +154,11 @@ fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
         Duration::from_secs(60),
     );
     let report = run.expect_ok().clone();
-    let want_codec = if codec == "G722" { "G722/16000" } else { "PCMA/8000" };
+    let want_codec = if codec == "G722" {
+        "G722/16000"
+    } else {
+        "PCMA/8000"
+    };
     assert_eq!(report["codec"], want_codec, "{}", run.describe());
     // the phone heard the room's tone (its own decoder and recorder)
     let analysis = run_roompeer(
@@ -131,7 +167,10 @@ fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
     );
     let a = analysis.expect_ok().clone();
     let hz = analysis.f64("dominant_hz");
-    assert!(within(hz, f64::from(room_hz), 0.02), "the phone heard {hz} Hz: {a}");
+    assert!(
+        within(hz, f64::from(room_hz), 0.02),
+        "the phone heard {hz} Hz: {a}"
+    );
     assert!(
         analysis.f64("nonsilent_seconds") >= 4.0,
         "the phone heard too little of the tone: {a}"
@@ -140,7 +179,10 @@ fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
     let heard_room = listener.join().unwrap();
     let r = heard_room.expect_ok().clone();
     let hz = heard_room.f64("dominant_hz");
-    assert!(within(hz, f64::from(phone_hz), 0.02), "the room heard {hz} Hz: {r}");
+    assert!(
+        within(hz, f64::from(phone_hz), 0.02),
+        "the room heard {hz} Hz: {r}"
+    );
     let connected = report["connected_s"].as_f64().unwrap_or(seconds);
     let frames = heard_room.f64("frames_nonsilent");
     let expected = (connected - 0.5) * 100.0;

@@ -2081,7 +2081,11 @@ fn tls_options_and_call_with_openssl_client() {
 /// ended by sipp's BYE, and nothing is left.
 fn sipp_native_digest(tcp: bool) {
     let lk = LiveKitServer::start();
-    let room = if tcp { "sipp-digest-tcp" } else { "sipp-digest-udp" };
+    let room = if tcp {
+        "sipp-digest-tcp"
+    } else {
+        "sipp-digest-udp"
+    };
     let rl = Roomline::start(
         Setup::new(&lk)
             .trunk(
@@ -2151,9 +2155,20 @@ fn sipp_native_digest(tcp: bool) {
     // the bare remote address, which the daemon refuses as a mismatch
     let auth_uri = format!("{CALLED}@{}", rl.sip_addr()); // sipp adds the "sip:"
     args.extend(
-        ["-s", CALLED, "-mi", "127.0.0.1", "-au", "u", "-ap", "p", "-auth_uri", &auth_uri]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "-s",
+            CALLED,
+            "-mi",
+            "127.0.0.1",
+            "-au",
+            "u",
+            "-ap",
+            "p",
+            "-auth_uri",
+            &auth_uri,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     args.extend(["-mp".to_string(), free_port().to_string()]);
     let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
@@ -2174,7 +2189,10 @@ fn sipp_native_digest(tcp: bool) {
         1,
         "one challenge, MD5 only: {challenge}"
     );
-    assert!(challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""), "{challenge}");
+    assert!(
+        challenge.contains("algorithm=MD5") && challenge.contains("qop=\"auth\""),
+        "{challenge}"
+    );
     wait_phone_gone(&lk, room);
     rl.assert_no_leaks(Duration::from_secs(20));
 }
@@ -2195,7 +2213,14 @@ fn sipp_answers_an_md5_only_challenge_and_the_call_is_up_tcp() {
 // ---------------------------------------------------------------------------------------
 
 /// An in-dialog request with an SDP body (re-INVITE, UPDATE) or another body (INFO).
-fn in_dialog_with_body(ua: &Ua, method: &str, cseq: u32, ok: &Sip, ctype: &str, body: &str) -> String {
+fn in_dialog_with_body(
+    ua: &Ua,
+    method: &str,
+    cseq: u32,
+    ok: &Sip,
+    ctype: &str,
+    body: &str,
+) -> String {
     let req = ua.in_dialog(method, cseq, ok);
     let req = req.replace(
         "Content-Length: 0\r\n\r\n",
@@ -2235,23 +2260,54 @@ fn reinvite_to_hold_is_answered_recvonly_and_resume_sendrecv() {
     let ua = Ua::udp(&rl);
     let ok = answered_call(&ua, &rl);
     wait_phone_in_room(&lk, room);
-    assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "RTP flows before hold");
-    let hold = ua.sdp().replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendonly\r\n");
-    ua.send(&in_dialog_with_body(&ua, "INVITE", 2, &ok, "application/sdp", &hold));
+    assert!(
+        rtp_count_within(&ua, Duration::from_millis(600)) > 10,
+        "RTP flows before hold"
+    );
+    let hold = ua
+        .sdp()
+        .replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendonly\r\n");
+    ua.send(&in_dialog_with_body(
+        &ua,
+        "INVITE",
+        2,
+        &ok,
+        "application/sdp",
+        &hold,
+    ));
     let (_, held) = ua.final_response("INVITE", &rl);
     assert_eq!(held.status(), Some(200), "{}", held.text);
     let answer = String::from_utf8_lossy(&held.body).into_owned();
-    assert!(answer.contains("a=recvonly"), "hold answered recvonly: {answer}");
+    assert!(
+        answer.contains("a=recvonly"),
+        "hold answered recvonly: {answer}"
+    );
     ua.send(&ua.in_dialog("ACK", 2, &held));
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(rtp_count_within(&ua, Duration::from_millis(800)), 0, "no RTP while on hold");
-    let resume = ua.sdp().replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendrecv\r\n");
-    ua.send(&in_dialog_with_body(&ua, "INVITE", 3, &ok, "application/sdp", &resume));
+    assert_eq!(
+        rtp_count_within(&ua, Duration::from_millis(800)),
+        0,
+        "no RTP while on hold"
+    );
+    let resume = ua
+        .sdp()
+        .replace("a=ptime:20\r\n", "a=ptime:20\r\na=sendrecv\r\n");
+    ua.send(&in_dialog_with_body(
+        &ua,
+        "INVITE",
+        3,
+        &ok,
+        "application/sdp",
+        &resume,
+    ));
     let (_, resumed) = ua.final_response("INVITE", &rl);
     assert_eq!(resumed.status(), Some(200), "{}", resumed.text);
     assert!(String::from_utf8_lossy(&resumed.body).contains("a=sendrecv"));
     ua.send(&ua.in_dialog("ACK", 3, &resumed));
-    assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "RTP flows again");
+    assert!(
+        rtp_count_within(&ua, Duration::from_millis(600)) > 10,
+        "RTP flows again"
+    );
     ua.send(&ua.in_dialog("BYE", 4, &ok));
     let (_, bye) = ua.final_response("BYE", &rl);
     assert_eq!(bye.status(), Some(200));
@@ -2270,9 +2326,18 @@ fn info_dtmf_relay_reaches_the_room() {
         let mut args = vec!["session".to_string()];
         args.extend(lk.peer_args());
         args.extend(
-            ["--room", room, "--identity", "observer", "--seconds", "40", "--until-dtmf", "2"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "--room",
+                room,
+                "--identity",
+                "observer",
+                "--seconds",
+                "40",
+                "--until-dtmf",
+                "2",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         std::thread::spawn(move || common::run_roompeer(args, Duration::from_secs(60)))
     };
@@ -2285,7 +2350,14 @@ fn info_dtmf_relay_reaches_the_room() {
     std::thread::sleep(Duration::from_millis(500));
     for (i, d) in ["7", "#"].iter().enumerate() {
         let body = format!("Signal={d}\r\nDuration=160\r\n");
-        ua.send(&in_dialog_with_body(&ua, "INFO", 2 + i as u32, &ok, "application/dtmf-relay", &body));
+        ua.send(&in_dialog_with_body(
+            &ua,
+            "INFO",
+            2 + i as u32,
+            &ok,
+            "application/dtmf-relay",
+            &body,
+        ));
         let (_, r) = ua.final_response("INFO", &rl);
         assert_eq!(r.status(), Some(200), "{}", r.text);
         std::thread::sleep(Duration::from_millis(300));
@@ -2294,7 +2366,11 @@ fn info_dtmf_relay_reaches_the_room() {
     let report = run.expect_ok();
     let digits: Vec<String> = report["dtmf_received"]
         .as_array()
-        .map(|a| a.iter().filter_map(|d| d["digit"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d["digit"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     assert_eq!(digits, vec!["7".to_string(), "#".to_string()], "{report}");
     ua.send(&ua.in_dialog("BYE", 10, &ok));
@@ -2327,20 +2403,42 @@ fn early_media_rule_sends_183_with_sdp_and_rtp_before_the_answer() {
         if m.status() == Some(183) {
             break m;
         }
-        assert!(m.status().is_some_and(|s| s < 200), "final before 183: {}", m.text);
+        assert!(
+            m.status().is_some_and(|s| s < 200),
+            "final before 183: {}",
+            m.text
+        );
     };
     let sdp = String::from_utf8_lossy(&progress.body).into_owned();
-    assert!(sdp.contains("m=audio ") && sdp.contains("PCMU"), "183 carries SDP: {sdp}");
-    assert!(progress.header("To").is_some_and(|t| t.contains("tag=")), "early dialog tag");
+    assert!(
+        sdp.contains("m=audio ") && sdp.contains("PCMU"),
+        "183 carries SDP: {sdp}"
+    );
+    assert!(
+        progress.header("To").is_some_and(|t| t.contains("tag=")),
+        "early dialog tag"
+    );
     wait_phone_in_room(&lk, room);
-    assert!(rtp_count_within(&ua, Duration::from_millis(600)) > 10, "early media flows before the answer");
+    assert!(
+        rtp_count_within(&ua, Duration::from_millis(600)) > 10,
+        "early media flows before the answer"
+    );
     // an agent's audio arrives: now the call is answered
     let mut args = vec!["publish-tone".to_string()];
     args.extend(lk.peer_args());
     args.extend(
-        ["--room", room, "--identity", "agent", "--seconds", "2", "--wait-timeout", "30"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "--room",
+            room,
+            "--identity",
+            "agent",
+            "--seconds",
+            "2",
+            "--wait-timeout",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     let agent = std::thread::spawn(move || common::run_roompeer(args, Duration::from_secs(60)));
     let (_, ok) = ua.final_response("INVITE", &rl);
@@ -2419,7 +2517,10 @@ fn unmatched_invite_is_dropped_when_configured() {
     let ua = Ua::udp(&rl);
     let branch = format!("z9hG4bK-{}", unique("drop"));
     ua.send(&ua.invite(&rl, 1, &branch, ""));
-    assert!(ua.recv(Duration::from_millis(1500)).is_none(), "nothing comes back");
+    assert!(
+        ua.recv(Duration::from_millis(1500)).is_none(),
+        "nothing comes back"
+    );
     rl.wait_log("INVITE matches no trunk", Duration::from_secs(5));
 }
 
@@ -2447,7 +2548,10 @@ fn calls_from_the_backup_trunks_address_belong_to_the_primary() {
     let ps = wait_participants(&lk, room, Duration::from_secs(30), |ps| {
         ps.iter().any(|p| p["identity"] == identity.as_str())
     });
-    let me = ps.iter().find(|p| p["identity"] == identity.as_str()).unwrap();
+    let me = ps
+        .iter()
+        .find(|p| p["identity"] == identity.as_str())
+        .unwrap();
     assert_eq!(me["attributes"]["sip.trunkID"], "local", "{me}");
     ua.send(&ua.in_dialog("BYE", 2, &ok));
     let _ = ua.final_response("BYE", &rl);

@@ -176,7 +176,11 @@ async fn livekit(State(s): State<AppState>) -> Response {
 async fn detailed(State(s): State<AppState>) -> Response {
     let cfg = s.config.borrow().clone();
     let reload = s.reload.borrow().clone();
-    let states = s.trunks.as_ref().map(|t| t.borrow().clone()).unwrap_or_default();
+    let states = s
+        .trunks
+        .as_ref()
+        .map(|t| t.borrow().clone())
+        .unwrap_or_default();
     let trunks: Vec<serde_json::Value> = cfg
         .trunks
         .iter()

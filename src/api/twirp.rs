@@ -216,7 +216,9 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), TwirpError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or(v.strip_prefix("bearer ")))
-        .ok_or_else(|| TwirpError::new("unauthenticated", "missing Authorization: Bearer <token>"))?;
+        .ok_or_else(|| {
+            TwirpError::new("unauthenticated", "missing Authorization: Bearer <token>")
+        })?;
     let cfg = s.config.borrow().clone();
     let verifier = livekit_api::access_token::TokenVerifier::with_api_key(
         &cfg.livekit.api_key,
@@ -305,7 +307,10 @@ pub fn to_outbound(
         )
     };
     if r.trunk.is_some() {
-        return Err(unsupported("trunk", "trunks come from trunks/*.yaml; use sip_trunk_id"));
+        return Err(unsupported(
+            "trunk",
+            "trunks come from trunks/*.yaml; use sip_trunk_id",
+        ));
     }
     if r.sip_request_uri.is_some() || r.sip_to_header.is_some() || r.sip_from_header.is_some() {
         return Err(unsupported(
@@ -326,16 +331,25 @@ pub fn to_outbound(
         return Err(unsupported("krisp_enabled", "no noise cancellation here"));
     }
     if r.media_encryption != 0 {
-        return Err(unsupported("media_encryption", "SRTP toward the phone is not implemented"));
+        return Err(unsupported(
+            "media_encryption",
+            "SRTP toward the phone is not implemented",
+        ));
     }
     if r.media.is_some() {
         return Err(unsupported("media", "codecs come from the trunk"));
     }
     if r.destination.is_some() {
-        return Err(unsupported("destination", "there is one region: this daemon"));
+        return Err(unsupported(
+            "destination",
+            "there is one region: this daemon",
+        ));
     }
     if r.sip_trunk_id.is_empty() {
-        return Err(TwirpError::new("invalid_argument", "sip_trunk_id is required (a trunk name)"));
+        return Err(TwirpError::new(
+            "invalid_argument",
+            "sip_trunk_id is required (a trunk name)",
+        ));
     }
     let trunk = cfg.trunk(&r.sip_trunk_id).ok_or_else(|| {
         TwirpError::new(
@@ -377,8 +391,8 @@ pub fn to_outbound(
     let ringing = duration(r.ringing_timeout.as_ref().map(|d| (d.seconds, d.nanos)))?
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_RINGING_TIMEOUT);
-    let max_duration =
-        duration(r.max_call_duration.as_ref().map(|d| (d.seconds, d.nanos)))?.filter(|d| !d.is_zero());
+    let max_duration = duration(r.max_call_duration.as_ref().map(|d| (d.seconds, d.nanos)))?
+        .filter(|d| !d.is_zero());
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     Ok(OutboundRequest {
         trunk: r.sip_trunk_id.clone(),
@@ -404,7 +418,9 @@ pub fn dial_error(e: &DialError) -> TwirpError {
     match e {
         DialError::Sip { status, reason } => TwirpError::from_sip(*status, reason),
         DialError::NoAnswer => TwirpError::from_sip(408, "no answer"),
-        DialError::LiveKit(m) => TwirpError::new("unavailable", format!("cannot join the room: {m}")),
+        DialError::LiveKit(m) => {
+            TwirpError::new("unavailable", format!("cannot join the room: {m}"))
+        }
         DialError::NoPorts => TwirpError::new("resource_exhausted", "no RTP ports free"),
         DialError::Unreachable(m) => {
             let mut t = TwirpError::from_sip(503, "trunk unreachable");
@@ -428,11 +444,14 @@ pub fn transfer_error(f: &Failure) -> TwirpError {
     let reason = match f.reason {
         FailReason::Rejected => Some(proto::SipTransferReason::StrRejected),
         FailReason::Timeout => Some(proto::SipTransferReason::StrRingingTimeout),
-        FailReason::SubscriptionTerminated => Some(proto::SipTransferReason::StrSubscriptionTerminated),
+        FailReason::SubscriptionTerminated => {
+            Some(proto::SipTransferReason::StrSubscriptionTerminated)
+        }
         FailReason::Other => None,
     };
     if let Some(r) = reason {
-        e.meta.push(("sip_transfer_reason".into(), r.as_str_name().into()));
+        e.meta
+            .push(("sip_transfer_reason".into(), r.as_str_name().into()));
     }
     e
 }
@@ -581,7 +600,10 @@ mod tests {
         assert_eq!(e.msg, f.message);
         assert!(e.meta.contains(&("sip_status_code".into(), "486".into())));
         assert!(e.meta.contains(&("sip_status".into(), "Busy Here".into())));
-        assert!(e.meta.contains(&("sip_transfer_reason".into(), "STR_REJECTED".into())));
+        assert!(
+            e.meta
+                .contains(&("sip_transfer_reason".into(), "STR_REJECTED".into()))
+        );
         let e = transfer_error(&Failure::from("the call is not up"));
         assert_eq!(e.code, "failed_precondition");
         assert!(e.meta.is_empty());
@@ -608,7 +630,10 @@ mod tests {
         r.sip_trunk_id = "nope".into();
         assert_eq!(to_outbound(&r, &cfg).unwrap_err().code, "not_found");
         r.sip_trunk_id = "office-pbx".into();
-        assert_eq!(to_outbound(&r, &cfg).unwrap_err().code, "failed_precondition");
+        assert_eq!(
+            to_outbound(&r, &cfg).unwrap_err().code,
+            "failed_precondition"
+        );
         r.sip_trunk_id = "carrier".into();
         r.headers.insert("Via".into(), "x".into());
         assert!(to_outbound(&r, &cfg).unwrap_err().msg.contains("Via"));

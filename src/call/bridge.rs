@@ -63,18 +63,13 @@ impl MediaLeg {
 
     /// Starts (or restarts, after a codec change) the pipeline for `negotiated`.
     pub fn start(&mut self, negotiated: Negotiated, identity: &str, timeouts: MediaTimeoutConfig) {
-        let restart = self
-            .negotiated
-            .as_ref()
-            .is_none_or(|n| n.codec != negotiated.codec || n.payload_type != negotiated.payload_type);
+        let restart = self.negotiated.as_ref().is_none_or(|n| {
+            n.codec != negotiated.codec || n.payload_type != negotiated.payload_type
+        });
         if let Some(pm) = self.pm.as_mut()
             && !restart
         {
-            pm.set_remote(
-                now(),
-                negotiated.remote_rtp,
-                negotiated.direction,
-            );
+            pm.set_remote(now(), negotiated.remote_rtp, negotiated.direction);
             self.negotiated = Some(negotiated);
             return;
         }
@@ -301,10 +296,7 @@ pub fn on_packet(media: &mut MediaLeg, rtcp: bool, from: SocketAddr, data: &[u8]
 }
 
 /// Receives on the leg's sockets, or never when there is none.
-pub async fn media_recv(
-    m: Option<&MediaLeg>,
-    buf: &mut [u8],
-) -> std::io::Result<socket::Received> {
+pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Received> {
     match m {
         Some(m) => m.sockets.recv(buf).await,
         None => std::future::pending().await,
@@ -313,10 +305,13 @@ pub async fn media_recv(
 
 /// Records the RTP figures of an ended call.
 pub fn record_media_metrics(stats: &MediaStats, codec: &'static str) {
-    metrics::counter!(m::RTP_PACKETS, "direction" => "rx", "codec" => codec).increment(stats.rx.packets);
-    metrics::counter!(m::RTP_PACKETS, "direction" => "tx", "codec" => codec).increment(stats.tx.packets);
+    metrics::counter!(m::RTP_PACKETS, "direction" => "rx", "codec" => codec)
+        .increment(stats.rx.packets);
+    metrics::counter!(m::RTP_PACKETS, "direction" => "tx", "codec" => codec)
+        .increment(stats.tx.packets);
     metrics::counter!(m::RTP_LOST, "direction" => "rx", "codec" => codec).increment(stats.rx.lost);
     metrics::counter!(m::RTP_LOST, "direction" => "tx", "codec" => codec)
         .increment(stats.tx.lost.unwrap_or(0).max(0) as u64);
-    metrics::histogram!(m::RTP_JITTER_SECONDS, "codec" => codec).record(stats.rx.jitter_ms / 1000.0);
+    metrics::histogram!(m::RTP_JITTER_SECONDS, "codec" => codec)
+        .record(stats.rx.jitter_ms / 1000.0);
 }

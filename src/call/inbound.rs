@@ -24,8 +24,8 @@ use super::{ActiveGuard, CallContext, CallControl, Registration};
 use crate::config::{AnswerMode, Config};
 use crate::dialplan::{self, CallSummary, Decision, JoinPlan};
 use crate::livekit::{
-    JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle,
-    ParticipantKind, SampleRate,
+    JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle, ParticipantKind,
+    SampleRate,
 };
 use crate::logging::Phone;
 use crate::media::socket;
@@ -34,7 +34,7 @@ use crate::ops::metrics as m;
 use crate::sip::body;
 use crate::sip::build::{self, Outgoing};
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{self, Incoming, InboundInvite, Linger, SipEvent};
+use crate::sip::endpoint::{self, InboundInvite, Incoming, Linger, SipEvent};
 use crate::sip::sdp::{self, Codec, Local};
 use crate::sip::transaction::{ClientNonInvite, Output, ServerInvite, ServerNonInvite};
 use crate::sip::transport::Flow;
@@ -240,7 +240,9 @@ impl Call {
                         .increment(1);
                 }
             }
-            Err(e) => tracing::debug!(call_id = %self.call_id, error = %e, status, "response not sent"),
+            Err(e) => {
+                tracing::debug!(call_id = %self.call_id, error = %e, status, "response not sent")
+            }
         }
         self.drive_tx();
     }
@@ -282,9 +284,8 @@ impl Call {
             Decision::NoRule => return Err(Outcome::NoRoute),
             Decision::Join(plan) => *plan,
         };
-        self.dialog = Some(
-            Dialog::uas(&self.invite.msg, &self.local_tag).map_err(Outcome::BadSdp)?,
-        );
+        self.dialog =
+            Some(Dialog::uas(&self.invite.msg, &self.local_tag).map_err(Outcome::BadSdp)?);
         // SDP: answer the offer, or offer ourselves in the 200 (late offer)
         let bind_ip = match self.invite.flow.local.ip() {
             ip if ip.is_unspecified() => ip,
@@ -344,7 +345,11 @@ impl Call {
             });
         } else {
             if early_media {
-                let sdp = self.media.as_ref().map(|m| m.sdp.clone()).unwrap_or_default();
+                let sdp = self
+                    .media
+                    .as_ref()
+                    .map(|m| m.sdp.clone())
+                    .unwrap_or_default();
                 let out = self.dialog_response(183).body("application/sdp", sdp);
                 self.respond_invite(183, out);
                 self.early = true;
@@ -395,7 +400,12 @@ impl Call {
         o.attributes = plan.attributes.iter().cloned().collect();
         o.attributes.insert(
             "sip.callStatus".into(),
-            if self.answered_at.is_some() { "active" } else { "ringing" }.into(),
+            if self.answered_at.is_some() {
+                "active"
+            } else {
+                "ringing"
+            }
+            .into(),
         );
         o.sample_rate = self.sample_rate();
         o.agents = plan.agents.clone();
@@ -417,10 +427,12 @@ impl Call {
         if self.final_sent {
             return;
         }
-        let sdp = self.media.as_ref().map(|m| m.sdp.clone()).unwrap_or_default();
-        let out = self
-            .dialog_response(200)
-            .body("application/sdp", sdp);
+        let sdp = self
+            .media
+            .as_ref()
+            .map(|m| m.sdp.clone())
+            .unwrap_or_default();
+        let out = self.dialog_response(200).body("application/sdp", sdp);
         self.respond_invite(200, out);
         let t = now();
         self.answered_at = Some(t);
@@ -446,17 +458,19 @@ impl Call {
             }
         };
         min(self.tx.poll_timeout());
-        min(self.reinvite.as_ref().and_then(|(_, _, t)| t.poll_timeout()));
+        min(self
+            .reinvite
+            .as_ref()
+            .and_then(|(_, _, t)| t.poll_timeout()));
         for t in self.answered.values() {
             min(t.poll_timeout());
         }
         min(self.bye.as_ref().and_then(|b| b.tx.poll_timeout()));
-        min(
-            self.media
-                .as_ref()
-                .and_then(|m| m.pm.as_ref())
-                .map(|pm| pm.poll_timeout()),
-        );
+        min(self
+            .media
+            .as_ref()
+            .and_then(|m| m.pm.as_ref())
+            .map(|pm| pm.poll_timeout()));
         min(self.ringing_deadline);
         min(self.transfer.as_ref().map(|t| t.poll_timeout()));
         min(self.pin.as_ref().map(|p| p.deadline));
@@ -605,18 +619,25 @@ impl Call {
             return Ok(());
         };
         let prompt = &mut self.prompt;
-        let signals = bridge::drive_media(m, self.room.as_ref(), live, forward, &mut self.frame, |pm| {
-            // the prompt plays at the phone's frame pace
-            if let Some(p) = prompt.as_mut() {
-                match p.next_frame() {
-                    Some(f) => pm.push_room_audio("prompt", PROMPT_OWNER, &f),
-                    None => {
-                        pm.remove_track("prompt");
-                        *prompt = None;
+        let signals = bridge::drive_media(
+            m,
+            self.room.as_ref(),
+            live,
+            forward,
+            &mut self.frame,
+            |pm| {
+                // the prompt plays at the phone's frame pace
+                if let Some(p) = prompt.as_mut() {
+                    match p.next_frame() {
+                        Some(f) => pm.push_room_audio("prompt", PROMPT_OWNER, &f),
+                        None => {
+                            pm.remove_track("prompt");
+                            *prompt = None;
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         for sig in signals {
             match sig {
                 PhoneSignal::Digit(d) => self.on_digit(d)?,
@@ -706,7 +727,8 @@ impl Call {
             }
         };
         if let Some(t0) = self.join_started {
-            metrics::histogram!(m::LIVEKIT_JOIN_SECONDS).record(now().saturating_duration_since(t0).as_secs_f64());
+            metrics::histogram!(m::LIVEKIT_JOIN_SECONDS)
+                .record(now().saturating_duration_since(t0).as_secs_f64());
         }
         tracing::debug!(call_id = %self.call_id, sid = %handle.sid(), room = %handle.room(), "joined");
         self.room = Some(Room::new(handle, events, self.ctx.participants.clone()));
@@ -715,10 +737,7 @@ impl Call {
         {
             reg.register(plan.room.clone(), plan.identity.clone());
         }
-        let mode = self
-            .plan
-            .as_ref()
-            .map_or(AnswerMode::OnJoin, |p| p.answer);
+        let mode = self.plan.as_ref().map_or(AnswerMode::OnJoin, |p| p.answer);
         if self.answered_at.is_some() {
             // after a PIN: already answered
             let h = self.room.as_ref().map(|r| r.handle.clone());
@@ -971,7 +990,10 @@ impl Call {
         let (status, out) = match self.renegotiate(&req) {
             Ok(sdp) => {
                 let sdp = sdp.unwrap_or_else(|| {
-                    self.media.as_ref().map(|m| m.sdp.clone()).unwrap_or_default()
+                    self.media
+                        .as_ref()
+                        .map(|m| m.sdp.clone())
+                        .unwrap_or_default()
                 });
                 let out = build::response_to(&req.msg, 200, Some(&self.local_tag))
                     .header("Contact", self.ctx.endpoint.contact(&self.invite.flow))
@@ -1039,10 +1061,14 @@ impl Call {
             return;
         };
         if let Ok(n) = sdp::read_answer(&parsed, &m.local) {
-            m.latch = n
-                .remote_rtp
-                .is_none_or(|a| is_private_or_loopback(a.ip()) || a.ip() != self.invite.flow.remote.ip());
-            let identity = self.plan.as_ref().map(|p| p.identity.clone()).unwrap_or_default();
+            m.latch = n.remote_rtp.is_none_or(|a| {
+                is_private_or_loopback(a.ip()) || a.ip() != self.invite.flow.remote.ip()
+            });
+            let identity = self
+                .plan
+                .as_ref()
+                .map(|p| p.identity.clone())
+                .unwrap_or_default();
             let timeouts = MediaTimeoutConfig {
                 timeout: self.cfg.rtp.media_timeout,
                 initial: self.cfg.rtp.media_timeout_initial,
@@ -1111,7 +1137,8 @@ impl Call {
         let mut out = dialog.request("BYE", &via, &contact);
         out.push("Reason", outcome.reason_header());
         out.push("User-Agent", &self.ctx.endpoint.user_agent);
-        let mut tx = ClientNonInvite::new(now(), flow.is_reliable(), self.ctx.timers, out.to_bytes());
+        let mut tx =
+            ClientNonInvite::new(now(), flow.is_reliable(), self.ctx.timers, out.to_bytes());
         while let Some(o) = tx.poll_output() {
             if let Output::Send(b) = o {
                 let _ = flow.send(&b);
@@ -1134,7 +1161,9 @@ impl Call {
             let mut out = match &outcome {
                 Outcome::Rejected {
                     reason: Some(r), ..
-                } => build::response_with_reason(&self.invite.msg, status, r, Some(&self.local_tag)),
+                } => {
+                    build::response_with_reason(&self.invite.msg, status, r, Some(&self.local_tag))
+                }
                 _ => build::response_to(&self.invite.msg, status, Some(&self.local_tag)),
             };
             if let Some(s) = outcome.retry_after() {
@@ -1184,10 +1213,14 @@ impl Call {
         if self.answered_at.is_some() {
             metrics::histogram!(m::CALL_DURATION_SECONDS, "direction" => "inbound", "trunk" => trunk.clone())
                 .record(duration.as_secs_f64());
-            metrics::counter!(m::RTP_PACKETS, "direction" => "rx", "codec" => codec).increment(rx_packets);
-            metrics::counter!(m::RTP_PACKETS, "direction" => "tx", "codec" => codec).increment(tx_packets);
-            metrics::counter!(m::RTP_LOST, "direction" => "rx", "codec" => codec).increment(rx_lost);
-            metrics::counter!(m::RTP_LOST, "direction" => "tx", "codec" => codec).increment(tx_lost);
+            metrics::counter!(m::RTP_PACKETS, "direction" => "rx", "codec" => codec)
+                .increment(rx_packets);
+            metrics::counter!(m::RTP_PACKETS, "direction" => "tx", "codec" => codec)
+                .increment(tx_packets);
+            metrics::counter!(m::RTP_LOST, "direction" => "rx", "codec" => codec)
+                .increment(rx_lost);
+            metrics::counter!(m::RTP_LOST, "direction" => "tx", "codec" => codec)
+                .increment(tx_lost);
             metrics::histogram!(m::RTP_JITTER_SECONDS, "codec" => codec).record(jitter_ms / 1000.0);
         }
         let (rule, room) = self

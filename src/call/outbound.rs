@@ -19,7 +19,10 @@ use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
 use super::outcome::Outcome;
 use super::{ActiveGuard, CallContext, CallControl};
 use crate::config::{Config, Transport, Trunk};
-use crate::livekit::{JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle, ParticipantKind, SampleRate};
+use crate::livekit::{
+    JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle, ParticipantKind,
+    SampleRate,
+};
 use crate::logging::Phone;
 use crate::media::socket;
 use crate::media::timeout::MediaTimeoutConfig;
@@ -316,7 +319,9 @@ impl Call {
             }
         }
         // OPTIONS health: a trunk known to be down goes after one that is not
-        if out.len() == 2 && let Some(states) = &self.ctx.trunk_states {
+        if out.len() == 2
+            && let Some(states) = &self.ctx.trunk_states
+        {
             let states = states.borrow();
             let down = |name: &str| {
                 states
@@ -434,7 +439,8 @@ impl Call {
                     tracing::info!(trunk = %self.tried.last().cloned().unwrap_or_default(), %why, "outbound attempt failed");
                     next = attempts.next();
                     if let Some(n) = &next {
-                        metrics::counter!(m::TRUNK_FAILOVERS, "trunk" => self.req.trunk.clone()).increment(1);
+                        metrics::counter!(m::TRUNK_FAILOVERS, "trunk" => self.req.trunk.clone())
+                            .increment(1);
                         tracing::info!(backup = %n.trunk, "failing over to the backup trunk");
                     }
                 }
@@ -502,7 +508,13 @@ impl Call {
                 .transports
                 .udp_flow(addr)
                 .ok_or_else(|| "no UDP listener".to_string()),
-            t => self.ctx.endpoint.transports.connect(t, addr, &target.host).await,
+            t => {
+                self.ctx
+                    .endpoint
+                    .transports
+                    .connect(t, addr, &target.host)
+                    .await
+            }
         }
     }
 
@@ -604,7 +616,11 @@ impl Call {
         a.cseq += 1;
         a.branch = build::new_branch();
         let via = self.ctx.endpoint.via(&a.flow, &a.branch);
-        let sdp = self.media.as_ref().map(|m| m.sdp.clone()).unwrap_or_default();
+        let sdp = self
+            .media
+            .as_ref()
+            .map(|m| m.sdp.clone())
+            .unwrap_or_default();
         let mut out = Outgoing::request("INVITE", &a.ruri).header("Via", via);
         out.push("Max-Forwards", "70");
         out.push("From", &a.from);
@@ -645,7 +661,11 @@ impl Call {
                 .unwrap_or(deadline)
                 .min(deadline)
                 .min(now() + Duration::from_millis(20))
-                .min(if self.dialtone.is_some() { self.dialtone_next } else { deadline });
+                .min(if self.dialtone.is_some() {
+                    self.dialtone_next
+                } else {
+                    deadline
+                });
             let Some(a) = self.attempt.as_mut() else {
                 return Err(Fail::Next("no attempt".into()));
             };
@@ -716,7 +736,9 @@ impl Call {
                 && now().saturating_duration_since(a.sent_at) >= NO_RESPONSE_FAILOVER
             {
                 self.last_status = Some((408, "no response from the trunk".into()));
-                return Err(Fail::Next(format!("no response within {NO_RESPONSE_FAILOVER:?}")));
+                return Err(Fail::Next(format!(
+                    "no response within {NO_RESPONSE_FAILOVER:?}"
+                )));
             }
             self.tick_ringing();
             if now() >= self.ringing_deadline {
@@ -732,7 +754,8 @@ impl Call {
         if let Some(m) = self.media.as_mut()
             && m.pm.is_some()
         {
-            let _ = bridge::drive_media(m, self.room.as_ref(), early, early, &mut self.frame, |_| {});
+            let _ =
+                bridge::drive_media(m, self.room.as_ref(), early, early, &mut self.frame, |_| {});
         }
         if early {
             return;
@@ -776,7 +799,9 @@ impl Call {
         let to_tu = {
             let invite = a.invite.clone();
             let msg = resp.msg.clone();
-            a.tx.on_response(resp.at, status, || ack_for_failure(&invite, &msg).to_bytes())
+            a.tx.on_response(resp.at, status, || {
+                ack_for_failure(&invite, &msg).to_bytes()
+            })
         };
         drive_client(&mut a.tx, &a.flow);
         if !to_tu {
@@ -804,17 +829,26 @@ impl Call {
                 let creds = a.target.auth.clone();
                 let tries = a.auth_tries;
                 match (creds, pick_challenge(&resp)) {
-                    (Some((user, pass)), Some((challenge, proxy))) if tries == 0 || challenge.stale => {
+                    (Some((user, pass)), Some((challenge, proxy)))
+                        if tries == 0 || challenge.stale =>
+                    {
                         if tries >= 3 {
                             return Some(Err(Fail::End(
-                                Outcome::Rejected { status, reason: Some("authentication failed".into()) },
-                                DialError::Sip { status, reason: "authentication failed".into() },
+                                Outcome::Rejected {
+                                    status,
+                                    reason: Some("authentication failed".into()),
+                                },
+                                DialError::Sip {
+                                    status,
+                                    reason: "authentication failed".into(),
+                                },
                             )));
                         }
                         let a = self.attempt.as_mut()?;
                         a.auth_tries += 1;
                         let cnonce = build::new_tag();
-                        let value = digest::answer(&challenge, "INVITE", &a.ruri, &user, &pass, &cnonce, 1);
+                        let value =
+                            digest::answer(&challenge, "INVITE", &a.ruri, &user, &pass, &cnonce, 1);
                         let mut a = self.attempt.take()?;
                         self.send_invite(&mut a, Some((proxy, value)));
                         self.attempt = Some(a);
@@ -824,7 +858,10 @@ impl Call {
                         let reason = reason_of(&resp);
                         self.last_status = Some((status, reason.clone()));
                         Some(Err(Fail::End(
-                            Outcome::Rejected { status, reason: Some(reason.clone()) },
+                            Outcome::Rejected {
+                                status,
+                                reason: Some(reason.clone()),
+                            },
                             DialError::Sip { status, reason },
                         )))
                     }
@@ -868,9 +905,7 @@ impl Call {
         };
         match sdp::read_answer(&parsed, &m.local) {
             Ok(n) => {
-                m.latch = n
-                    .remote_rtp
-                    .is_none_or(|a| !is_public(a.ip()));
+                m.latch = n.remote_rtp.is_none_or(|a| !is_public(a.ip()));
                 m.start(n, &identity, timeouts);
             }
             Err(r) => tracing::info!(warning = %r.text, "unusable SDP answer"),
@@ -917,16 +952,17 @@ impl Call {
         self.dialtone = None;
         metrics::histogram!(m::CALL_SETUP_SECONDS, "direction" => "outbound", "trunk" => a.target.trunk.clone())
             .record(now().saturating_duration_since(self.started).as_secs_f64());
-        let rate = self.media.as_ref().map(|m| m.rate()).unwrap_or(SampleRate::Hz8000);
+        let rate = self
+            .media
+            .as_ref()
+            .map(|m| m.rate())
+            .unwrap_or(SampleRate::Hz8000);
         if let Some(room) = &self.room {
             let h = room.handle.clone();
             tokio::spawn(async move {
                 let _ = h.set_sample_rate(rate).await;
             });
-            room.set_attributes(&[
-                ("sip.callStatus", "active"),
-                ("sip.callID", &a.call_id),
-            ]);
+            room.set_attributes(&[("sip.callStatus", "active"), ("sip.callID", &a.call_id)]);
         }
         self.hangup_deadline = self.req.max_call_duration.map(|d| now() + d);
         tracing::info!(call_id = %a.call_id, trunk = %a.target.trunk, "outbound call answered");
@@ -952,7 +988,8 @@ impl Call {
         c.push("Call-ID", &a.call_id);
         c.push("CSeq", format!("{} CANCEL", a.cseq));
         c.push("Reason", "SIP;cause=487;text=\"ringing timeout\"");
-        let mut tx = ClientNonInvite::new(now(), a.flow.is_reliable(), self.ctx.timers, c.to_bytes());
+        let mut tx =
+            ClientNonInvite::new(now(), a.flow.is_reliable(), self.ctx.timers, c.to_bytes());
         drive_client_non_invite(&mut tx, &a.flow);
         a.cancel = Some((a.branch.clone(), tx));
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
@@ -1129,7 +1166,10 @@ impl Call {
                                 r.send_dtmf(d);
                             }
                         }
-                        PhoneSignal::Timeout { after, before_first_packet } => {
+                        PhoneSignal::Timeout {
+                            after,
+                            before_first_packet,
+                        } => {
                             tracing::info!(?after, before_first_packet, "media timeout");
                             return Outcome::MediaTimeout;
                         }
@@ -1168,7 +1208,11 @@ impl Call {
 
     /// A finished transfer: success ends the call, failure lets it go on.
     fn transfer_done(&mut self, done: Option<super::transfer::Done>) -> Option<Outcome> {
-        let call_id = self.attempt.as_ref().map(|a| a.call_id.clone()).unwrap_or_default();
+        let call_id = self
+            .attempt
+            .as_ref()
+            .map(|a| a.call_id.clone())
+            .unwrap_or_default();
         let o = super::transfer::conclude(&mut self.transfer, done, self.room.as_ref(), &call_id);
         if o.is_some() {
             self.transferred = true;
@@ -1228,7 +1272,11 @@ impl Call {
             return None;
         }
         let in_dialog = self.dialog.as_ref().is_some_and(|d| d.matches(&req.msg));
-        let local_tag = self.attempt.as_ref().map(|a| a.local_tag.clone()).unwrap_or_default();
+        let local_tag = self
+            .attempt
+            .as_ref()
+            .map(|a| a.local_tag.clone())
+            .unwrap_or_default();
         let mut pending_end: Option<Outcome> = None;
         let status = if !in_dialog {
             481
@@ -1297,7 +1345,8 @@ impl Call {
         let mut out = d.request("BYE", &via, &contact);
         out.push("Reason", outcome.reason_header());
         out.push("User-Agent", &self.ctx.endpoint.user_agent);
-        let mut tx = ClientNonInvite::new(now(), flow.is_reliable(), self.ctx.timers, out.to_bytes());
+        let mut tx =
+            ClientNonInvite::new(now(), flow.is_reliable(), self.ctx.timers, out.to_bytes());
         drive_client_non_invite(&mut tx, &flow);
         self.bye = Some((branch, tx, flow));
     }
@@ -1338,9 +1387,21 @@ impl Call {
         }
         let (rxp, rxl, txp, txl, jit) = stats
             .as_ref()
-            .map(|s| (s.rx.packets, s.rx.lost, s.tx.packets, s.tx.lost.unwrap_or(0).max(0) as u64, s.rx.jitter_ms))
+            .map(|s| {
+                (
+                    s.rx.packets,
+                    s.rx.lost,
+                    s.tx.packets,
+                    s.tx.lost.unwrap_or(0).max(0) as u64,
+                    s.rx.jitter_ms,
+                )
+            })
             .unwrap_or_default();
-        let call_id = self.attempt.as_ref().map(|a| a.call_id.clone()).unwrap_or_default();
+        let call_id = self
+            .attempt
+            .as_ref()
+            .map(|a| a.call_id.clone())
+            .unwrap_or_default();
         tracing::info!(
             call_id = %call_id,
             seq = self.seq,
@@ -1360,11 +1421,17 @@ impl Call {
         // wait (bounded) for the BYE's answer, then hand late retransmissions over
         let deadline = tokio::time::Instant::now() + Duration::from_secs(35);
         while let Some((b, tx, flow)) = self.bye.as_mut() {
-            if tx.is_terminated() || tx.state() == crate::sip::transaction::ClientNonInviteState::Completed {
+            if tx.is_terminated()
+                || tx.state() == crate::sip::transaction::ClientNonInviteState::Completed
+            {
                 break;
             }
-            let Some(a) = self.attempt.as_mut() else { break };
-            let t = tx.poll_timeout().unwrap_or_else(|| now() + Duration::from_millis(100));
+            let Some(a) = self.attempt.as_mut() else {
+                break;
+            };
+            let t = tx
+                .poll_timeout()
+                .unwrap_or_else(|| now() + Duration::from_millis(100));
             tokio::select! {
                 ev = a.events.recv() => match ev {
                     Some(SipEvent::Response(resp)) if resp.branch() == *b => {
@@ -1404,7 +1471,9 @@ impl Call {
 fn is_public(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(a) => !(a.is_private() || a.is_loopback() || a.is_link_local()),
-        std::net::IpAddr::V6(a) => !(a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local()),
+        std::net::IpAddr::V6(a) => {
+            !(a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local())
+        }
     }
 }
 
@@ -1442,7 +1511,11 @@ fn ack_for_failure(invite: &Outgoing, resp: &crate::sip::message::Message) -> Ou
         let n = cs.split_whitespace().next().unwrap_or("1");
         ack.push("CSeq", format!("{n} ACK"));
     }
-    for r in invite.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case("Route")) {
+    for r in invite
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Route"))
+    {
         ack.push("Route", &r.1);
     }
     ack

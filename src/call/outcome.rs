@@ -177,18 +177,40 @@ mod tests {
         assert_eq!(Outcome::NoRoute.status(), 404);
         assert_eq!(Outcome::NoCommonCodec("x".into()).status(), 488);
         assert_eq!(Outcome::LiveKitUnavailable("down".into()).status(), 503);
-        assert_eq!(Outcome::LiveKitUnavailable("down".into()).retry_after(), Some(10));
+        assert_eq!(
+            Outcome::LiveKitUnavailable("down".into()).retry_after(),
+            Some(10)
+        );
         assert_eq!(Outcome::NoPorts.status(), 503);
         assert_eq!(
-            Outcome::Rejected { status: 603, reason: None }.status(),
+            Outcome::Rejected {
+                status: 603,
+                reason: None
+            }
+            .status(),
             603
         );
         assert_eq!(Outcome::CallerHangup.retry_after(), None);
-        assert!(Outcome::RoomClosed.reason_header().starts_with("Q.850;cause=16;"));
-        assert_eq!(Outcome::RingingTimeout.leave_reason(), LeaveReason::UserUnavailable);
+        assert!(
+            Outcome::RoomClosed
+                .reason_header()
+                .starts_with("Q.850;cause=16;")
+        );
+        assert_eq!(
+            Outcome::RingingTimeout.leave_reason(),
+            LeaveReason::UserUnavailable
+        );
         // labels are bounded words
-        for o in [Outcome::MediaTimeout, Outcome::Internal("x".into()), Outcome::NoAck] {
-            assert!(o.label().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        for o in [
+            Outcome::MediaTimeout,
+            Outcome::Internal("x".into()),
+            Outcome::NoAck,
+        ] {
+            assert!(
+                o.label()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
         }
     }
 }

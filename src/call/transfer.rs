@@ -161,7 +161,10 @@ impl Transfer {
     }
 
     pub fn poll_timeout(&self) -> Instant {
-        self.tx.poll_timeout().unwrap_or(self.deadline).min(self.deadline)
+        self.tx
+            .poll_timeout()
+            .unwrap_or(self.deadline)
+            .min(self.deadline)
     }
 
     fn finish(&mut self, done: Done) -> Option<Done> {
@@ -209,7 +212,10 @@ impl Transfer {
             Some((code, _)) if code < 300 => (200, self.finish(Done::Transferred)),
             Some((code, reason)) => {
                 let message = format!("the transfer target answered {code} {reason}");
-                (200, self.finish(Done::Failed(Failure::rejected(code, &reason, message))))
+                (
+                    200,
+                    self.finish(Done::Failed(Failure::rejected(code, &reason, message))),
+                )
             }
             None => {
                 let terminated = req
@@ -244,10 +250,16 @@ impl Transfer {
             }
         }
         if timed_out && !self.accepted {
-            return self.finish(Done::Failed(Failure::new(FailReason::Timeout, "no answer to the REFER")));
+            return self.finish(Done::Failed(Failure::new(
+                FailReason::Timeout,
+                "no answer to the REFER",
+            )));
         }
         if now >= self.deadline {
-            return self.finish(Done::Failed(Failure::new(FailReason::Timeout, "the transfer timed out")));
+            return self.finish(Done::Failed(Failure::new(
+                FailReason::Timeout,
+                "the transfer timed out",
+            )));
         }
         let _ = ClientNonInviteState::Completed;
         None
@@ -284,7 +296,16 @@ pub fn begin(
         return;
     };
     tracing::info!(%call_id, "transferring the call");
-    *current = Some(Transfer::start(d, ep, flow, timers, to, headers, reply, now()));
+    *current = Some(Transfer::start(
+        d,
+        ep,
+        flow,
+        timers,
+        to,
+        headers,
+        reply,
+        now(),
+    ));
     if let Some(r) = room {
         r.set_attributes(&[("sip.callStatus", "transferring")]);
     }
@@ -325,8 +346,14 @@ mod tests {
 
     #[test]
     fn transfer_sipfrag_status() {
-        assert_eq!(sipfrag_status(b"SIP/2.0 200 OK\r\n"), Some((200, "OK".into())));
-        assert_eq!(sipfrag_status(b"SIP/2.0 100 Trying"), Some((100, "Trying".into())));
+        assert_eq!(
+            sipfrag_status(b"SIP/2.0 200 OK\r\n"),
+            Some((200, "OK".into()))
+        );
+        assert_eq!(
+            sipfrag_status(b"SIP/2.0 100 Trying"),
+            Some((100, "Trying".into()))
+        );
         assert_eq!(
             sipfrag_status(b"SIP/2.0 486 Busy Here\r\nContent-Length: 0\r\n"),
             Some((486, "Busy Here".into()))
@@ -349,8 +376,14 @@ mod tests {
             remote_cseq: None,
         };
         assert_eq!(refer_to("tel:+15559990000", &d), "<tel:+15559990000>");
-        assert_eq!(refer_to("sip:agent@pbx.example", &d), "<sip:agent@pbx.example>");
-        assert_eq!(refer_to("+15559990000", &d), "<sip:+15559990000@198.51.100.7:5070>");
+        assert_eq!(
+            refer_to("sip:agent@pbx.example", &d),
+            "<sip:agent@pbx.example>"
+        );
+        assert_eq!(
+            refer_to("+15559990000", &d),
+            "<sip:+15559990000@198.51.100.7:5070>"
+        );
         assert_eq!(local_uri(&d.local), "sip:+15550100@203.0.113.1");
     }
 }

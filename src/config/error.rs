@@ -96,9 +96,10 @@ pub fn from_yaml(file: &Path, err: &serde_saphyr::Error) -> ConfigError {
     msg = msg.strip_prefix("error: ").unwrap_or(msg);
     // "line 4 column 3: unknown field ..." -> "unknown field ..."
     if msg.starts_with("line ")
-        && let Some((_, rest)) = msg.split_once(": ") {
-            msg = rest;
-        }
+        && let Some((_, rest)) = msg.split_once(": ")
+    {
+        msg = rest;
+    }
     // "... at line 5, column 3" repeats the location we print first.
     if let Some(i) = msg.rfind(" at line ") {
         msg = &msg[..i];

@@ -462,7 +462,11 @@ fn credentials(
         }
         Some(list) => {
             if list.value.is_empty() {
-                cx.err_at(file, list, "algorithms must name at least one of sha-256, md5");
+                cx.err_at(
+                    file,
+                    list,
+                    "algorithms must name at least one of sha-256, md5",
+                );
                 return None;
             }
             for a in &list.value {
@@ -470,7 +474,14 @@ fn credentials(
                     "sha-256" | "sha256" => DigestAlgorithm::Sha256,
                     "md5" => DigestAlgorithm::Md5,
                     _ => {
-                        cx.err_at(file, a, format!("unknown digest algorithm {:?}: expected sha-256 or md5", a.value));
+                        cx.err_at(
+                            file,
+                            a,
+                            format!(
+                                "unknown digest algorithm {:?}: expected sha-256 or md5",
+                                a.value
+                            ),
+                        );
                         return None;
                     }
                 };
@@ -662,9 +673,10 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
             let expires =
                 cx.duration_or(file, r.value.expires.as_ref(), defaults::REGISTER_EXPIRES);
             if let (Some(d), Some(s)) = (expires, r.value.expires.as_ref())
-                && d < Duration::from_secs(60) {
-                    cx.err_at(file, s, "register expires must be at least 60s");
-                }
+                && d < Duration::from_secs(60)
+            {
+                cx.err_at(file, s, "register expires must be at least 60s");
+            }
             let user = r.value.user.as_ref().and_then(|u| {
                 let ok = !u.value.is_empty()
                     && u.value
@@ -673,7 +685,11 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
                 if ok {
                     Some(u.value.clone())
                 } else {
-                    cx.err_at(file, u, "invalid register user: expected a SIP user part such as 15550100");
+                    cx.err_at(
+                        file,
+                        u,
+                        "invalid register user: expected a SIP user part such as 15550100",
+                    );
                     None
                 }
             });
@@ -685,7 +701,11 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
         Some(s) => match cx.parse(file, s, types::parse_duration) {
             Some(d) if d.is_zero() => None,
             Some(d) if d < Duration::from_secs(1) => {
-                cx.err_at(file, s, "options_interval must be at least 1s (or 0s for no pings)");
+                cx.err_at(
+                    file,
+                    s,
+                    "options_interval must be at least 1s (or 0s for no pings)",
+                );
                 None
             }
             other => other,
@@ -871,7 +891,9 @@ fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
                         .value
                         .backup
                         .as_ref()
-                        .map_or(Origin::File(pb.file.clone()), |s| Origin::at(&pb.file, s.referenced));
+                        .map_or(Origin::File(pb.file.clone()), |s| {
+                            Origin::at(&pb.file, s.referenced)
+                        });
                     cx.err(
                         origin,
                         format!(

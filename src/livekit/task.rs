@@ -1160,14 +1160,12 @@ impl Task {
         else {
             return Err("the server did not accept Opus on the publisher".into());
         };
-        let written = writer
-            .audio_level(-(level as i8), level < 50)
-            .write(
-                pt,
-                t,
-                MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
-                packet,
-            );
+        let written = writer.audio_level(-(level as i8), level < 50).write(
+            pt,
+            t,
+            MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+            packet,
+        );
         match written {
             Ok(()) => {
                 self.publish.frames_sent += 1;
@@ -1183,7 +1181,10 @@ impl Task {
                     tracing::debug!(error = %e, failures = self.publish.write_failures, "audio frame not written");
                 }
                 if self.publish.write_failures >= MAX_WRITE_FAILURES {
-                    return Err(format!("write audio: {e} ({} frames in a row)", self.publish.write_failures));
+                    return Err(format!(
+                        "write audio: {e} ({} frames in a row)",
+                        self.publish.write_failures
+                    ));
                 }
             }
         }

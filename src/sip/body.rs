@@ -14,7 +14,11 @@ fn param<'a>(ct: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn base(ct: &str) -> String {
-    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// The application/sdp body of a message: the whole body, or the first SDP part of a
@@ -40,7 +44,10 @@ fn multipart_sdp(body: &[u8], boundary: &str) -> Option<Vec<u8>> {
         if part.starts_with("--") {
             break; // the close delimiter
         }
-        let part = part.strip_prefix("\r\n").or(part.strip_prefix('\n')).unwrap_or(part);
+        let part = part
+            .strip_prefix("\r\n")
+            .or(part.strip_prefix('\n'))
+            .unwrap_or(part);
         let (head, content) = match part.split_once("\r\n\r\n") {
             Some(x) => x,
             None => match part.split_once("\n\n") {
@@ -142,13 +149,25 @@ mod tests {
     #[test]
     fn body_info_dtmf() {
         assert_eq!(
-            info_dtmf(&msg("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n")),
+            info_dtmf(&msg(
+                "application/dtmf-relay",
+                "Signal=5\r\nDuration=160\r\n"
+            )),
             Some('5')
         );
-        assert_eq!(info_dtmf(&msg("application/dtmf-relay", "Signal= #\r\n")), Some('#'));
-        assert_eq!(info_dtmf(&msg("application/dtmf-relay", "Signal=11\r\n")), Some('#'));
+        assert_eq!(
+            info_dtmf(&msg("application/dtmf-relay", "Signal= #\r\n")),
+            Some('#')
+        );
+        assert_eq!(
+            info_dtmf(&msg("application/dtmf-relay", "Signal=11\r\n")),
+            Some('#')
+        );
         assert_eq!(info_dtmf(&msg("application/dtmf", "9")), Some('9'));
-        assert_eq!(info_dtmf(&msg("application/dtmf-relay", "Signal=X\r\n")), None);
+        assert_eq!(
+            info_dtmf(&msg("application/dtmf-relay", "Signal=X\r\n")),
+            None
+        );
         assert_eq!(info_dtmf(&msg("text/plain", "5")), None);
     }
 }

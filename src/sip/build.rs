@@ -274,7 +274,10 @@ mod tests {
         let req = message::parse(with_tag.as_bytes()).unwrap();
         let out = response_with_reason(&req, 603, "Decline\r\nX-Injected: 1", Some("t1"));
         let r = message::parse(&out.to_bytes()).unwrap();
-        assert_eq!(r.header("To"), Some("<sip:+15550100@roomline.example>;tag=zz"));
+        assert_eq!(
+            r.header("To"),
+            Some("<sip:+15550100@roomline.example>;tag=zz")
+        );
         assert_eq!(r.header("X-Injected"), None);
     }
 

@@ -40,7 +40,9 @@ pub struct Destination {
 }
 
 fn first_uri(v: &str) -> Option<String> {
-    NameAddr::parse(uri::split_list(v).first()?).ok().map(|n| n.uri_text)
+    NameAddr::parse(uri::split_list(v).first()?)
+        .ok()
+        .map(|n| n.uri_text)
 }
 
 fn is_private(ip: IpAddr) -> bool {
@@ -195,7 +197,10 @@ impl Dialog {
         out.push("To", &self.remote);
         out.push("Call-ID", &self.call_id);
         out.push("CSeq", format!("{} {method}", self.local_cseq));
-        if matches!(method, "INVITE" | "UPDATE" | "SUBSCRIBE" | "NOTIFY" | "REFER") {
+        if matches!(
+            method,
+            "INVITE" | "UPDATE" | "SUBSCRIBE" | "NOTIFY" | "REFER"
+        ) {
             out.push("Contact", contact);
         }
         out
@@ -257,15 +262,23 @@ mod tests {
 
     #[test]
     fn dialog_bye_request_and_matching() {
-        let mut d =
-            Dialog::uas(&invite("Record-Route: <sip:p1.example;lr>\r\n"), "lt").unwrap();
+        let mut d = Dialog::uas(&invite("Record-Route: <sip:p1.example;lr>\r\n"), "lt").unwrap();
         let c0 = d.local_cseq;
-        let bye = d.request("BYE", "SIP/2.0/UDP 203.0.113.1:5060;branch=z9hG4bKb", "<sip:r@x>");
+        let bye = d.request(
+            "BYE",
+            "SIP/2.0/UDP 203.0.113.1:5060;branch=z9hG4bKb",
+            "<sip:r@x>",
+        );
         let m = message::parse(&bye.to_bytes()).unwrap();
-        assert!(matches!(&m.start, message::StartLine::Request { uri, .. } if uri == "sip:gw@10.1.2.3:5070"));
+        assert!(
+            matches!(&m.start, message::StartLine::Request { uri, .. } if uri == "sip:gw@10.1.2.3:5070")
+        );
         assert_eq!(m.header("Route"), Some("<sip:p1.example;lr>"));
         assert_eq!(m.header("From"), Some("<sip:+15550100@203.0.113.1>;tag=lt"));
-        assert_eq!(m.header("To"), Some("\"Alice\" <sip:+15550111@carrier.example>;tag=ft"));
+        assert_eq!(
+            m.header("To"),
+            Some("\"Alice\" <sip:+15550111@carrier.example>;tag=ft")
+        );
         assert_eq!(m.cseq(), Some((c0 + 1, "BYE")));
         assert_eq!(m.header("Contact"), None);
         // the peer's BYE to us matches; a forged one with another tag does not
@@ -276,7 +289,10 @@ mod tests {
         let forged = theirs.replace("tag=ft", "tag=evil");
         assert!(!d.matches(&message::parse(forged.as_bytes()).unwrap()));
         assert!(d.accept_remote_cseq(11));
-        assert!(!d.accept_remote_cseq(5), "section 12.2.2: lower CSeq refused");
+        assert!(
+            !d.accept_remote_cseq(5),
+            "section 12.2.2: lower CSeq refused"
+        );
     }
 
     #[test]
@@ -288,9 +304,16 @@ mod tests {
         assert_eq!(dest.nat, Some(public), "private Contact behind NAT");
         let local: SocketAddr = "10.1.2.3:5070".parse().unwrap();
         assert_eq!(d.destination(local).unwrap().nat, None);
-        let d = Dialog::uas(&invite("Record-Route: <sip:198.51.100.9:5080;lr>\r\n"), "lt").unwrap();
+        let d = Dialog::uas(
+            &invite("Record-Route: <sip:198.51.100.9:5080;lr>\r\n"),
+            "lt",
+        )
+        .unwrap();
         let dest = d.destination(public).unwrap();
-        assert_eq!((dest.uri.host.as_str(), dest.uri.port), ("198.51.100.9", Some(5080)));
+        assert_eq!(
+            (dest.uri.host.as_str(), dest.uri.port),
+            ("198.51.100.9", Some(5080))
+        );
     }
 
     #[test]
@@ -308,7 +331,14 @@ mod tests {
             Call-ID: out-1\r\nCSeq: 1 INVITE\r\nContact: <sip:callee@198.51.100.8>\r\n\
             Record-Route: <sip:a;lr>\r\nRecord-Route: <sip:b;lr>\r\nContent-Length: 0\r\n\r\n";
         let m = message::parse(resp.as_bytes()).unwrap();
-        let d = Dialog::uac("out-1", "<sip:+15550100@203.0.113.1>;tag=mine", "mine", 1, &m).unwrap();
+        let d = Dialog::uac(
+            "out-1",
+            "<sip:+15550100@203.0.113.1>;tag=mine",
+            "mine",
+            1,
+            &m,
+        )
+        .unwrap();
         assert_eq!(d.remote_tag, "theirs");
         assert_eq!(d.route_set, vec!["<sip:b;lr>", "<sip:a;lr>"]);
         assert_eq!(d.remote_target, "sip:callee@198.51.100.8");

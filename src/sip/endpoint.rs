@@ -25,15 +25,16 @@ use super::message::{self, Message};
 use super::transaction::{Output, ServerInvite, ServerNonInvite, Timers};
 use super::transport::{Flow, Received, Transports};
 use super::uri::{self, NameAddr, Uri, UriError, Via};
-use crate::config::{Config, DigestAlgorithm, Transport, UnmatchedInbound};
 use crate::config::defaults;
+use crate::config::{Config, DigestAlgorithm, Transport, UnmatchedInbound};
 use crate::ops::metrics as m;
 use crate::trunk::matching::{self, InboundMatch};
 
 /// Methods Roomline implements (the Allow header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
 /// Body types we read (the Accept header).
-pub const ACCEPT: &str = "application/sdp, multipart/mixed, application/dtmf-relay, application/dtmf";
+pub const ACCEPT: &str =
+    "application/sdp, multipart/mixed, application/dtmf-relay, application/dtmf";
 /// Option tags we support (Supported). None of the common extensions is claimed yet.
 pub const SUPPORTED: &str = "";
 /// Methods we know but do not serve outside a dialog: 405 (RFC 3261 section 8.2.1).
@@ -426,8 +427,10 @@ impl Endpoint {
     pub async fn bind(
         config: watch::Receiver<Arc<Config>>,
         timers: Timers,
-    ) -> Result<(Endpoint, EndpointHandle, mpsc::Receiver<InboundInvite>), super::transport::BindError>
-    {
+    ) -> Result<
+        (Endpoint, EndpointHandle, mpsc::Receiver<InboundInvite>),
+        super::transport::BindError,
+    > {
         let cfg = config.borrow().clone();
         let (tx, rx) = mpsc::channel(super::transport::ENDPOINT_QUEUE);
         let transports = Arc::new(Transports::bind(&cfg.sip.listeners, tx).await?);
@@ -511,7 +514,10 @@ impl Endpoint {
                 done,
             } => {
                 let free = self.routes.get(&call_id).is_none_or(|s| s.is_closed())
-                    && self.response_routes.get(&call_id).is_none_or(|s| s.is_closed());
+                    && self
+                        .response_routes
+                        .get(&call_id)
+                        .is_none_or(|s| s.is_closed());
                 if free {
                     self.routes.remove(&call_id);
                     self.response_routes.remove(&call_id);
@@ -653,7 +659,12 @@ impl Endpoint {
                 let to = via.response_address().unwrap_or(r.flow.remote);
                 r.flow.to(to)
             };
-            self.on_request(Incoming { msg, flow, via, at: t });
+            self.on_request(Incoming {
+                msg,
+                flow,
+                via,
+                at: t,
+            });
         } else {
             let status = match &msg.start {
                 message::StartLine::Response { status, .. } => *status,
@@ -730,9 +741,11 @@ impl Endpoint {
         self.txs.order.push_back(key.clone());
         while self.txs.order.len() > MAX_TRANSACTIONS {
             if let Some(k) = self.txs.order.pop_front()
-                && self.txs.entries.contains_key(&k) && k != key {
-                    self.txs.entries.remove(&k);
-                }
+                && self.txs.entries.contains_key(&k)
+                && k != key
+            {
+                self.txs.entries.remove(&k);
+            }
         }
         if self.txs.order.len() > self.txs.entries.len() * 2 + 64 {
             let e = &self.txs.entries;
@@ -844,7 +857,11 @@ impl Endpoint {
         // 8.2.1 method inspection (method names are case-sensitive)
         let known = matches!(method, "INVITE" | "OPTIONS") || IN_DIALOG.contains(&method);
         if !known {
-            let status = if NOT_ALLOWED.contains(&method) { 405 } else { 501 };
+            let status = if NOT_ALLOWED.contains(&method) {
+                405
+            } else {
+                501
+            };
             return Some(resp(status).header("Allow", ALLOW));
         }
         // 8.2.2.1 To and Request-URI
@@ -867,7 +884,9 @@ impl Endpoint {
         }
         // 8.2.3 content processing
         if let Some(enc) = req.msg.header("Content-Encoding")
-            && uri::tokens(std::iter::once(enc)).iter().any(|e| e != "identity")
+            && uri::tokens(std::iter::once(enc))
+                .iter()
+                .any(|e| e != "identity")
         {
             return Some(
                 resp(415)
@@ -926,7 +945,12 @@ impl Endpoint {
             .and_then(|u| u.user_decoded())
             .map(|u| matching::number_from_user(&u))
             .unwrap_or_default();
-        let trunk = match matching::match_inbound(&cfg.trunks, req.flow.remote.ip(), &called, &caller) {
+        let trunk = match matching::match_inbound(
+            &cfg.trunks,
+            req.flow.remote.ip(),
+            &called,
+            &caller,
+        ) {
             InboundMatch::Trunk(t) => t,
             InboundMatch::NoTrunk { nearest } => {
                 metrics::counter!(m::CALLS_REFUSED, "reason" => "no_trunk").increment(1);
@@ -1001,7 +1025,10 @@ impl Endpoint {
                 }
             }
         }
-        if !self.call_rate.allow(cfg.limits.max_calls_per_second, req.at) {
+        if !self
+            .call_rate
+            .allow(cfg.limits.max_calls_per_second, req.at)
+        {
             metrics::counter!(m::CALLS_REFUSED, "reason" => "call_rate").increment(1);
             let out = build::response_to(&req.msg, 503, Some(&build::new_tag()))
                 .header("Retry-After", "1");
@@ -1050,7 +1077,11 @@ pub fn called_number(req: &Incoming) -> String {
 
 /// `type/subtype` of a Content-Type, lower-cased, parameters dropped.
 pub fn media_type(ct: &str) -> String {
-    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Whether a request's Accept (if any) admits application/sdp.
@@ -1194,7 +1225,10 @@ mod tests {
             Content-Length: 99\r\n\r\n";
         let r = best_effort_response(bad, 400, "Content-Length too large").unwrap();
         let m = message::parse(&r).unwrap();
-        assert!(matches!(m.start, message::StartLine::Response { status: 400, .. }));
+        assert!(matches!(
+            m.start,
+            message::StartLine::Response { status: 400, .. }
+        ));
         assert_eq!(m.header("From"), Some("<sip:a@b>;tag=1"));
         assert!(best_effort_response(b"SIP/2.0 200 OK\r\n\r\n", 400, "x").is_none());
         assert!(best_effort_response(b"INVITE x SIP/2.0\r\nTo: a\r\n\r\n", 400, "x").is_none());
@@ -1204,7 +1238,10 @@ mod tests {
         let r = best_effort_response(insuf, 400, "missing From header").unwrap();
         let text = String::from_utf8(r).unwrap();
         assert!(text.starts_with("SIP/2.0 400 "), "{text}");
-        assert!(text.contains("Via: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bK1\r\n"), "{text}");
+        assert!(
+            text.contains("Via: SIP/2.0/UDP 192.0.2.95;branch=z9hG4bK1\r\n"),
+            "{text}"
+        );
         assert!(text.contains("CSeq: 1 INVITE\r\n"), "{text}");
     }
 
@@ -1218,7 +1255,9 @@ mod tests {
             message::parse(text.as_bytes()).unwrap()
         };
         assert!(accepts_sdp(&m("")));
-        assert!(accepts_sdp(&m("Accept: text/plain, application/SDP;level=1\r\n")));
+        assert!(accepts_sdp(&m(
+            "Accept: text/plain, application/SDP;level=1\r\n"
+        )));
         assert!(accepts_sdp(&m("Accept: */*\r\n")));
         assert!(!accepts_sdp(&m("Accept: text/nobodyknowsthis\r\n")));
         assert_eq!(media_type(" Application/SDP ; x=1"), "application/sdp");

@@ -179,9 +179,10 @@ fn is_token(s: &str) -> bool {
 
 fn canonical_name(name: &str) -> String {
     if name.len() == 1
-        && let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)) {
-            return full.to_string();
-        }
+        && let Some((_, full)) = COMPACT.iter().find(|(c, _)| c.eq_ignore_ascii_case(name))
+    {
+        return full.to_string();
+    }
     name.to_string()
 }
 
@@ -427,9 +428,10 @@ fn check_headers(msg: &Message) -> Result<(), Invalid> {
         }
     }
     if let Some(e) = msg.header("Expires")
-        && (!e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() || e.parse::<u32>().is_err()) {
-            return Err(Invalid::BadRequest(format!("bad Expires {:.40}", e)));
-        }
+        && (!e.bytes().all(|b| b.is_ascii_digit()) || e.is_empty() || e.parse::<u32>().is_err())
+    {
+        return Err(Invalid::BadRequest(format!("bad Expires {:.40}", e)));
+    }
     for v in msg.headers_named("Via") {
         check_via(v)?;
     }
@@ -485,11 +487,12 @@ fn check_cseq(msg: &Message) -> Result<(), Invalid> {
         )));
     }
     if let Some(m) = msg.method()
-        && m != method {
-            return Err(Invalid::BadRequest(format!(
-                "CSeq method {method} does not match the request method {m}"
-            )));
-        }
+        && m != method
+    {
+        return Err(Invalid::BadRequest(format!(
+            "CSeq method {method} does not match the request method {m}"
+        )));
+    }
     Ok(())
 }
 
@@ -601,9 +604,9 @@ fn check_host_port(s: &str) -> Result<(), String> {
             || p.len() > 5
             || !p.bytes().all(|b| b.is_ascii_digit())
             || p.parse::<u32>().map_or(true, |n| n > 65535))
-        {
-            return Err(format!("bad port {:.10}", p));
-        }
+    {
+        return Err(format!("bad port {:.10}", p));
+    }
     Ok(())
 }
 

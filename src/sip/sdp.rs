@@ -245,9 +245,10 @@ pub fn parse(text: &str) -> Result<Sdp, SdpError> {
                     }
                     ("fmtp", Some(m)) => {
                         if let Some((pt, params)) = val.split_once(' ')
-                            && let Ok(pt) = pt.trim().parse() {
-                                m.fmtp.push((pt, params.trim().to_string()));
-                            }
+                            && let Ok(pt) = pt.trim().parse()
+                        {
+                            m.fmtp.push((pt, params.trim().to_string()));
+                        }
                     }
                     ("ptime", Some(m)) => {
                         m.ptime = val.trim().parse().ok().filter(|p| (10..=120).contains(p))

@@ -52,10 +52,7 @@ pub struct Flow {
 #[derive(Clone)]
 enum Conn {
     Udp(Arc<UdpSocket>),
-    Stream {
-        id: u64,
-        tx: mpsc::Sender<Vec<u8>>,
-    },
+    Stream { id: u64, tx: mpsc::Sender<Vec<u8>> },
 }
 
 impl std::fmt::Debug for Flow {
@@ -234,12 +231,13 @@ impl Transports {
                 Transport::Tcp | Transport::Tls => {
                     let acceptor = match (&l.transport, &l.tls) {
                         (Transport::Tls, Some(files)) => {
-                            let cfg = tls_server_config(&files.cert, &files.key).map_err(
-                                |error| BindError::Tls {
-                                    address: l.address,
-                                    error,
-                                },
-                            )?;
+                            let cfg =
+                                tls_server_config(&files.cert, &files.key).map_err(|error| {
+                                    BindError::Tls {
+                                        address: l.address,
+                                        error,
+                                    }
+                                })?;
                             Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
                         }
                         (Transport::Tls, None) => {
@@ -250,13 +248,14 @@ impl Transports {
                         }
                         _ => None,
                     };
-                    let listener = TcpListener::bind(l.address).await.map_err(|error| {
-                        BindError::Bind {
-                            transport: l.transport.as_str(),
-                            address: l.address,
-                            error,
-                        }
-                    })?;
+                    let listener =
+                        TcpListener::bind(l.address)
+                            .await
+                            .map_err(|error| BindError::Bind {
+                                transport: l.transport.as_str(),
+                                address: l.address,
+                                error,
+                            })?;
                     let local = listener.local_addr().unwrap_or(l.address);
                     tcp.push((l.transport, local, listener, acceptor));
                 }
@@ -300,7 +299,9 @@ impl Transports {
             .udp
             .iter()
             .filter(|(a, _)| same_family(a))
-            .find(|(a, _)| a.ip().is_unspecified() || a.ip().is_loopback() == remote.ip().is_loopback())
+            .find(|(a, _)| {
+                a.ip().is_unspecified() || a.ip().is_loopback() == remote.ip().is_loopback()
+            })
             .or_else(|| self.udp.iter().find(|(a, _)| same_family(a)))
             .or_else(|| self.udp.first())?;
         Some(Flow {
@@ -349,10 +350,11 @@ impl Transports {
                 let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
                     .map_err(|e| format!("bad TLS server name {server_name:?}: {e}"))?;
                 let connector = tokio_rustls::TlsConnector::from(self.shared.tls_client.clone());
-                let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream))
-                    .await
-                    .map_err(|_| format!("TLS handshake with {remote} timed out"))?
-                    .map_err(|e| format!("TLS handshake with {remote} failed: {e}"))?;
+                let tls =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+                        .await
+                        .map_err(|_| format!("TLS handshake with {remote} timed out"))?
+                        .map_err(|e| format!("TLS handshake with {remote} failed: {e}"))?;
                 Ok(start_stream(
                     Transport::Tls,
                     tls,
@@ -475,8 +477,7 @@ async fn accept_loop(
                 let acceptor = acceptor.clone();
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                        .await
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls)) => {
                             start_stream(
@@ -597,7 +598,9 @@ async fn stream_reader<R: AsyncRead + Unpin>(
             }
         }
         let read_fut = read.read(&mut buf);
-        let limit = first_message_timeout.or(idle).unwrap_or(Duration::from_secs(365 * 86_400));
+        let limit = first_message_timeout
+            .or(idle)
+            .unwrap_or(Duration::from_secs(365 * 86_400));
         let n = tokio::select! {
             r = tokio::time::timeout(limit, read_fut) => match r.ok() {
                 None => {

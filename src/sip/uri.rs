@@ -87,7 +87,11 @@ impl Params {
 
     /// Sets (replacing) `name`.
     pub fn set(&mut self, name: &str, value: Option<String>) {
-        if let Some(slot) = self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        if let Some(slot) = self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
             slot.1 = value;
         } else {
             self.0.push((name.to_string(), value));
@@ -230,7 +234,10 @@ impl Uri {
             "sips" => Scheme::Sips,
             "tel" => Scheme::Tel,
             _ => {
-                let valid = lower.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                let valid = lower
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic())
                     && lower
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
@@ -295,7 +302,9 @@ impl Uri {
 
     /// `transport` parameter, lower-cased.
     pub fn transport(&self) -> Option<String> {
-        self.params.value("transport").map(|t| t.to_ascii_lowercase())
+        self.params
+            .value("transport")
+            .map(|t| t.to_ascii_lowercase())
     }
 
     /// The host as an IP address, if it is one.
@@ -408,13 +417,13 @@ impl NameAddr {
                 }
             }
             let end = end.ok_or_else(|| bad("unterminated display name"))?;
-            (Some(q[..end].replace("\\\"", "\"")), q[end + 1..].trim_start())
+            (
+                Some(q[..end].replace("\\\"", "\"")),
+                q[end + 1..].trim_start(),
+            )
         } else if let Some(lt) = v.find('<') {
             let d = v[..lt].trim();
-            (
-                (!d.is_empty()).then(|| d.to_string()),
-                &v[lt..],
-            )
+            ((!d.is_empty()).then(|| d.to_string()), &v[lt..])
         } else {
             (None, v)
         };
@@ -555,7 +564,11 @@ impl Via {
     /// sent-by port, or 5060). None when the host is a name we would have to resolve.
     pub fn response_address(&self) -> Option<SocketAddr> {
         let ip: IpAddr = match self.params.value("received") {
-            Some(r) => r.trim_start_matches('[').trim_end_matches(']').parse().ok()?,
+            Some(r) => r
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?,
             None => self.host.parse().ok()?,
         };
         let port = self
@@ -570,7 +583,13 @@ impl Via {
 
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SIP/2.0/{} {}{}", self.transport, self.sent_by(), self.params)
+        write!(
+            f,
+            "SIP/2.0/{} {}{}",
+            self.transport,
+            self.sent_by(),
+            self.params
+        )
     }
 }
 
@@ -597,8 +616,7 @@ mod tests {
 
     #[test]
     fn uri_parts_and_display() {
-        let u = Uri::parse("sip:%2B15550100;npdi@[2001:db8::1]:5070;transport=TCP;lr?X=1")
-            .unwrap();
+        let u = Uri::parse("sip:%2B15550100;npdi@[2001:db8::1]:5070;transport=TCP;lr?X=1").unwrap();
         assert_eq!(u.user.as_deref(), Some("%2B15550100;npdi"));
         assert_eq!(u.user_decoded().as_deref(), Some("+15550100"));
         assert_eq!(u.host, "2001:db8::1");

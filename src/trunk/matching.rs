@@ -206,10 +206,19 @@ mod tests {
         let trunks = vec![primary, backup];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         // from the primary's own network
-        assert_eq!(name(match_inbound(&trunks, ip("192.0.2.5"), "+15550100", "1")), Ok("carrier"));
+        assert_eq!(
+            name(match_inbound(&trunks, ip("192.0.2.5"), "+15550100", "1")),
+            Ok("carrier")
+        );
         // from the backup's inbound network and its outbound address
-        assert_eq!(name(match_inbound(&trunks, ip("198.51.100.7"), "+15550100", "1")), Ok("carrier"));
-        assert_eq!(name(match_inbound(&trunks, ip("203.0.113.9"), "15550100", "1")), Ok("carrier"));
+        assert_eq!(
+            name(match_inbound(&trunks, ip("198.51.100.7"), "+15550100", "1")),
+            Ok("carrier")
+        );
+        assert_eq!(
+            name(match_inbound(&trunks, ip("203.0.113.9"), "15550100", "1")),
+            Ok("carrier")
+        );
         // the backup's own number from its own network stays the backup's
         assert_eq!(
             name(match_inbound(&trunks, ip("198.51.100.7"), "+15550199", "1")),

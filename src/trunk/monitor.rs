@@ -30,8 +30,15 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 pub enum Health {
     /// Not pinged yet (or pings are off).
     Unknown,
-    Up { status: u16, rtt_ms: f64, at_unix: u64 },
-    Down { reason: String, at_unix: u64 },
+    Up {
+        status: u16,
+        rtt_ms: f64,
+        at_unix: u64,
+    },
+    Down {
+        reason: String,
+        at_unix: u64,
+    },
 }
 
 /// Registration state of a trunk that registers.
@@ -39,8 +46,15 @@ pub enum Health {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Registration {
     Registering,
-    Registered { expires_s: u64, at_unix: u64 },
-    Failed { reason: String, retry_in_s: u64, at_unix: u64 },
+    Registered {
+        expires_s: u64,
+        at_unix: u64,
+    },
+    Failed {
+        reason: String,
+        retry_in_s: u64,
+        at_unix: u64,
+    },
     Unregistered,
 }
 
@@ -84,7 +98,15 @@ pub fn start(
         let mut registers: HashMap<String, Job> = HashMap::new();
         let mut cfg = config.borrow_and_update().clone();
         loop {
-            apply(&ep, timers, &cfg, &mut pings, &mut registers, &report_tx, &states_tx);
+            apply(
+                &ep,
+                timers,
+                &cfg,
+                &mut pings,
+                &mut registers,
+                &report_tx,
+                &states_tx,
+            );
             tokio::select! {
                 r = config.changed() => {
                     if r.is_err() { break; }
@@ -131,7 +153,12 @@ pub fn start(
 fn ping_fingerprint(t: &Trunk) -> Option<String> {
     let o = t.outbound.as_ref()?;
     let interval = o.options_interval?;
-    Some(format!("{:?}|{}|{:?}", TrunkAddr::of(t), interval.as_millis(), o.auth.as_ref().map(|a| &a.username)))
+    Some(format!(
+        "{:?}|{}|{:?}",
+        TrunkAddr::of(t),
+        interval.as_millis(),
+        o.auth.as_ref().map(|a| &a.username)
+    ))
 }
 
 fn register_fingerprint(t: &Trunk) -> Option<String> {
@@ -191,7 +218,14 @@ fn apply(
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(ping_loop(ep.clone(), timers, t, report.clone(), stop_rx));
-        pings.insert(name, Job { fingerprint: fp, stop: stop_tx, task });
+        pings.insert(
+            name,
+            Job {
+                fingerprint: fp,
+                stop: stop_tx,
+                task,
+            },
+        );
     }
     let wanted_regs: HashMap<String, String> = cfg
         .trunks
@@ -214,8 +248,21 @@ fn apply(
             continue;
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(register_loop(ep.clone(), timers, t, report.clone(), stop_rx));
-        registers.insert(name, Job { fingerprint: fp, stop: stop_tx, task });
+        let task = tokio::spawn(register_loop(
+            ep.clone(),
+            timers,
+            t,
+            report.clone(),
+            stop_rx,
+        ));
+        registers.insert(
+            name,
+            Job {
+                fingerprint: fp,
+                stop: stop_tx,
+                task,
+            },
+        );
     }
 }
 
@@ -240,13 +287,20 @@ async fn ping_loop(
     loop {
         let t0 = Instant::now();
         let health = match addr.flow(&ep).await {
-            Err(e) => Health::Down { reason: e, at_unix: unix() },
+            Err(e) => Health::Down {
+                reason: e,
+                at_unix: unix(),
+            },
             Ok(flow) => {
                 let local = ep.advertised(&flow);
                 let mut req = Request {
                     method: "OPTIONS",
                     ruri: addr.uri(None),
-                    from: format!("<sip:roomline@{}>;tag={}", crate::sip::uri::host_port(local), build::new_tag()),
+                    from: format!(
+                        "<sip:roomline@{}>;tag={}",
+                        crate::sip::uri::host_port(local),
+                        build::new_tag()
+                    ),
                     to: format!("<{}>", addr.uri(None)),
                     headers: vec![("Accept".into(), "application/sdp".into())],
                     call_id: build::new_call_id(),
@@ -265,14 +319,21 @@ async fn ping_loop(
                         at_unix: unix(),
                     },
                     Err(ExchangeError::Shutdown) => return,
-                    Err(e) => Health::Down { reason: e.to_string(), at_unix: unix() },
+                    Err(e) => Health::Down {
+                        reason: e.to_string(),
+                        at_unix: unix(),
+                    },
                 }
             }
         };
         if let Health::Down { reason, .. } = &health {
             tracing::info!(trunk = %trunk.name, %reason, "trunk OPTIONS ping failed");
         }
-        if report.send(Report::Health(trunk.name.clone(), health)).await.is_err() {
+        if report
+            .send(Report::Health(trunk.name.clone(), health))
+            .await
+            .is_err()
+        {
             return;
         }
         tokio::select! {
@@ -358,19 +419,31 @@ async fn register_loop(
             Ok((flow, granted)) => {
                 failures = 0;
                 tracing::info!(trunk = %trunk.name, expires_s = granted, "registered");
-                say(Registration::Registered { expires_s: granted, at_unix: unix() }).await;
+                say(Registration::Registered {
+                    expires_s: granted,
+                    at_unix: unix(),
+                })
+                .await;
                 registered_flow = Some(flow);
                 // refresh at the earlier of 80 % and expiry minus the margin
                 let g = Duration::from_secs(granted.max(1));
-                
-                g.mul_f64(0.8).min(g.saturating_sub(REFRESH_MARGIN)).max(Duration::from_secs(5))
+
+                g.mul_f64(0.8)
+                    .min(g.saturating_sub(REFRESH_MARGIN))
+                    .max(Duration::from_secs(5))
             }
             Err((reason, retry_after)) => {
                 failures += 1;
-                let backoff = Duration::from_secs(1u64 << failures.min(9)).min(REGISTER_BACKOFF_MAX);
+                let backoff =
+                    Duration::from_secs(1u64 << failures.min(9)).min(REGISTER_BACKOFF_MAX);
                 let wait = retry_after.map(Duration::from_secs).unwrap_or(backoff);
                 tracing::warn!(trunk = %trunk.name, %reason, retry_in_s = wait.as_secs(), "REGISTER failed");
-                say(Registration::Failed { reason, retry_in_s: wait.as_secs(), at_unix: unix() }).await;
+                say(Registration::Failed {
+                    reason,
+                    retry_in_s: wait.as_secs(),
+                    at_unix: unix(),
+                })
+                .await;
                 registered_flow = None;
                 wait
             }
@@ -443,7 +516,12 @@ async fn unregister(
         t1: timers.t1.min(Duration::from_millis(50)),
         ..timers
     };
-    match tokio::time::timeout(Duration::from_secs(4), client::exchange(ep, &flow, quick, &mut req, c)).await {
+    match tokio::time::timeout(
+        Duration::from_secs(4),
+        client::exchange(ep, &flow, quick, &mut req, c),
+    )
+    .await
+    {
         Ok(Ok(r)) => tracing::info!(status = r.status(), "un-registered"),
         _ => tracing::info!("un-register got no answer"),
     }

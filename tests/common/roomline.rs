@@ -166,8 +166,11 @@ impl Roomline {
             std::fs::write(dir.path().join("trunks").join(format!("{name}.yaml")), yaml).unwrap();
         }
         for (name, yaml) in &setup.dialplans {
-            std::fs::write(dir.path().join("dialplans").join(format!("{name}.yaml")), yaml)
-                .unwrap();
+            std::fs::write(
+                dir.path().join("dialplans").join(format!("{name}.yaml")),
+                yaml,
+            )
+            .unwrap();
         }
         let ip = &setup.bind_ip;
         let limits = if setup.limits.is_empty() {
@@ -736,7 +739,14 @@ pub fn ulaw_tone_file(dir: &Path, hz: u32, seconds: u32) -> PathBuf {
     let st = Command::new("sox")
         .args(["-n", "-r", "8000", "-c", "1", "-e", "mu-law", "-t", "raw"])
         .arg(&path)
-        .args(["synth", &seconds.to_string(), "sine", &hz.to_string(), "vol", "0.5"])
+        .args([
+            "synth",
+            &seconds.to_string(),
+            "sine",
+            &hz.to_string(),
+            "vol",
+            "0.5",
+        ])
         .status()
         .expect("sox");
     assert!(st.success(), "sox synth failed");
@@ -786,7 +796,12 @@ pub fn list_participants(lk: &LiveKitServer, room: &str) -> Vec<serde_json::Valu
 }
 
 /// Waits until `pred` holds for the room's participant list.
-pub fn wait_participants<F>(lk: &LiveKitServer, room: &str, within: Duration, mut pred: F) -> Vec<serde_json::Value>
+pub fn wait_participants<F>(
+    lk: &LiveKitServer,
+    room: &str,
+    within: Duration,
+    mut pred: F,
+) -> Vec<serde_json::Value>
 where
     F: FnMut(&[serde_json::Value]) -> bool,
 {
