@@ -236,8 +236,7 @@ impl Call {
                     self.final_sent = true;
                 }
                 if status != 100 {
-                    metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
-                        .increment(1);
+                    endpoint::count_response_sent(status);
                 }
             }
             Err(e) => {
@@ -788,8 +787,7 @@ impl Call {
             .unwrap_or(500);
         let mut out = out;
         out.push("Server", &self.ctx.endpoint.user_agent);
-        metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
-            .increment(1);
+        endpoint::count_response_sent(status);
         let mut tx = ServerNonInvite::new(req.at, req.flow.is_reliable(), self.ctx.timers);
         let _ = tx.respond(req.at, status, out.to_bytes());
         while let Some(o) = tx.poll_output() {
@@ -875,8 +873,7 @@ impl Call {
                     // (RFC 3261 section 8.2.2.2), or a stranger
                     let status = if method == "INVITE" { 482 } else { 481 };
                     let out = build::response_to(&req.msg, status, Some(&build::new_tag()));
-                    metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
-                        .increment(1);
+                    endpoint::count_response_sent(status);
                     req.reply(&out);
                     return Ok(());
                 }

@@ -1308,8 +1308,7 @@ impl Call {
             }
         };
         let mut out = build::response_to(&req.msg, status, Some(&local_tag));
-        metrics::counter!(m::SIP_RESPONSES_SENT, "class" => endpoint::status_class(status))
-            .increment(1);
+        endpoint::count_response_sent(status);
         out.push("Server", &self.ctx.endpoint.user_agent);
         if status == 501 || (method == "OPTIONS" && status == 200) {
             out.push("Allow", endpoint::ALLOW);

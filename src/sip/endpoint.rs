@@ -389,6 +389,13 @@ struct TxTable {
     timers: BinaryHeap<Reverse<(Instant, (String, bool))>>,
 }
 
+/// Where the messages of a Call-ID go.
+struct Route {
+    tx: mpsc::Sender<SipEvent>,
+    /// Requests too (a call's dialog), not only responses (a ping, a registration).
+    requests: bool,
+}
+
 /// Everything the endpoint task owns.
 pub struct Endpoint {
     handle: EndpointHandle,
@@ -396,10 +403,8 @@ pub struct Endpoint {
     cmd_rx: mpsc::Receiver<Command>,
     config: watch::Receiver<Arc<Config>>,
     calls_tx: mpsc::Sender<InboundInvite>,
-    /// Call-IDs whose requests and responses go to a task (calls).
-    routes: HashMap<String, mpsc::Sender<SipEvent>>,
-    /// Call-IDs whose responses only go to a task (registrations, pings).
-    response_routes: HashMap<String, mpsc::Sender<SipEvent>>,
+    /// The task that owns each Call-ID.
+    routes: HashMap<String, Route>,
     txs: TxTable,
     linger: HashMap<(String, String), (Instant, Linger)>,
     linger_order: VecDeque<(Instant, (String, String))>,
@@ -453,7 +458,6 @@ impl Endpoint {
             config,
             calls_tx,
             routes: HashMap::new(),
-            response_routes: HashMap::new(),
             txs: TxTable::default(),
             linger: HashMap::new(),
             linger_order: VecDeque::new(),
@@ -513,25 +517,14 @@ impl Endpoint {
                 requests,
                 done,
             } => {
-                let free = self.routes.get(&call_id).is_none_or(|s| s.is_closed())
-                    && self
-                        .response_routes
-                        .get(&call_id)
-                        .is_none_or(|s| s.is_closed());
+                let free = self.routes.get(&call_id).is_none_or(|r| r.tx.is_closed());
                 if free {
-                    self.routes.remove(&call_id);
-                    self.response_routes.remove(&call_id);
-                    if requests {
-                        self.routes.insert(call_id, tx);
-                    } else {
-                        self.response_routes.insert(call_id, tx);
-                    }
+                    self.routes.insert(call_id, Route { tx, requests });
                 }
                 let _ = done.send(free);
             }
             Command::Unregister { call_id, linger } => {
                 self.routes.remove(&call_id);
-                self.response_routes.remove(&call_id);
                 let t = now();
                 for l in linger {
                     if self.linger.len() >= MAX_LINGER
@@ -580,8 +573,7 @@ impl Endpoint {
         if t.saturating_duration_since(self.last_sweep) >= Duration::from_secs(5) {
             self.last_sweep = t;
             self.limiter.sweep(t);
-            self.routes.retain(|_, s| !s.is_closed());
-            self.response_routes.retain(|_, s| !s.is_closed());
+            self.routes.retain(|_, r| !r.tx.is_closed());
             let linger_for = self.timers.t1 * 64;
             while let Some((at, _)) = self.linger_order.front() {
                 if t.saturating_duration_since(*at) < linger_for {
@@ -678,13 +670,9 @@ impl Endpoint {
                 via,
                 at: t,
             };
-            match self
-                .routes
-                .get(&call_id)
-                .or_else(|| self.response_routes.get(&call_id))
-            {
-                Some(tx) => {
-                    if tx.try_send(SipEvent::Response(inc)).is_err() {
+            match self.routes.get(&call_id) {
+                Some(r) => {
+                    if r.tx.try_send(SipEvent::Response(inc)).is_err() {
                         metrics::counter!(m::SIP_DROPPED, "reason" => "call_queue").increment(1);
                     }
                 }
@@ -709,7 +697,7 @@ impl Endpoint {
     /// Answers `req` through a server transaction of the endpoint's own (retransmitted
     /// finals for INVITE until ACK; absorbed request retransmissions).
     fn reply_status(&mut self, req: &Incoming, status: u16, mut out: Outgoing) {
-        metrics::counter!(m::SIP_RESPONSES_SENT, "class" => status_class(status)).increment(1);
+        count_response_sent(status);
         out.push("Server", &self.handle.user_agent);
         let bytes = out.to_bytes();
         let method = req.method();
@@ -762,15 +750,17 @@ impl Endpoint {
     fn on_request(&mut self, req: Incoming) {
         let method = req.method().to_string();
         let call_id = req.call_id().to_string();
-        // 1. a Call-ID owned by a call or registration
-        if let Some(tx) = self.routes.get(&call_id) {
-            if !tx.is_closed() {
-                if tx.try_send(SipEvent::Request(req)).is_err() {
+        // 1. a Call-ID owned by a call (a ping's or registration's own request looped
+        // back to us is the endpoint's to answer)
+        if let Some(r) = self.routes.get(&call_id) {
+            if r.tx.is_closed() {
+                self.routes.remove(&call_id);
+            } else if r.requests {
+                if r.tx.try_send(SipEvent::Request(req)).is_err() {
                     metrics::counter!(m::SIP_DROPPED, "reason" => "call_queue").increment(1);
                 }
                 return;
             }
-            self.routes.remove(&call_id);
         }
         // 2. a retransmission of what an ended call answered
         let branch = req.branch();
@@ -1046,7 +1036,7 @@ impl Endpoint {
         };
         match self.calls_tx.try_send(inbound) {
             Ok(()) => {
-                self.routes.insert(call_id, tx);
+                self.routes.insert(call_id, Route { tx, requests: true });
             }
             Err(e) => {
                 let inbound = e.into_inner();
@@ -1132,6 +1122,12 @@ fn metric_method(m: &str) -> &'static str {
         "PRACK" => "PRACK",
         _ => "other",
     }
+}
+
+/// Counts a response sent by the endpoint or a call task (`roomline_sip_responses_sent_total`;
+/// retransmissions and 100 Trying are not counted).
+pub fn count_response_sent(status: u16) {
+    metrics::counter!(m::SIP_RESPONSES_SENT, "class" => status_class(status)).increment(1);
 }
 
 pub fn status_class(status: u16) -> &'static str {
