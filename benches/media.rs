@@ -8,6 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use roomline::livekit::SampleRate;
 use roomline::media::g711::G711;
 use roomline::media::g722::{G722Decoder, G722Encoder};
 use roomline::media::mixer::{Mixer, MixerConfig};
@@ -32,12 +33,12 @@ fn tone(freqs: &[f64], rate: u32, n: usize) -> Vec<i16> {
 /// The encoder the LiveKit side uses (`livekit::audio::OpusEncoder`): VoIP, 32 kbit/s,
 /// in-band FEC, 5 % expected loss, the complexity Roomline uses at that rate.
 fn opus_encoder(rate: u32) -> opus::Encoder {
-    let c = if rate == 8000 {
-        roomline::livekit::OPUS_COMPLEXITY_NARROWBAND
+    let rate = if rate == 8000 {
+        SampleRate::Hz8000
     } else {
-        roomline::livekit::OPUS_COMPLEXITY_WIDEBAND
+        SampleRate::Hz16000
     };
-    opus_encoder_at(rate, c)
+    opus_encoder_at(rate.hz(), roomline::livekit::opus_complexity(rate))
 }
 
 fn opus_encoder_at(rate: u32, complexity: i32) -> opus::Encoder {
@@ -59,7 +60,7 @@ fn measure(mut run: impl FnMut()) -> f64 {
 }
 
 fn pcmu_to_opus() -> f64 {
-    pcmu_to_opus_at(roomline::livekit::OPUS_COMPLEXITY_NARROWBAND)
+    pcmu_to_opus_at(roomline::livekit::opus_complexity(SampleRate::Hz8000))
 }
 
 fn pcmu_to_opus_at(complexity: i32) -> f64 {
@@ -169,8 +170,8 @@ fn main() {
     );
     println!(
         "Opus encoder complexity (in use: {} at 8 kHz, {} at 16 kHz), PCMU -> Opus:",
-        roomline::livekit::OPUS_COMPLEXITY_NARROWBAND,
-        roomline::livekit::OPUS_COMPLEXITY_WIDEBAND
+        roomline::livekit::opus_complexity(SampleRate::Hz8000),
+        roomline::livekit::opus_complexity(SampleRate::Hz16000)
     );
     for c in [10, 8, 6, 5, 3, 1, 0] {
         println!(

@@ -19,8 +19,8 @@ pub(crate) const TICKS_20MS: u64 = OPUS_CLOCK / 50;
 ///   delayed-decision quantizer with 2 states, which has no SIMD version.
 /// - 16 kHz (G.722): 6. PESQ 3.99 against 3.78 at 5 and 4.08 at 10, at the cost of 5
 ///   (3 states run libopus's AVX2 quantizer); below 4 wideband speech loses 0.2-0.7.
-pub const OPUS_COMPLEXITY_NARROWBAND: i32 = 1;
-pub const OPUS_COMPLEXITY_WIDEBAND: i32 = 6;
+const OPUS_COMPLEXITY_NARROWBAND: i32 = 1;
+const OPUS_COMPLEXITY_WIDEBAND: i32 = 6;
 
 /// The complexity Roomline encodes at for a phone rate.
 pub fn opus_complexity(rate: SampleRate) -> i32 {

@@ -37,9 +37,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use audio::{
-    OPUS_COMPLEXITY_NARROWBAND, OPUS_COMPLEXITY_WIDEBAND, opus_complexity, opus_encoder,
-};
+pub use audio::{opus_complexity, opus_encoder};
 pub use signal::JoinError;
 
 /// Phone-side sample rates the participant encodes from and decodes to.
