@@ -12,8 +12,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
-use common::roomline::{self, Roomline, Rtp, RtpPeer, Setup, Sipp, SippRun, sipp_args};
-use common::{PeerRun, run_roompeer};
+use common::roomline::{
+    self, Roomline, Rtp, RtpPeer, Setup, Sipp, SippRun, header, roompeer_bg, sipp_args,
+    wait_participant, wait_room_empty_of,
+};
+use common::uac::{invite, non_2xx_ack, sip_identity, uac_refused};
+use common::{PeerRun, run_roompeer, within};
 
 const CALLER: &str = "+15551230000";
 
@@ -24,14 +28,6 @@ static MEDIA: Mutex<()> = Mutex::new(());
 
 fn media_lock() -> MutexGuard<'static, ()> {
     MEDIA.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn within(got: f64, want: f64, rel: f64) -> bool {
-    (got - want).abs() <= want * rel
-}
-
-fn sip_identity(caller: &str) -> String {
-    format!("sip_{caller}")
 }
 
 /// How a UAC scenario ends once its `during` part is done.
@@ -107,75 +103,6 @@ fn uac(caller: &str, sdp_port: &str, during: &str, end: End) -> String {
     )
 }
 
-/// The INVITE every scenario starts with (scenario message index 0).
-fn invite(caller: &str, sdp_port: &str) -> String {
-    format!(
-        r#"  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio {sdp_port} RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-15
-      a=ptime:20
-    ]]>
-  </send>"#
-    )
-}
-
-/// The ACK of a non-2xx final response: same branch as the INVITE (RFC 3261 section
-/// 17.1.1.3). sipp's `[branch]` is derived from the message's index in the scenario, so
-/// the ACK at index `index` names the INVITE's (index 0) as `[branch-index]`.
-fn non_2xx_ack(caller: &str, index: usize) -> String {
-    format!(
-        r#"  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-{index}]
-      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>"#
-    )
-}
-
-/// A UAC whose INVITE is refused with `status` (after optional 100/180/183), then ACKs.
-fn uac_refused(caller: &str, status: u16) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uac-refused">
-{invite}
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="{status}"/>
-{ack}
-</scenario>
-"#,
-        invite = invite(caller, "[media_port]"),
-        ack = non_2xx_ack(caller, 5)
-    )
-}
-
 /// A UAC that gives up while it rings: INVITE, 180, a pause, CANCEL (same branch as the
 /// INVITE), the CANCEL's 200, the INVITE's 487, ACK.
 fn uac_cancel(caller: &str, ring_ms: u64) -> String {
@@ -221,35 +148,9 @@ fn call_args(rl: &Roomline, called: &str) -> Vec<String> {
     args
 }
 
-/// The final statuses (>= 200) in what sipp received.
-fn finals(run: &SippRun) -> Vec<u16> {
-    run.received_statuses()
-        .into_iter()
-        .filter(|s| *s >= 200)
-        .collect()
-}
-
-/// The value of header `name` in a SIP message (first occurrence, case-insensitive).
-fn header(msg: &str, name: &str) -> Option<String> {
-    msg.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-/// The BYE sipp received (panics with the run if there is none).
-fn received_bye(run: &SippRun) -> String {
-    run.received()
-        .into_iter()
-        .find(|m| m.starts_with("BYE "))
-        .unwrap_or_else(|| panic!("sipp received no BYE:\n{}", run.describe()))
-}
-
 /// Asserts sipp received a BYE whose Reason header is exactly `reason`.
 fn assert_bye_reason(run: &SippRun, reason: &str) {
-    let bye = received_bye(run);
+    let bye = run.first_received("BYE ");
     assert_eq!(
         header(&bye, "Reason").as_deref(),
         Some(reason),
@@ -290,30 +191,8 @@ fn sdp_rtp_addr(msg: &str) -> SocketAddr {
     format!("{ip}:{port}").parse().unwrap()
 }
 
-/// Runs `roompeer.py ARGS` (the LiveKit URL and keys of `lk` added) on a thread.
-fn roompeer_bg(lk: &LiveKitServer, command: &str, args: &[&str]) -> JoinHandle<PeerRun> {
-    let mut all = vec![command.to_string()];
-    all.extend(lk.peer_args());
-    all.extend(args.iter().map(|s| s.to_string()));
-    std::thread::spawn(move || run_roompeer(all, Duration::from_secs(150)))
-}
-
 fn has_identity(ps: &[serde_json::Value], identity: &str) -> bool {
     ps.iter().any(|p| p["identity"] == identity)
-}
-
-/// The participant `identity` in `room` as LiveKit's RoomService lists it.
-fn wait_participant(lk: &LiveKitServer, room: &str, identity: &str) -> serde_json::Value {
-    let ps = roomline::wait_participants(lk, room, Duration::from_secs(30), |ps| {
-        has_identity(ps, identity)
-    });
-    ps.into_iter().find(|p| p["identity"] == identity).unwrap()
-}
-
-fn wait_room_empty_of(lk: &LiveKitServer, room: &str, identity: &str) {
-    roomline::wait_participants(lk, room, Duration::from_secs(15), |ps| {
-        !has_identity(ps, identity)
-    });
 }
 
 fn remove_participant(lk: &LiveKitServer, room: &str, identity: &str) {
@@ -804,7 +683,7 @@ fn dialplan_routes_numbers_to_rooms_rejects_and_404s() {
         call_b.wait(Duration::from_secs(30)),
     ] {
         run.expect_success();
-        assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+        assert_eq!(run.finals(), [200, 200], "{}", run.describe());
     }
 
     let busy = roomline::sipp(
@@ -813,12 +692,8 @@ fn dialplan_routes_numbers_to_rooms_rejects_and_404s() {
         Duration::from_secs(30),
     );
     busy.expect_success();
-    assert_eq!(finals(&busy), [486], "{}", busy.describe());
-    let line = busy
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 486"))
-        .unwrap();
+    assert_eq!(busy.finals(), [486], "{}", busy.describe());
+    let line = busy.first_received("SIP/2.0 486");
     assert!(
         line.starts_with("SIP/2.0 486 Busy Here\n"),
         "the rule's reason phrase: {line}"
@@ -830,7 +705,7 @@ fn dialplan_routes_numbers_to_rooms_rejects_and_404s() {
         Duration::from_secs(30),
     );
     unknown.expect_success();
-    assert_eq!(finals(&unknown), [404], "{}", unknown.describe());
+    assert_eq!(unknown.finals(), [404], "{}", unknown.describe());
     // refused calls never reached a room
     for room in ["route-sales", "route-support"] {
         wait_room_empty_of(&lk, room, &sip_identity(CALLER));
@@ -1047,7 +922,7 @@ fn caller_bye_takes_the_participant_out_of_the_room() {
     ));
     let run = sipp.wait(Duration::from_secs(30));
     run.expect_success();
-    assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+    assert_eq!(run.finals(), [200, 200], "{}", run.describe());
     wait_room_empty_of(&lk, room, &sip_identity(CALLER));
     rl.assert_no_leaks(Duration::from_secs(10));
 }
@@ -1085,7 +960,7 @@ fn caller_cancel_gets_487_and_leaves_no_participant() {
     let run = sipp.wait(Duration::from_secs(40));
     run.expect_success();
     assert_eq!(
-        finals(&run),
+        run.finals(),
         [200, 487],
         "200 to the CANCEL, 487 to the INVITE:\n{}",
         run.describe()
@@ -1226,12 +1101,8 @@ fn unreachable_livekit_gets_503_with_retry_after() {
         Duration::from_secs(40),
     );
     run.expect_success();
-    assert_eq!(finals(&run), [503], "{}", run.describe());
-    let resp = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 503"))
-        .unwrap();
+    assert_eq!(run.finals(), [503], "{}", run.describe());
+    let resp = run.first_received("SIP/2.0 503");
     let retry: u32 = header(&resp, "Retry-After")
         .and_then(|v| {
             v.split(|c: char| !c.is_ascii_digit())
@@ -1378,7 +1249,7 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
     let me = &report["participants"][identity.as_str()];
     assert_eq!(me["kind"], "SIP", "{report}");
     assert_eq!(me["name"], format!("Phone {CALLER}").as_str(), "{report}");
-    assert_eq!(me["attributes"]["sip.callID"], call_id.as_str(), "{report}");
+    assert_eq!(me["attributes"]["sip.callID"], call_id, "{report}");
     let statuses: Vec<&str> = report["attribute_changes"]
         .as_array()
         .unwrap()
@@ -1702,11 +1573,7 @@ fn inbound_call_is_transferred_by_refer() {
     assert_eq!(status, 200, "{json}");
     let run = sipp.wait(Duration::from_secs(60));
     run.expect_success();
-    let refer = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("REFER "))
-        .expect("a REFER");
+    let refer = run.first_received("REFER ");
     assert!(
         header(&refer, "Refer-To").is_some_and(|v| v.contains("sip:agent@127.0.0.1:5999")),
         "{refer}"

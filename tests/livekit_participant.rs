@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::livekit::LiveKitServer;
-use common::run_roompeer;
+use common::{run_roompeer, within};
 use roomline::livekit::{
     DisconnectReason, JoinError, JoinOptions, LeaveReason, Participant, ParticipantEvent,
     ParticipantHandle, ParticipantKind, SampleRate, Simulate,
@@ -27,10 +27,6 @@ fn unique_room(tag: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!("{tag}-{}-{nanos}", std::process::id())
-}
-
-fn within(got: f64, want: f64, rel: f64) -> bool {
-    (got - want).abs() <= want * rel
 }
 
 /// Logs of the participant under test (`RUST_LOG=roomline=debug` to see them).

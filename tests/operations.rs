@@ -23,12 +23,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
-use common::roomline::{self, Roomline, RtpPeer, Setup, Sipp, SippRun};
-use common::{PeerRun, run_roompeer};
+use common::roomline::{
+    self, Roomline, RtpPeer, Setup, Sipp, SippRun, header, roompeer_bg, wait_participant,
+    wait_room_empty_of,
+};
+use common::uac::{invite, non_2xx_ack, sip_identity, uac_refused};
 
 /// The heaviest tests (audio measured in a room; two daemons and a proxy) run one at a
 /// time: on a 2-core machine they would starve each other's media clocks.
@@ -41,38 +43,6 @@ fn heavy_lock() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------------------
 // Phones (sipp)
 // ---------------------------------------------------------------------------------------
-
-/// The INVITE every UAC scenario starts with (scenario message index 0): PCMU and
-/// telephone-event, media at `sdp_port`.
-fn invite(caller: &str, sdp_port: &str) -> String {
-    format!(
-        r#"  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio {sdp_port} RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-15
-      a=ptime:20
-    ]]>
-  </send>"#
-    )
-}
 
 /// An in-dialog request of the UAC (ACK or BYE): to the remote target, along the Route
 /// set a record-routing proxy (Kamailio) put in the 200 (RFC 3261 section 12.2.1.1).
@@ -117,44 +87,6 @@ fn uac(caller: &str, sdp_port: &str, during: &str) -> String {
         invite = invite(caller, sdp_port),
         ack = in_dialog(caller, "ACK", 1),
         bye = in_dialog(caller, "BYE", 2),
-    )
-}
-
-/// The ACK of a non-2xx final response: the INVITE's branch (RFC 3261 section
-/// 17.1.1.3). sipp's `[branch-N]` names the branch of the message N places earlier, so
-/// the ACK at scenario index `index` gives the INVITE's (index 0) as `[branch-index]`.
-fn non_2xx_ack(caller: &str, index: usize) -> String {
-    format!(
-        r#"  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-{index}]
-      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>"#
-    )
-}
-
-/// A UAC whose INVITE is refused with `status` (after optional 100/180/183), then ACKs.
-fn uac_refused(caller: &str, status: u16) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uac-refused">
-{invite}
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="{status}"/>
-{ack}
-</scenario>
-"#,
-        invite = invite(caller, "[media_port]"),
-        ack = non_2xx_ack(caller, 5)
     )
 }
 
@@ -249,24 +181,6 @@ const WAIT_TOLD: &str = r#"  <recv request="INFO" timeout="120000"/>"#;
 
 fn pause(ms: u64) -> String {
     format!(r#"  <pause milliseconds="{ms}"/>"#)
-}
-
-/// The value of header `name` in a SIP message (first occurrence, case-insensitive).
-fn header(msg: &str, name: &str) -> Option<String> {
-    msg.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().to_string())
-    })
-}
-
-/// The final statuses (>= 200) in what sipp received.
-fn finals(run: &SippRun) -> Vec<u16> {
-    run.received_statuses()
-        .into_iter()
-        .filter(|s| *s >= 200)
-        .collect()
 }
 
 /// The Retry-After seconds of a response (panics if there is none).
@@ -408,20 +322,8 @@ impl Phone {
 // Rooms and daemons
 // ---------------------------------------------------------------------------------------
 
-fn sip_identity(caller: &str) -> String {
-    format!("sip_{caller}")
-}
-
 fn one_room_plan(rule: &str, number: &str, room: &str) -> String {
     format!("rules:\n  - name: {rule}\n    match:\n      called: \"{number}\"\n    room: {room}\n")
-}
-
-/// Runs `roompeer.py ARGS` (the LiveKit URL and keys of `lk` added) on a thread.
-fn roompeer_bg(lk: &LiveKitServer, command: &str, args: &[&str]) -> JoinHandle<PeerRun> {
-    let mut all = vec![command.to_string()];
-    all.extend(lk.peer_args());
-    all.extend(args.iter().map(|s| s.to_string()));
-    std::thread::spawn(move || run_roompeer(all, Duration::from_secs(150)))
 }
 
 /// The participant `identity` in `room` once `pred` holds for it.
@@ -438,16 +340,6 @@ where
         ps.iter().any(|p| p["identity"] == identity && pred(p))
     });
     ps.into_iter().find(|p| p["identity"] == identity).unwrap()
-}
-
-fn wait_participant(lk: &LiveKitServer, room: &str, identity: &str) -> serde_json::Value {
-    wait_participant_where(lk, room, identity, |_| true)
-}
-
-fn wait_room_empty_of(lk: &LiveKitServer, room: &str, identity: &str) {
-    roomline::wait_participants(lk, room, Duration::from_secs(15), |ps| {
-        !ps.iter().any(|p| p["identity"] == identity)
-    });
 }
 
 fn detailed(rl: &Roomline) -> serde_json::Value {
@@ -901,12 +793,12 @@ fn valid_reload_during_a_call_keeps_its_audio_and_the_next_call_follows_the_new_
     b.tell();
     let run = b.wait(Duration::from_secs(30));
     run.expect_success();
-    assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+    assert_eq!(run.finals(), [200, 200], "{}", run.describe());
 
     let run = a.wait(Duration::from_secs(60));
     run.expect_success();
     assert_eq!(
-        finals(&run),
+        run.finals(),
         [200, 200],
         "200 to the INVITE and to the BYE: {}",
         run.describe()
@@ -1031,7 +923,7 @@ fn invalid_reload_is_refused_visibly_and_the_old_config_still_routes_calls() {
     a.tell();
     let run = a.wait(Duration::from_secs(30));
     run.expect_success();
-    assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+    assert_eq!(run.finals(), [200, 200], "{}", run.describe());
     assert!(roomline::list_participants(&lk, "invalid-new").is_empty());
     wait_room_empty_of(&lk, room, &sip_identity(caller));
     rl.assert_no_leaks(Duration::from_secs(10));
@@ -1114,7 +1006,7 @@ fn trunk_file_swapped_for_its_backup_copy_keeps_calls_and_moves_the_next_one() {
     a.tell();
     let run = a.wait(Duration::from_secs(30));
     run.expect_success();
-    assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+    assert_eq!(run.finals(), [200, 200], "{}", run.describe());
     assert!(
         !run.received().iter().any(|m| m.starts_with("BYE ")),
         "{}",
@@ -1184,15 +1076,11 @@ fn sigterm_with_an_active_call_refuses_new_ones_lets_it_finish_and_exits_0() {
             Duration::from_secs(30),
         );
         if run.success() {
-            let resp = run
-                .received()
-                .into_iter()
-                .find(|m| m.starts_with("SIP/2.0 503"))
-                .unwrap();
+            let resp = run.first_received("SIP/2.0 503");
             assert!(retry_after(&resp) > 0, "{resp}");
             break;
         }
-        assert_eq!(finals(&run), [200], "{}", run.describe());
+        assert_eq!(run.finals(), [200], "{}", run.describe());
         assert!(Instant::now() < deadline, "OPTIONS still answered 200");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1211,12 +1099,8 @@ fn sigterm_with_an_active_call_refuses_new_ones_lets_it_finish_and_exits_0() {
         Duration::from_secs(30),
     );
     run.expect_success();
-    assert_eq!(finals(&run), [503], "{}", run.describe());
-    let resp = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 503"))
-        .unwrap();
+    assert_eq!(run.finals(), [503], "{}", run.describe());
+    let resp = run.first_received("SIP/2.0 503");
     assert!(retry_after(&resp) > 0, "{resp}");
     let m = parse_prometheus(&metrics_text(&rl));
     assert_eq!(m.value("roomline_draining", &[]), Some(1.0));
@@ -1236,7 +1120,7 @@ fn sigterm_with_an_active_call_refuses_new_ones_lets_it_finish_and_exits_0() {
     a.tell();
     let run = a.wait(Duration::from_secs(30));
     run.expect_success();
-    assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+    assert_eq!(run.finals(), [200, 200], "{}", run.describe());
     assert!(
         !run.received().iter().any(|m| m.starts_with("BYE ")),
         "{}",
@@ -1289,12 +1173,8 @@ fn max_concurrent_calls_refuses_the_call_beyond_the_limit_until_one_ends() {
     )
     .wait(Duration::from_secs(30));
     refused.expect_success();
-    assert_eq!(finals(&refused), [503], "{}", refused.describe());
-    let resp = refused
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 503"))
-        .unwrap();
+    assert_eq!(refused.finals(), [503], "{}", refused.describe());
+    let resp = refused.first_received("SIP/2.0 503");
     assert!(retry_after(&resp) > 0, "{resp}");
     assert!(
         !roomline::list_participants(&lk, room)
@@ -1322,7 +1202,7 @@ fn max_concurrent_calls_refuses_the_call_beyond_the_limit_until_one_ends() {
     )
     .wait(Duration::from_secs(30));
     c.expect_success();
-    assert_eq!(finals(&c), [200, 200], "{}", c.describe());
+    assert_eq!(c.finals(), [200, 200], "{}", c.describe());
     let m = parse_prometheus(&metrics_text(&rl));
     assert_eq!(
         m.value(
@@ -1753,7 +1633,7 @@ fn systemd_notify_messages_on_a_test_socket() {
     )
     .wait(Duration::from_secs(30));
     run.expect_success();
-    assert_eq!(finals(&run), [200, 200], "{}", run.describe());
+    assert_eq!(run.finals(), [200, 200], "{}", run.describe());
 
     let plan = rl.dir().join("dialplans/main.yaml");
     let mut reloads = Vec::new();
@@ -2389,7 +2269,7 @@ fn kamailio_dispatcher_moves_new_calls_to_the_survivor_when_one_drains() {
         phone.tell();
         let run = phone.wait(Duration::from_secs(30));
         run.expect_success();
-        assert_eq!(finals(&run), [200, 200], "{caller}: {}", run.describe());
+        assert_eq!(run.finals(), [200, 200], "{caller}: {}", run.describe());
         assert!(
             run.messages
                 .contains(&format!("Route: <sip:{};lr", kam.addr())),
@@ -2417,7 +2297,7 @@ fn kamailio_dispatcher_moves_new_calls_to_the_survivor_when_one_drains() {
         phone.tell();
         let run = phone.wait(Duration::from_secs(30));
         run.expect_success();
-        assert_eq!(finals(&run), [200, 200], "{caller}: {}", run.describe());
+        assert_eq!(run.finals(), [200, 200], "{caller}: {}", run.describe());
     }
     daemons[survivor].assert_no_leaks(Duration::from_secs(10));
 }

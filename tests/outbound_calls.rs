@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
-use common::roomline::{self, Roomline, RtpPeer, Setup, Sipp, SippRun, free_port};
-use common::run_roompeer;
+use common::roomline::{self, Roomline, RtpPeer, Setup, Sipp, SippRun, free_port, header};
+use common::{run_roompeer, within};
 use serde_json::{Value, json};
 
 /// The number the room dials.
@@ -29,10 +29,6 @@ const AUTH_PASS: &str = "s3cret-out";
 
 fn identity() -> String {
     format!("sip_{CALLEE}")
-}
-
-fn within(got: f64, want: f64, rel: f64) -> bool {
-    (got - want).abs() <= want * rel
 }
 
 // ---------------------------------------------------------------------------------------
@@ -344,14 +340,6 @@ fn trace_messages(trace: &str, kind: &str) -> Vec<String> {
     }
     out.retain(|m| !m.is_empty());
     out
-}
-
-/// A header's value in a message as text (first occurrence, case-insensitive name).
-fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
-    msg.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
 }
 
 fn start_line(msg: &str) -> &str {
@@ -914,11 +902,7 @@ fn sdk_dials_through_a_401_challenge_and_audio_flows_both_ways() {
     assert_eq!(st, 200, "{body}");
     let run = uas.wait(Duration::from_secs(30));
     run.expect_success();
-    let bye = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("BYE "))
-        .unwrap_or_else(|| panic!("no BYE:\n{}", run.describe()));
+    let bye = run.first_received("BYE ");
     assert_eq!(header(&bye, "Call-ID"), Some(call_id.as_str()));
     rl.assert_no_leaks(Duration::from_secs(15));
 }
@@ -1019,12 +1003,8 @@ fn ringing_timeout_sends_cancel_and_the_caller_gets_an_error() {
 
     let run = uas.wait(Duration::from_secs(30));
     run.expect_success();
-    let got = run.received();
-    let invite = got.iter().find(|m| m.starts_with("INVITE ")).unwrap();
-    let cancel = got
-        .iter()
-        .find(|m| m.starts_with("CANCEL "))
-        .unwrap_or_else(|| panic!("no CANCEL:\n{}", run.describe()));
+    let invite = &run.first_received("INVITE ");
+    let cancel = &run.first_received("CANCEL ");
     assert_eq!(
         start_line(cancel).replace("CANCEL", ""),
         start_line(invite).replace("INVITE", "")
@@ -1032,7 +1012,7 @@ fn ringing_timeout_sends_cancel_and_the_caller_gets_an_error() {
     assert_eq!(top_via_branch(cancel), top_via_branch(invite));
     assert_eq!(cseq_number(cancel), cseq_number(invite));
     assert_eq!(header(cancel, "Call-ID"), header(invite, "Call-ID"));
-    let ack = got.iter().find(|m| m.starts_with("ACK ")).unwrap();
+    let ack = &run.first_received("ACK ");
     assert_eq!(
         top_via_branch(ack),
         top_via_branch(invite),
@@ -1210,11 +1190,7 @@ fn primary_trunk_answering_503_fails_over_to_the_backup() {
     let backup_call = assert_completed_through_backup(&rl, &lk, room, backup);
     let run = primary.wait(Duration::from_secs(30));
     run.expect_success();
-    let invite = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .unwrap();
+    let invite = run.first_received("INVITE ");
     assert_ne!(
         header(&invite, "Call-ID"),
         Some(backup_call.as_str()),
@@ -1419,11 +1395,7 @@ fn deleting_the_room_sends_bye_with_a_reason() {
     assert_eq!(st, 200, "{body}");
     let run = uas.wait(Duration::from_secs(30));
     run.expect_success();
-    let bye = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("BYE "))
-        .unwrap_or_else(|| panic!("no BYE:\n{}", run.describe()));
+    let bye = run.first_received("BYE ");
     let reason = header(&bye, "Reason").unwrap_or_else(|| panic!("BYE without Reason:\n{bye}"));
     assert!(reason.starts_with("Q.850;cause="), "{reason}");
     assert!(reason.contains("room closed"), "{reason}");
@@ -1847,12 +1819,8 @@ fn transfer_by_refer_succeeds_and_the_call_ends_with_bye() {
 
     let run = uas.wait(Duration::from_secs(30));
     run.expect_success();
-    let got = run.received();
-    let invite = got.iter().find(|m| m.starts_with("INVITE ")).unwrap();
-    let refer = got
-        .iter()
-        .find(|m| m.starts_with("REFER "))
-        .unwrap_or_else(|| panic!("no REFER:\n{}", run.describe()));
+    let invite = &run.first_received("INVITE ");
+    let refer = &run.first_received("REFER ");
     assert_eq!(
         header(refer, "Call-ID"),
         header(invite, "Call-ID"),
@@ -1870,7 +1838,7 @@ fn transfer_by_refer_succeeds_and_the_call_ends_with_bye() {
         "both NOTIFYs answered 200:\n{}",
         run.describe()
     );
-    let bye = got.iter().find(|m| m.starts_with("BYE ")).unwrap();
+    let bye = &run.first_received("BYE ");
     assert!(
         header(bye, "Reason").is_some_and(|r| r.contains("transferred")),
         "{bye}"

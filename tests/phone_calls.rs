@@ -11,18 +11,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::livekit::LiveKitServer;
-use common::roomline::{Roomline, Setup, wait_participants};
-use common::{PeerRun, python, run_roompeer};
+use common::roomline::{Roomline, Setup, roompeer_bg, wait_participants};
+use common::{PeerRun, python, run_roompeer, within};
 
 const CALLER: &str = "+15551230000";
 const CALLED: &str = "+15550100";
 
 /// Audio tests take the CPU they measure with; one at a time.
 static MEDIA: Mutex<()> = Mutex::new(());
-
-fn within(got: f64, want: f64, rel: f64) -> bool {
-    (got - want).abs() <= want * rel
-}
 
 fn tone_wav(dir: &std::path::Path, hz: u32, rate: u32, seconds: u32) -> std::path::PathBuf {
     let path = dir.join(format!("tone{hz}_{rate}.wav"));
@@ -74,13 +70,6 @@ fn phone(args: &[String], timeout: Duration) -> PeerRun {
         elapsed: started.elapsed(),
         args: args.to_vec(),
     }
-}
-
-fn roompeer_bg(lk: &LiveKitServer, cmd: &str, extra: &[&str]) -> std::thread::JoinHandle<PeerRun> {
-    let mut args = vec![cmd.to_string()];
-    args.extend(lk.peer_args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    std::thread::spawn(move || run_roompeer(args, Duration::from_secs(120)))
 }
 
 /// One call: the phone plays `phone_hz` and records; a room participant publishes

@@ -1335,11 +1335,7 @@ fn sipp_wrong_digest(tcp: bool) {
         .filter(|s| *s >= 200)
         .collect();
     assert_eq!(finals, vec![401, 403], "{}", run.describe());
-    let challenge = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 401"))
-        .unwrap();
+    let challenge = run.first_received("SIP/2.0 401");
     assert_challenge(
         &Sip::parse(challenge.replace('\n', "\r\n").as_bytes()).unwrap(),
         false,
@@ -1772,11 +1768,7 @@ fn bye_from_daemon(tcp: bool) {
     assert_eq!(status, 200, "DeleteRoom: {body}");
     let run = sipp.wait(Duration::from_secs(60));
     run.expect_success();
-    let bye = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("BYE "))
-        .unwrap_or_else(|| panic!("no BYE:\n{}", run.describe()));
+    let bye = run.first_received("BYE ");
     let bye = Sip::parse(bye.replace('\n', "\r\n").as_bytes()).unwrap();
     let reason = bye
         .header("Reason")
@@ -2179,11 +2171,7 @@ fn sipp_native_digest(tcp: bool) {
         .filter(|s| *s >= 200)
         .collect();
     assert_eq!(finals, vec![401, 200, 200], "{}", run.describe());
-    let challenge = run
-        .received()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 401"))
-        .unwrap();
+    let challenge = run.first_received("SIP/2.0 401");
     assert_eq!(
         challenge.matches("WWW-Authenticate:").count(),
         1,

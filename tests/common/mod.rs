@@ -15,6 +15,7 @@
 
 pub mod livekit;
 pub mod roomline;
+pub mod uac;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -233,4 +234,9 @@ where
         elapsed,
         args,
     }
+}
+
+/// `got` is within `rel` (relative) of `want`.
+pub fn within(got: f64, want: f64, rel: f64) -> bool {
+    (got - want).abs() <= want * rel
 }

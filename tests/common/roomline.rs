@@ -388,6 +388,23 @@ impl SippRun {
         received_messages(&self.messages)
     }
 
+    /// The final statuses (>= 200) in what sipp received.
+    pub fn finals(&self) -> Vec<u16> {
+        self.received_statuses()
+            .into_iter()
+            .filter(|s| *s >= 200)
+            .collect()
+    }
+
+    /// The first message sipp received whose start line begins with `start` (e.g.
+    /// `"BYE "`, `"SIP/2.0 503"`); panics with the run's description if there is none.
+    pub fn first_received(&self, start: &str) -> String {
+        self.received()
+            .into_iter()
+            .find(|m| m.starts_with(start))
+            .unwrap_or_else(|| panic!("sipp received no {start:?}:\n{}", self.describe()))
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "sipp {:?}\nstatus: {:?}\nstdout (tail):\n{}\nstderr (tail):\n{}\nmessages (tail):\n{}",
@@ -817,4 +834,40 @@ where
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The value of header `name` in a SIP message as text (first occurrence,
+/// case-insensitive name).
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// `tests/peers/roompeer.py COMMAND` against `lk` with `args`, on a thread (150 s limit).
+pub fn roompeer_bg(
+    lk: &LiveKitServer,
+    command: &str,
+    args: &[&str],
+) -> std::thread::JoinHandle<super::PeerRun> {
+    let mut all = vec![command.to_string()];
+    all.extend(lk.peer_args());
+    all.extend(args.iter().map(|s| s.to_string()));
+    std::thread::spawn(move || super::run_roompeer(all, Duration::from_secs(150)))
+}
+
+/// Waits (30 s) until `identity` is in `room`; its ParticipantInfo as JSON.
+pub fn wait_participant(lk: &LiveKitServer, room: &str, identity: &str) -> serde_json::Value {
+    let ps = wait_participants(lk, room, Duration::from_secs(30), |ps| {
+        ps.iter().any(|p| p["identity"] == identity)
+    });
+    ps.into_iter().find(|p| p["identity"] == identity).unwrap()
+}
+
+/// Waits (15 s) until `identity` is no longer in `room`.
+pub fn wait_room_empty_of(lk: &LiveKitServer, room: &str, identity: &str) {
+    wait_participants(lk, room, Duration::from_secs(15), |ps| {
+        !ps.iter().any(|p| p["identity"] == identity)
+    });
 }
