@@ -1402,11 +1402,26 @@ fn ten_concurrent_calls_into_ten_rooms_all_carry_audio() {
     // all ten calls are up at the same time (nothing ends them until the test does)
     let deadline = Instant::now() + Duration::from_secs(60);
     while rl.counts()["participants"] != n {
-        assert!(
-            Instant::now() < deadline,
-            "not all {n} calls joined: {}",
-            rl.counts()
-        );
+        if Instant::now() >= deadline {
+            // what each phone got: the call that did not make it, and why
+            let phones: Vec<String> = calls
+                .iter()
+                .zip(&sipps)
+                .map(|((caller, called, _), s)| {
+                    let got: Vec<String> = s
+                        .received_so_far()
+                        .iter()
+                        .map(|m| m.lines().next().unwrap_or("").to_string())
+                        .collect();
+                    format!("{caller} -> {called}: received {got:?}")
+                })
+                .collect();
+            panic!(
+                "not all {n} calls joined: {}\n{}",
+                rl.counts(),
+                phones.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(rl.counts()["active"], n, "{}", rl.counts());
