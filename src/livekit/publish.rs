@@ -1,0 +1,251 @@
+//! Our audio track: the AddTrackRequest, the publisher connection's offer (one send-only
+//! Opus m-line whose msid track id is the request's cid, plus the data channels), its
+//! ICE restart, and each 20 ms phone frame encoded to Opus and written with its RFC 6464
+//! audio level (the server computes active speakers only from that extension).
+
+use std::time::Instant;
+
+use livekit_protocol as proto;
+use str0m::Event as RtcEvent;
+use str0m::change::SdpPendingOffer;
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
+
+use super::SampleRate;
+use super::audio::{self, OpusEncoder};
+use super::data::DataChannels;
+use super::peer::Peer;
+
+/// Audio writes refused in a row (10 s of frames) before the publisher counts as failed.
+const MAX_WRITE_FAILURES: u32 = 500;
+
+/// A fresh client track id (AddTrackRequest.cid, msid track id).
+fn new_cid() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    let id: String = (0..12)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("roomline-{id}")
+}
+
+pub(super) struct Publisher {
+    /// Client track id: AddTrackRequest.cid == msid track id in our offer.
+    cid: String,
+    track_name: String,
+    sid: Option<String>,
+    /// The server's TrackInfo of our track (sync_state on resume).
+    track_info: Option<proto::TrackInfo>,
+    mid: Option<Mid>,
+    pending: Option<SdpPendingOffer>,
+    encoder: OpusEncoder,
+    /// RTP time of the next frame at 48 kHz.
+    rtp_time: u64,
+    pub(super) frames_sent: u64,
+    dropped_before_connect: u64,
+    /// Writes refused in a row (see `write_frame`), and frames lost that way.
+    write_failures: u32,
+    pub(super) frames_dropped: u64,
+}
+
+impl Publisher {
+    pub(super) fn new(rate: SampleRate, track_name: &str) -> Result<Publisher, String> {
+        Ok(Publisher {
+            cid: new_cid(),
+            track_name: track_name.to_string(),
+            sid: None,
+            track_info: None,
+            mid: None,
+            pending: None,
+            encoder: OpusEncoder::new(rate)?,
+            rtp_time: 0,
+            frames_sent: 0,
+            dropped_before_connect: 0,
+            write_failures: 0,
+            frames_dropped: 0,
+        })
+    }
+
+    /// Our track's sid once the server published it.
+    pub(super) fn sid(&self) -> Option<&str> {
+        self.sid.as_deref()
+    }
+
+    /// The offer exists (a resume restarts its ICE).
+    pub(super) fn offered(&self) -> bool {
+        self.mid.is_some()
+    }
+
+    /// A new session (full rejoin): a new cid, published again from scratch. The encoder
+    /// and the RTP clock go on.
+    pub(super) fn reset(&mut self) {
+        self.cid = new_cid();
+        self.sid = None;
+        self.track_info = None;
+        self.mid = None;
+        self.pending = None;
+    }
+
+    /// The phone's rate changed: a new encoder (the 48 kHz RTP clock goes on).
+    pub(super) fn set_rate(&mut self, rate: SampleRate) -> Result<(), String> {
+        self.encoder = OpusEncoder::new(rate)?;
+        Ok(())
+    }
+
+    /// Publishing starts with this; the offer follows the server's track_published.
+    pub(super) fn add_track_request(&self) -> proto::AddTrackRequest {
+        proto::AddTrackRequest {
+            cid: self.cid.clone(),
+            name: self.track_name.clone(),
+            r#type: proto::TrackType::Audio as i32,
+            source: proto::TrackSource::Microphone as i32,
+            disable_red: true,
+            audio_features: vec![proto::AudioTrackFeature::TfNoDtx as i32],
+            ..Default::default()
+        }
+    }
+
+    /// The server's track_published: `true` if it is ours (the offer is due).
+    pub(super) fn published(&mut self, response: &proto::TrackPublishedResponse) -> bool {
+        match &response.track {
+            Some(track) if response.cid == self.cid => {
+                tracing::debug!(sid = %track.sid, "local track published");
+                self.sid = Some(track.sid.clone());
+                self.track_info = Some(track.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Our track as sync_state describes it on resume.
+    pub(super) fn sync_tracks(&self) -> Vec<proto::TrackPublishedResponse> {
+        match &self.track_info {
+            Some(track) => vec![proto::TrackPublishedResponse {
+                cid: self.cid.clone(),
+                track: Some(track.clone()),
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    /// The first offer on the publisher connection, or `None` if it was made already.
+    pub(super) fn offer(
+        &mut self,
+        peer: &mut Peer,
+        data: &mut DataChannels,
+        events: &mut Vec<RtcEvent>,
+    ) -> Result<Option<String>, String> {
+        if self.mid.is_some() {
+            return Ok(None);
+        }
+        let mut api = peer.rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some(format!("{}-stream", self.cid)),
+            Some(self.cid.clone()),
+            None,
+        );
+        data.add_to_offer(&mut api);
+        let Some((offer, pending)) = api.apply() else {
+            return Err("publisher offer had no changes".into());
+        };
+        peer.drain(events)?;
+        self.mid = Some(mid);
+        self.pending = Some(pending);
+        Ok(Some(offer.to_sdp_string()))
+    }
+
+    /// An offer with new ICE credentials (resume).
+    pub(super) fn ice_restart_offer(
+        &mut self,
+        peer: &mut Peer,
+        events: &mut Vec<RtcEvent>,
+    ) -> Result<String, String> {
+        let mut api = peer.rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((offer, pending)) = api.apply() else {
+            return Err("ICE restart offer had no changes".into());
+        };
+        peer.drain(events)?;
+        self.pending = Some(pending);
+        Ok(offer.to_sdp_string())
+    }
+
+    /// The server's answer to our offer (ignored without one pending).
+    pub(super) fn answer(
+        &mut self,
+        peer: &mut Peer,
+        sdp: &str,
+        events: &mut Vec<RtcEvent>,
+    ) -> Result<(), String> {
+        let Some(pending) = self.pending.take() else {
+            tracing::debug!("answer without a pending offer ignored");
+            return Ok(());
+        };
+        tracing::trace!(sdp, "publisher answer");
+        peer.accept_answer(pending, sdp, events)
+    }
+
+    /// One 20 ms frame toward the room; dropped unless the connection is `up`. A write
+    /// str0m refuses (too many payloads waiting: a host too busy to keep up) loses the
+    /// frame like a dropped packet; only 10 s of refusals in a row fail the publisher.
+    pub(super) fn write_frame(
+        &mut self,
+        peer: &mut Peer,
+        pcm: &[i16],
+        up: bool,
+        now: Instant,
+    ) -> Result<(), String> {
+        let rtp_time = self.rtp_time;
+        self.rtp_time += audio::TICKS_20MS;
+        let Some(mid) = self.mid.filter(|_| up && peer.connected) else {
+            self.dropped_before_connect += 1;
+            return Ok(());
+        };
+        let packet = self.encoder.encode(pcm)?;
+        let level = audio::audio_level_dbov(pcm);
+        // a task running late (an overloaded host) has str0m's timers to catch up on
+        // first: queued payloads leave only when they run
+        let mut events = Vec::new();
+        peer.handle_timeout(now, &mut events)?;
+        let Some(writer) = peer.rtc.writer(mid) else {
+            return Ok(());
+        };
+        let Some(pt) = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .map(|p| p.pt())
+        else {
+            return Err("the server did not accept Opus on the publisher".into());
+        };
+        let written = writer.audio_level(-(level as i8), level < 50).write(
+            pt,
+            now,
+            MediaTime::new(rtp_time, Frequency::FORTY_EIGHT_KHZ),
+            packet,
+        );
+        match written {
+            Ok(()) => {
+                self.frames_sent += 1;
+                self.write_failures = 0;
+            }
+            Err(e) => {
+                self.write_failures += 1;
+                self.frames_dropped += 1;
+                if self.write_failures == 1 || self.write_failures.is_multiple_of(50) {
+                    tracing::debug!(error = %e, failures = self.write_failures, "audio frame not written");
+                }
+                if self.write_failures >= MAX_WRITE_FAILURES {
+                    return Err(format!(
+                        "write audio: {e} ({} frames in a row)",
+                        self.write_failures
+                    ));
+                }
+            }
+        }
+        peer.drain(&mut events)
+    }
+}
