@@ -12,7 +12,9 @@
 //! rejoin, leave: sans-IO), `recovery` (resume and rejoin as the lifecycle asks), `pump`
 //! (datagrams and timers into str0m, its events out), `negotiation` (SDP offers and
 //! answers, trickle), `roster` (participants, tracks, subscriptions: sans-IO), `publish`
-//! (our Opus track), `receive` (remote audio to PCM), `data` (data channels), `peer`
+//! (our Opus track), `receive` (subscriber m-lines to tracks, one stream per SSRC),
+//! `remote_stream` (one SSRC's numbering, reordering, concealment and decoder), `stall`
+//! (expected room audio that does not arrive), `data` (data channels), `peer`
 //! (one str0m connection and its socket), `signal` (the WebSocket protocol), `sdp`,
 //! `audio` (codecs).
 //!
@@ -44,10 +46,12 @@ mod publish;
 mod pump;
 mod receive;
 mod recovery;
+mod remote_stream;
 mod roster;
 mod sdp;
 mod session;
 mod signal;
+mod stall;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 
 use str0m::Event as RtcEvent;
 use str0m::IceConnectionState;
+use str0m::format::Codec;
+use str0m::rtp::RtpPacket;
 
 use super::ParticipantEvent;
+use super::audio::RemoteCodec;
 use super::data;
 use super::lifecycle::Input;
 use super::peer::{Peer, Role};
@@ -22,12 +25,22 @@ impl Session {
         }
     }
 
-    /// The earliest timer is due: the lifecycle's (keep-alive, grace), then str0m's.
+    /// The earliest timer is due: the lifecycle's (keep-alive, grace), the receiver's
+    /// (reorder waits, stall checks), then str0m's.
     pub(super) async fn on_timeout(&mut self) -> Step {
         let t = now();
         self.lifecycle.handle_timeout(t);
         if !self.lifecycle.is_connected() {
             return Ok(());
+        }
+        if t >= self.receiver.poll_timeout() {
+            let (mut frames, mut stalls) = (Vec::new(), Vec::new());
+            self.receiver
+                .handle_timeout(t, self.roster.audio_expected(), &mut frames, &mut stalls);
+            self.deliver_audio(frames);
+            for change in stalls {
+                self.report_stall(change);
+            }
         }
         let mut events = Vec::new();
         self.publisher
@@ -104,15 +117,7 @@ impl Session {
                 RtcEvent::MediaAdded(m) => {
                     tracing::debug!(peer = role.name(), mid = %m.mid, kind = ?m.kind, dir = ?m.direction, "media added");
                 }
-                RtcEvent::MediaData(media) if role == Role::Subscriber => {
-                    let roster = &self.roster;
-                    let frame = self.receiver.media(media, |track| {
-                        roster.track(track).map(|t| t.participant_identity.clone())
-                    });
-                    if let Some(frame) = frame {
-                        self.emit_audio(frame);
-                    }
-                }
+                RtcEvent::RtpPacket(packet) if role == Role::Subscriber => self.on_rtp(packet),
                 RtcEvent::ChannelOpen(id, label) => {
                     tracing::debug!(peer = role.name(), %label, "data channel open");
                     if role == Role::Publisher {
@@ -139,6 +144,48 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// A remote audio packet (subscriber, RTP mode): its m-line and codec from str0m,
+    /// the rest is the receiver's.
+    fn on_rtp(&mut self, packet: RtpPacket) {
+        let ssrc = packet.header.ssrc;
+        let Some(mid) = self
+            .subscriber
+            .rtc
+            .direct_api()
+            .stream_rx(&ssrc)
+            .map(|s| s.mid())
+        else {
+            return;
+        };
+        let pt = packet.header.payload_type;
+        let codec = self
+            .subscriber
+            .rtc
+            .codec_config()
+            .iter()
+            .find(|p| p.pt() == pt)
+            .map(|p| p.spec().codec);
+        let codec = match codec {
+            Some(Codec::Opus) => RemoteCodec::Opus,
+            Some(Codec::PCMU) => RemoteCodec::Pcmu,
+            Some(Codec::PCMA) => RemoteCodec::Pcma,
+            _ => return,
+        };
+        let mut frames = Vec::new();
+        let roster = &self.roster;
+        self.receiver.packet(
+            now(),
+            &mid,
+            *ssrc,
+            packet.header.sequence_number,
+            codec,
+            &packet.payload,
+            |track| roster.track(track).map(|t| t.participant_identity.clone()),
+            &mut frames,
+        );
+        self.deliver_audio(frames);
     }
 
     fn peer_went_down(&mut self, role: Role, why: String, ice_only: bool) {

@@ -49,6 +49,14 @@ impl Roster {
         self.subscribed.iter().cloned().collect()
     }
 
+    /// Audio tracks subscribed and not muted: (track sid, owner identity).
+    pub(super) fn audio_expected(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tracks.iter().filter_map(|(sid, t)| {
+            (t.kind == TrackKind::Audio && !t.muted && self.subscribed.contains(sid))
+                .then_some((sid.as_str(), t.participant_identity.as_str()))
+        })
+    }
+
     /// A participant appeared, changed or left: the events for the handle go to
     /// `events`; returns the new audio tracks to subscribe to.
     pub(super) fn update(
@@ -279,12 +287,14 @@ mod tests {
             ["published TR_2", "unpublished TR_1", "unpublished TR_v"]
         );
         ev.clear();
-        // muted
+        assert_eq!(r.audio_expected().collect::<Vec<_>>(), [("TR_2", "alice")]);
+        // muted: no audio expected
         r.update(
             &participant("PA_a", "alice", vec![track("TR_2", true, true)]),
             &mut ev,
         );
         assert!(r.track("TR_2").unwrap().muted);
+        assert_eq!(r.audio_expected().count(), 0);
         // leaves
         let mut gone = a2.clone();
         gone.state = proto::participant_info::State::Disconnected as i32;

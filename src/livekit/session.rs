@@ -26,10 +26,12 @@ use super::publish::Publisher;
 use super::receive::Receiver;
 use super::roster::Roster;
 use super::signal::{self, JoinError, Ws};
+use super::stall::StallChange;
 use super::{
     Command, DisconnectReason, JoinOptions, LeaveReason, ParticipantEvent, RemoteAudioFrame,
     SampleRate, Simulate,
 };
+use crate::ops::metrics as m;
 
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
@@ -142,7 +144,7 @@ impl Session {
         let (ws_tx, ws_rx) = p.ws.split();
         Session {
             rate: p.opts.sample_rate,
-            receiver: Receiver::new(p.opts.sample_rate),
+            receiver: Receiver::new(p.opts.sample_rate, now()),
             opts: p.opts,
             token: p.token,
             local_ip: p.local_ip,
@@ -241,7 +243,11 @@ impl Session {
 
     /// One wake-up of the loop while joining or live.
     async fn step(&mut self) -> Step {
-        let mut deadline = self.publisher.timeout.min(self.subscriber.timeout);
+        let mut deadline = self
+            .publisher
+            .timeout
+            .min(self.subscriber.timeout)
+            .min(self.receiver.poll_timeout());
         if let Some(at) = self.lifecycle.poll_timeout() {
             deadline = deadline.min(at);
         }
@@ -302,6 +308,10 @@ impl Session {
         tracing::info!(sid = %self.local_sid, %reason, frames_sent = self.publish.frames_sent,
             frames_dropped = self.publish.frames_dropped,
             events_dropped = self.events_dropped, "left LiveKit room");
+        let stalled = self.receiver.stalled();
+        if stalled > 0 {
+            metrics::gauge!(m::ROOM_AUDIO_STALLED_TRACKS).decrement(stalled as f64);
+        }
         let mut ignored = Vec::new();
         for peer in [&mut self.publisher, &mut self.subscriber] {
             peer.rtc.disconnect();
@@ -332,16 +342,47 @@ impl Session {
         let _ = self.events.send(ev).await;
     }
 
-    /// Audio never waits: a full queue drops the frame (counted).
-    pub(super) fn emit_audio(&mut self, frame: RemoteAudioFrame) -> bool {
-        let sent = self
-            .events
-            .try_send(ParticipantEvent::AudioFrame(frame))
-            .is_ok();
-        if !sent {
-            self.events_dropped += 1;
+    /// Remote audio toward the call. Audio never waits: a full queue drops the frame
+    /// (counted); what the queue took counts as delivered for the stall watch.
+    pub(super) fn deliver_audio(&mut self, frames: Vec<RemoteAudioFrame>) {
+        let Some(last) = frames.last() else { return };
+        let track = last.track_sid.clone();
+        let mut delivered = false;
+        for frame in frames {
+            match self.events.try_send(ParticipantEvent::AudioFrame(frame)) {
+                Ok(()) => delivered = true,
+                Err(_) => self.events_dropped += 1,
+            }
         }
-        sent
+        if delivered && let Some(change) = self.receiver.delivered(now(), &track) {
+            self.report_stall(change);
+        }
+    }
+
+    /// The log line and metrics of room audio that stalls or comes back.
+    pub(super) fn report_stall(&mut self, change: StallChange) {
+        match change {
+            StallChange::Stalled {
+                track,
+                identity,
+                silent_for,
+            } => {
+                tracing::warn!(sid = %self.local_sid, %track, participant = %crate::logging::Masked(&identity),
+                    silent_s = silent_for.as_secs(),
+                    "room audio expected but none reaches the call: a remote track is published and subscribed, and nothing of it arrived");
+                metrics::counter!(m::ROOM_AUDIO_STALLS).increment(1);
+                metrics::gauge!(m::ROOM_AUDIO_STALLED_TRACKS).increment(1.0);
+            }
+            StallChange::Cleared {
+                track,
+                identity,
+                audio,
+            } => {
+                tracing::info!(sid = %self.local_sid, %track, participant = %crate::logging::Masked(&identity),
+                    audio, "room audio stall over");
+                metrics::gauge!(m::ROOM_AUDIO_STALLED_TRACKS).decrement(1.0);
+            }
+        }
     }
 
     async fn on_command(&mut self, cmd: Command) -> Step {
