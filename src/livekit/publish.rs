@@ -2,8 +2,24 @@
 //! Opus m-line whose msid track id is the request's cid, plus the data channels), its
 //! ICE restart, and each 20 ms phone frame encoded to Opus and written with its RFC 6464
 //! audio level (the server computes active speakers only from that extension).
+//!
+//! The stream starts when someone listens: frames are dropped until [`SUBSCRIBER_SETTLE`]
+//! after the server says the first subscriber's downtrack is up (`TrackSubscribed`), or
+//! [`LISTENER_WAIT`] after the connection came up, whichever is first; the encoder
+//! starts then. An Opus decoder that joins a stream in the middle of a steady sound
+//! plays its first 0.1-0.8 s too loud (up to twice the level; measured with libopus for
+//! joins from about 0.4 s into a stream, whatever the encoder's loss and prediction
+//! settings), and every subscriber joined ours in the middle because we sent from the
+//! moment the publisher connected. The server reports the downtrack up when it has
+//! taken the subscriber's side of the negotiation, before that client has applied the
+//! server's answer: packets sent at once were lost to it often enough (its decoder then
+//! began in the middle again, about one call in six in the test); 150 ms later they are
+//! not. Frames dropped meanwhile reached nobody: the server forwards to no one before a
+//! subscriber (a hidden one, such as an egress recorder, does not trigger the event:
+//! hence the fallback). A subscriber that joins later still joins the stream in the
+//! middle. Test: `tests/room_audio_level.rs`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use livekit_protocol as proto;
 use str0m::Event as RtcEvent;
@@ -18,6 +34,10 @@ use super::peer::Peer;
 
 /// Audio writes refused in a row (10 s of frames) before the publisher counts as failed.
 const MAX_WRITE_FAILURES: u32 = 500;
+/// How long after the connection came up frames wait for a (non-hidden) subscriber.
+pub(super) const LISTENER_WAIT: Duration = Duration::from_secs(3);
+/// From the first subscriber's `TrackSubscribed` to the stream's first frame.
+pub(super) const SUBSCRIBER_SETTLE: Duration = Duration::from_millis(150);
 
 /// A fresh client track id (AddTrackRequest.cid, msid track id).
 fn new_cid() -> String {
@@ -39,7 +59,15 @@ pub(super) struct Publisher {
     track_info: Option<proto::TrackInfo>,
     mid: Option<Mid>,
     pending: Option<SdpPendingOffer>,
+    rate: SampleRate,
     encoder: OpusEncoder,
+    /// Frames are sent (see the module documentation); `up_since`: when frames first
+    /// found the connection up while nobody listened.
+    listening: bool,
+    up_since: Option<Instant>,
+    /// When the stream starts for the first subscriber.
+    starts_at: Option<Instant>,
+    dropped_before_listener: u64,
     /// RTP time of the next frame at 48 kHz.
     rtp_time: u64,
     pub(super) frames_sent: u64,
@@ -58,7 +86,12 @@ impl Publisher {
             track_info: None,
             mid: None,
             pending: None,
+            rate,
             encoder: OpusEncoder::new(rate)?,
+            listening: false,
+            up_since: None,
+            starts_at: None,
+            dropped_before_listener: 0,
             rtp_time: 0,
             frames_sent: 0,
             dropped_before_connect: 0,
@@ -77,20 +110,38 @@ impl Publisher {
         self.mid.is_some()
     }
 
-    /// A new session (full rejoin): a new cid, published again from scratch. The encoder
-    /// and the RTP clock go on.
-    pub(super) fn reset(&mut self) {
+    /// A new session (full rejoin): a new cid, published again from scratch, and a new
+    /// stream for its first subscriber. The RTP clock goes on.
+    pub(super) fn reset(&mut self) -> Result<(), String> {
         self.cid = new_cid();
         self.sid = None;
         self.track_info = None;
         self.mid = None;
         self.pending = None;
+        self.listening = false;
+        self.up_since = None;
+        self.starts_at = None;
+        self.encoder = OpusEncoder::new(self.rate)?;
+        Ok(())
     }
 
     /// The phone's rate changed: a new encoder (the 48 kHz RTP clock goes on).
     pub(super) fn set_rate(&mut self, rate: SampleRate) -> Result<(), String> {
         self.encoder = OpusEncoder::new(rate)?;
+        self.rate = rate;
         Ok(())
+    }
+
+    /// The server's TrackSubscribed for `track_sid` at `now`: `true` if it is ours. A
+    /// stream waiting for a listener starts [`SUBSCRIBER_SETTLE`] later.
+    pub(super) fn subscribed(&mut self, now: Instant, track_sid: &str) -> bool {
+        if self.sid.as_deref() != Some(track_sid) {
+            return false;
+        }
+        if !self.listening && self.starts_at.is_none() {
+            self.starts_at = Some(now + SUBSCRIBER_SETTLE);
+        }
+        true
     }
 
     /// Publishing starts with this; the offer follows the server's track_published.
@@ -189,6 +240,26 @@ impl Publisher {
         peer.accept_answer(pending, sdp, events)
     }
 
+    /// Whether a frame that found the connection up at `now` is sent (see the module
+    /// documentation); counts the ones that are not.
+    fn listener_gate(&mut self, now: Instant) -> bool {
+        if self.listening {
+            return true;
+        }
+        let since = *self.up_since.get_or_insert(now);
+        let why = if self.starts_at.is_some_and(|at| now >= at) {
+            "first subscriber: the stream starts"
+        } else if now.duration_since(since) >= LISTENER_WAIT {
+            "no subscriber yet: the stream starts anyway"
+        } else {
+            self.dropped_before_listener += 1;
+            return false;
+        };
+        tracing::debug!(dropped = self.dropped_before_listener, "{why}");
+        self.listening = true;
+        true
+    }
+
     /// One 20 ms frame toward the room; dropped unless the connection is `up`. A write
     /// str0m refuses (too many payloads waiting: a host too busy to keep up) loses the
     /// frame like a dropped packet; only 10 s of refusals in a row fail the publisher.
@@ -205,6 +276,9 @@ impl Publisher {
             self.dropped_before_connect += 1;
             return Ok(());
         };
+        if !self.listener_gate(now) {
+            return Ok(());
+        }
         let packet = self.encoder.encode(pcm)?;
         let level = audio::audio_level_dbov(pcm);
         // a task running late (an overloaded host) has str0m's timers to catch up on
@@ -247,5 +321,38 @@ impl Publisher {
             }
         }
         peer.drain(&mut events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn publisher_starts_the_stream_for_its_first_subscriber_or_after_the_wait() {
+        let t0 = Instant::now();
+        let mut p = Publisher::new(SampleRate::Hz8000, "phone").unwrap();
+        assert!(!p.listener_gate(t0));
+        assert!(!p.listener_gate(t0 + ms(1000)));
+        // someone else's track, or before ours is published: nothing changes
+        assert!(!p.subscribed(t0 + ms(1000), "TR_other"));
+        p.sid = Some("TR_ours".into());
+        assert!(p.subscribed(t0 + ms(1000), "TR_ours"));
+        // the subscriber settles first
+        assert!(!p.listener_gate(t0 + ms(1000) + SUBSCRIBER_SETTLE - ms(1)));
+        assert!(p.listener_gate(t0 + ms(1000) + SUBSCRIBER_SETTLE));
+        assert!(p.listener_gate(t0 + ms(1200)));
+        // a new session waits for its own first subscriber again
+        p.reset().unwrap();
+        assert!(!p.listener_gate(t0 + ms(5000)));
+        assert!(!p.listener_gate(t0 + ms(5000) + LISTENER_WAIT - ms(1)));
+        // nobody (visible) subscribes: the stream starts after the wait
+        assert!(p.listener_gate(t0 + ms(5000) + LISTENER_WAIT));
+        assert!(p.listener_gate(t0 + ms(9000)));
+        assert_eq!(p.dropped_before_listener, 5);
     }
 }

@@ -145,7 +145,9 @@ impl Session {
         self.sub_answer = None;
         self.receiver.reset();
         self.data.reset();
-        self.publish.reset();
+        if let Err(e) = self.publish.reset() {
+            return retry(e);
+        }
         let present: HashSet<String> = join
             .other_participants
             .iter()

@@ -497,7 +497,7 @@ impl Session {
                 Ok(())
             }
             Resp::TrackSubscribed(ts) => {
-                if self.publish.sid() == Some(ts.track_sid.as_str()) {
+                if self.publish.subscribed(now(), &ts.track_sid) {
                     self.emit(ParticipantEvent::LocalTrackSubscribed {
                         track_sid: ts.track_sid,
                     })

@@ -927,6 +927,51 @@ async def cmd_tone_sequence(args: argparse.Namespace) -> dict[str, Any]:
             await disconnect(room, identity)
 
 
+def onset_levels(x: np.ndarray, sr: int) -> dict[str, Any]:
+    """Level of a recording from its first non-silent 10 ms frame: the first second
+    against the steady part (from 2 s after the onset to 1 s before the end of the
+    non-silent audio). The steady level is the median RMS of its 100 ms chunks (a
+    dropout or a glitch does not move it); the first second is given as its RMS and as
+    its loudest 100 ms chunk, in dB against the steady level. Also the peak of each
+    100 ms of the first two seconds."""
+    frame = sr // 100
+    chunk = sr // 10
+    mask = nonsilent_mask(x, frame)
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return {"onset_s": None}
+    start = int(idx[0]) * frame
+    end = (int(idx[-1]) + 1) * frame
+    first = x[start: start + sr]
+    steady = x[start + 2 * sr: end - sr]
+    if steady.size < sr // 2:
+        return {"onset_s": round(start / sr, 3), "error": "too short for a steady level"}
+
+    def chunks(y: np.ndarray) -> np.ndarray:
+        n = len(y) // chunk
+        return y[: n * chunk].reshape(n, chunk)
+
+    steady_level = float(np.median(np.sqrt(np.mean(np.square(chunks(steady)), axis=1))))
+    first_chunks = np.sqrt(np.mean(np.square(chunks(first)), axis=1))
+    db = lambda a, b: round(20.0 * math.log10(max(a, 1e-9) / max(b, 1e-9)), 2)  # noqa: E731
+    peaks = [round(float(np.max(np.abs(x[start + k * chunk: start + (k + 1) * chunk]))), 3)
+             for k in range(20) if start + (k + 1) * chunk <= len(x)]
+    return {
+        "onset_s": round(start / sr, 3),
+        "steady_rms": round(steady_level, 4),
+        "steady_peak": round(float(np.median(np.max(np.abs(chunks(steady)), axis=1))), 4),
+        "first_second_rms": round(rms(first), 4),
+        "first_second_rms_db": db(rms(first), steady_level),
+        "first_second_loudest_100ms_db": db(float(np.max(first_chunks)), steady_level),
+        # the second highest 100 ms peak of the first second against the steady peaks:
+        # a loud start lasts several hundred ms, a single glitch does not count
+        "first_second_peak_db": db(float(np.sort(np.max(np.abs(chunks(first)), axis=1))[-2]),
+                                   float(np.median(np.max(np.abs(chunks(steady)), axis=1)))),
+        "first_second_peak": round(float(np.max(np.abs(first))), 4),
+        "peaks_100ms": peaks,
+    }
+
+
 def tone_presence(x: np.ndarray, sr: int, freqs: list[float], threshold: float) -> dict[str, Any]:
     """For each frequency, the 20 ms steps (40 ms Hann windows) in which a tone of that
     frequency has an amplitude of at least `threshold` (full scale = 1), and the steps in
@@ -964,6 +1009,8 @@ async def cmd_analyze_wav(args: argparse.Namespace) -> dict[str, Any]:
     if args.tones:
         freqs = [float(f) for f in args.tones.split(",")]
         out["presence"] = tone_presence(x, sr, freqs, args.presence_threshold)
+    if args.levels:
+        out["levels"] = onset_levels(x, sr)
     return out
 
 
@@ -1131,6 +1178,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated frequencies: report in which 20 ms steps each is present")
     sp.add_argument("--presence-threshold", type=float, default=0.05,
                     help="amplitude (full scale = 1) from which a tone counts as present")
+    sp.add_argument("--levels", action="store_true",
+                    help="level of the first second from the onset against the steady level")
 
     sub.add_parser("selftest", help="check the analysis functions on synthetic signals")
     return p
