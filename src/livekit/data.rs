@@ -6,6 +6,7 @@
 
 use livekit_protocol as proto;
 use prost::Message as _;
+use str0m::Event as RtcEvent;
 use str0m::change::SdpApi;
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 
@@ -55,14 +56,20 @@ impl DataChannels {
         self.sequence = 0;
     }
 
-    /// A publisher channel opened: sends what waited for it.
-    pub(super) fn opened(&mut self, id: ChannelId, publisher: &mut Peer) -> Result<(), String> {
+    /// A publisher channel opened: sends what waited for it. str0m's events on the way
+    /// go to `events` (as for every write below).
+    pub(super) fn opened(
+        &mut self,
+        id: ChannelId,
+        publisher: &mut Peer,
+        events: &mut Vec<RtcEvent>,
+    ) -> Result<(), String> {
         if Some(id) == self.reliable {
             self.reliable_open = true;
         } else if Some(id) == self.lossy {
             self.lossy_open = true;
         }
-        self.flush(publisher)
+        self.flush(publisher, events)
     }
 
     pub(super) fn closed(&mut self, id: ChannelId) {
@@ -81,6 +88,7 @@ impl DataChannels {
         sid: &str,
         value: proto::data_packet::Value,
         reliable: bool,
+        events: &mut Vec<RtcEvent>,
     ) -> Result<(), String> {
         let sequence = if reliable {
             self.sequence += 1;
@@ -108,9 +116,9 @@ impl DataChannels {
             } else {
                 tracing::debug!("data channel not open; queue full, packet dropped");
             }
-            return self.flush(publisher);
+            return self.flush(publisher, events);
         }
-        self.write(publisher, &bytes, reliable)
+        self.write(publisher, &bytes, reliable, events)
     }
 
     fn is_open(&self, reliable: bool) -> bool {
@@ -122,18 +130,24 @@ impl DataChannels {
     }
 
     /// Sends queued packets whose channel is open, in order.
-    fn flush(&mut self, publisher: &mut Peer) -> Result<(), String> {
+    fn flush(&mut self, publisher: &mut Peer, events: &mut Vec<RtcEvent>) -> Result<(), String> {
         while let Some((_, reliable)) = self.pending.first() {
             if !self.is_open(*reliable) {
                 break;
             }
             let (bytes, reliable) = self.pending.remove(0);
-            self.write(publisher, &bytes, reliable)?;
+            self.write(publisher, &bytes, reliable, events)?;
         }
         Ok(())
     }
 
-    fn write(&mut self, publisher: &mut Peer, bytes: &[u8], reliable: bool) -> Result<(), String> {
+    fn write(
+        &mut self,
+        publisher: &mut Peer,
+        bytes: &[u8],
+        reliable: bool,
+        events: &mut Vec<RtcEvent>,
+    ) -> Result<(), String> {
         let id = if reliable { self.reliable } else { self.lossy };
         let Some(id) = id else { return Ok(()) };
         if let Some(mut ch) = publisher.rtc.channel(id) {
@@ -143,13 +157,7 @@ impl DataChannels {
                 Err(e) => tracing::debug!(error = %e, "data channel write failed"),
             }
         }
-        let mut events = Vec::new();
-        publisher.drain(&mut events)?;
-        // a write brings no media; ICE/DTLS events come again with the next input
-        if !events.is_empty() {
-            tracing::trace!(n = events.len(), "events after data write ignored");
-        }
-        Ok(())
+        publisher.drain(events)
     }
 }
 

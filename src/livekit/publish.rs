@@ -263,12 +263,14 @@ impl Publisher {
     /// One 20 ms frame toward the room; dropped unless the connection is `up`. A write
     /// str0m refuses (too many payloads waiting: a host too busy to keep up) loses the
     /// frame like a dropped packet; only 10 s of refusals in a row fail the publisher.
+    /// str0m's events on the way (the timers that ran, the send) go to `events`.
     pub(super) fn write_frame(
         &mut self,
         peer: &mut Peer,
         pcm: &[i16],
         up: bool,
         now: Instant,
+        events: &mut Vec<RtcEvent>,
     ) -> Result<(), String> {
         let rtp_time = self.rtp_time;
         self.rtp_time += audio::TICKS_20MS;
@@ -283,8 +285,7 @@ impl Publisher {
         let level = audio::audio_level_dbov(pcm);
         // a task running late (an overloaded host) has str0m's timers to catch up on
         // first: queued payloads leave only when they run
-        let mut events = Vec::new();
-        peer.handle_timeout(now, &mut events)?;
+        peer.handle_timeout(now, events)?;
         let Some(writer) = peer.rtc.writer(mid) else {
             return Ok(());
         };
@@ -320,7 +321,7 @@ impl Publisher {
                 }
             }
         }
-        peer.drain(&mut events)
+        peer.drain(events)
     }
 }
 

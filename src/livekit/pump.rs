@@ -3,6 +3,7 @@
 //! DTLS down (the lifecycle's grace period), remote media to the receiver, data channel
 //! traffic to the data channels.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use str0m::Event as RtcEvent;
@@ -83,8 +84,11 @@ impl Session {
         self.process_rtc_events(role, events).await
     }
 
+    /// What str0m reported, in order; events that handling them brings (a data channel
+    /// that opens sends what waited for it) are handled after them.
     pub(super) async fn process_rtc_events(&mut self, role: Role, events: Vec<RtcEvent>) -> Step {
-        for ev in events {
+        let mut queue: VecDeque<RtcEvent> = events.into();
+        while let Some(ev) = queue.pop_front() {
             match ev {
                 RtcEvent::Connected => {
                     tracing::debug!(peer = role.name(), "peer connection up (ICE + DTLS)");
@@ -121,9 +125,11 @@ impl Session {
                 RtcEvent::ChannelOpen(id, label) => {
                     tracing::debug!(peer = role.name(), %label, "data channel open");
                     if role == Role::Publisher {
+                        let mut more = Vec::new();
                         self.data
-                            .opened(id, &mut self.publisher)
+                            .opened(id, &mut self.publisher, &mut more)
                             .map_err(Failure::Peer)?;
+                        queue.extend(more);
                     }
                 }
                 RtcEvent::ChannelData(cd) => {

@@ -389,9 +389,11 @@ impl Session {
         match cmd {
             Command::Audio(pcm) => {
                 let up = !self.lifecycle.peer_down();
+                let mut events = Vec::new();
                 self.publish
-                    .write_frame(&mut self.publisher, &pcm, up, now())
-                    .map_err(Failure::Peer)
+                    .write_frame(&mut self.publisher, &pcm, up, now(), &mut events)
+                    .map_err(Failure::Peer)?;
+                self.process_rtc_events(Role::Publisher, events).await
             }
             Command::SetAttributes(attributes) => {
                 self.request_id += 1;
@@ -407,7 +409,7 @@ impl Session {
                     code,
                     digit: digit.to_string(),
                 });
-                self.send_data(value, true)
+                self.send_data(value, true).await
             }
             Command::Data {
                 payload,
@@ -420,7 +422,7 @@ impl Session {
                     topic,
                     ..Default::default()
                 });
-                self.send_data(value, reliable)
+                self.send_data(value, reliable).await
             }
             Command::Leave { reason, done } => {
                 self.leave_done = Some(done);
@@ -445,7 +447,8 @@ impl Session {
         }
     }
 
-    fn send_data(&mut self, value: proto::data_packet::Value, reliable: bool) -> Step {
+    async fn send_data(&mut self, value: proto::data_packet::Value, reliable: bool) -> Step {
+        let mut events = Vec::new();
         self.data
             .send(
                 &mut self.publisher,
@@ -453,8 +456,10 @@ impl Session {
                 &self.local_sid,
                 value,
                 reliable,
+                &mut events,
             )
-            .map_err(Failure::Peer)
+            .map_err(Failure::Peer)?;
+        self.process_rtc_events(Role::Publisher, events).await
     }
 
     async fn simulate(&mut self, scenario: Simulate) -> Step {
