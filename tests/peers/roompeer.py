@@ -743,9 +743,11 @@ async def cmd_session(args: argparse.Namespace) -> dict[str, Any]:
         for who, key, value in until_attrs:
             if participants.get(who, {}).get("attributes", {}).get(key) != value:
                 return False
+        if args.until_left is not None and args.until_left not in left:
+            return False
         return True
 
-    has_conditions = args.until_dtmf is not None or bool(until_attrs)
+    has_conditions = args.until_dtmf is not None or bool(until_attrs) or args.until_left is not None
 
     async def wait_changed(deadline: float) -> bool:
         """Waits for the next observation or a signal; False once `deadline` has passed."""
@@ -1151,6 +1153,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="condition: at least this many sip_dtmf_received events")
     sp.add_argument("--until-attribute", action="append", default=[], metavar="IDENTITY:KEY=VALUE",
                     help="condition: that participant has that attribute value (repeatable)")
+    sp.add_argument("--until-left", default=None, metavar="IDENTITY",
+                    help="condition: that participant has left the room (a sender that must not "
+                         "leave before what it sent has arrived: the server drops data from a "
+                         "participant that has left)")
     sp.add_argument("--record", action="store_true",
                     help="record every subscribed audio track (one report per track sid)")
     sp.add_argument("--from-identity", default=None, help="only record this participant's audio")
