@@ -1,7 +1,9 @@
 //! Room tracks that replace one another reach the other side from their first packet
 //! (issue 22): participants of the LiveKit Python SDK (`roompeer.py tone-sequence`) play
 //! tones one after another (an agent handover: A leaves, B joins), overlapping (B joins
-//! while A plays: both heard, mixed), or one participant unpublishes and publishes again.
+//! while A plays: both heard, mixed), one participant unpublishes and publishes again, or
+//! an agent restarts (its identity joins again on a new connection while the old one,
+//! which never left, is still there; the server closes the old session).
 //! LiveKit reuses the subscriber's transceivers for the new tracks, and every new track
 //! starts at a random RTP sequence number, often behind the last one heard on that
 //! transceiver. Each scenario runs against the pure-Rust participant (decoded audio per
@@ -12,7 +14,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::livekit::LiveKitServer;
@@ -73,6 +75,14 @@ const OVERLAP: &[Step] = &[
     step("agent-a", 500.0, 4.0),
     step("agent-b", 800.0, 4.0),
     step("agent-c", 1100.0, 4.0),
+];
+/// An agent that restarts: one identity, each step a new connection that joins while
+/// the previous one (which never leaves) is still in the room; the server closes the
+/// old session as a duplicate identity.
+const RESTART: &[Step] = &[
+    step("agent-a", 500.0, 1.5),
+    step("agent-a", 800.0, 1.5),
+    step("agent-a", 1100.0, 1.5),
 ];
 /// One participant publishing three tracks in turn.
 const REPUBLISH: &[Step] = &[
@@ -188,25 +198,48 @@ async fn participant_hears_every_tone(mode: &str, steps: &[Step]) {
     let args = sequence_args(&server, &room, mode, steps, identity);
     let python = std::thread::spawn(move || run_roompeer(&args, PEER_TIMEOUT));
     let mut by_track: HashMap<String, Vec<i16>> = HashMap::new();
-    let t0 = Instant::now();
-    while !python.is_finished() && t0.elapsed() < PEER_TIMEOUT {
+    let mut unpublished: HashSet<String> = HashSet::new();
+    let mut next_event = async |by_track: &mut HashMap<String, Vec<i16>>,
+                                unpublished: &mut HashSet<String>| {
         match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
             Ok(Some(ParticipantEvent::AudioFrame(f))) => by_track
                 .entry(f.track_sid.clone())
                 .or_default()
                 .extend_from_slice(&f.samples),
+            Ok(Some(ParticipantEvent::TrackUnpublished { track_sid, .. })) => {
+                unpublished.insert(track_sid);
+            }
             Ok(Some(ParticipantEvent::Disconnected(r))) => panic!("disconnected: {r}"),
             Ok(None) => panic!("events ended"),
             _ => {}
         }
+    };
+    let t0 = Instant::now();
+    while !python.is_finished() && t0.elapsed() < PEER_TIMEOUT {
+        next_event(&mut by_track, &mut unpublished).await;
     }
     let run = python.join().expect("python thread");
+    let reported = reported_steps(&run);
+    assert_eq!(reported.len(), steps.len(), "{}", run.describe());
+    // every track has ended (its publishers left or unpublished it, or were replaced):
+    // each must be reported unpublished, which is what takes it out of the call's mixer
+    let ended: HashSet<String> = reported
+        .iter()
+        .map(|s| s["track_sid"].as_str().expect("track sid").to_string())
+        .collect();
+    let t1 = Instant::now();
+    while !ended.is_subset(&unpublished) && t1.elapsed() < Duration::from_secs(20) {
+        next_event(&mut by_track, &mut unpublished).await;
+    }
     handle
         .leave(LeaveReason::ClientInitiated)
         .await
         .expect("leave");
-    let reported = reported_steps(&run);
-    assert_eq!(reported.len(), steps.len(), "{}", run.describe());
+    let missing: Vec<&String> = ended.difference(&unpublished).collect();
+    assert!(
+        missing.is_empty(),
+        "tracks that ended but were never reported unpublished: {missing:?}"
+    );
     let mut failures = Vec::new();
     for s in &reported {
         let track = s["track_sid"].as_str().expect("track sid");
@@ -243,6 +276,11 @@ async fn participant_hears_overlapping_participants() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn participant_hears_a_republished_track() {
     participant_hears_every_tone("republish", REPUBLISH).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_hears_an_agent_that_restarts() {
+    participant_hears_every_tone("restart", RESTART).await;
 }
 
 // --- Through the daemon to a real phone -------------------------------------------------
@@ -396,6 +434,15 @@ fn phone_hears_every_tone(mode: &str, steps: &[Step]) {
         run.describe(),
         rl.log_tail(80)
     );
+    // every track was heard, so no stall may have been reported (a track of a replaced
+    // session that stayed "expected" would be)
+    let (_, metrics) = rl.get("/metrics").expect("metrics");
+    let stalls: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("roomline_room_audio_stalls_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(stalls, 0.0, "stalls reported:\n{}", rl.log_tail(80));
     rl.assert_no_leaks(Duration::from_secs(20));
 }
 
@@ -412,4 +459,9 @@ fn phone_hears_overlapping_participants_mixed() {
 #[test]
 fn phone_hears_a_republished_track() {
     phone_hears_every_tone("republish", REPUBLISH);
+}
+
+#[test]
+fn phone_hears_an_agent_that_restarts() {
+    phone_hears_every_tone("restart", RESTART);
 }

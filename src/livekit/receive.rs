@@ -31,6 +31,10 @@ struct MidTrack {
     track_sid: String,
     /// The owner's identity; empty until the roster names it.
     identity: String,
+    /// The roster said the track is gone: packets still in flight are dropped until an
+    /// offer maps the m-line to another track (a stream made of them would reach the
+    /// call after the track's end, and the call would keep a mixer input for it).
+    gone: bool,
 }
 
 struct Stream {
@@ -88,6 +92,12 @@ impl Receiver {
         owner: impl Fn(&str) -> Option<String>,
     ) -> Vec<(String, String)> {
         let old: HashSet<&String> = self.mids.values().map(|m| &m.track_sid).collect();
+        let gone: HashSet<&String> = self
+            .mids
+            .values()
+            .filter(|m| m.gone)
+            .map(|m| &m.track_sid)
+            .collect();
         let mut new = Vec::new();
         let mut map = HashMap::new();
         for (mid, track_sid) in tracks {
@@ -95,11 +105,13 @@ impl Receiver {
             if !old.contains(&track_sid) {
                 new.push((track_sid.clone(), identity.clone()));
             }
+            let gone = gone.contains(&track_sid);
             map.insert(
                 mid,
                 MidTrack {
                     track_sid,
                     identity,
+                    gone,
                 },
             );
         }
@@ -110,9 +122,12 @@ impl Receiver {
         new
     }
 
-    /// The track is gone: its streams too.
+    /// The track is gone: its streams too, and its packets still in flight.
     pub(super) fn remove_track(&mut self, track_sid: &str) {
         self.streams.retain(|_, s| s.track_sid != track_sid);
+        for m in self.mids.values_mut().filter(|m| m.track_sid == track_sid) {
+            m.gone = true;
+        }
     }
 
     /// One RTP packet of a subscriber m-line; decoded frames go to `out`.
@@ -140,6 +155,9 @@ impl Receiver {
             }
             return;
         };
+        if mapped.gone {
+            return;
+        }
         if mapped.identity.is_empty()
             && let Some(name) = owner(&mapped.track_sid)
         {
@@ -390,6 +408,59 @@ mod tests {
         assert_eq!(count(&out, "TR_b"), 20);
         assert_eq!(r.streams.len(), 2);
         assert!(!r.streams.contains_key(&20));
+    }
+
+    /// A track the roster reports gone while its last packets are still in flight: they
+    /// make no new stream and no frame (the call already removed the track from its
+    /// mixer), also when an offer still lists it; the next track on that m-line plays.
+    #[test]
+    fn receiver_drops_late_packets_of_a_track_that_is_gone() {
+        let t0 = Instant::now();
+        let mut r = Receiver::new(SampleRate::Hz8000, t0);
+        let a = opus_tone(440.0, 20);
+        r.offer(map(&[("1", "TR_a")]), no_owner);
+        let mut out = Vec::new();
+        let send = |r: &mut Receiver, out: &mut Vec<RemoteAudioFrame>, ssrc, k: usize| {
+            let now = t0 + ms(20 * k as u64);
+            let seq = 1000 + k as u16;
+            r.packet(
+                now,
+                "1",
+                ssrc,
+                seq,
+                RemoteCodec::Opus,
+                &a[k % 20],
+                no_owner,
+                out,
+            );
+        };
+        for k in 0..10 {
+            send(&mut r, &mut out, 1, k);
+        }
+        assert_eq!(out.len(), 10);
+        r.remove_track("TR_a");
+        out.clear();
+        for k in 10..15 {
+            send(&mut r, &mut out, 1, k);
+        }
+        assert!(
+            out.is_empty(),
+            "late packets of a gone track: {}",
+            out.len()
+        );
+        assert!(r.streams.is_empty());
+        // an offer that still lists it does not bring it back
+        assert!(r.offer(map(&[("1", "TR_a")]), no_owner).is_empty());
+        send(&mut r, &mut out, 1, 15);
+        assert!(out.is_empty());
+        // the m-line's next track plays
+        let new = r.offer(map(&[("1", "TR_b")]), no_owner);
+        assert_eq!(new, [("TR_b".to_string(), String::new())]);
+        for k in 16..26 {
+            send(&mut r, &mut out, 2, k);
+        }
+        assert_eq!(out.len(), 10);
+        assert!(out.iter().all(|f| f.track_sid == "TR_b"));
     }
 
     /// Seeded random handovers: streams replace one another on a few m-lines with random

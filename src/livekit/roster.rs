@@ -20,11 +20,21 @@ pub(super) struct RemoteTrack {
     pub muted: bool,
 }
 
+/// A remote participant as the roster keeps it.
+#[derive(Debug)]
+struct Known {
+    info: RemoteParticipant,
+    /// (joined_at, joined_at_ms, sid): of two sessions of one identity, the greater is
+    /// the participant (the server's own order).
+    order: (i64, i64, String),
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Roster {
     local_sid: String,
     local_identity: String,
-    participants: HashMap<String, RemoteParticipant>,
+    /// By participant sid.
+    participants: HashMap<String, Known>,
     /// Remote tracks by sid.
     tracks: HashMap<String, RemoteTrack>,
     /// Track sids we asked to subscribe to.
@@ -71,6 +81,26 @@ impl Roster {
             self.gone(&p.sid, events);
             return Vec::new();
         }
+        // the identity joined again on a new connection (an SDK's full reconnect, an
+        // agent that restarted): the server closes the session it replaced and, for
+        // clients of protocol 12 and later, says nothing more of it (identity-based
+        // reconnection), so it leaves here; an update of the replaced one that comes late
+        // is ignored
+        let order = (p.joined_at, p.joined_at_ms, p.sid.clone());
+        let others: Vec<(String, bool)> = self
+            .participants
+            .iter()
+            .filter(|(sid, k)| k.info.identity == p.identity && **sid != p.sid)
+            .map(|(sid, k)| (sid.clone(), k.order > order))
+            .collect();
+        if others.iter().any(|(_, newer)| *newer) {
+            tracing::debug!(sid = %p.sid, "update of a replaced participant session ignored");
+            return Vec::new();
+        }
+        for (sid, _) in others {
+            tracing::debug!(old = %sid, new = %p.sid, "participant joined again; old session gone");
+            self.gone(&sid, events);
+        }
         let info = RemoteParticipant {
             sid: p.sid.clone(),
             identity: p.identity.clone(),
@@ -79,13 +109,13 @@ impl Roster {
             attributes: p.attributes.clone(),
             metadata: p.metadata.clone(),
         };
-        match self.participants.get(&p.sid) {
-            None => {
-                self.participants.insert(p.sid.clone(), info.clone());
-                events.push(ParticipantEvent::ParticipantJoined(info));
-            }
-            Some(old) if *old != info => {
-                self.participants.insert(p.sid.clone(), info.clone());
+        let known = Known {
+            info: info.clone(),
+            order,
+        };
+        match self.participants.insert(p.sid.clone(), known) {
+            None => events.push(ParticipantEvent::ParticipantJoined(info)),
+            Some(old) if old.info != info => {
                 events.push(ParticipantEvent::ParticipantUpdated(info));
             }
             Some(_) => {}
@@ -136,7 +166,7 @@ impl Roster {
 
     /// The participant `participant_sid` left: its tracks are unpublished.
     pub(super) fn gone(&mut self, participant_sid: &str, events: &mut Vec<ParticipantEvent>) {
-        if let Some(old) = self.participants.remove(participant_sid) {
+        if let Some(Known { info: old, .. }) = self.participants.remove(participant_sid) {
             let gone: Vec<String> = self
                 .tracks
                 .iter()
@@ -302,6 +332,47 @@ mod tests {
         assert_eq!(names(&ev), ["unpublished TR_2", "left alice"]);
         assert!(r.track("TR_2").is_none());
         assert!(r.subscribed().is_empty());
+    }
+
+    /// An identity that joins again on a new connection (an agent that restarted, an
+    /// SDK's full reconnect) replaces its old session, of which the server says nothing
+    /// more: the old tracks are unpublished and no longer expected; a late update of the
+    /// old session changes nothing.
+    #[test]
+    fn roster_a_new_session_of_an_identity_replaces_the_old_one() {
+        let mut r = Roster::new("PA_me", "me");
+        let mut ev = Vec::new();
+        let mut old = participant("PA_1", "agent", vec![track("TR_1", true, false)]);
+        old.joined_at = 100;
+        old.joined_at_ms = 100_000;
+        assert_eq!(r.update(&old, &mut ev), ["TR_1"]);
+        ev.clear();
+        let mut new = participant("PA_2", "agent", vec![track("TR_2", true, false)]);
+        new.joined_at = 103;
+        new.joined_at_ms = 103_500;
+        assert_eq!(r.update(&new, &mut ev), ["TR_2"]);
+        assert_eq!(
+            names(&ev),
+            [
+                "unpublished TR_1",
+                "left agent",
+                "joined agent",
+                "published TR_2"
+            ]
+        );
+        assert_eq!(r.audio_expected().collect::<Vec<_>>(), [("TR_2", "agent")]);
+        assert_eq!(r.subscribed(), ["TR_2"]);
+        ev.clear();
+        // the old session's update arrives late: ignored
+        assert!(r.update(&old, &mut ev).is_empty());
+        assert!(ev.is_empty());
+        assert!(r.track("TR_1").is_none());
+        // its disconnect too (it is gone already)
+        let mut old_gone = old.clone();
+        old_gone.state = proto::participant_info::State::Disconnected as i32;
+        r.update(&old_gone, &mut ev);
+        assert!(ev.is_empty());
+        assert_eq!(r.audio_expected().count(), 1);
     }
 
     #[test]

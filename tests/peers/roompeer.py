@@ -35,7 +35,9 @@ Subcommands
   publish-tone  one participant publishes a tone (e.g. for the daemon to carry to SIP).
   tone-sequence room tracks that replace one another: participants that play a tone one
                 after another (a handover), each joining while the previous one plays
-                (overlap), or one participant unpublishing and publishing again.
+                (overlap), one participant unpublishing and publishing again, or one
+                identity joining again on a new connection that takes over from the
+                previous one (an agent that restarts).
   listen        one participant records subscribed audio (e.g. what the daemon publishes).
   session       one participant observes the room: the participants it sees (kind,
                 attributes and their changes), SIP DTMF received; it can send DTMF with
@@ -860,10 +862,10 @@ async def cmd_tone_sequence(args: argparse.Namespace) -> dict[str, Any]:
     report: list[dict[str, Any]] = []
     rooms: dict[str, Any] = {}
 
-    async def join(identity: str) -> Any:
+    async def join(identity: str, key: Optional[str] = None) -> Any:
         room = rtc.Room()
         await connect(args, room, identity)
-        rooms[identity] = room
+        rooms[key or identity] = room
         if args.wait_for_identity:
             t0 = time.monotonic()
             while not any(
@@ -906,6 +908,14 @@ async def cmd_tone_sequence(args: argparse.Namespace) -> dict[str, Any]:
                 room = await join(identity)
                 await play(room, identity, freq, seconds)
                 await disconnect(rooms.pop(identity), identity)
+        elif args.mode == "restart":
+            # one identity, a new connection per step that joins while the previous one
+            # is still there and never leaves (an agent whose process died and came back
+            # at once): the server closes the old session as a duplicate identity
+            identity = steps[0][0]
+            for i, (_, freq, seconds) in enumerate(steps):
+                room = await join(identity, key=f"{identity}#{i}")
+                await play(room, identity, freq, seconds)
         elif args.mode == "republish":
             identity = steps[0][0]
             room = await join(identity)
@@ -1165,10 +1175,13 @@ def build_parser() -> argparse.ArgumentParser:
         "tone-sequence",
         help="room tracks replacing one another: sequential (each step a participant that "
              "joins, plays and leaves), overlap (each step joins while the previous one plays), "
-             "republish (the first step's participant unpublishes and publishes again per step)",
+             "republish (the first step's participant unpublishes and publishes again per step), "
+             "restart (the first step's identity joins again per step on a new connection while "
+             "the previous one, which never leaves, is still there: an agent that restarts)",
     )
     room_args(sp)
-    sp.add_argument("--mode", choices=("sequential", "overlap", "republish"), default="sequential")
+    sp.add_argument("--mode", choices=("sequential", "overlap", "republish", "restart"),
+                    default="sequential")
     sp.add_argument("--step", action="append", default=[], metavar="IDENTITY:FREQ:SECONDS",
                     help="one participant (or, for republish, one track) and its tone (repeatable)")
     sp.add_argument("--wait-for-identity", default=None,
