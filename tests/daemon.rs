@@ -292,7 +292,7 @@ fn systemd_unit_verifies() {
     let path = dir.path().join("roomline.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/roomline", env!("CARGO_BIN_EXE_roomline")),
+        unit.replace("/usr/bin/roomline", env!("CARGO_BIN_EXE_roomline")),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
