@@ -1090,6 +1090,7 @@ fn unreachable_livekit_gets_503_with_retry_after() {
         rtp_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
+        logging: String::new(),
         bind_ip: "127.0.0.1".into(),
         env: Vec::new(),
     }

@@ -228,6 +228,7 @@ fn offline_setup() -> Setup {
         rtp_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
+        logging: String::new(),
         bind_ip: "127.0.0.1".into(),
         env: Vec::new(),
     }

@@ -446,7 +446,7 @@ impl Call {
                     .await;
             });
         }
-        tracing::debug!(call_id = %self.call_id, "answered");
+        tracing::info!(call_id = %self.call_id, trunk = %self.trunk, "inbound call answered");
     }
 
     fn next_deadline(&self) -> Instant {

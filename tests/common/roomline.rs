@@ -73,6 +73,8 @@ pub struct Setup {
     pub limits: String,
     /// `LOG_LEVEL` for the daemon.
     pub log_level: String,
+    /// Lines of the `logging:` section, e.g. `  format: json\n`.
+    pub logging: String,
     /// The loopback address the SIP and HTTP listeners bind (default 127.0.0.1); give
     /// each of several daemons its own (127.0.0.2, 127.0.0.3, ...) to tell them apart.
     pub bind_ip: String,
@@ -96,6 +98,7 @@ impl Setup {
             rtp_extra: String::new(),
             limits: String::new(),
             log_level: "info,roomline=debug".into(),
+            logging: String::new(),
             bind_ip: "127.0.0.1".into(),
             env: Vec::new(),
         }
@@ -138,6 +141,18 @@ impl Setup {
         self.limits.push_str(lines);
         self
     }
+
+    pub fn logging(mut self, lines: &str) -> Setup {
+        self.logging.push_str(lines);
+        self
+    }
+
+    /// `LOG_LEVEL` for the daemon (default `info,roomline=debug`, which shows numbers
+    /// in full: `info` masks them).
+    pub fn log_level(mut self, level: &str) -> Setup {
+        self.log_level = level.into();
+        self
+    }
 }
 
 /// A running `roomline run`.
@@ -178,12 +193,17 @@ impl Roomline {
         } else {
             format!("limits:\n{}", setup.limits)
         };
+        let logging = if setup.logging.is_empty() {
+            String::new()
+        } else {
+            format!("logging:\n{}", setup.logging)
+        };
         let yaml = format!(
             "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n\
              sip:\n  listeners:\n    - transport: udp\n      address: {ip}:{sip_port}\n\
              \x20   - transport: tcp\n      address: {ip}:{sip_port}\n{}\
              rtp:\n  port_range: {}-{}\n{}\
-             http:\n  listen: {ip}:{http_port}\n{limits}",
+             http:\n  listen: {ip}:{http_port}\n{limits}{logging}",
             setup.livekit_url,
             setup.api_key,
             setup.api_secret,
