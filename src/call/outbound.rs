@@ -76,6 +76,10 @@ pub struct OutboundRequest {
     /// Extra headers on the INVITE (after the trunk's).
     pub headers: Vec<(String, String)>,
     pub display_name: Option<String>,
+    /// Which 200 OK headers become `sip.h.*` attributes; None: the trunk's setting.
+    pub include_headers: Option<crate::config::IncludeHeaders>,
+    /// Leave the numbers out of the attributes and the default identity and name.
+    pub hide_phone_number: bool,
 }
 
 /// What the API caller gets back.
