@@ -1176,9 +1176,10 @@ fn shutdown_sends_bye_to_every_call_and_exits_0() {
 }
 
 /// In the room the call is a participant of kind SIP, identity `sip_<caller>` and name
-/// `Phone <caller>` by default, with LiveKit's own SIP attributes: sip.callID (the
-/// INVITE's Call-ID), sip.trunkID, sip.ruleID, sip.phoneNumber (caller),
-/// sip.trunkPhoneNumber (called) and sip.callStatus, which is `active` while the call is
+/// `Phone <caller>` by default, with LiveKit's own SIP attributes: sip.callID (a call id
+/// `SCL_...` of our own), sip.callIDFull (the INVITE's Call-ID), sip.callTag (its
+/// From-tag), sip.trunkID, sip.ruleID, sip.phoneNumber (caller), sip.trunkPhoneNumber
+/// (called), sip.hostname (the From host) and sip.callStatus, which is `active` while the call is
 /// up (the server's view) and ends `hangup` (what a Python participant in the room sees
 /// change, in call order).
 #[test]
@@ -1228,8 +1229,20 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
         .unwrap();
     assert_eq!(p["kind"], "SIP", "{p}");
     assert_eq!(p["name"], format!("Phone {CALLER}").as_str(), "{p}");
+    let lk_call_id = p["attributes"]["sip.callID"].as_str().unwrap_or("").to_string();
+    assert!(
+        lk_call_id.len() == 16 && lk_call_id.starts_with("SCL_"),
+        "sip.callID is a call id of our own: {p}"
+    );
+    let from_tag = header(&ok, "From")
+        .and_then(|f| f.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
     let want = serde_json::json!({
-        "sip.callID": call_id,
+        "sip.callID": lk_call_id,
+        "sip.callIDFull": call_id,
+        "sip.callTag": from_tag,
+        "sip.hostname": "127.0.0.1",
         "sip.trunkID": "local",
         "sip.ruleID": "attrs",
         "sip.phoneNumber": CALLER,
@@ -1249,7 +1262,8 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
     let me = &report["participants"][identity.as_str()];
     assert_eq!(me["kind"], "SIP", "{report}");
     assert_eq!(me["name"], format!("Phone {CALLER}").as_str(), "{report}");
-    assert_eq!(me["attributes"]["sip.callID"], call_id, "{report}");
+    assert_eq!(me["attributes"]["sip.callIDFull"], call_id, "{report}");
+    assert_eq!(me["attributes"]["sip.callID"], lk_call_id.as_str(), "{report}");
     let statuses: Vec<&str> = report["attribute_changes"]
         .as_array()
         .unwrap()

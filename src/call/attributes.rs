@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::{HeaderMapping, IncludeHeaders};
+use crate::dialplan::JoinPlan;
+use crate::sip::message::Message;
+use crate::sip::uri::NameAddr;
 
 /// LiveKit's call id of the call (`SCL_...`), also CreateSIPParticipant's `sip_call_id`.
 pub const CALL_ID: &str = "sip.callID";
@@ -309,6 +312,92 @@ pub fn to_headers(
     out
 }
 
+/// A message's headers as (name, value) pairs.
+fn headers_of(msg: &Message) -> impl Iterator<Item = (&str, &str)> + Clone {
+    msg.headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.value.as_str()))
+}
+
+/// The tag and host of a message's From or To header.
+fn tag_and_host(msg: &Message, header: &str) -> (String, String) {
+    let Some(na) = msg.header(header).and_then(|v| NameAddr::parse(v).ok()) else {
+        return (String::new(), String::new());
+    };
+    let tag = na.tag().unwrap_or_default().to_string();
+    let host = na.uri().map(|u| u.host.clone()).unwrap_or_default();
+    (tag, host)
+}
+
+/// What an inbound call knows of itself besides its INVITE and its plan.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundFacts<'a> {
+    /// Our call id (`SCL_...`).
+    pub call_id: &'a str,
+    pub trunk: &'a str,
+    pub caller: &'a str,
+    pub called: &'a str,
+    /// The inbound trunk's header options.
+    pub mapping: Option<&'a HeaderMapping>,
+}
+
+/// Every attribute an inbound call's participant joins with: the rule's, the INVITE's
+/// headers as the trunk maps them, the `sip.*` keys, and `status`.
+pub fn inbound_join(
+    plan: &JoinPlan,
+    invite: &Message,
+    facts: &InboundFacts<'_>,
+    status: CallStatus,
+) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = plan.attributes.iter().cloned().collect();
+    let default = HeaderMapping::default();
+    out.extend(from_headers(
+        headers_of(invite),
+        facts.mapping.unwrap_or(&default),
+    ));
+    let (from_tag, caller_host) = tag_and_host(invite, "From");
+    let sip_call_id = invite.header("Call-ID").unwrap_or_default();
+    out.extend(inbound(&InboundCall {
+        call_id: facts.call_id,
+        sip_call_id,
+        from_tag: &from_tag,
+        trunk: facts.trunk,
+        rule: &plan.rule,
+        caller: facts.caller,
+        caller_host: &caller_host,
+        called: facts.called,
+        hide_phone_number: plan.hide_phone_number,
+    }));
+    let (k, v) = status.attribute();
+    out.insert(k.to_string(), v.to_string());
+    out
+}
+
+/// What a provisional response to an outbound INVITE sets: the carrier defaults.
+pub fn outbound_provisional(resp: &Message) -> HashMap<String, String> {
+    carrier_only(headers_of(resp)).into_iter().collect()
+}
+
+/// What the answer of an outbound INVITE sets: `status`, the dialog's Call-ID and the
+/// callee's tag, and the 2xx's headers as `mapping` maps them.
+pub fn outbound_answered(
+    resp: &Message,
+    mapping: &HeaderMapping,
+    status: CallStatus,
+) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = from_headers(headers_of(resp), mapping)
+        .into_iter()
+        .collect();
+    let (to_tag, _) = tag_and_host(resp, "To");
+    out.extend(answered(
+        resp.header("Call-ID").unwrap_or_default(),
+        &to_tag,
+    ));
+    let (k, v) = status.attribute();
+    out.insert(k.to_string(), v.to_string());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +603,79 @@ mod tests {
             .count();
         assert_eq!(included, MAX_INCLUDED_HEADERS);
         assert!(out.iter().all(|(_, v)| v.len() <= MAX_VALUE_LEN));
+    }
+
+    #[test]
+    fn join_and_answer_from_real_messages() {
+        let invite = crate::sip::message::parse(
+            b"INVITE sip:+15550100@127.0.0.1 SIP/2.0\r\n\
+              Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
+              From: <sip:+15551230000@carrier.example>;tag=ft1\r\n\
+              To: <sip:+15550100@127.0.0.1>\r\n\
+              Call-ID: c-1@carrier\r\n\
+              CSeq: 1 INVITE\r\n\
+              Max-Forwards: 70\r\n\
+              X-Twilio-CallSid: CA1\r\n\
+              X-Customer-Tier: gold\r\n\
+              Content-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let plan = JoinPlan {
+            rule: "support".into(),
+            room: "r".into(),
+            identity: "i".into(),
+            name: "n".into(),
+            metadata: None,
+            attributes: vec![("team".into(), "blue".into())],
+            pin: None,
+            agents: Vec::new(),
+            answer: crate::config::AnswerMode::OnJoin,
+            ringing_timeout: std::time::Duration::from_secs(30),
+            early_media: false,
+            hide_phone_number: false,
+        };
+        let m = mapping(
+            IncludeHeaders::XHeaders,
+            &[("X-Customer-Tier", "customer.tier")],
+        );
+        let facts = InboundFacts {
+            call_id: "SCL_23456789ABCD",
+            trunk: "carrier",
+            caller: "+15551230000",
+            called: "+15550100",
+            mapping: Some(&m),
+        };
+        let a = inbound_join(&plan, &invite, &facts, CallStatus::Ringing);
+        let g = |k: &str| a.get(k).map(String::as_str);
+        assert_eq!(g("team"), Some("blue"));
+        assert_eq!(g(CALL_ID), Some("SCL_23456789ABCD"));
+        assert_eq!(g(CALL_ID_FULL), Some("c-1@carrier"));
+        assert_eq!(g(CALL_TAG), Some("ft1"));
+        assert_eq!(g(HOSTNAME), Some("carrier.example"));
+        assert_eq!(g(RULE_ID), Some("support"));
+        assert_eq!(g(CALL_STATUS), Some("ringing"));
+        assert_eq!(g("customer.tier"), Some("gold"));
+        assert_eq!(g("sip.h.x-customer-tier"), Some("gold"));
+        assert_eq!(g("sip.twilio.callSid"), Some("CA1"));
+
+        let ok = crate::sip::message::parse(
+            b"SIP/2.0 200 OK\r\n\
+              Via: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bK2\r\n\
+              From: <sip:+15550100@127.0.0.1>;tag=ours\r\n\
+              To: <sip:+15551230001@carrier.example>;tag=theirs\r\n\
+              Call-ID: out-1@roomline\r\n\
+              CSeq: 1 INVITE\r\n\
+              X-Call-Ref: 77\r\n\
+              Content-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let a = outbound_answered(&ok, &mapping(IncludeHeaders::All, &[]), CallStatus::Active);
+        let g = |k: &str| a.get(k).map(String::as_str);
+        assert_eq!(g(CALL_ID_FULL), Some("out-1@roomline"));
+        assert_eq!(g(CALL_TAG), Some("theirs"));
+        assert_eq!(g(CALL_STATUS), Some("active"));
+        assert_eq!(g("sip.h.x-call-ref"), Some("77"));
+        assert!(outbound_provisional(&ok).is_empty());
     }
 
     #[test]
