@@ -1229,7 +1229,10 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
         .unwrap();
     assert_eq!(p["kind"], "SIP", "{p}");
     assert_eq!(p["name"], format!("Phone {CALLER}").as_str(), "{p}");
-    let lk_call_id = p["attributes"]["sip.callID"].as_str().unwrap_or("").to_string();
+    let lk_call_id = p["attributes"]["sip.callID"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(
         lk_call_id.len() == 16 && lk_call_id.starts_with("SCL_"),
         "sip.callID is a call id of our own: {p}"
@@ -1263,7 +1266,11 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
     assert_eq!(me["kind"], "SIP", "{report}");
     assert_eq!(me["name"], format!("Phone {CALLER}").as_str(), "{report}");
     assert_eq!(me["attributes"]["sip.callIDFull"], call_id, "{report}");
-    assert_eq!(me["attributes"]["sip.callID"], lk_call_id.as_str(), "{report}");
+    assert_eq!(
+        me["attributes"]["sip.callID"],
+        lk_call_id.as_str(),
+        "{report}"
+    );
     let statuses: Vec<&str> = report["attribute_changes"]
         .as_array()
         .unwrap()

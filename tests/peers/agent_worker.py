@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 import time
@@ -47,6 +46,25 @@ def write_report(reports: str, room: str, report: dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         json.dump(report, f)
     os.replace(tmp, path)
+
+
+async def play_tone(ctx: Any, hz: float, seconds: float) -> float:
+    """Publishes a track and sends `seconds` of a sine at `hz` in 10 ms frames."""
+    import numpy as np
+    from livekit import rtc
+
+    rate = 48000
+    source = rtc.AudioSource(rate, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("agent-tone", source)
+    opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    await ctx.room.local_participant.publish_track(track, opts)
+    n = rate // 100
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (12000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+    for i in range(0, len(pcm) - n + 1, n):
+        frame = rtc.AudioFrame(pcm[i:i + n].tobytes(), rate, 1, n)
+        await source.capture_frame(frame)
+    return seconds
 
 
 async def entrypoint(ctx: Any, reports: str) -> None:
@@ -96,6 +114,9 @@ async def entrypoint(ctx: Any, reports: str) -> None:
 
         p = await asyncio.wait_for(
             ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP), 30)
+        # publish at once: a rule answering on the first track answers now
+        tone = asyncio.ensure_future(play_tone(ctx, float(meta.get("tone_hz", 440)),
+                                               float(meta.get("tone_seconds", 6))))
         deadline = time.monotonic() + 30
         while p.attributes.get("sip.callStatus") != "active":
             if time.monotonic() > deadline:
@@ -108,29 +129,7 @@ async def entrypoint(ctx: Any, reports: str) -> None:
             "attributes": dict(p.attributes),
         }
         note("active_after_s", round(time.monotonic() - started, 3))
-
-        # the tone the phone must hear
-        rate = 48000
-        source = rtc.AudioSource(rate, 1)
-        track = rtc.LocalAudioTrack.create_audio_track("agent-tone", source)
-        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await ctx.room.local_participant.publish_track(track, opts)
-        hz = float(meta.get("tone_hz", 440))
-        seconds = float(meta.get("tone_seconds", 6))
-        n = rate // 100
-        phase = 0.0
-        step = 2 * math.pi * hz / rate
-        frames = int(seconds * 100)
-        for _ in range(frames):
-            frame = rtc.AudioFrame.create(rate, 1, n)
-            data = frame.data
-            for i in range(n):
-                data[i] = int(12000 * math.sin(phase))
-                phase += step
-            phase %= 2 * math.pi
-            await source.capture_frame(frame)
-        note("tone_sent_s", seconds)
-
+        note("tone_sent_s", await tone)
         if expect:
             try:
                 await asyncio.wait_for(dtmf_event.wait(), float(meta.get("dtmf_timeout", 15)))
