@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::livekit::LiveKitServer;
 use common::roomline::{Roomline, Setup, roompeer_bg, wait_participants};
-use common::{PeerRun, python, run_roompeer, within};
+use common::{PeerRun, run_roompeer, within};
 
 const CALLER: &str = "+15551230000";
 const CALLED: &str = "+15550100";

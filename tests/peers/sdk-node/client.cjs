@@ -10,8 +10,8 @@
 // --request is the request message in protobuf's JSON mapping (proto field names); it is
 // turned into the SDK's call arguments. stdout: one JSON object, {"ok": true,
 // "response": {...}} or {"ok": false, "code", "message", "status", "metadata",
-// "sip_status_code"} (exit status 1). The SDK is loaded from $ROOMLINE_SDK_NODE
-// (default $HOME/.cache/roomline/sdk-node), where install-test-deps put it.
+// "sip_status_code"} (exit status 1). The SDK is loaded from --sdk-dir, else
+// $ROOMLINE_SDK_NODE, else $HOME/.cache/roomline/sdk-node (where install-test-deps puts it).
 'use strict';
 
 const path = require('node:path');
@@ -36,7 +36,7 @@ function seconds(d) {
 }
 
 async function run(a) {
-  const dir = process.env.ROOMLINE_SDK_NODE || path.join(os.homedir(), '.cache', 'roomline', 'sdk-node');
+  const dir = a.sdk_dir || process.env.ROOMLINE_SDK_NODE || path.join(os.homedir(), '.cache', 'roomline', 'sdk-node');
   const sdk = createRequire(path.join(dir, 'package.json'))('livekit-server-sdk');
   const cli = new sdk.SipClient(a.url, a.api_key, a.api_secret);
   const r = JSON.parse(a.request || '{}');
