@@ -1617,3 +1617,67 @@ fn inbound_call_is_transferred_by_refer() {
     assert_bye_reason(&run, "Q.850;cause=16;text=\"call transferred\"");
     rl.assert_no_leaks(Duration::from_secs(20));
 }
+
+/// A carrier sends hostile headers: a 4000-byte X-Twilio-CallSid, 150 X- headers, an
+/// empty one, a header with a bare control character. The call is answered as usual; in
+/// the room the oversized value is dropped (no `sip.twilio.callSid`), at most 64
+/// `sip.h.*` attributes are taken, every value is at most 1024 bytes, and the trunk's
+/// mapped header still arrives.
+#[test]
+fn hostile_carrier_headers_give_bounded_attributes() {
+    let lk = LiveKitServer::start();
+    let room = "hostile-headers";
+    let plan = format!(
+        "rules:\n  - name: hostile\n    match:\n      called: \"+15550100\"\n    room: {room}\n"
+    );
+    let trunk = "inbound:\n  allowed_addresses: [127.0.0.1/32]\n  include_headers: all\n  \
+                 headers_to_attributes:\n    X-Customer-Tier: customer.tier\n";
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk("local", trunk)
+            .dialplan("main", &plan),
+    );
+    let mut extra = vec![
+        format!("X-Twilio-CallSid: {}", "A".repeat(4000)),
+        "X-Customer-Tier: gold".to_string(),
+        "X-Empty:".to_string(),
+        "X-Bell: a\u{7}b".to_string(),
+    ];
+    extra.extend((0..150).map(|i| format!("X-Pad-{i}: value-{i}")));
+    let hdrs = extra.join("\n      ");
+    let xml = uac(
+        CALLER,
+        "[media_port]",
+        r#"  <pause milliseconds="2000"/>"#,
+        End::Bye,
+    )
+    .replacen(
+        "Max-Forwards: 70\n",
+        &format!("Max-Forwards: 70\n      {hdrs}\n"),
+        1,
+    );
+    assert!(xml.contains("X-Pad-149"), "headers not inserted:\n{xml}");
+    let sipp = Sipp::spawn(Some(&xml), &call_args(&rl, "+15550100"));
+    wait_answer(&sipp, Duration::from_secs(30));
+    let identity = sip_identity(CALLER);
+    let p = wait_participant(&lk, room, &identity);
+    let attrs = p["attributes"].as_object().unwrap();
+    assert_eq!(
+        attrs.get("customer.tier").and_then(|v| v.as_str()),
+        Some("gold")
+    );
+    assert!(!attrs.contains_key("sip.twilio.callSid"), "{p}");
+    assert!(!attrs.contains_key("sip.h.x-twilio-callsid"), "{p}");
+    assert!(!attrs.contains_key("sip.h.x-bell"), "{p}");
+    let included = attrs.keys().filter(|k| k.starts_with("sip.h.")).count();
+    assert_eq!(included, 64, "{p}");
+    assert!(
+        attrs
+            .values()
+            .all(|v| v.as_str().is_some_and(|s| s.len() <= 1024)),
+        "{p}"
+    );
+    sipp.wait(Duration::from_secs(30)).expect_success();
+    wait_room_empty_of(&lk, room, &identity);
+    rl.assert_no_leaks(Duration::from_secs(10));
+}
