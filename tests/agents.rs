@@ -162,17 +162,22 @@ impl Shared {
 }
 
 /// The agent's job went as planned; its view of the SIP participant's attributes.
-fn agent_saw(report: &Value) -> &Value {
+fn agent_saw<'a>(s: &Shared, report: &'a Value, phone: &common::PeerRun) -> &'a Value {
+    let why = || {
+        format!(
+            "{report}\nphone: {}\nworker log:\n{}",
+            phone.describe(),
+            common::tail_file(&s.worker.log, 60)
+        )
+    };
     assert_eq!(
         report["errors"],
         json!([]),
-        "the agent's job failed: {report}"
+        "the agent's job failed: {}",
+        why()
     );
-    assert_eq!(report["removed"], true, "{report}");
-    assert_eq!(
-        report["participant"]["kind"], 3,
-        "a participant of kind SIP: {report}"
-    );
+    assert_eq!(report["removed"], true, "{}", why());
+    assert_eq!(report["participant"]["kind"], 3, "kind SIP: {}", why());
     &report["participant"]["attributes"]
 }
 
@@ -211,7 +216,7 @@ fn a_dispatched_agent_answers_a_phone_call_and_hangs_up() {
     let meta = json!({"mode": "inbound", "tone_hz": 440, "tone_seconds": 6, "expect_dtmf": "1#"});
     let plan = format!(
         "rules:\n  - name: agent-line\n    match:\n      called: \"{CALLED}\"\n    room: {room}\n    \
-         answer: on_first_track\n    agents:\n      - name: {AGENT}\n        metadata: '{meta}'\n"
+         answer: on_first_track\n    ringing_timeout: 60s\n    agents:\n      - name: {AGENT}\n        metadata: '{meta}'\n"
     );
     let trunk = "inbound:\n  allowed_addresses: [127.0.0.1/32]\n  include_headers: x_headers\n  \
                  headers_to_attributes:\n    X-Customer-Tier: customer.tier\n";
@@ -246,7 +251,7 @@ fn a_dispatched_agent_answers_a_phone_call_and_hangs_up() {
         Duration::from_secs(120),
     );
     let report = s.report(room, Duration::from_secs(60));
-    let attrs = agent_saw(&report);
+    let attrs = agent_saw(&s, &report, &phone);
     let p = phone.expect_ok().clone();
     // what the agent read
     assert_eq!(attrs["sip.phoneNumber"], CALLER, "{report}");
@@ -339,8 +344,8 @@ fn an_agent_places_a_call_with_create_sip_participant() {
     });
     s.dispatch(room, &meta);
     let report = s.report(room, Duration::from_secs(90));
-    let attrs = agent_saw(&report);
     let phone = callee.join().unwrap();
+    let attrs = agent_saw(&s, &report, &phone);
     let p = phone.expect_ok().clone();
     let created = &report["created"];
     assert!(is_call_id(&created["sip_call_id"]), "{report}");

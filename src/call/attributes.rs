@@ -44,6 +44,19 @@ pub const MAX_REQUEST_HEADERS: usize = 32;
 /// Headers that carry credentials: never copied into the room.
 const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization"];
 
+/// Headers that name the caller: left out of `sip.h.*` under `hide_phone_number`.
+const IDENTITY_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "contact",
+    "p-asserted-identity",
+    "p-preferred-identity",
+    "remote-party-id",
+    "diversion",
+    "history-info",
+    "referred-by",
+];
+
 /// The carrier headers LiveKit maps by default, whatever the trunk says.
 pub const CARRIER_HEADERS: &[(&str, &str)] = &[
     ("X-Twilio-AccountSid", "sip.twilio.accountSid"),
@@ -351,10 +364,11 @@ pub fn inbound_join(
 ) -> HashMap<String, String> {
     let mut out: HashMap<String, String> = plan.attributes.iter().cloned().collect();
     let default = HeaderMapping::default();
-    out.extend(from_headers(
-        headers_of(invite),
-        facts.mapping.unwrap_or(&default),
-    ));
+    let hide = plan.hide_phone_number;
+    let headers = headers_of(invite).filter(move |(n, _)| {
+        !hide || !IDENTITY_HEADERS.contains(&n.to_ascii_lowercase().as_str())
+    });
+    out.extend(from_headers(headers, facts.mapping.unwrap_or(&default)));
     let (from_tag, caller_host) = tag_and_host(invite, "From");
     let sip_call_id = invite.header("Call-ID").unwrap_or_default();
     out.extend(inbound(&InboundCall {
@@ -676,6 +690,27 @@ mod tests {
         assert_eq!(g(CALL_STATUS), Some("active"));
         assert_eq!(g("sip.h.x-call-ref"), Some("77"));
         assert!(outbound_provisional(&ok).is_empty());
+
+        // hide_phone_number: the headers that name the caller stay out too
+        let hidden_plan = JoinPlan {
+            hide_phone_number: true,
+            ..plan
+        };
+        let all = mapping(IncludeHeaders::All, &[]);
+        let a = inbound_join(
+            &hidden_plan,
+            &invite,
+            &InboundFacts {
+                mapping: Some(&all),
+                ..facts
+            },
+            CallStatus::Ringing,
+        );
+        assert!(!a.values().any(|v| v.contains("5551230000")), "{a:?}");
+        assert_eq!(
+            a.get("sip.h.x-customer-tier").map(String::as_str),
+            Some("gold")
+        );
     }
 
     #[test]

@@ -139,8 +139,11 @@ async def entrypoint(ctx: Any, reports: str) -> None:
         await ctx.api.room.remove_participant(
             api.RoomParticipantIdentity(room=room_name, identity=p.identity))
         note("removed", True)
-    except Exception as e:  # the report says what went wrong; the test fails on it
+    except BaseException as e:  # the report says what went wrong (also a cancelled job)
         report["errors"].append(f"{type(e).__name__}: {e}")
+        report["elapsed_s"] = round(time.monotonic() - started, 3)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
     finally:
         report["done"] = True
         write_report(reports, room_name, report)
