@@ -1177,9 +1177,10 @@ fn shutdown_sends_bye_to_every_call_and_exits_0() {
 }
 
 /// In the room the call is a participant of kind SIP, identity `sip_<caller>` and name
-/// `Phone <caller>` by default, with LiveKit's own SIP attributes: sip.callID (the
-/// INVITE's Call-ID), sip.trunkID, sip.ruleID, sip.phoneNumber (caller),
-/// sip.trunkPhoneNumber (called) and sip.callStatus, which is `active` while the call is
+/// `Phone <caller>` by default, with LiveKit's own SIP attributes: sip.callID (a call id
+/// `SCL_...` of our own), sip.callIDFull (the INVITE's Call-ID), sip.callTag (its
+/// From-tag), sip.trunkID, sip.ruleID, sip.phoneNumber (caller), sip.trunkPhoneNumber
+/// (called), sip.hostname (the From host) and sip.callStatus, which is `active` while the call is
 /// up (the server's view) and ends `hangup` (what a Python participant in the room sees
 /// change, in call order).
 #[test]
@@ -1229,8 +1230,23 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
         .unwrap();
     assert_eq!(p["kind"], "SIP", "{p}");
     assert_eq!(p["name"], format!("Phone {CALLER}").as_str(), "{p}");
+    let lk_call_id = p["attributes"]["sip.callID"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        lk_call_id.len() == 16 && lk_call_id.starts_with("SCL_"),
+        "sip.callID is a call id of our own: {p}"
+    );
+    let from_tag = header(&ok, "From")
+        .and_then(|f| f.split("tag=").nth(1))
+        .unwrap()
+        .to_string();
     let want = serde_json::json!({
-        "sip.callID": call_id,
+        "sip.callID": lk_call_id,
+        "sip.callIDFull": call_id,
+        "sip.callTag": from_tag,
+        "sip.hostname": "127.0.0.1",
         "sip.trunkID": "local",
         "sip.ruleID": "attrs",
         "sip.phoneNumber": CALLER,
@@ -1250,7 +1266,12 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
     let me = &report["participants"][identity.as_str()];
     assert_eq!(me["kind"], "SIP", "{report}");
     assert_eq!(me["name"], format!("Phone {CALLER}").as_str(), "{report}");
-    assert_eq!(me["attributes"]["sip.callID"], call_id, "{report}");
+    assert_eq!(me["attributes"]["sip.callIDFull"], call_id, "{report}");
+    assert_eq!(
+        me["attributes"]["sip.callID"],
+        lk_call_id.as_str(),
+        "{report}"
+    );
     let statuses: Vec<&str> = report["attribute_changes"]
         .as_array()
         .unwrap()
@@ -1596,4 +1617,68 @@ fn inbound_call_is_transferred_by_refer() {
     );
     assert_bye_reason(&run, "Q.850;cause=16;text=\"call transferred\"");
     rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// A carrier sends hostile headers: a 4000-byte X-Twilio-CallSid, 150 X- headers, an
+/// empty one, a header with a bare control character. The call is answered as usual; in
+/// the room the oversized value is dropped (no `sip.twilio.callSid`), at most 64
+/// `sip.h.*` attributes are taken, every value is at most 1024 bytes, and the trunk's
+/// mapped header still arrives.
+#[test]
+fn hostile_carrier_headers_give_bounded_attributes() {
+    let lk = LiveKitServer::start();
+    let room = "hostile-headers";
+    let plan = format!(
+        "rules:\n  - name: hostile\n    match:\n      called: \"+15550100\"\n    room: {room}\n"
+    );
+    let trunk = "inbound:\n  allowed_addresses: [127.0.0.1/32]\n  include_headers: all\n  \
+                 headers_to_attributes:\n    X-Customer-Tier: customer.tier\n";
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk("local", trunk)
+            .dialplan("main", &plan),
+    );
+    let mut extra = vec![
+        format!("X-Twilio-CallSid: {}", "A".repeat(4000)),
+        "X-Customer-Tier: gold".to_string(),
+        "X-Empty:".to_string(),
+        "X-Bell: a\u{7}b".to_string(),
+    ];
+    extra.extend((0..150).map(|i| format!("X-Pad-{i}: value-{i}")));
+    let hdrs = extra.join("\n      ");
+    let xml = uac(
+        CALLER,
+        "[media_port]",
+        r#"  <pause milliseconds="2000"/>"#,
+        End::Bye,
+    )
+    .replacen(
+        "Max-Forwards: 70\n",
+        &format!("Max-Forwards: 70\n      {hdrs}\n"),
+        1,
+    );
+    assert!(xml.contains("X-Pad-149"), "headers not inserted:\n{xml}");
+    let sipp = Sipp::spawn(Some(&xml), &call_args(&rl, "+15550100"));
+    wait_answer(&sipp, Duration::from_secs(30));
+    let identity = sip_identity(CALLER);
+    let p = wait_participant(&lk, room, &identity);
+    let attrs = p["attributes"].as_object().unwrap();
+    assert_eq!(
+        attrs.get("customer.tier").and_then(|v| v.as_str()),
+        Some("gold")
+    );
+    assert!(!attrs.contains_key("sip.twilio.callSid"), "{p}");
+    assert!(!attrs.contains_key("sip.h.x-twilio-callsid"), "{p}");
+    assert!(!attrs.contains_key("sip.h.x-bell"), "{p}");
+    let included = attrs.keys().filter(|k| k.starts_with("sip.h.")).count();
+    assert_eq!(included, 64, "{p}");
+    assert!(
+        attrs
+            .values()
+            .all(|v| v.as_str().is_some_and(|s| s.len() <= 1024)),
+        "{p}"
+    );
+    sipp.wait(Duration::from_secs(30)).expect_success();
+    wait_room_empty_of(&lk, room, &identity);
+    rl.assert_no_leaks(Duration::from_secs(10));
 }

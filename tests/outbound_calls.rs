@@ -533,6 +533,18 @@ fn sdk(
     )
 }
 
+/// LiveKit's server SDKs, each driving Roomline's API through the same small program
+/// interface (command, request JSON in, one JSON report out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sdk {
+    /// `livekit-api` (PyPI), tests/peers/sipclient.py
+    Python,
+    /// `github.com/livekit/server-sdk-go/v2`, tests/peers/sdk-go
+    Go,
+    /// `livekit-server-sdk` (npm), tests/peers/sdk-node/client.cjs
+    Node,
+}
+
 fn run_sdk(
     port: u16,
     key: &str,
@@ -541,37 +553,73 @@ fn run_sdk(
     req: &Value,
     token: Option<&str>,
 ) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("stdout");
-    let err = dir.path().join("stderr");
-    let mut cmd = Command::new(common::python());
-    cmd.arg(common::repo_root().join("tests/peers/sipclient.py"))
-        .arg(command)
-        .arg("--url")
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg("--request")
-        .arg(req.to_string());
+    run_sdk_with(Sdk::Python, port, key, secret, command, req, token)
+}
+
+fn run_sdk_with(
+    sdk: Sdk,
+    port: u16,
+    key: &str,
+    secret: &str,
+    command: &str,
+    req: &Value,
+    token: Option<&str>,
+) -> Value {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut args: Vec<String> = vec![
+        command.into(),
+        "--url".into(),
+        url,
+        "--request".into(),
+        req.to_string(),
+    ];
     match token {
-        Some(t) => cmd.args(["--token", t]),
-        None => cmd.args(["--api-key", key, "--api-secret", secret]),
+        Some(t) => args.extend(["--token".into(), t.into()]),
+        None => args.extend([
+            "--api-key".into(),
+            key.into(),
+            "--api-secret".into(),
+            secret.into(),
+        ]),
+    }
+    let timeout = Duration::from_secs(90);
+    let run = match sdk {
+        Sdk::Python => {
+            let script = common::repo_root().join("tests/peers/sipclient.py");
+            common::run_peer(&common::python(), &[script.as_os_str()], &args, timeout)
+        }
+        Sdk::Go => {
+            let bin = common::tool_path(
+                "ROOMLINE_SDK_GO",
+                common::tools_dir().join("bin").join("roomline-sdk-go"),
+                "the Go SDK client",
+            );
+            common::run_peer(&bin, &[], &args, timeout)
+        }
+        Sdk::Node => {
+            let script = common::repo_root().join("tests/peers/sdk-node/client.cjs");
+            let dir = std::env::var_os("ROOMLINE_SDK_NODE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| common::tools_dir().join("sdk-node"));
+            args.extend(["--sdk-dir".into(), dir.display().to_string()]);
+            common::run_peer(
+                std::path::Path::new("node"),
+                &[script.as_os_str()],
+                &args,
+                timeout,
+            )
+        }
     };
-    let mut child = cmd
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("run sipclient.py");
-    let status = common::wait_timeout(&mut child, Duration::from_secs(90));
-    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| {
-            panic!("sipclient.py {command}: no report (status {status:?}):\n{stdout}\n{stderr}")
-        })
+    if run.json.is_null() {
+        panic!("{sdk:?} SDK {command}: no report\n{}", run.describe());
+    }
+    run.json
+}
+
+/// A call id of Roomline's own, as LiveKit's (`SCL_` and 12 base57 characters).
+fn is_call_id(v: impl AsRef<str>) -> bool {
+    let v = v.as_ref();
+    v.len() == 16 && v.starts_with("SCL_") && v[4..].chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 fn create_request(trunk: &str, room: &str, extra: Value) -> Value {
@@ -788,13 +836,16 @@ fn sdk_dials_through_a_401_challenge_and_audio_flows_both_ways() {
         assert!(first.contains(codec), "offer lacks {codec}:\n{first}");
     }
     let call_id = header(second, "Call-ID").unwrap().to_string();
-    assert_eq!(resp["sip_call_id"], call_id.as_str(), "{report}");
+    let lk_call_id = resp["sip_call_id"].as_str().unwrap_or_default().to_string();
+    assert!(is_call_id(&lk_call_id), "{report}");
     let daemon_rtp = sdp_audio_addr(second);
 
     // the room: the SIP attributes LiveKit's own service sets
     let p = wait_call_status(&lk, room, "active");
     let attrs = &p["attributes"];
-    assert_eq!(attrs["sip.callID"], call_id.as_str(), "{p}");
+    assert_eq!(attrs["sip.callID"], lk_call_id.as_str(), "{p}");
+    assert_eq!(attrs["sip.callIDFull"], call_id.as_str(), "{p}");
+    assert_eq!(attrs["sip.hostname"], "127.0.0.1", "{p}");
     assert_eq!(attrs["sip.trunkID"], "carrier", "{p}");
     assert_eq!(attrs["sip.phoneNumber"], CALLEE, "{p}");
     assert_eq!(attrs["sip.trunkPhoneNumber"], FROM, "{p}");
@@ -938,12 +989,21 @@ fn json_request_places_a_call_and_the_callees_bye_removes_the_participant() {
     );
     assert_eq!(field(&v, "room_name"), room, "{v}");
     let invite = uas.wait_received("INVITE ", Duration::from_secs(5));
-    assert_eq!(
-        field(&v, "sip_call_id"),
-        header(&invite, "Call-ID").unwrap(),
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
         "{v}"
     );
-    wait_call_status(&lk, room, "active");
+    let up = wait_call_status(&lk, room, "active");
+    assert_eq!(
+        &up["attributes"]["sip.callID"],
+        field(&v, "sip_call_id"),
+        "{up}"
+    );
+    assert_eq!(
+        up["attributes"]["sip.callIDFull"],
+        header(&invite, "Call-ID").unwrap(),
+        "{up}"
+    );
 
     let run = uas.wait(Duration::from_secs(30));
     run.expect_success();
@@ -1092,7 +1152,18 @@ fn assert_completed_through_backup_with(
     let v = resp.json();
     let invite = backup.wait_received("INVITE ", Duration::from_secs(5));
     let call_id = header(&invite, "Call-ID").unwrap().to_string();
-    assert_eq!(field(&v, "sip_call_id"), call_id.as_str(), "{v}");
+    // one call id across both attempts; the SIP Call-ID is the answered attempt's
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
+        "{v}"
+    );
+    let up = wait_call_status(lk, room, "active");
+    assert_eq!(
+        &up["attributes"]["sip.callID"],
+        field(&v, "sip_call_id"),
+        "{up}"
+    );
+    assert_eq!(up["attributes"]["sip.callIDFull"], call_id.as_str(), "{up}");
     assert_eq!(
         metric(rl, "roomline_trunk_failovers_total{trunk=\"primary\"}"),
         Some(1.0),
@@ -1247,14 +1318,14 @@ fn not_waiting_for_the_answer_returns_once_joined_and_the_call_still_completes()
 
     // the call goes on: answered, then ended by the callee
     let invite = uas.wait_received("INVITE ", Duration::from_secs(5));
-    assert_eq!(
-        field(&v, "sip_call_id"),
-        header(&invite, "Call-ID").unwrap(),
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
         "{v}"
     );
     let up = wait_call_status(&lk, room, "active");
+    assert_eq!(&up["attributes"]["sip.callID"], field(&v, "sip_call_id"));
     assert_eq!(
-        up["attributes"]["sip.callID"],
+        up["attributes"]["sip.callIDFull"],
         header(&invite, "Call-ID").unwrap()
     );
     let run = uas.wait(Duration::from_secs(30));
@@ -1719,10 +1790,9 @@ fn roomline_dial_places_a_call_and_reports_a_busy_callee() {
         "{v}"
     );
     assert_eq!(field(&v, "room_name"), room, "{v}");
-    let invite = answering.wait_received("INVITE ", Duration::from_secs(5));
-    assert_eq!(
-        field(&v, "sip_call_id"),
-        header(&invite, "Call-ID").unwrap(),
+    answering.wait_received("INVITE ", Duration::from_secs(5));
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
         "{v}"
     );
     answering.wait(Duration::from_secs(30)).expect_success();
@@ -1902,4 +1972,174 @@ fn a_refused_transfer_returns_an_error_and_the_call_stays_up() {
     );
     wait_room_empty_of_phone(&lk, room);
     rl.assert_no_leaks(Duration::from_secs(15));
+}
+
+// ---------------------------------------------------------------------------------------
+// LiveKit's other server SDKs (Go, Node) against the same API
+// ---------------------------------------------------------------------------------------
+
+/// What every SDK must get from Roomline's API: a placed call (`sip_call_id` is a call
+/// id `SCL_...`), the SIP status of a refused call from the error, a transfer (REFER, then
+/// BYE), and a clear refusal of a request with 100 headers (nothing dialled). `full`:
+/// all of it, else only the 100 headers (the Python SDK's other scenarios are above).
+fn sdk_scenarios(sdk: Sdk, full: bool) {
+    let lk = LiveKitServer::start();
+    let tag = format!("{sdk:?}").to_lowercase();
+    let req = |room: &str, extra: Value| {
+        let mut extra = extra;
+        extra["participant_identity"] = json!(identity());
+        create_request("carrier", room, extra)
+    };
+    // 100 headers: refused by name, nothing dialled
+    {
+        let room = format!("sdk-{tag}-headers");
+        let trunk = silent_trunk();
+        let port = trunk.local_addr().unwrap().port();
+        let rl = Roomline::start(Setup::new(&lk).trunk(
+            "carrier",
+            &format!("outbound:\n  address: 127.0.0.1:{port}\n  from_number: \"{FROM}\"\n"),
+        ));
+        let headers: serde_json::Map<String, Value> = (0..100)
+            .map(|i| (format!("X-Header-{i}"), json!("v")))
+            .collect();
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "create",
+            &req(
+                &room,
+                json!({"headers": headers, "wait_until_answered": true}),
+            ),
+            None,
+        );
+        assert_eq!(report["ok"], false, "{sdk:?}: {report}");
+        assert_eq!(report["code"], "invalid_argument", "{sdk:?}: {report}");
+        assert!(
+            report["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("100 headers, at most 32"),
+            "{sdk:?}: {report}"
+        );
+        assert_nothing_sent_to(&trunk);
+        assert!(roomline::list_participants(&lk, &room).is_empty());
+        rl.assert_no_leaks(Duration::from_secs(5));
+    }
+    if !full {
+        return;
+    }
+    // a busy callee: the SIP status comes back in the error
+    {
+        let room = format!("sdk-{tag}-busy");
+        let mut xml = recv_invite("");
+        xml += &response("486 Busy Here", true, &[], None, false);
+        xml += "  <recv request=\"ACK\"/>\n";
+        let uas = Uas::start(&scenario("uas-busy", &xml), 1);
+        let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &uas.trunk("")));
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "create",
+            &req(&room, json!({"wait_until_answered": true})),
+            None,
+        );
+        assert_eq!(report["ok"], false, "{sdk:?}: {report}");
+        assert_eq!(report["code"], "resource_exhausted", "{sdk:?}: {report}");
+        assert_eq!(
+            report["metadata"]["sip_status_code"], "486",
+            "{sdk:?}: {report}"
+        );
+        assert_eq!(
+            report["metadata"]["sip_status"], "Busy Here",
+            "{sdk:?}: {report}"
+        );
+        if sdk == Sdk::Node {
+            // the Node SDK's own reading of it
+            assert_eq!(report["error_type"], "SipCallError", "{report}");
+            assert_eq!(report["sip_status_code"], 486, "{report}");
+        }
+        uas.wait(Duration::from_secs(30)).expect_success();
+        wait_room_empty_of_phone(&lk, &room);
+        rl.assert_no_leaks(Duration::from_secs(15));
+    }
+    // a call placed, then transferred
+    {
+        let room = format!("sdk-{tag}-transfer");
+        let mut xml = transfer_scenario("200 OK");
+        xml += &await_bye();
+        let uas = Uas::start(&scenario("uas-transfer", &xml), 1);
+        let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &uas.trunk("")));
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "create",
+            &req(&room, json!({"wait_until_answered": true})),
+            None,
+        );
+        assert_eq!(report["ok"], true, "{sdk:?}: {report}");
+        let r = &report["response"];
+        assert_eq!(r["participant_identity"], identity().as_str(), "{report}");
+        assert_eq!(r["room_name"], room.as_str(), "{report}");
+        let call_id = r["sip_call_id"].as_str().unwrap_or_default();
+        assert!(
+            call_id.starts_with("SCL_") && call_id.len() == 16,
+            "{sdk:?}: {report}"
+        );
+        let p = wait_call_status(&lk, &room, "active");
+        assert_eq!(p["attributes"]["sip.callID"], call_id, "{p}");
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "transfer",
+            &json!({
+                "participant_identity": identity(),
+                "room_name": room,
+                "transfer_to": "+15559990000",
+            }),
+            None,
+        );
+        assert_eq!(report["ok"], true, "{sdk:?} transfer: {report}");
+        let run = uas.wait(Duration::from_secs(30));
+        run.expect_success();
+        let refer = run.first_received("REFER ");
+        assert!(
+            header(&refer, "Refer-To").is_some_and(|r| r.starts_with("<sip:+15559990000@")),
+            "{refer}"
+        );
+        let bye = run.first_received("BYE ");
+        assert!(
+            header(&bye, "Reason").is_some_and(|r| r.contains("transferred")),
+            "{bye}"
+        );
+        wait_room_empty_of_phone(&lk, &room);
+        rl.assert_no_leaks(Duration::from_secs(15));
+    }
+}
+
+/// LiveKit's Go server SDK (server-sdk-go v2) places, reads a refused call's status,
+/// transfers, and is refused 100 headers.
+#[test]
+fn go_sdk_places_reads_a_refusal_and_transfers() {
+    sdk_scenarios(Sdk::Go, true);
+}
+
+/// LiveKit's Node server SDK (livekit-server-sdk) does the same.
+#[test]
+fn node_sdk_places_reads_a_refusal_and_transfers() {
+    sdk_scenarios(Sdk::Node, true);
+}
+
+/// The Python SDK's request with 100 headers is refused by name (its other scenarios are
+/// the tests above).
+#[test]
+fn python_sdk_request_with_100_headers_is_refused() {
+    sdk_scenarios(Sdk::Python, false);
 }

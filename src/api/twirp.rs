@@ -20,6 +20,7 @@ use super::AppState;
 use crate::call::CallControl;
 use crate::call::outbound::{DialError, OutboundRequest};
 use crate::call::transfer::{FailReason, Failure};
+use crate::config::IncludeHeaders;
 
 /// Default time the callee has to answer (LiveKit's default too).
 pub const DEFAULT_RINGING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -265,6 +266,16 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn check_headers(h: &HashMap<String, String>) -> Result<Vec<(String, String)>, TwirpError> {
+    use crate::call::attributes::{MAX_REQUEST_HEADERS, MAX_VALUE_LEN};
+    if h.len() > MAX_REQUEST_HEADERS {
+        return Err(TwirpError::new(
+            "invalid_argument",
+            format!(
+                "headers: {} headers, at most {MAX_REQUEST_HEADERS} may be set",
+                h.len()
+            ),
+        ));
+    }
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in h {
         let token = !k.is_empty()
@@ -286,6 +297,16 @@ fn check_headers(h: &HashMap<String, String>) -> Result<Vec<(String, String)>, T
             return Err(TwirpError::new(
                 "invalid_argument",
                 format!("header {k} has a line break in its value"),
+            ));
+        }
+        if k.len() > 255 || v.len() > MAX_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(TwirpError::new(
+                "invalid_argument",
+                format!(
+                    "header {:.64}: names are at most 255 characters, values at most \
+                     {MAX_VALUE_LEN} printable characters",
+                    k
+                ),
             ));
         }
         out.push((k.clone(), v.clone()));
@@ -321,12 +342,20 @@ pub fn to_outbound(
     if !r.to_user_override.is_empty() {
         return Err(unsupported("to_user_override", "not implemented"));
     }
-    if r.hide_phone_number {
-        return Err(unsupported("hide_phone_number", "not implemented"));
-    }
-    if r.include_headers != 0 {
-        return Err(unsupported("include_headers", "not implemented"));
-    }
+    let include_headers = match proto::SipHeaderOptions::try_from(r.include_headers) {
+        Ok(proto::SipHeaderOptions::SipNoHeaders) => None,
+        Ok(proto::SipHeaderOptions::SipXHeaders) => Some(IncludeHeaders::XHeaders),
+        Ok(proto::SipHeaderOptions::SipAllHeaders) => Some(IncludeHeaders::All),
+        Err(_) => {
+            return Err(TwirpError::new(
+                "invalid_argument",
+                format!(
+                    "include_headers: unknown value {}; expected SIP_NO_HEADERS, SIP_X_HEADERS or SIP_ALL_HEADERS",
+                    r.include_headers
+                ),
+            ));
+        }
+    };
     if r.krisp_enabled {
         return Err(unsupported("krisp_enabled", "no noise cancellation here"));
     }
@@ -410,6 +439,8 @@ pub fn to_outbound(
         max_call_duration: max_duration,
         headers: check_headers(&r.headers)?,
         display_name: r.display_name.clone(),
+        include_headers,
+        hide_phone_number: r.hide_phone_number,
     })
 }
 
@@ -643,5 +674,27 @@ mod tests {
         r.headers.clear();
         r.dtmf = "12x".into();
         assert!(to_outbound(&r, &cfg).is_err());
+        r.dtmf.clear();
+        // LiveKit's header options are accepted; the number of headers is bounded
+        r.include_headers = proto::SipHeaderOptions::SipXHeaders as i32;
+        r.hide_phone_number = true;
+        let o = to_outbound(&r, &cfg).unwrap();
+        assert_eq!(o.include_headers, Some(IncludeHeaders::XHeaders));
+        assert!(o.hide_phone_number);
+        r.include_headers = 7;
+        let e = to_outbound(&r, &cfg).unwrap_err();
+        assert!(e.msg.contains("include_headers"), "{e:?}");
+        r.include_headers = 0;
+        for i in 0..100 {
+            r.headers.insert(format!("X-H{i}"), "v".into());
+        }
+        let e = to_outbound(&r, &cfg).unwrap_err();
+        assert_eq!(e.code, "invalid_argument");
+        assert!(e.msg.contains("100 headers, at most 32"), "{e:?}");
+        r.headers.clear();
+        r.headers.insert("X-Big".into(), "v".repeat(1025));
+        assert!(to_outbound(&r, &cfg).unwrap_err().msg.contains("X-Big"));
+        r.headers.insert("X-Big".into(), "v".repeat(1024));
+        assert_eq!(to_outbound(&r, &cfg).unwrap().headers.len(), 1);
     }
 }

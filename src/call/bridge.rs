@@ -113,11 +113,20 @@ impl Room {
 
     /// Sets attributes without waiting (the call task never blocks on LiveKit).
     pub fn set_attributes(&self, attrs: &[(&str, &str)]) {
+        self.set_attribute_map(
+            attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+
+    /// Like `set_attributes`, for a map built by `call::attributes`.
+    pub fn set_attribute_map(&self, map: HashMap<String, String>) {
+        if map.is_empty() {
+            return;
+        }
         let h = self.handle.clone();
-        let map: HashMap<String, String> = attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         tokio::spawn(async move {
             let _ = h.set_attributes(map).await;
         });

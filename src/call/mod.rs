@@ -4,6 +4,7 @@
 //! `inbound` (a phone call into a room), `outcome` (how a call ended, classified once),
 //! `prompt` (the tones a call plays to the phone itself).
 
+pub mod attributes;
 pub mod bridge;
 pub mod inbound;
 pub mod outbound;

@@ -12,7 +12,8 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use loader::{load, load_with_env};
 pub use types::{
-    NumberPattern, PortRange, Secret, SipTarget, Template, TemplateValues, TemplateVar, Transport,
+    IncludeHeaders, NumberPattern, PortRange, Secret, SipTarget, Template, TemplateValues,
+    TemplateVar, Transport,
 };
 
 use ipnet::IpNet;
@@ -163,6 +164,19 @@ pub struct InboundTrunk {
     pub allowed_numbers: Vec<NumberPattern>,
     /// Digest credentials callers must present.
     pub auth: Option<Credentials>,
+    /// INVITE headers to attributes; attributes to the 200 OK's headers.
+    pub mapping: HeaderMapping,
+}
+
+/// LiveKit's header options of a trunk side: which headers of the INVITE (inbound) or
+/// the 200 OK (outbound) become attributes, and which attributes become headers.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMapping {
+    pub include: IncludeHeaders,
+    /// Header name -> attribute name (`headers_to_attributes`), sorted by header.
+    pub to_attributes: Vec<(String, String)>,
+    /// Attribute name -> header name (`attributes_to_headers`), sorted by attribute.
+    pub attributes_to_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +192,8 @@ pub struct OutboundTrunk {
     pub options_interval: Option<Duration>,
     /// Forward early media (a 183's audio: ringback, announcements) to the room.
     pub early_media: bool,
+    /// 200 OK headers to attributes; attributes to the INVITE's headers.
+    pub mapping: HeaderMapping,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +241,8 @@ pub struct JoinRoom {
     pub answer: AnswerMode,
     pub ringing_timeout: Duration,
     pub early_media: bool,
+    /// Keep the caller's number out of the room (LiveKit's `hide_phone_number`).
+    pub hide_phone_number: bool,
 }
 
 #[derive(Debug, Clone)]

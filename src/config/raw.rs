@@ -99,6 +99,11 @@ pub struct Inbound {
     #[serde(default)]
     pub allowed_numbers: Vec<S<String>>,
     pub auth: Option<S<Auth>>,
+    pub include_headers: Option<S<String>>,
+    #[serde(default)]
+    pub headers_to_attributes: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub attributes_to_headers: BTreeMap<String, S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +118,11 @@ pub struct Outbound {
     pub register: Option<S<Register>>,
     pub options_interval: Option<S<String>>,
     pub early_media: Option<S<bool>>,
+    pub include_headers: Option<S<String>>,
+    #[serde(default)]
+    pub headers_to_attributes: BTreeMap<String, S<String>>,
+    #[serde(default)]
+    pub attributes_to_headers: BTreeMap<String, S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +163,7 @@ pub struct Rule {
     pub answer: Option<S<String>>,
     pub ringing_timeout: Option<S<String>>,
     pub early_media: Option<S<bool>>,
+    pub hide_phone_number: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

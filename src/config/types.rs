@@ -443,6 +443,62 @@ pub fn parse_template(s: &str) -> Result<Template, String> {
     })
 }
 
+/// Which headers of a message become `sip.h.<name>` attributes (LiveKit's
+/// `include_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncludeHeaders {
+    /// Only `headers_to_attributes` and the carrier defaults.
+    #[default]
+    None,
+    /// Every `X-*` header.
+    XHeaders,
+    /// Every header (credentials excepted).
+    All,
+}
+
+pub fn parse_include_headers(s: &str) -> Result<IncludeHeaders, String> {
+    match s.trim() {
+        "none" => Ok(IncludeHeaders::None),
+        "x_headers" => Ok(IncludeHeaders::XHeaders),
+        "all" => Ok(IncludeHeaders::All),
+        _ => Err(format!(
+            "invalid include_headers {s:?}: expected none, x_headers or all"
+        )),
+    }
+}
+
+/// A SIP header name (a token, at most 255 characters, as LiveKit checks it).
+pub fn check_header_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid header name {s:?}: expected a SIP token such as X-Account"
+        ))
+    }
+}
+
+/// An attribute name a header may be mapped onto: not in the `sip.` namespace, which
+/// Roomline owns (`sip.callID`, `sip.phoneNumber`, `sip.h.*`, the carrier defaults such
+/// as `sip.twilio.callSid`, ...), so no carrier header can overwrite them.
+pub fn check_mapped_attribute(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid attribute name {s:?}: expected 1-128 printable characters such as customer.tier"
+        ));
+    }
+    if s.starts_with("sip.") {
+        return Err(format!(
+            "attribute {s:?} is reserved: names starting with \"sip.\" (sip.callID, sip.phoneNumber, sip.h.*, sip.twilio.callSid, ...) are Roomline's; map the header onto another name"
+        ));
+    }
+    Ok(())
+}
+
 /// A name usable as a trunk or rule id, a metric label and a file stem.
 pub fn check_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()

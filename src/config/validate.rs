@@ -572,6 +572,54 @@ fn header_ok(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
 }
 
+/// A trunk side's `include_headers`, `headers_to_attributes` and `attributes_to_headers`.
+fn header_mapping(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    include: Option<&S<String>>,
+    to_attributes: &BTreeMap<String, S<String>>,
+    to_headers: &BTreeMap<String, S<String>>,
+) -> HeaderMapping {
+    let include = include
+        .and_then(|s| cx.parse(file, s, types::parse_include_headers))
+        .unwrap_or_default();
+    let mut m = HeaderMapping {
+        include,
+        ..Default::default()
+    };
+    for (header, attr) in to_attributes {
+        let ok = cx.parse(file, attr, |a| {
+            types::check_header_name(header)?;
+            types::check_mapped_attribute(a)
+        });
+        if ok.is_some() {
+            m.to_attributes.push((header.clone(), attr.value.clone()));
+        }
+    }
+    for (attr, header) in to_headers {
+        let ok = cx.parse(file, header, |h| {
+            types::check_header_name(h)?;
+            if MANAGED_HEADERS.contains(&h.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "header {h} is set by Roomline and cannot carry attribute {attr:?}"
+                ));
+            }
+            Ok(())
+        });
+        if attr.trim().is_empty() {
+            cx.err_at(
+                file,
+                header,
+                "attributes_to_headers: the attribute name is empty",
+            );
+        } else if ok.is_some() {
+            m.attributes_to_headers
+                .push((attr.clone(), header.value.clone()));
+        }
+    }
+    m
+}
+
 fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<InboundTrunk> {
     let v = &i.value;
     let before = cx.errors.len();
@@ -591,6 +639,13 @@ fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<Inbound
         .filter_map(|n| cx.parse(file, n, types::parse_number_pattern))
         .collect();
     let auth = v.auth.as_ref().map(|a| credentials(cx, file, a, true));
+    let mapping = header_mapping(
+        cx,
+        file,
+        v.include_headers.as_ref(),
+        &v.headers_to_attributes,
+        &v.attributes_to_headers,
+    );
     let mut seen = HashMap::new();
     for (n, s) in numbers.iter().zip(&v.numbers) {
         if let Some(first) = seen.insert(normalize_number(n).to_string(), n.clone()) {
@@ -609,6 +664,7 @@ fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<Inbound
         allowed_addresses,
         allowed_numbers,
         auth: auth.flatten(),
+        mapping,
     })
 }
 
@@ -667,6 +723,13 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
             headers.push((name.clone(), value.value.clone()));
         }
     }
+    let mapping = header_mapping(
+        cx,
+        file,
+        v.include_headers.as_ref(),
+        &v.headers_to_attributes,
+        &v.attributes_to_headers,
+    );
     let register = match &v.register {
         None => None,
         Some(r) => {
@@ -726,6 +789,7 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
             .early_media
             .as_ref()
             .map_or(defaults::OUTBOUND_EARLY_MEDIA, |b| b.value),
+        mapping,
     })
 }
 
@@ -1048,13 +1112,14 @@ fn rule(
             None
         }
         (None, Some(rej)) => {
-            let join_only: [(&str, bool); 6] = [
+            let join_only: [(&str, bool); 7] = [
                 ("pin", v.pin.is_some()),
                 ("participant", v.participant.is_some()),
                 ("agents", !v.agents.is_empty()),
                 ("answer", v.answer.is_some()),
                 ("ringing_timeout", v.ringing_timeout.is_some()),
                 ("early_media", v.early_media.is_some()),
+                ("hide_phone_number", v.hide_phone_number.is_some()),
             ];
             for (key, set) in join_only {
                 if set {
@@ -1177,5 +1242,6 @@ fn join_room(cx: &mut Ctx<'_>, file: &Path, v: &raw::Rule, room: &S<String>) -> 
         answer: answer?,
         ringing_timeout: ringing_timeout?,
         early_media,
+        hide_phone_number: v.hide_phone_number.as_ref().is_some_and(|h| h.value),
     })
 }

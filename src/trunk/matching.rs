@@ -180,6 +180,7 @@ mod tests {
                     .map(|s| types::parse_number_pattern(s).unwrap())
                     .collect(),
                 auth: None,
+                mapping: Default::default(),
             }),
             outbound: None,
             backup: None,
@@ -202,6 +203,7 @@ mod tests {
             register: None,
             options_interval: None,
             early_media: true,
+            mapping: Default::default(),
         });
         let trunks = vec![primary, backup];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
