@@ -30,6 +30,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod session;
 pub mod socket;
+pub mod srtp;
 pub mod timeout;
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod endpoint;
 pub mod framing;
 pub mod message;
+pub mod sdes;
 pub mod sdp;
 pub mod transaction;
 pub mod transport;
