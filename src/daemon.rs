@@ -43,6 +43,13 @@ fn fingerprint(cfg: &Config) -> Fingerprint {
     )
 }
 
+/// Logs what is valid but probably not meant, at each load.
+fn log_config_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!(origin = %w.origin, "{}", w.message);
+    }
+}
+
 fn publish_config_metrics(cfg: &Config) {
     metrics::gauge!(m::CONFIG_TRUNKS).set(cfg.trunks.len() as f64);
     metrics::gauge!(m::CONFIG_RULES).set(cfg.rules.len() as f64);
@@ -58,6 +65,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         }
     };
     publish_config_metrics(&initial);
+    log_config_warnings(&initial);
     metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
     metrics::gauge!(m::DRAINING).set(0.0);
     let http_addr = initial.http.listen;
@@ -279,6 +287,7 @@ fn reload(
                 "configuration reloaded"
             );
             publish_config_metrics(&cfg);
+            log_config_warnings(&cfg);
             metrics::counter!(m::CONFIG_RELOADS, "result" => "ok").increment(1);
             metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
             config_tx.send_replace(Arc::new(cfg));

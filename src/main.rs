@@ -142,6 +142,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check => {
+            for w in &cfg.warnings {
+                eprintln!("{}: warning: {}", w.origin, w.message);
+            }
             println!(
                 "{}: configuration is valid ({} trunk{}, {} dialplan rule{})",
                 cli.config.display(),

@@ -12,8 +12,8 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use loader::{load, load_with_env};
 pub use types::{
-    IncludeHeaders, NumberPattern, PortRange, Secret, SipTarget, Template, TemplateValues,
-    TemplateVar, Transport,
+    IncludeHeaders, MediaEncryption, NumberPattern, PortRange, Secret, SipTarget, Template,
+    TemplateValues, TemplateVar, Transport,
 };
 
 use ipnet::IpNet;
@@ -35,6 +35,9 @@ pub struct Config {
     /// Dialplan rules in match order: files by name, rules in file order.
     pub rules: Vec<Rule>,
     pub files: SourceFiles,
+    /// What is valid but probably not meant (e.g. SRTP keys in cleartext SDP), located like
+    /// errors; `roomline check` prints them, the daemon logs them at each load.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -82,6 +85,8 @@ pub struct Listener {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// What to do with an INVITE that matches no trunk.
@@ -151,6 +156,8 @@ pub struct Trunk {
     pub outbound: Option<OutboundTrunk>,
     /// Name of the trunk to fail over to.
     pub backup: Option<String>,
+    /// SRTP policy of this trunk's calls, both directions.
+    pub media_encryption: MediaEncryption,
 }
 
 #[derive(Debug, Clone)]
@@ -194,6 +201,8 @@ pub struct OutboundTrunk {
     pub early_media: bool,
     /// 200 OK headers to attributes; attributes to the INVITE's headers.
     pub mapping: HeaderMapping,
+    /// CAs that sign the carrier's certificate (TLS); None: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

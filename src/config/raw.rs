@@ -47,6 +47,8 @@ pub struct Listener {
     pub address: S<String>,
     pub cert: Option<S<String>>,
     pub key: Option<S<String>>,
+    /// PEM file of the CAs whose client certificates a TLS listener accepts (mutual TLS).
+    pub client_ca: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +89,7 @@ pub struct Trunk {
     pub inbound: Option<S<Inbound>>,
     pub outbound: Option<S<Outbound>>,
     pub backup: Option<S<String>>,
+    pub media_encryption: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +126,8 @@ pub struct Outbound {
     pub headers_to_attributes: BTreeMap<String, S<String>>,
     #[serde(default)]
     pub attributes_to_headers: BTreeMap<String, S<String>>,
+    /// PEM file of the CAs that sign the carrier's TLS certificate (default: system roots).
+    pub ca_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -155,6 +155,40 @@ pub fn parse_transport(s: &str) -> Result<Transport, String> {
     }
 }
 
+/// SRTP policy of a trunk's calls (`media_encryption`, LiveKit's names and meaning),
+/// ordered from the weakest to the strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum MediaEncryption {
+    /// Plain RTP only: an offer with only SRTP is refused (488).
+    #[default]
+    Disable,
+    /// Either: offer SRTP with a plain fallback, answer what the peer offered.
+    Allow,
+    /// SRTP only: a plain offer is refused (488), plain RTP is never sent.
+    Require,
+}
+
+impl MediaEncryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaEncryption::Disable => "disable",
+            MediaEncryption::Allow => "allow",
+            MediaEncryption::Require => "require",
+        }
+    }
+}
+
+pub fn parse_media_encryption(s: &str) -> Result<MediaEncryption, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "disable" | "disabled" => Ok(MediaEncryption::Disable),
+        "allow" => Ok(MediaEncryption::Allow),
+        "require" | "required" => Ok(MediaEncryption::Require),
+        _ => Err(format!(
+            "invalid media_encryption {s:?}: expected disable, allow or require"
+        )),
+    }
+}
+
 /// Where an outbound trunk sends its requests: `host[:port]`, optionally written as a SIP
 /// URI `sip:host[:port][;transport=tcp]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -517,6 +551,27 @@ pub fn check_name(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_encryption_names() {
+        for m in [
+            MediaEncryption::Disable,
+            MediaEncryption::Allow,
+            MediaEncryption::Require,
+        ] {
+            assert_eq!(parse_media_encryption(m.as_str()), Ok(m));
+        }
+        assert_eq!(
+            parse_media_encryption("REQUIRE"),
+            Ok(MediaEncryption::Require)
+        );
+        assert!(
+            parse_media_encryption("srtp")
+                .unwrap_err()
+                .contains("disable, allow or require")
+        );
+        assert_eq!(MediaEncryption::default(), MediaEncryption::Disable);
+    }
 
     #[test]
     fn durations() {

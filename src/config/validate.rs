@@ -12,9 +12,15 @@ use std::path::Path;
 struct Ctx<'a> {
     errors: &'a mut Vec<ConfigError>,
     env: &'a dyn Fn(&str) -> Option<String>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
+    fn warn_at<T>(&mut self, file: &Path, s: &S<T>, msg: impl Into<String>) {
+        self.warnings
+            .push(ConfigError::new(Origin::at(file, s.referenced), msg));
+    }
+
     fn err(&mut self, origin: Origin, msg: impl Into<String>) {
         self.errors.push(ConfigError::new(origin, msg));
     }
@@ -82,10 +88,17 @@ pub(super) fn validate(
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Config> {
-    let mut cx = Ctx { errors, env };
+    let mut cx = Ctx {
+        errors,
+        env,
+        warnings: Vec::new(),
+    };
     let before = cx.errors.len();
     let daemon = daemon.and_then(|d| daemon_settings(&mut cx, &d.file, d.value));
-    let (trunks, trunk_names) = trunk_set(&mut cx, trunks);
+    let tls_listener = daemon
+        .as_ref()
+        .is_some_and(|d| d.1.listeners.iter().any(|l| l.transport == Transport::Tls));
+    let (trunks, trunk_names) = trunk_set(&mut cx, trunks, tls_listener);
     let rules = rule_set(&mut cx, dialplans, &trunks, &trunk_names);
     let (livekit, sip, rtp, http, limits, logging) = daemon?;
     if cx.errors.len() != before {
@@ -101,6 +114,7 @@ pub(super) fn validate(
         trunks,
         rules,
         files,
+        warnings: cx.warnings,
     })
 }
 
@@ -314,10 +328,29 @@ fn listener(cx: &mut Ctx<'_>, file: &Path, l: &S<raw::Listener>) -> Option<Liste
     let transport = cx.parse(file, &v.transport, types::parse_transport);
     let address = cx.parse(file, &v.address, parse_socket_addr);
     let transport = transport?;
+    if let (Some(ca), false) = (&v.client_ca, transport == Transport::Tls) {
+        cx.err_at(
+            file,
+            ca,
+            format!(
+                "client_ca applies only to tls listeners, not {}",
+                transport.as_str()
+            ),
+        );
+        return None;
+    }
     let tls = match (transport, &v.cert, &v.key) {
         (Transport::Tls, Some(c), Some(k)) => Some(TlsFiles {
             cert: c.value.clone().into(),
             key: k.value.clone().into(),
+            client_ca: match &v.client_ca {
+                Some(ca) if ca.value.trim().is_empty() => {
+                    cx.err_at(file, ca, "client_ca is empty: expected a PEM file path");
+                    return None;
+                }
+                Some(ca) => Some(ca.value.clone().into()),
+                None => None,
+            },
         }),
         (Transport::Tls, _, _) => {
             cx.err_at(file, l, "a tls listener needs both cert and key");
@@ -759,6 +792,25 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
             expires.map(|expires| RegisterConfig { expires, user })
         }
     };
+    let ca_file = match &v.ca_file {
+        Some(ca) if transport != Transport::Tls => {
+            cx.err_at(
+                file,
+                ca,
+                format!(
+                    "ca_file applies only to the tls transport, this trunk uses {}",
+                    transport.as_str()
+                ),
+            );
+            None
+        }
+        Some(ca) if ca.value.trim().is_empty() => {
+            cx.err_at(file, ca, "ca_file is empty: expected a PEM file path");
+            None
+        }
+        Some(ca) => Some(std::path::PathBuf::from(&ca.value)),
+        None => None,
+    };
     let options_interval = match &v.options_interval {
         None => None,
         Some(s) => match cx.parse(file, s, types::parse_duration) {
@@ -790,12 +842,18 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<Outbo
             .as_ref()
             .map_or(defaults::OUTBOUND_EARLY_MEDIA, |b| b.value),
         mapping,
+        ca_file,
     })
 }
 
 /// The valid trunks, sorted by name, and the names of every trunk file that defined one
 /// (valid or not), so references to an invalid trunk are not reported twice.
-fn trunk_set(cx: &mut Ctx<'_>, parsed: Vec<Parsed<raw::Trunk>>) -> (Vec<Trunk>, Vec<String>) {
+/// `tls_listener`: whether inbound calls can arrive over TLS at all (for the SRTP warning).
+fn trunk_set(
+    cx: &mut Ctx<'_>,
+    parsed: Vec<Parsed<raw::Trunk>>,
+    tls_listener: bool,
+) -> (Vec<Trunk>, Vec<String>) {
     let mut trunks: Vec<(Trunk, &Parsed<raw::Trunk>)> = Vec::new();
     let mut defined: Vec<(String, &Parsed<raw::Trunk>)> = Vec::new();
     for p in &parsed {
@@ -861,8 +919,46 @@ fn trunk_set(cx: &mut Ctx<'_>, parsed: Vec<Parsed<raw::Trunk>>) -> (Vec<Trunk>, 
         }
         let inb = v.inbound.as_ref().map(|i| inbound(cx, file, i));
         let outb = v.outbound.as_ref().map(|o| outbound(cx, file, o));
+        let media_encryption = match &v.media_encryption {
+            None => types::parse_media_encryption(defaults::MEDIA_ENCRYPTION)
+                .expect("default media_encryption"),
+            Some(s) => match cx.parse(file, s, types::parse_media_encryption) {
+                Some(m) => m,
+                None => continue,
+            },
+        };
         if matches!(inb, Some(None)) || matches!(outb, Some(None)) {
             continue;
+        }
+        if let (Some(s), true) = (
+            &v.media_encryption,
+            media_encryption != MediaEncryption::Disable,
+        ) {
+            let plain_out = outb
+                .as_ref()
+                .and_then(|o| o.as_ref())
+                .filter(|o| o.transport != Transport::Tls);
+            if let Some(o) = plain_out {
+                cx.warn_at(
+                    file,
+                    s,
+                    format!(
+                        "media_encryption {} over {} signalling: the SRTP keys travel in cleartext SDP (use transport tls)",
+                        media_encryption.as_str(),
+                        o.transport.as_str()
+                    ),
+                );
+            }
+            if inb.is_some() && !tls_listener {
+                cx.warn_at(
+                    file,
+                    s,
+                    format!(
+                        "media_encryption {} on an inbound trunk without a tls listener: the SRTP keys travel in cleartext SDP",
+                        media_encryption.as_str()
+                    ),
+                );
+            }
         }
         let trunk = Trunk {
             name,
@@ -870,6 +966,7 @@ fn trunk_set(cx: &mut Ctx<'_>, parsed: Vec<Parsed<raw::Trunk>>) -> (Vec<Trunk>, 
             inbound: inb.flatten(),
             outbound: outb.flatten(),
             backup: v.backup.as_ref().map(|b| b.value.clone()),
+            media_encryption,
         };
         trunks.push((trunk, p));
     }

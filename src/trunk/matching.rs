@@ -184,6 +184,7 @@ mod tests {
             }),
             outbound: None,
             backup: None,
+            media_encryption: Default::default(),
         }
     }
 
@@ -204,6 +205,7 @@ mod tests {
             options_interval: None,
             early_media: true,
             mapping: Default::default(),
+            ca_file: None,
         });
         let trunks = vec![primary, backup];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
