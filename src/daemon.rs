@@ -37,9 +37,21 @@ fn unix_now() -> u64 {
 }
 
 fn fingerprint(cfg: &Config) -> Fingerprint {
+    // a renewed certificate (or CA file) reloads like an edited configuration
+    let mut files: Vec<&Path> = Vec::new();
+    for t in cfg.sip.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        files.extend([t.cert.as_path(), t.key.as_path()]);
+        files.extend(t.client_ca.as_deref());
+    }
+    files.extend(
+        cfg.trunks
+            .iter()
+            .filter_map(|t| t.outbound.as_ref()?.ca_file.as_deref()),
+    );
     Fingerprint::take(
         &cfg.files.config,
         &[&cfg.files.trunks_dir, &cfg.files.dialplans_dir],
+        &files,
     )
 }
 
@@ -101,6 +113,8 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    // the trunks' CA files (the listeners' certificates were read at bind)
+    sip.transports.reload_tls(&config_rx.borrow());
     let sip_addrs = sip.transports.local_addrs();
     tokio::spawn(endpoint.run());
     // trunk health pings and registrations (restarted on every configuration change)
@@ -202,6 +216,10 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         state.extend(NotifyState::monotonic_usec_now().ok());
         ops::notify(&state);
         let status = reload(path, trigger, &config_tx);
+        if status.ok {
+            // certificates are re-read on every reload, even when only they changed
+            sip.transports.reload_tls(&config_tx.borrow());
+        }
         debounce.applied(fingerprint(&config_tx.borrow()));
         reload_tx.send_replace(status);
         ops::notify(&[NotifyState::Ready]);

@@ -2143,3 +2143,203 @@ fn node_sdk_places_reads_a_refusal_and_transfers() {
 fn python_sdk_request_with_100_headers_is_refused() {
     sdk_scenarios(Sdk::Python, false);
 }
+
+// ---------------------------------------------------------------------------------------
+// TLS to the carrier
+// ---------------------------------------------------------------------------------------
+
+/// A TLS carrier: `openssl s_server` on 127.0.0.1 with the given certificate. What the
+/// daemon sends arrives on its stdout (read on a thread, one SIP message at a time by
+/// Content-Length); what is written to its stdin goes back. Killed by PID on drop.
+struct TlsCarrier {
+    child: std::process::Child,
+    port: u16,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl TlsCarrier {
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> TlsCarrier {
+        let port = free_port();
+        let mut child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            (k.eq_ignore_ascii_case("content-length") || k == "l")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        break;
+                    }
+                    let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                    let _ = tx.send(String::from_utf8_lossy(&msg).into_owned());
+                }
+                match stdout.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        // s_server listens once it has read its files
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "s_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsCarrier {
+            child,
+            port,
+            stdin,
+            rx,
+        }
+    }
+
+    fn recv(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+
+    /// Answers `request` with `status` (a final response, copying what RFC 3261 8.2.6
+    /// says to copy).
+    fn respond(&mut self, request: &str, status: &str) {
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for l in request.lines() {
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            match name.as_str() {
+                "via" | "from" | "call-id" | "cseq" => out += &format!("{l}\r\n"),
+                "to" => out += &format!("{l};tag=tls-carrier\r\n"),
+                _ => {}
+            }
+        }
+        out += "Content-Length: 0\r\n\r\n";
+        self.stdin.write_all(out.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+}
+
+impl Drop for TlsCarrier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Outbound TLS to a carrier whose certificate comes from a private CA named by the
+/// trunk's `ca_file`: the handshake verifies the certificate for the trunk's host, the
+/// INVITE goes out with a sips: Request-URI on that connection, and the carrier's 486
+/// reaches the API caller.
+#[test]
+fn outbound_tls_verifies_the_carrier_against_the_trunks_ca_file() {
+    let lk = LiveKitServer::start();
+    let room = "outbound-tls";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "carrier");
+    let (cert, key) = pki.leaf("carrier", "127.0.0.1", "IP:127.0.0.1");
+    let mut carrier = TlsCarrier::start(&cert, &key);
+    let rl = Roomline::start(Setup::new(&lk).trunk(
+        "secure",
+        &format!(
+            "outbound:\n  address: sips:127.0.0.1:{}\n  from_number: \"{FROM}\"\n  ca_file: {}\n",
+            carrier.port,
+            pki.ca_cert.display()
+        ),
+    ));
+    let (rl_ref, lk_ref) = (&rl, &lk);
+    std::thread::scope(|s| {
+        let api = s.spawn(move || {
+            create_json(
+                rl_ref,
+                lk_ref,
+                &create_request("secure", room, json!({"wait_until_answered": true})),
+            )
+        });
+        let invite = carrier
+            .recv(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no INVITE over TLS:\n{}", rl.log_tail(30)));
+        assert!(
+            invite.starts_with(&format!("INVITE sips:{CALLEE}@127.0.0.1:{}", carrier.port)),
+            "{invite}"
+        );
+        assert!(invite.contains("SIP/2.0/TLS"), "Via over TLS: {invite}");
+        carrier.respond(&invite, "486 Busy Here");
+        let ack = carrier.recv(Duration::from_secs(10)).expect("ACK");
+        assert!(ack.starts_with("ACK sips:"), "{ack}");
+        let resp = api.join().unwrap();
+        let v = resp.json();
+        assert_eq!(resp.status, 429, "{v}");
+        assert_eq!(v["meta"]["sip_status_code"], "486", "{v}");
+    });
+    wait_room_empty_of_phone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(15));
+}
+
+/// The carrier presents a certificate from the right CA but for another name: the
+/// handshake is refused with a log line that says so, and the call fails over to the
+/// backup trunk, where it completes.
+#[test]
+fn outbound_tls_to_a_carrier_with_the_wrong_name_fails_over_to_the_backup() {
+    let lk = LiveKitServer::start();
+    let room = "outbound-tls-wrong-name";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "carrier");
+    let (cert, key) = pki.leaf("impostor", "wrong.example", "DNS:wrong.example");
+    let carrier = TlsCarrier::start(&cert, &key);
+    let backup = completing_uas();
+    let rl = Roomline::start(failover_setup(
+        &lk,
+        &format!(
+            "  address: sips:127.0.0.1:{}\n  ca_file: {}\n",
+            carrier.port,
+            pki.ca_cert.display()
+        ),
+        &backup,
+    ));
+    assert_completed_through_backup(&rl, &lk, room, backup);
+    let line = rl.wait_log(
+        "TLS: the peer's certificate is refused",
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains("NotValidForName") || line.contains("not valid for name"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("127.0.0.1:{}", carrier.port)),
+        "{line}"
+    );
+    assert!(
+        carrier.recv(Duration::from_millis(200)).is_none(),
+        "nothing sent in clear"
+    );
+    rl.assert_no_leaks(Duration::from_secs(15));
+}

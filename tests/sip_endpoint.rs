@@ -1980,6 +1980,11 @@ impl Drop for TlsClient {
 }
 
 fn tls_connect(port: u16, ca: &Path, log: &Path) -> (TlsClient, StreamConn) {
+    tls_connect_with(port, ca, log, &[])
+}
+
+/// `tls_connect` with more `s_client` arguments (e.g. `-cert`/`-key` for mutual TLS).
+fn tls_connect_with(port: u16, ca: &Path, log: &Path, extra: &[&Path]) -> (TlsClient, StreamConn) {
     let mut child = Command::new("openssl")
         .args([
             "s_client",
@@ -1996,6 +2001,7 @@ fn tls_connect(port: u16, ca: &Path, log: &Path) -> (TlsClient, StreamConn) {
         ])
         .arg("-CAfile")
         .arg(ca)
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
@@ -2546,4 +2552,151 @@ fn calls_from_the_backup_trunks_address_belong_to_the_primary() {
     let _ = ua.final_response("BYE", &rl);
     wait_phone_gone(&lk, room);
     rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// A TLS listener of the daemon with certificates from `pki`'s CA, the files at fixed
+/// paths in `dir` (so a renewal overwrites them); `extra` adds listener lines.
+fn tls_daemon(lk: &LiveKitServer, room: &str, dir: &Path, port: u16, extra: &str) -> Roomline {
+    Roomline::start(
+        Setup::new(lk)
+            .dialplan("main", &room_plan(room, ""))
+            .sip_extra(&format!(
+                "    - transport: tls\n      address: 127.0.0.1:{port}\n      cert: {}\n      key: {}\n{extra}",
+                dir.join("served.pem").display(),
+                dir.join("served.key").display()
+            )),
+    )
+}
+
+/// Installs a certificate as the one the daemon's files name (write, then rename, as a
+/// renewal tool does).
+fn install_served(dir: &Path, cert: &Path, key: &Path) {
+    for (from, to) in [(cert, "served.pem"), (key, "served.key")] {
+        let tmp = dir.join(format!("{to}.new"));
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(to)).unwrap();
+    }
+}
+
+/// A renewed certificate is served after a reload (SIGHUP), without a restart, while a
+/// call set up over TLS before the reload stays up on its connection: its phone stays in
+/// the room, and its BYE on the same connection is answered.
+#[test]
+fn a_renewed_certificate_is_served_after_reload_and_the_call_before_it_stays_up() {
+    let lk = LiveKitServer::start();
+    let room = "tls-renewal";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "rl");
+    let (old_cert, old_key) = pki.leaf("old", "localhost", "DNS:localhost,IP:127.0.0.1");
+    let (new_cert, new_key) = pki.leaf("new", "localhost", "DNS:localhost,IP:127.0.0.1");
+    install_served(dir.path(), &old_cert, &old_key);
+    let port = free_port();
+    let rl = tls_daemon(&lk, room, dir.path(), port, "");
+    let at = format!("127.0.0.1:{port}");
+    let old_fp = common::pki::fingerprint_of_file(&old_cert);
+    let new_fp = common::pki::fingerprint_of_file(&new_cert);
+    assert_ne!(old_fp, new_fp);
+    assert_eq!(common::pki::served_fingerprint(&at), old_fp);
+
+    // a call over TLS, verified against the CA
+    let log = dir.path().join("s_client.log");
+    let (_client, conn) = tls_connect(port, &pki.ca_cert, &log);
+    let local: SocketAddr = "127.0.0.1:5061".parse().unwrap();
+    let ua = Ua::with(Wire::Stream(conn), local, "TLS");
+    let branch = format!("z9hG4bK-{}", unique("renew"));
+    ua.send(&ua.invite(&rl, 1, &branch, ""));
+    let (_, ok) = ua.final_response("INVITE", &rl);
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    ua.send(&ua.in_dialog("ACK", 1, &ok));
+    wait_phone_in_room(&lk, room);
+
+    // renew and reload
+    install_served(dir.path(), &new_cert, &new_key);
+    let loaded = |rl: &Roomline| rl.log().matches("TLS certificate loaded").count();
+    let before = loaded(&rl);
+    rl.signal("HUP");
+    let until = Instant::now() + ANSWER_WITHIN;
+    while loaded(&rl) == before {
+        assert!(Instant::now() < until, "no reload:\n{}", rl.log_tail(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        common::pki::served_fingerprint(&at),
+        new_fp,
+        "the renewed certificate"
+    );
+
+    // the call set up before it is still there and ends normally on its connection
+    assert_eq!(active_calls(&rl), 1);
+    wait_phone_in_room(&lk, room);
+    ua.send(&ua.in_dialog("BYE", 2, &ok));
+    let (_, bye_ok) = ua.final_response("BYE", &rl);
+    assert_eq!(bye_ok.status(), Some(200), "{}", bye_ok.text);
+    wait_phone_gone(&lk, room);
+
+    // a broken renewal (key missing) keeps the certificate that works
+    std::fs::write(dir.path().join("served.key"), "not a key\n").unwrap();
+    rl.signal("HUP");
+    rl.wait_log("TLS files not reloaded", ANSWER_WITHIN);
+    assert_eq!(common::pki::served_fingerprint(&at), new_fp);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// Mutual TLS: with `client_ca`, a client without a certificate, or with one from another
+/// CA, cannot talk to the listener (the refusal is logged); one with a certificate from
+/// that CA gets its OPTIONS answered.
+#[test]
+fn mutual_tls_listener_accepts_only_clients_with_a_certificate_from_its_ca() {
+    let lk = LiveKitServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "rl");
+    let clients = common::pki::Pki::new(dir.path(), "carriers");
+    let other = common::pki::Pki::new(dir.path(), "other");
+    let (cert, key) = pki.leaf("server", "localhost", "DNS:localhost,IP:127.0.0.1");
+    install_served(dir.path(), &cert, &key);
+    let (good_cert, good_key) = clients.leaf("carrier", "carrier.example", "DNS:carrier.example");
+    let (bad_cert, bad_key) = other.leaf("stranger", "stranger.example", "DNS:stranger.example");
+    let port = free_port();
+    let rl = tls_daemon(
+        &lk,
+        "mtls",
+        dir.path(),
+        port,
+        &format!("      client_ca: {}\n", clients.ca_cert.display()),
+    );
+    let options = |conn: &StreamConn, tag: &str| {
+        let cid = unique(tag);
+        conn.send(&options_text(
+            "127.0.0.1:5061",
+            "TLS",
+            &cid,
+            &format!("127.0.0.1:{port}"),
+        ));
+        conn.recv_call(&cid, Duration::from_secs(3))
+    };
+    let log = dir.path().join("s_client.log");
+    for (what, extra) in [
+        ("no certificate", vec![]),
+        (
+            "another CA's certificate",
+            vec![Path::new("-cert"), &bad_cert, Path::new("-key"), &bad_key],
+        ),
+    ] {
+        let (_c, conn) = tls_connect_with(port, &pki.ca_cert, &log, &extra);
+        assert!(options(&conn, "mtls-refused").is_none(), "{what}: answered");
+        let (closed, _) = conn.wait_closed(Duration::from_secs(5));
+        assert!(closed, "{what}: the connection stays open");
+    }
+    rl.wait_log("TLS handshake refused: client certificate", ANSWER_WITHIN);
+    let extra = [Path::new("-cert"), &good_cert, Path::new("-key"), &good_key];
+    let (_c, conn) = tls_connect_with(port, &pki.ca_cert, &log, &extra);
+    let ok = options(&conn, "mtls-ok").unwrap_or_else(|| {
+        panic!(
+            "no answer with a client certificate; s_client: {}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            rl.log_tail(20)
+        )
+    });
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    rl.assert_no_leaks(Duration::from_secs(10));
 }

@@ -14,6 +14,7 @@ pub mod framing;
 pub mod message;
 pub mod sdes;
 pub mod sdp;
+pub mod tls;
 pub mod transaction;
 pub mod transport;
 pub mod uri;
