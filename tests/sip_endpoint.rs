@@ -2639,6 +2639,20 @@ fn a_renewed_certificate_is_served_after_reload_and_the_call_before_it_stays_up(
     rl.signal("HUP");
     rl.wait_log("TLS files not reloaded", ANSWER_WITHIN);
     assert_eq!(common::pki::served_fingerprint(&at), new_fp);
+
+    // without a signal: the files changing on disk are noticed and reloaded
+    let (third_cert, third_key) = pki.leaf("third", "localhost", "DNS:localhost,IP:127.0.0.1");
+    let third_fp = common::pki::fingerprint_of_file(&third_cert);
+    install_served(dir.path(), &third_cert, &third_key);
+    let until = Instant::now() + Duration::from_secs(15);
+    while common::pki::served_fingerprint(&at) != third_fp {
+        assert!(
+            Instant::now() < until,
+            "file change not noticed:\n{}",
+            rl.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     rl.assert_no_leaks(Duration::from_secs(20));
 }
 

@@ -5,6 +5,7 @@
 //!
 //! - `rtcp`: RTCP SR/RR/SDES/BYE parse and build, reception stats, RTT, per-call stats.
 //! - `rtp`: RTP packet parse/serialize, `Ssrc`, `SeqNo`, sequence/timestamp unwrapping.
+//! - `srtp`: SRTP/SRTCP (RFC 3711, RFC 7714) protect/unprotect in place, per direction.
 //! - `g711`: PCMU/PCMA, bit-exact with ITU-T G.191.
 //! - `g722`: G.722 64 kbit/s SB-ADPCM, bit-exact with spandsp.
 //! - `dtmf`: RFC 4733 telephone-events: payload, digit mapping, receiver, sender.
