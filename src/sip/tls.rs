@@ -89,22 +89,22 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
         .with_no_client_auth())
 }
 
-/// The server side of one TLS listener: its files and the configuration read from them.
+/// The server side of one TLS listener: the configuration last read from its files.
 pub struct ServerTls {
-    current: RwLock<(TlsFiles, Arc<rustls::ServerConfig>)>,
+    current: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerTls {
     pub fn new(files: &TlsFiles) -> Result<ServerTls, String> {
         let cfg = server_config(files)?;
         Ok(ServerTls {
-            current: RwLock::new((files.clone(), Arc::new(cfg))),
+            current: RwLock::new(Arc::new(cfg)),
         })
     }
 
     /// The acceptor for the next handshake.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let cfg = self.current.read().expect("TLS lock").1.clone();
+        let cfg = self.current.read().expect("TLS lock").clone();
         tokio_rustls::TlsAcceptor::from(cfg)
     }
 
@@ -113,12 +113,8 @@ impl ServerTls {
     /// stays.
     pub fn reload(&self, files: &TlsFiles) -> Result<(), String> {
         let cfg = server_config(files)?;
-        *self.current.write().expect("TLS lock") = (files.clone(), Arc::new(cfg));
+        *self.current.write().expect("TLS lock") = Arc::new(cfg);
         Ok(())
-    }
-
-    pub fn files(&self) -> TlsFiles {
-        self.current.read().expect("TLS lock").0.clone()
     }
 }
 

@@ -380,14 +380,6 @@ impl Transports {
         }
     }
 
-    /// The files a TLS listener serves now (tests, diagnostics).
-    pub fn tls_files(&self, address: SocketAddr) -> Option<crate::config::TlsFiles> {
-        self.tls_servers
-            .iter()
-            .find(|(a, _)| *a == address)
-            .map(|(_, s)| s.files())
-    }
-
     /// Open stream connections.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
