@@ -152,7 +152,7 @@ fn call_args(rl: &Roomline, called: &str) -> Vec<String> {
 fn assert_bye_reason(run: &SippRun, reason: &str) {
     let bye = run.first_received("BYE ");
     assert_eq!(
-        header(&bye, "Reason").as_deref(),
+        header(&bye, "Reason"),
         Some(reason),
         "Reason of the daemon's BYE:\n{bye}\n{}",
         run.describe()

@@ -1177,7 +1177,9 @@ impl Task {
             Err(e) => {
                 self.publish.write_failures += 1;
                 self.publish.frames_dropped += 1;
-                if self.publish.write_failures == 1 || self.publish.write_failures % 50 == 0 {
+                if self.publish.write_failures == 1
+                    || self.publish.write_failures.is_multiple_of(50)
+                {
                     tracing::debug!(error = %e, failures = self.publish.write_failures, "audio frame not written");
                 }
                 if self.publish.write_failures >= MAX_WRITE_FAILURES {
