@@ -5,6 +5,8 @@
 //! Plain `std::time` measurement (no criterion); prints microseconds per frame, the median
 //! of several runs, and asserts nothing about time.
 
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,11 @@
 //! SIP statuses on the wire, tone frequencies on the other side, participants and their
 //! attributes in the room, and that no call, port or participant is left behind.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -14,6 +14,11 @@
 //! through the daemon, so a call ends exactly when the test needs it to, not after a
 //! guessed pause.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

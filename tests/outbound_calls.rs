@@ -7,6 +7,11 @@
 //! answer or error, tone frequencies on the far side, participants and attributes in the
 //! room, trunk state in /health/detailed and /metrics, and that nothing is left behind.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

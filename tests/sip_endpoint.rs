@@ -16,6 +16,11 @@
 //! Every daemon and peer process is started by the harness and stopped by PID; all traffic
 //! stays on 127.0.0.0/8. Waits are bounded; nothing here asserts how fast anything is.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

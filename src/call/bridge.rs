@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -77,7 +77,7 @@ impl MediaLeg {
         let mut config = PhoneMediaConfig::from_negotiated(&negotiated, ssrc, identity);
         config.latch = self.latch;
         config.timeouts = timeouts;
-        self.pm = Some(PhoneMedia::new(config, now(), SystemTime::now()));
+        self.pm = Some(PhoneMedia::new(config, now(), crate::clock::wall()));
         self.negotiated = Some(negotiated);
     }
 
@@ -236,6 +236,10 @@ pub fn drive_media(
         return out;
     };
     let t = now();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the frame cost metric measures real work, not the (pausable) call clock"
+    )]
     let started = std::time::Instant::now();
     let mut frames = 0u32;
     pm.handle_timeout(t);
