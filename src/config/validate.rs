@@ -425,7 +425,7 @@ fn logging_settings(
         file,
         l.and_then(|l| l.level.as_ref()),
         defaults::LOG_LEVEL,
-        |v| crate::logging::parse_filter(v).map(|_| v.to_string()),
+        |v| types::parse_log_filter(v).map(|_| v.to_string()),
     );
     let format = cx.parse_or(
         file,
