@@ -2,8 +2,7 @@
 //! location. Nothing here touches the disk; environment variables come in as a function.
 
 use super::error::{ConfigError, Origin};
-use super::loader::Parsed;
-use super::raw::{self, S};
+use super::raw::{self, Parsed, Spanned};
 use super::types::{self, Secret, Transport, normalize_number};
 use super::*;
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +18,7 @@ impl Ctx<'_> {
         self.errors.push(ConfigError::new(origin, msg));
     }
 
-    fn err_at<T>(&mut self, file: &Path, s: &S<T>, msg: impl Into<String>) {
+    fn err_at<T>(&mut self, file: &Path, s: &Spanned<T>, msg: impl Into<String>) {
         self.err(Origin::at(file, s.referenced), msg);
     }
 
@@ -27,7 +26,7 @@ impl Ctx<'_> {
     fn parse<T>(
         &mut self,
         file: &Path,
-        s: &S<String>,
+        s: &Spanned<String>,
         f: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
         match f(&s.value) {
@@ -43,7 +42,7 @@ impl Ctx<'_> {
     fn parse_or<T>(
         &mut self,
         file: &Path,
-        s: Option<&S<String>>,
+        s: Option<&Spanned<String>>,
         default: &str,
         f: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
@@ -56,7 +55,7 @@ impl Ctx<'_> {
     fn duration_or(
         &mut self,
         file: &Path,
-        s: Option<&S<String>>,
+        s: Option<&Spanned<String>>,
         default: Duration,
     ) -> Option<Duration> {
         match s {
@@ -154,10 +153,10 @@ fn parse_public_ip(s: &str) -> Result<IpAddr, String> {
 fn env_or_file(
     cx: &mut Ctx<'_>,
     file: &Path,
-    section: Option<&S<raw::LiveKit>>,
+    section: Option<&Spanned<raw::LiveKit>>,
     var: &'static str,
     field: &str,
-    get: impl Fn(&raw::LiveKit) -> Option<&S<String>>,
+    get: impl Fn(&raw::LiveKit) -> Option<&Spanned<String>>,
 ) -> Option<(String, Origin)> {
     if let Some(v) = (cx.env)(var).filter(|v| !v.is_empty()) {
         return Some((v, Origin::Env(var)));
@@ -179,7 +178,7 @@ fn env_or_file(
 fn livekit_settings(
     cx: &mut Ctx<'_>,
     file: &Path,
-    l: Option<&S<raw::LiveKit>>,
+    l: Option<&Spanned<raw::LiveKit>>,
 ) -> Option<LiveKitConfig> {
     let url = env_or_file(cx, file, l, "LIVEKIT_URL", "url", |l| l.url.as_ref());
     let key = env_or_file(cx, file, l, "LIVEKIT_API_KEY", "api_key", |l| {
@@ -211,7 +210,7 @@ fn livekit_settings(
     })
 }
 
-fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&S<raw::Sip>>) -> Option<SipConfig> {
+fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&Spanned<raw::Sip>>) -> Option<SipConfig> {
     let s = s.map(|s| &s.value);
     let listeners = match s.and_then(|s| s.listeners.as_ref()) {
         None => defaults::SIP_LISTENERS
@@ -309,7 +308,7 @@ fn sip_settings(cx: &mut Ctx<'_>, file: &Path, s: Option<&S<raw::Sip>>) -> Optio
     })
 }
 
-fn listener(cx: &mut Ctx<'_>, file: &Path, l: &S<raw::Listener>) -> Option<Listener> {
+fn listener(cx: &mut Ctx<'_>, file: &Path, l: &Spanned<raw::Listener>) -> Option<Listener> {
     let v = &l.value;
     let transport = cx.parse(file, &v.transport, types::parse_transport);
     let address = cx.parse(file, &v.address, parse_socket_addr);
@@ -347,7 +346,7 @@ fn listener(cx: &mut Ctx<'_>, file: &Path, l: &S<raw::Listener>) -> Option<Liste
 fn rtp_settings(
     cx: &mut Ctx<'_>,
     file: &Path,
-    r: Option<&S<raw::Rtp>>,
+    r: Option<&Spanned<raw::Rtp>>,
     sip_public_ip: Option<IpAddr>,
 ) -> Option<RtpConfig> {
     let r = r.map(|r| &r.value);
@@ -382,10 +381,10 @@ fn rtp_settings(
 fn limits_settings(
     cx: &mut Ctx<'_>,
     file: &Path,
-    l: Option<&S<raw::Limits>>,
+    l: Option<&Spanned<raw::Limits>>,
 ) -> Option<LimitsConfig> {
     let l = l.map(|l| &l.value);
-    let mut positive = |s: Option<&S<u32>>, default: u32, what: &str| match s {
+    let mut positive = |s: Option<&Spanned<u32>>, default: u32, what: &str| match s {
         None => Some(default),
         Some(v) if v.value == 0 => {
             cx.err_at(file, v, format!("{what} must be at least 1"));
@@ -418,7 +417,7 @@ fn limits_settings(
 fn logging_settings(
     cx: &mut Ctx<'_>,
     file: &Path,
-    l: Option<&S<raw::Logging>>,
+    l: Option<&Spanned<raw::Logging>>,
 ) -> Option<LoggingConfig> {
     let l = l.map(|l| &l.value);
     let level = cx.parse_or(
@@ -446,7 +445,7 @@ fn logging_settings(
 fn credentials(
     cx: &mut Ctx<'_>,
     file: &Path,
-    a: &S<raw::Auth>,
+    a: &Spanned<raw::Auth>,
     inbound: bool,
 ) -> Option<Credentials> {
     let v = &a.value;
@@ -572,7 +571,7 @@ fn header_ok(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
 }
 
-fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<InboundTrunk> {
+fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &Spanned<raw::Inbound>) -> Option<InboundTrunk> {
     let v = &i.value;
     let before = cx.errors.len();
     let numbers: Vec<String> = v
@@ -612,7 +611,7 @@ fn inbound(cx: &mut Ctx<'_>, file: &Path, i: &S<raw::Inbound>) -> Option<Inbound
     })
 }
 
-fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &S<raw::Outbound>) -> Option<OutboundTrunk> {
+fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &Spanned<raw::Outbound>) -> Option<OutboundTrunk> {
     let v = &o.value;
     let before = cx.errors.len();
     let target = cx.parse(file, &v.address, types::parse_sip_target);
@@ -1005,7 +1004,7 @@ fn rule_set(
 fn rule(
     cx: &mut Ctx<'_>,
     file: &Path,
-    r: &S<raw::Rule>,
+    r: &Spanned<raw::Rule>,
     trunks: &[Trunk],
     trunk_names: &[String],
 ) -> Option<Rule> {
@@ -1095,7 +1094,12 @@ fn rule(
     })
 }
 
-fn join_room(cx: &mut Ctx<'_>, file: &Path, v: &raw::Rule, room: &S<String>) -> Option<JoinRoom> {
+fn join_room(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    v: &raw::Rule,
+    room: &Spanned<String>,
+) -> Option<JoinRoom> {
     let room = cx.parse(file, room, types::parse_template);
     let pin = v.pin.as_ref().and_then(|p| {
         cx.parse(file, p, |s| {
