@@ -866,7 +866,7 @@ fn ambiguity(cx: &mut Ctx<'_>, trunks: &[(Trunk, &Parsed<raw::Trunk>)]) {
                 continue;
             };
             // calls from a shared backup's addresses are taken by the primary trunk
-            // (trunk::matching): two primaries of one backup must not both take one
+            // (dialplan::trunk_match): two primaries of one backup must not both take one
             if let (Some(ba), Some(bb)) = (&a.backup, &b.backup)
                 && ba == bb
                 && !ia.allowed_addresses.is_empty()

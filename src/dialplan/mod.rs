@@ -1,10 +1,13 @@
-//! Call routing, a pure function: (configuration, call summary) -> decision. First matching
-//! rule wins, files in name order and rules in file order (the order `Config::rules`
+//! Call routing, pure functions of the configuration and the call. `trunk_match` finds the
+//! trunk an inbound call came through; `route` then picks its rule: (configuration, call
+//! summary) -> decision. First matching rule wins, files in name order and rules in file order (the order `Config::rules`
 //! keeps). No rule: 404. Rendering fills the room and participant templates and adds the
 //! `sip.*` attributes LiveKit's own SIP service sets, so agents work unchanged.
 
 use crate::config::{AgentDispatch, AnswerMode, Config, Rule, RuleAction, TemplateValues};
 use std::time::Duration;
+
+pub mod trunk_match;
 
 /// What routing knows about an inbound call: the matched trunk, the called and caller
 /// numbers as received, the Call-ID, and random text for `{random}` (the caller supplies
