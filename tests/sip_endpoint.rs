@@ -1928,6 +1928,95 @@ fn oversized_tcp_message_closes_the_connection() {
     );
 }
 
+/// `roomline_sip_invalid_messages_total` over all its labels, from /metrics.
+fn invalid_messages(rl: &Roomline) -> f64 {
+    let (status, body) = rl.get("/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with("roomline_sip_invalid_messages_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// RFC 5626 keep-alives over UDP (linphone sends CRLFCRLF every 30 s): no answer, not an
+/// invalid message. A datagram that is not SIP, sent after them from the same socket, is
+/// counted, so once it shows in /metrics the keep-alives have been handled too.
+#[test]
+fn udp_crlf_keepalives_are_not_invalid_messages_and_get_no_answer() {
+    let rl = Roomline::start(offline_setup());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = invalid_messages(&rl);
+    for ping in ["\r\n\r\n", "\r\n\r\n", "\r\n"] {
+        sock.send_to(ping.as_bytes(), rl.sip_addr()).unwrap();
+    }
+    sock.send_to(b"NOT SIP AT ALL\r\n\r\n", rl.sip_addr())
+        .unwrap();
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    while invalid_messages(&rl) < before + 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the non-SIP datagram was never counted as invalid\n{}",
+            rl.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        invalid_messages(&rl),
+        before + 1.0,
+        "only the non-SIP datagram is invalid, not the keep-alives"
+    );
+    // nothing answered them: the first datagram back is the answer to this OPTIONS
+    let me = sock.local_addr().unwrap();
+    let call_id = unique("after-keepalive");
+    let msg = options_text(&me.to_string(), "UDP", &call_id, &rl.sip_addr());
+    sock.send_to(msg.as_bytes(), rl.sip_addr()).unwrap();
+    sock.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = sock.recv_from(&mut buf).expect("an answer to OPTIONS");
+    let first = Sip::parse(&buf[..n])
+        .unwrap_or_else(|| panic!("not SIP: {:?}", String::from_utf8_lossy(&buf[..n])));
+    assert_eq!(first.call_id(), call_id, "{}", first.text);
+    assert_eq!(first.status(), Some(200), "{}", first.text);
+}
+
+/// RFC 5626 section 4.4.1 on TCP: each CRLFCRLF ping gets exactly one CRLF pong, the
+/// connection stays in step (an OPTIONS on it is answered next), nothing is invalid.
+#[test]
+fn tcp_crlfcrlf_ping_gets_one_crlf_pong() {
+    let rl = Roomline::start(offline_setup());
+    let before = invalid_messages(&rl);
+    let mut tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+    tcp.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let mut pong = [0u8; 2];
+    tcp.write_all(b"\r\n\r\n").unwrap();
+    tcp.read_exact(&mut pong).expect("a pong to the first ping");
+    assert_eq!(&pong, b"\r\n");
+    // two pings in one segment: two pongs
+    let mut pongs = [0u8; 4];
+    tcp.write_all(b"\r\n\r\n\r\n\r\n").unwrap();
+    tcp.read_exact(&mut pongs).expect("pongs to two pings");
+    assert_eq!(&pongs, b"\r\n\r\n");
+    // the next bytes are the answer to an OPTIONS: no extra CRLF came with the pongs
+    let local = tcp.local_addr().unwrap();
+    let call_id = unique("after-ping");
+    let msg = options_text(&local.to_string(), "TCP", &call_id, &rl.sip_addr());
+    tcp.write_all(msg.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("the answer to OPTIONS");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("SIP/2.0 200 "), "{head:?}");
+    assert!(head.contains(&call_id), "{head}");
+    assert_eq!(
+        invalid_messages(&rl),
+        before,
+        "a ping is not an invalid message"
+    );
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
