@@ -225,7 +225,7 @@ impl Phone {
             "-mi".into(),
             "127.0.0.1".into(),
             "-mp".into(),
-            roomline::free_port().to_string(),
+            roomline::free_media_port().to_string(),
             "-timeout".into(),
             "150s".into(),
             "-timeout_error".into(),

@@ -243,7 +243,7 @@ impl Uas {
             "-mi",
             "127.0.0.1",
             "-mp",
-            &free_port().to_string(),
+            &roomline::free_media_port().to_string(),
             "-timeout",
             "90s",
             "-timeout_error",

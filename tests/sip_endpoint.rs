@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
 use common::roomline::{
-    Roomline, RtpPeer, Setup, Sipp, SippRun, free_port, list_participants, room_service, sipp_args,
-    wait_participants,
+    Roomline, RtpPeer, Setup, Sipp, SippRun, free_media_port, free_port, list_participants,
+    room_service, sipp_args, wait_participants,
 };
 
 const CALLER: &str = "+15551230000";
@@ -1331,7 +1331,7 @@ fn sipp_wrong_digest(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
     run.expect_success();
     let finals: Vec<u16> = run
@@ -1610,7 +1610,7 @@ fn cancel_before_answer(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let sipp = Sipp::spawn(Some(&cancel_xml()), &args);
     // ringing, and in the room: now cancel
     wait_sipp_log(&sipp, "SIP/2.0 180 Ringing");
@@ -1692,7 +1692,7 @@ fn bye_from_phone(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let sipp = Sipp::spawn(Some(&xml), &args);
     // answered (sipp sent its ACK) and in the room: now hang up
     wait_sipp_log(&sipp, "CSeq: 1 ACK");
@@ -1764,7 +1764,7 @@ fn bye_from_daemon(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let sipp = Sipp::spawn(Some(&xml), &args);
     // answered (sipp sent its ACK) and in the room: now close the room
     wait_sipp_log(&sipp, "CSeq: 1 ACK");
@@ -2256,7 +2256,7 @@ fn sipp_native_digest(tcp: bool) {
         .iter()
         .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
     run.expect_success();
     let finals: Vec<u16> = run

@@ -38,6 +38,35 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A base port P for sipp's `-mp`, with P..=P+3 free on 127.0.0.1 and none handed out
+/// before in this process. sipp binds its audio socket on P and its video socket on P+2,
+/// and exits at once ("Unable to bind video RTP socket") when either is taken, so the
+/// phone never calls: `free_port` checks P alone, and P+2 may belong to anything on the
+/// machine.
+pub fn free_media_port() -> u16 {
+    let mut used = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = u.local_addr().unwrap().port();
+        drop(u);
+        let Some(ports) = (0..4)
+            .map(|i| base.checked_add(i))
+            .collect::<Option<Vec<u16>>>()
+        else {
+            continue;
+        };
+        let free = ports.iter().all(|&p| {
+            !used.contains(&p)
+                && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && TcpListener::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            used.extend(ports);
+            return base;
+        }
+    }
+}
+
 fn rtp_range() -> (u16, u16) {
     let slot = NEXT_RTP.fetch_add(1, Ordering::Relaxed) % 60;
     // spread test binaries over the slots too (they may overlap in time on CI retries)
