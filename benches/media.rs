@@ -133,7 +133,9 @@ fn opus_to_pcmu(tracks: usize) -> f64 {
         let t0 = Instant::now();
         let mut mixer = Mixer::new(MixerConfig::default(), "sip_caller", t0);
         for (k, name) in names.iter().enumerate() {
-            mixer.add_track(name.clone(), format!("user{k}"));
+            mixer
+                .add_track(name.clone(), format!("user{k}"))
+                .expect("under the track limit");
         }
         for f in 0..FRAMES {
             for (k, dec) in decoders.iter_mut().enumerate() {

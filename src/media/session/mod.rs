@@ -91,6 +91,8 @@ const MAX_READY_FRAMES: usize = 10;
 const MAX_POPS_PER_TICK: usize = 8;
 /// Datagrams held for an owner that does not drain them.
 const MAX_QUEUED_TRANSMITS: usize = 64;
+/// Events held for an owner that does not drain them.
+const MAX_QUEUED_EVENTS: usize = 64;
 /// Spare datagram buffers kept for reuse.
 const MAX_SPARE_BUFFERS: usize = 8;
 /// Digits queued toward the phone at most.
@@ -373,7 +375,7 @@ impl PhoneMedia {
                     self.retire_decoder();
                     self.ptime_pending = None;
                     self.stats.rx.ssrc_changes += 1;
-                    self.events.push_back(MediaEvent::SsrcChanged {
+                    self.emit(MediaEvent::SsrcChanged {
                         old,
                         new: packet.ssrc,
                     });
@@ -406,11 +408,12 @@ impl PhoneMedia {
     }
 
     /// Decoded audio of a room track at the phone rate (normally 20 ms per call). The
-    /// track is added to the mixer on first sight; tracks owned by the caller's own
-    /// identity are never mixed.
+    /// track is added to the mixer on first sight (up to `mixer::MAX_TRACKS` of them);
+    /// tracks owned by the caller's own identity are never mixed.
     pub fn push_room_audio(&mut self, track_sid: &str, owner_identity: &str, samples: &[i16]) {
-        if let Err(MixerError::UnknownTrack(_)) = self.mixer.push(track_sid, samples) {
-            self.mixer.add_track(track_sid, owner_identity);
+        if let Err(MixerError::UnknownTrack(_)) = self.mixer.push(track_sid, samples)
+            && self.mixer.add_track(track_sid, owner_identity).is_ok()
+        {
             let _ = self.mixer.push(track_sid, samples);
         }
     }
@@ -627,7 +630,7 @@ impl PhoneMedia {
             Offer::Latched => {
                 self.rtcp_source = None;
                 self.stats.latches += 1;
-                self.events.push_back(MediaEvent::Latched(from));
+                self.emit(MediaEvent::Latched(from));
                 true
             }
             Offer::Refused => false,
@@ -681,17 +684,25 @@ impl PhoneMedia {
         self.retired_concealed += old.stats().concealed;
     }
 
+    /// Queues an event for the owner; an owner that does not drain loses the oldest.
+    fn emit(&mut self, event: MediaEvent) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
     fn collect_dtmf(&mut self) {
         while let Some(ev) = self.dtmf_rx.poll_event() {
             self.stats.rx.dtmf_events += 1;
-            self.events.push_back(MediaEvent::Dtmf(ev.digit));
+            self.emit(MediaEvent::Dtmf(ev.digit));
         }
     }
 
     /// Advances every schedule to `now`.
     fn drive(&mut self, now: Instant) {
         if let Some(t) = self.timeout.handle_timeout(now) {
-            self.events.push_back(MediaEvent::Timeout {
+            self.emit(MediaEvent::Timeout {
                 after: t.silent_for,
                 before_first_packet: t.reason == MediaTimeoutReason::NoMedia,
             });
@@ -1481,6 +1492,29 @@ mod tests {
         let f = dominant_frequency(&out[b..b + 16_000], 16_000);
         assert!((f - 700.0).abs() < 1.0);
         assert_eq!(sim.m.stats().rx.ssrc_changes, 1);
+    }
+
+    #[test]
+    fn an_owner_that_never_drains_events_holds_only_the_newest() {
+        let t0 = Instant::now();
+        let mut m = PhoneMedia::new(config(PCMU), t0, SystemTime::UNIX_EPOCH);
+        // a phone that changes SSRC on every packet: one event each
+        for k in 0..200u32 {
+            let p = RtpPacket::new(0, SeqNo(k as u16), k * 160, Ssrc(1000 + k), vec![0xff; 160]);
+            let mut bytes = Vec::new();
+            p.write_to(&mut bytes).unwrap();
+            m.handle_rtp(t0 + ms(u64::from(k) * 20), phone_addr(), &bytes);
+        }
+        let events: Vec<MediaEvent> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert_eq!(events.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(
+            events.last(),
+            Some(&MediaEvent::SsrcChanged {
+                old: Ssrc(1198),
+                new: Ssrc(1199)
+            })
+        );
+        assert_eq!(m.stats().rx.ssrc_changes, 199);
     }
 
     #[test]
