@@ -2606,8 +2606,8 @@ fn unmatched_invite_is_dropped_when_configured() {
     rl.wait_log("INVITE matches no trunk", Duration::from_secs(5));
 }
 
-/// Design section 4: a trunk's backup carrier may deliver its calls: calls from the
-/// backup's outbound address are accepted under the primary trunk (`sip.trunkID`).
+/// A trunk's backup carrier may deliver its calls: calls from the backup's outbound
+/// address are accepted under the primary trunk (`sip.trunkID`).
 #[test]
 fn calls_from_the_backup_trunks_address_belong_to_the_primary() {
     let lk = LiveKitServer::start();

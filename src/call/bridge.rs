@@ -300,7 +300,7 @@ pub fn on_packet(media: &mut MediaLeg, rtcp: bool, from: SocketAddr, data: &[u8]
 }
 
 /// Receives on the leg's sockets, or never when there is none.
-pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Received> {
+pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Datagram> {
     match m {
         Some(m) => m.sockets.recv(buf).await,
         None => std::future::pending().await,

@@ -73,7 +73,7 @@ impl Drop for PortGuard {
 
 /// A datagram `RtpSockets::recv` wrote into the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
+pub struct Datagram {
     /// Came on the RTCP socket, or is RTCP on the RTP socket (rtcp-mux, `rtp::is_rtcp`).
     pub rtcp: bool,
     pub from: SocketAddr,
@@ -115,7 +115,7 @@ impl RtpSockets {
 
     /// The next datagram on either socket. Cancel-safe: nothing is lost when another
     /// `select!` branch wins.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Datagram> {
         loop {
             let on_rtcp = tokio::select! {
                 r = self.rtp.readable() => { r?; false }
@@ -124,7 +124,7 @@ impl RtpSockets {
             let socket = if on_rtcp { &self.rtcp } else { &self.rtp };
             match socket.try_recv_from(buf) {
                 Ok((len, from)) => {
-                    return Ok(Received {
+                    return Ok(Datagram {
                         rtcp: on_rtcp || is_rtcp(&buf[..len]),
                         from,
                         len,
