@@ -265,7 +265,7 @@ mod tests {
         (heard, media.stats())
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn two_legs_exchange_tones_over_real_sockets_and_ports_return_to_the_pool() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         // A small range where the OS just found a free port; the probe stays bound, so
