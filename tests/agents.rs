@@ -9,6 +9,11 @@
 //! participant. One livekit-server and one worker serve the tests of this file that run
 //! at the same time (the worker takes ~10 s to start).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::path::PathBuf;
