@@ -12,6 +12,11 @@
 //!
 //! Needs `scripts/install-test-deps` (the harness panics with that hint otherwise).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::attributes;
 use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
 use super::outcome::Outcome;
 use super::prompt::{self, Prompt};
 use super::{ActiveGuard, CallContext, CallControl, Registration};
 use crate::config::{AnswerMode, Config};
+use crate::dialplan::trunk_match as matching;
 use crate::dialplan::{self, CallSummary, Decision, JoinPlan};
 use crate::livekit::{
     JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle, ParticipantKind,
@@ -38,7 +40,6 @@ use crate::sip::endpoint::{self, InboundInvite, Incoming, Linger, SipEvent};
 use crate::sip::sdp::{self, Codec, Local};
 use crate::sip::transaction::{ClientNonInvite, Output, ServerInvite, ServerNonInvite};
 use crate::sip::transport::Flow;
-use crate::trunk::matching;
 
 /// Digits a PIN entry may hold before '#'.
 const PIN_MAX_DIGITS: usize = 32;
@@ -106,6 +107,8 @@ struct Call {
     bye: Option<ByeTx>,
     media: Option<MediaLeg>,
     plan: Option<JoinPlan>,
+    /// Our call id (`sip.callID`, `SCL_...`).
+    lk_call_id: String,
     join: Option<JoinHandle<JoinResult>>,
     join_started: Option<Instant>,
     room: Option<Room>,
@@ -166,6 +169,7 @@ pub async fn run(
         seq,
         call_id,
         local_tag: build::new_tag(),
+        lk_call_id: attributes::new_call_id(),
         final_sent: false,
         dialog: None,
         answered_at: None,
@@ -396,20 +400,31 @@ impl Call {
         o.name = plan.name.clone();
         o.kind = ParticipantKind::Sip;
         o.metadata = plan.metadata.clone().unwrap_or_default();
-        o.attributes = plan.attributes.iter().cloned().collect();
-        o.attributes.insert(
-            "sip.callStatus".into(),
-            if self.answered_at.is_some() {
-                "active"
-            } else {
-                "ringing"
-            }
-            .into(),
-        );
+        o.attributes = self.join_attributes(plan);
         o.sample_rate = self.sample_rate();
         o.agents = plan.agents.clone();
         o.join_timeout = Duration::from_secs(10);
         o
+    }
+
+    /// The participant's attributes at join (`call::attributes`).
+    fn join_attributes(&self, plan: &JoinPlan) -> HashMap<String, String> {
+        let facts = attributes::InboundFacts {
+            call_id: &self.lk_call_id,
+            trunk: &self.trunk,
+            caller: &self.caller,
+            called: &self.called,
+            mapping: self
+                .cfg
+                .trunk(&self.trunk)
+                .and_then(|t| t.inbound.as_ref())
+                .map(|i| &i.mapping),
+        };
+        let status = match self.answered_at {
+            Some(_) => attributes::CallStatus::Active,
+            None => attributes::CallStatus::Ringing,
+        };
+        attributes::inbound_join(plan, &self.invite.msg, &facts, status)
     }
 
     fn start_join(&mut self) {
@@ -431,7 +446,17 @@ impl Call {
             .as_ref()
             .map(|m| m.sdp.clone())
             .unwrap_or_default();
-        let out = self.dialog_response(200).body("application/sdp", sdp);
+        let mut out = self.dialog_response(200);
+        // the trunk's attributes_to_headers, from the attributes we join with
+        if let Some(plan) = self.plan.as_ref()
+            && let Some(i) = self.cfg.trunk(&self.trunk).and_then(|t| t.inbound.as_ref())
+        {
+            let attrs = self.join_attributes(plan);
+            for (k, v) in attributes::to_headers(&attrs, &i.mapping.attributes_to_headers) {
+                out.push(&k, v);
+            }
+        }
+        let out = out.body("application/sdp", sdp);
         self.respond_invite(200, out);
         let t = now();
         self.answered_at = Some(t);
@@ -446,7 +471,7 @@ impl Call {
                     .await;
             });
         }
-        tracing::debug!(call_id = %self.call_id, "answered");
+        tracing::info!(call_id = %self.call_id, trunk = %self.trunk, "inbound call answered");
     }
 
     fn next_deadline(&self) -> Instant {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::attributes;
 use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
 use super::outcome::Outcome;
 use super::{ActiveGuard, CallContext, CallControl};
@@ -76,6 +77,10 @@ pub struct OutboundRequest {
     /// Extra headers on the INVITE (after the trunk's).
     pub headers: Vec<(String, String)>,
     pub display_name: Option<String>,
+    /// Which 200 OK headers become `sip.h.*` attributes; None: the trunk's setting.
+    pub include_headers: Option<crate::config::IncludeHeaders>,
+    /// Leave the numbers out of the attributes and the default identity and name.
+    pub hide_phone_number: bool,
 }
 
 /// What the API caller gets back.
@@ -128,6 +133,7 @@ struct Target {
     auth: Option<(String, String)>,
     headers: Vec<(String, String)>,
     early_media: bool,
+    mapping: crate::config::HeaderMapping,
 }
 
 impl Target {
@@ -146,6 +152,7 @@ impl Target {
                 .map(|a| (a.username.clone(), a.password.expose().to_string())),
             headers: o.headers.clone(),
             early_media: o.early_media,
+            mapping: o.mapping.clone(),
         })
     }
 
@@ -243,6 +250,10 @@ struct Call {
     transferred: bool,
     /// Another trunk is left to try after this attempt.
     more_targets: bool,
+    /// Our call id (`sip.callID`, the API's `sip_call_id`): one for every attempt.
+    lk_call_id: String,
+    /// The attributes we joined with (for `attributes_to_headers`).
+    attributes: HashMap<String, String>,
 }
 
 /// Runs one outbound call; `reply` gets the result the API waits for.
@@ -256,10 +267,13 @@ pub async fn run(
     seq: u64,
 ) {
     let active = ActiveGuard::new(ctx.endpoint.active_calls.clone());
-    let identity = req
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("sip_{}", req.call_to));
+    let identity = req.identity.clone().unwrap_or_else(|| {
+        if req.hide_phone_number {
+            crate::dialplan::hidden_identity(&req.call_to)
+        } else {
+            format!("sip_{}", req.call_to)
+        }
+    });
     let t = now();
     let ringing_deadline = t + req.ringing_timeout;
     let mut call = Call {
@@ -294,6 +308,8 @@ pub async fn run(
         transfer: None,
         transferred: false,
         more_targets: false,
+        lk_call_id: attributes::new_call_id(),
+        attributes: HashMap::new(),
     };
     let outcome = call.run().await;
     call.finish(outcome).await;
@@ -357,11 +373,7 @@ impl Call {
             participant_sid: room.handle.sid(),
             identity: room.handle.identity().to_string(),
             room: room.handle.room().to_string(),
-            call_id: self
-                .attempt
-                .as_ref()
-                .map(|a| a.call_id.clone())
-                .unwrap_or_default(),
+            call_id: self.lk_call_id.clone(),
         })
     }
 
@@ -390,7 +402,9 @@ impl Call {
             }
         };
         // join the room (status dialing)
-        let join = tokio::spawn(Participant::join(self.join_options(&targets[0])));
+        let opts = self.join_options(&targets[0]);
+        self.attributes = opts.attributes.clone();
+        let join = tokio::spawn(Participant::join(opts));
         let joined: JoinResult = match join.await {
             Ok(r) => r,
             Err(e) => Err(JoinError::Signal(e.to_string())),
@@ -467,22 +481,26 @@ impl Call {
             self.req.room.clone(),
             self.identity.clone(),
         );
-        o.name = self
-            .req
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("Phone {}", self.req.call_to));
+        o.name = self.req.name.clone().unwrap_or_else(|| {
+            let n = if self.req.hide_phone_number {
+                crate::dialplan::masked_number(&self.req.call_to)
+            } else {
+                self.req.call_to.clone()
+            };
+            format!("Phone {n}")
+        });
         o.kind = ParticipantKind::Sip;
         o.metadata = self.req.metadata.clone();
         o.attributes = self.req.attributes.clone();
-        for (k, v) in [
-            ("sip.trunkID", self.req.trunk.clone()),
-            ("sip.phoneNumber", self.req.call_to.clone()),
-            ("sip.trunkPhoneNumber", self.caller_number(target)),
-            ("sip.callStatus", "dialing".to_string()),
-        ] {
-            o.attributes.insert(k.to_string(), v);
-        }
+        o.attributes
+            .extend(attributes::outbound(&attributes::OutboundCall {
+                call_id: &self.lk_call_id,
+                trunk: &self.req.trunk,
+                call_to: &self.req.call_to,
+                from_number: &self.caller_number(target),
+                hostname: &target.host,
+                hide_phone_number: self.req.hide_phone_number,
+            }));
         o.sample_rate = SampleRate::Hz8000;
         o.join_timeout = Duration::from_secs(10);
         o
@@ -642,6 +660,11 @@ impl Call {
         }
         for (k, v) in a.target.headers.iter().chain(self.req.headers.iter()) {
             out.push(k, v);
+        }
+        for (k, v) in
+            attributes::to_headers(&self.attributes, &a.target.mapping.attributes_to_headers)
+        {
+            out.push(&k, v);
         }
         let out = out.body("application/sdp", sdp);
         a.tx = ClientInvite::new(now(), a.flow.is_reliable(), self.ctx.timers, out.to_bytes());
@@ -814,8 +837,11 @@ impl Call {
                 if !self.ringing_reported && (status == 180 || status == 183) {
                     self.ringing_reported = true;
                     if let Some(r) = &self.room {
-                        r.set_attributes(&[("sip.callStatus", "ringing")]);
+                        r.set_attributes(&[attributes::CallStatus::Ringing.attribute()]);
                     }
+                }
+                if let Some(r) = &self.room {
+                    r.set_attribute_map(attributes::outbound_provisional(&resp.msg));
                 }
                 if let Some(answer) = body::sdp(&resp.msg) {
                     let forward = self.attempt.as_ref().is_some_and(|a| a.target.early_media);
@@ -962,7 +988,17 @@ impl Call {
             tokio::spawn(async move {
                 let _ = h.set_sample_rate(rate).await;
             });
-            room.set_attributes(&[("sip.callStatus", "active"), ("sip.callID", &a.call_id)]);
+            // LiveKit's `automation` while the request's digits go out, then `active`
+            let status = if self.req.dtmf.is_empty() {
+                attributes::CallStatus::Active
+            } else {
+                attributes::CallStatus::Automation
+            };
+            let mut mapping = a.target.mapping.clone();
+            if let Some(i) = self.req.include_headers {
+                mapping.include = i;
+            }
+            room.set_attribute_map(attributes::outbound_answered(&resp.msg, &mapping, status));
         }
         self.hangup_deadline = self.req.max_call_duration.map(|d| now() + d);
         tracing::info!(call_id = %a.call_id, trunk = %a.target.trunk, "outbound call answered");
@@ -1242,6 +1278,11 @@ impl Call {
             let Some(c) = self.dtmf_queue.pop_front() else {
                 return;
             };
+            if self.dtmf_queue.is_empty()
+                && let Some(r) = &self.room
+            {
+                r.set_attributes(&[attributes::CallStatus::Active.attribute()]);
+            }
             if c == 'w' || c == 'W' {
                 self.dtmf_next = t + DTMF_PAUSE;
                 continue;

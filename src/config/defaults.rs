@@ -35,6 +35,8 @@ pub const LOG_FORMAT: &str = "human";
 
 pub const REGISTER_EXPIRES: Duration = Duration::from_secs(3600);
 pub const OUTBOUND_EARLY_MEDIA: bool = true;
+/// SRTP on a trunk's calls (`media_encryption`), LiveKit's default.
+pub const MEDIA_ENCRYPTION: &str = "disable";
 
 pub const RULE_IDENTITY: &str = "sip_{caller}";
 pub const RULE_NAME: &str = "Phone {caller}";

@@ -40,17 +40,10 @@ const UDP_BUF: usize = 2048;
 /// How long closing a signalling connection may take.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The task's clock: tokio's, so a paused test clock drives str0m and the cores too.
+/// The task's clock: tokio's (`crate::clock`), so a paused test clock drives str0m and
+/// the cores too.
 pub(super) fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
-/// Wall-clock milliseconds for LiveKit's ping (the server echoes them; RTT only).
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::clock::now()
 }
 
 /// Why a step of the loop failed, as the lifecycle takes it.
@@ -185,7 +178,7 @@ impl Session {
                 match out {
                     Output::Ping => {
                         let ping = Req::PingReq(proto::Ping {
-                            timestamp: unix_ms(),
+                            timestamp: crate::clock::unix_millis(),
                             rtt: self.rtt_ms,
                         });
                         if let Err(e) = self.send(ping).await {
@@ -533,7 +526,7 @@ impl Session {
                 Ok(())
             }
             Resp::PongResp(pong) => {
-                self.rtt_ms = (unix_ms() - pong.last_ping_timestamp).max(0);
+                self.rtt_ms = (crate::clock::unix_millis() - pong.last_ping_timestamp).max(0);
                 Ok(())
             }
             Resp::RequestResponse(r) => {
