@@ -87,6 +87,15 @@ pub struct Trunk {
     pub inbound: Option<S<Inbound>>,
     pub outbound: Option<S<Outbound>>,
     pub backup: Option<S<String>>,
+    pub session_timers: Option<S<SessionTimers>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionTimers {
+    pub enabled: Option<S<bool>>,
+    pub expires: Option<S<String>>,
+    pub min_se: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ use crate::sip::digest::{self, Challenge};
 use crate::sip::endpoint::{EndpointHandle, Incoming, SipEvent};
 use crate::sip::transaction::{ClientNonInvite, Output, Timers};
 use crate::sip::transport::Flow;
+use crate::sip::txkey::ClientKey;
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -196,7 +197,7 @@ async fn exchange_on(
                 .unwrap_or_else(|| now() + Duration::from_secs(1));
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(SipEvent::Response(r)) if r.branch() == branch => {
+                    Some(SipEvent::Response(r)) if r.client_key() == ClientKey::new(&branch, req.method) => {
                         let st = r.status();
                         if tx.on_response(r.at, st) && st >= 200 {
                             break r;

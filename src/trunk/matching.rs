@@ -183,6 +183,7 @@ mod tests {
             }),
             outbound: None,
             backup: None,
+            session_timers: Default::default(),
         }
     }
 
