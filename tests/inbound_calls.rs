@@ -469,6 +469,11 @@ fn phone_dtmf_from_sipp_pcaps_reaches_the_room() {
         "{report}"
     );
     rl.assert_no_leaks(Duration::from_secs(10));
+    let ended = rl.wait_log("call ended", Duration::from_secs(10));
+    assert!(
+        ended.contains("dtmf_in=4") && ended.contains("dtmf_out=0"),
+        "{ended}"
+    );
 }
 
 /// One RFC 4733 event as the phone received it: the packets with one timestamp.
@@ -563,6 +568,13 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
     remove_participant(&lk, room, &identity);
     let run = sipp.wait(Duration::from_secs(30));
     run.expect_success();
+    // the summary line counts the four digits sent to the phone (and none from it)
+    let ended = rl.wait_log("call ended", Duration::from_secs(10));
+    assert!(
+        ended.contains("dtmf_out=4") && ended.contains("dtmf_in=0"),
+        "{ended}"
+    );
+    assert!(ended.contains("outcome=participant_removed"), "{ended}");
 
     eprintln!("events: {events:?}");
     let codes: Vec<u8> = events.iter().map(|e| e.code).collect();

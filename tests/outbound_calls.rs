@@ -2183,7 +2183,10 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     for w in pkts.windows(2) {
         let step = w[1].ts.wrapping_sub(w[0].ts);
         assert!(
-            w[1].seq == w[0].seq.wrapping_add(1) && step >= 160 && step % 160 == 0 && step < 8000 * 5,
+            w[1].seq == w[0].seq.wrapping_add(1)
+                && step >= 160
+                && step % 160 == 0
+                && step < 8000 * 5,
             "the stream goes on undisturbed: seq {} -> {}, ts +{step}",
             w[0].seq,
             w[1].seq

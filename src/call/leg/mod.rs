@@ -599,8 +599,7 @@ impl Leg {
         let up = self.uas.as_ref().map_or(self.uac_ack.is_some(), |u| {
             matches!(u.final_status, Some(200..=299))
         });
-        let ours_pending =
-            self.refresh_in_flight(true) || self.peer_reinvite.as_ref().is_some_and(|p| p.offered);
+        let ours_pending = self.refresh_in_flight(true) || self.offer_outstanding();
         // section 14.2 and RFC 3311 section 5.2: glare, or an offer while ours is open
         if (invite && (!up || ours_pending)) || (offer.is_some() && ours_pending) {
             return self.reply(now, req, 491, &[]);
@@ -689,6 +688,14 @@ impl Leg {
             out.to_bytes(),
         );
         self.drain_answered();
+    }
+
+    /// Our offer in the 2xx to a re-INVITE awaits its answer in the ACK (while that
+    /// transaction lives: an ACK that never comes does not block offers forever).
+    fn offer_outstanding(&self) -> bool {
+        self.peer_reinvite
+            .as_ref()
+            .is_some_and(|p| p.offered && self.answered.contains(&p.key))
     }
 
     /// What the table of our answers wants sent.

@@ -229,7 +229,7 @@ impl Leg {
         if self.ended || self.refresh_in_flight(false) {
             return;
         }
-        if self.peer_reinvite.as_ref().is_some_and(|p| p.offered) {
+        if self.offer_outstanding() {
             // an offer of ours awaits its answer: try again shortly
             if let Some(t) = self.timer.as_mut() {
                 t.retry_in(now, Duration::from_secs(1));

@@ -3,17 +3,20 @@
 //! session-timer request, credentials once challenged, the trunk's headers) and its
 //! CANCEL; which failures move the call to the backup trunk.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use super::super::shell::{Shell, now};
-use crate::config::{Transport, Trunk};
+use crate::config::{Config, Transport, Trunk};
 use crate::sip::admission::{ALLOW, SUPPORTED};
 use crate::sip::build::{self, Outgoing};
 use crate::sip::digest::{self, Challenge};
 use crate::sip::incoming::Incoming;
 use crate::sip::session_timer::{self as st, Settings};
 use crate::sip::transaction::{ClientInvite, ClientNonInvite, Timers};
-use crate::sip::transport::Flow;
+use crate::sip::transport::{Flow, Transports};
 use crate::sip::txkey::ClientKey;
 
 /// A trunk to try: its name and where to send.
@@ -205,5 +208,63 @@ impl Attempt {
         c.push("CSeq", format!("{} CANCEL", self.cseq));
         c.push("Reason", "SIP;cause=487;text=\"ringing timeout\"");
         c
+    }
+}
+
+/// The trunks to try for `trunk`: it, then its backup; a trunk known to be down
+/// (OPTIONS health) goes after one that is not.
+pub(super) fn targets(
+    cfg: &Config,
+    trunk: &str,
+    states: Option<&watch::Receiver<crate::trunk::monitor::States>>,
+) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(t) = cfg.trunk(trunk) {
+        if let Some(x) = Target::of(t) {
+            out.push(x);
+        }
+        if let Some(b) = t.backup.as_deref().and_then(|b| cfg.trunk(b))
+            && let Some(x) = Target::of(b)
+        {
+            out.push(x);
+        }
+    }
+    if out.len() == 2
+        && let Some(states) = states
+    {
+        let states = states.borrow();
+        let down = |name: &str| {
+            states
+                .get(name)
+                .is_some_and(|s| matches!(s.health, crate::trunk::monitor::Health::Down { .. }))
+        };
+        if down(&out[0].trunk) && !down(&out[1].trunk) {
+            tracing::info!(primary = %out[0].trunk, backup = %out[1].trunk,
+                "the primary trunk is down (OPTIONS); trying the backup first");
+            out.swap(0, 1);
+        }
+    }
+    out
+}
+
+/// A flow to `target`: its address resolved (3 s at most), over its transport.
+pub(super) async fn flow_to(transports: &Transports, target: &Target) -> Result<Flow, String> {
+    let addr: SocketAddr = match target.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, target.port),
+        Err(_) => tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::lookup_host(target.host_port()),
+        )
+        .await
+        .map_err(|_| format!("resolving {} timed out", target.host))?
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", target.host))?,
+    };
+    match target.transport {
+        Transport::Udp => transports
+            .udp_flow(addr)
+            .ok_or_else(|| "no UDP listener".to_string()),
+        t => transports.connect(t, addr, &target.host).await,
     }
 }

@@ -8,7 +8,6 @@
 //! the dialog is the shared leg's (`leg`, `shell`); here only the request's `dtmf`
 //! digits (with 'w' pauses) and the max call duration. Tests: `tests/outbound_calls.rs`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +38,6 @@ use crate::sip::incoming::{Incoming, SipEvent};
 use crate::sip::sdp::Local;
 use crate::sip::session_timer as st;
 use crate::sip::transaction::{ClientInviteState, ClientNonInvite};
-use crate::sip::transport::Flow;
 use crate::sip::txkey::ClientKey;
 use crate::sip::uri;
 
@@ -141,38 +139,6 @@ impl Fail {
 }
 
 impl OutboundCall {
-    fn targets(&self) -> Vec<Target> {
-        let cfg = &self.shell.cfg;
-        let mut out = Vec::new();
-        if let Some(t) = cfg.trunk(&self.req.trunk) {
-            if let Some(x) = Target::of(t) {
-                out.push(x);
-            }
-            if let Some(b) = t.backup.as_deref().and_then(|b| cfg.trunk(b))
-                && let Some(x) = Target::of(b)
-            {
-                out.push(x);
-            }
-        }
-        // OPTIONS health: a trunk known to be down goes after one that is not
-        if out.len() == 2
-            && let Some(states) = &self.shell.ctx.trunk_states
-        {
-            let states = states.borrow();
-            let down = |name: &str| {
-                states
-                    .get(name)
-                    .is_some_and(|s| matches!(s.health, crate::trunk::monitor::Health::Down { .. }))
-            };
-            if down(&out[0].trunk) && !down(&out[1].trunk) {
-                tracing::info!(primary = %out[0].trunk, backup = %out[1].trunk,
-                    "the primary trunk is down (OPTIONS); trying the backup first");
-                out.swap(0, 1);
-            }
-        }
-        out
-    }
-
     fn caller_number(&self, target: &Target) -> String {
         self.req
             .from_number
@@ -198,7 +164,11 @@ impl OutboundCall {
     }
 
     async fn run(&mut self) -> Outcome {
-        let targets = self.targets();
+        let targets = attempt::targets(
+            &self.shell.cfg,
+            &self.req.trunk,
+            self.shell.ctx.trunk_states.as_ref(),
+        );
         if targets.is_empty() {
             let e = format!("trunk {:?} has no outbound side", self.req.trunk);
             self.reply_once(Err(DialError::Unreachable(e.clone())));
@@ -323,36 +293,15 @@ impl OutboundCall {
         o.join_timeout = Duration::from_secs(10);
         o
     }
-
-    async fn flow_to(&self, target: &Target) -> Result<Flow, String> {
-        let addr: SocketAddr = match target.host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, target.port),
-            Err(_) => tokio::time::timeout(
-                Duration::from_secs(3),
-                tokio::net::lookup_host(target.host_port()),
-            )
-            .await
-            .map_err(|_| format!("resolving {} timed out", target.host))?
-            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", target.host))?,
-        };
-        let transports = &self.shell.ctx.endpoint.transports;
-        match target.transport {
-            Transport::Udp => transports
-                .udp_flow(addr)
-                .ok_or_else(|| "no UDP listener".to_string()),
-            t => transports.connect(t, addr, &target.host).await,
-        }
-    }
-
     /// One try through one trunk: Ok once answered.
     async fn attempt(
         &mut self,
         target: Target,
         bound: &mut Option<socket::BoundPorts>,
     ) -> Result<(), Fail> {
-        let flow = self.flow_to(&target).await.map_err(Fail::Next)?;
+        let flow = attempt::flow_to(&self.shell.ctx.endpoint.transports, &target)
+            .await
+            .map_err(Fail::Next)?;
         let call_id = build::new_call_id();
         let Some(events) = self.shell.ctx.endpoint.register(&call_id).await else {
             return Err(Fail::End(
