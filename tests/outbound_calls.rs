@@ -1925,13 +1925,15 @@ fn recv_200_body(regexp: &str, var: &str) -> String {
     )
 }
 
-/// The PCMU packets `peer` got from the daemon, split at silences (no packet) longer
-/// than `gap`: the runs of audio in arrival order.
+/// The PCMU packets `peer` got from the daemon, split where the RTP clock jumps by more
+/// than `gap` between consecutive packets (the sender sent nothing meanwhile: a hold);
+/// by the sender's clock, so a test process that reads late splits nothing.
 fn audio_runs(peer: &RtpPeer, gap: Duration) -> Vec<Vec<roomline::Rtp>> {
+    let max_step = (gap.as_millis() as u32) * 8;
     let mut runs: Vec<Vec<roomline::Rtp>> = Vec::new();
     for p in peer.received().into_iter().filter(|p| p.pt == 0) {
         match runs.last_mut() {
-            Some(run) if p.at.duration_since(run.last().unwrap().at) <= gap => run.push(p),
+            Some(run) if p.ts.wrapping_sub(run.last().unwrap().ts) <= max_step => run.push(p),
             _ => runs.push(vec![p]),
         }
     }
@@ -2024,8 +2026,8 @@ fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
     let run = uas.wait(Duration::from_secs(60));
     run.expect_success();
     wait_room_empty_of_phone(&lk, room);
-    // phone1: audio, a silence of about 3 s (the hold), audio again
-    let runs = audio_runs(&phone1, Duration::from_millis(1500));
+    // phone1: audio, about 3 s without RTP (the hold), audio again
+    let runs = audio_runs(&phone1, Duration::from_millis(2000));
     let long: Vec<&Vec<roomline::Rtp>> = runs.iter().filter(|r| r.len() >= 60).collect();
     assert_eq!(
         long.len(),
@@ -2033,18 +2035,13 @@ fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
         "phone1: audio before and after the hold, none during it: {:?}",
         runs.iter().map(Vec::len).collect::<Vec<_>>()
     );
-    let held = long[1][0].at.duration_since(long[0].last().unwrap().at);
-    assert!(
-        held >= Duration::from_millis(2000),
-        "the hold lasted {held:?}"
-    );
     for (i, r) in long.iter().enumerate() {
         let hz = tone_of(r, 50);
         assert!(within(hz, 440.0, 0.02), "phone1 run {i}: {hz} Hz");
     }
     // phone2 after the UPDATE, phone3 after the late offer
     for (name, peer) in [("phone2", &phone2), ("phone3", &phone3)] {
-        let runs = audio_runs(peer, Duration::from_millis(1500));
+        let runs = audio_runs(peer, Duration::from_millis(2000));
         let total: usize = runs.iter().map(Vec::len).sum();
         assert!(total >= 100, "{name}: only {total} packets");
         let hz = tone_of(runs.last().unwrap(), 50);
@@ -2102,7 +2099,9 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     xml += "  <recv request=\"ACK\"/>\n";
     for n in 1..=2 {
         xml += &format!(
-            "  <recv request=\"INVITE\" timeout=\"80000\">\n    <action>\n      {}\n    </action>\n  </recv>\n",
+            "  <recv request=\"INVITE\" timeout=\"80000\">\n    <action>\n      {}\n      \
+             <ereg regexp=\"a=sendrecv\" search_in=\"body\" check_it=\"true\" assign_to=\"sendrecv{n}\"/>\n    \
+             </action>\n  </recv>\n",
             check("100;refresher=uac", &format!("refresh{n}"))
         );
         xml += &response(
@@ -2168,8 +2167,9 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     let _ = publisher.join();
     // the room's tone reached the phone through both refreshes as one undisturbed RTP
     // stream: one SSRC, consecutive sequence numbers, timestamps a whole number of frames
-    // apart (ticks a loaded machine made late are skipped forward), no pause: a
-    // restarted or held pipeline would break these, for the whole call
+    // apart (ticks a loaded machine made late are skipped forward, so arrival gaps prove
+    // nothing here), for the whole call: a restarted pipeline would break these; a held
+    // one cannot happen, as sipp checked that each refresh offered sendrecv
     let pkts: Vec<roomline::Rtp> = phone
         .received()
         .into_iter()
@@ -2191,8 +2191,6 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
             w[0].seq,
             w[1].seq
         );
-        let gap = w[1].at.duration_since(w[0].at);
-        assert!(gap < Duration::from_secs(1), "no RTP for {gap:?}");
     }
     let span = pkts.last().unwrap().at.duration_since(pkts[0].at);
     assert!(span >= Duration::from_secs(100), "audio for {span:?}");

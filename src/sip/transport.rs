@@ -114,7 +114,7 @@ impl Flow {
         while let Some(o) = tx.poll_output() {
             match o {
                 Output::Send(bytes) => {
-                    let _ = self.send(&bytes);
+                    driven.send_failed |= self.send(&bytes).is_err();
                 }
                 Output::Timeout => driven.timed_out = true,
                 Output::TransportError => driven.transport_error = true,
@@ -173,6 +173,9 @@ pub struct Driven {
     /// Timer B, F, H or L fired.
     pub timed_out: bool,
     pub transport_error: bool,
+    /// A send failed (a full UDP buffer is recovered by retransmission; a closed stream is
+    /// not).
+    pub send_failed: bool,
 }
 
 impl Driven {

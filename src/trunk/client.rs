@@ -10,7 +10,7 @@ use crate::config::{Transport, Trunk};
 use crate::sip::build::{self, Outgoing};
 use crate::sip::digest::{self, Challenge};
 use crate::sip::endpoint::{EndpointHandle, Incoming, SipEvent};
-use crate::sip::transaction::{ClientNonInvite, Output, Timers};
+use crate::sip::transaction::{ClientNonInvite, Timers};
 use crate::sip::transport::Flow;
 use crate::sip::txkey::ClientKey;
 
@@ -173,23 +173,13 @@ async fn exchange_on(
         }
         let mut tx = ClientNonInvite::new(now(), flow.is_reliable(), timers, out.to_bytes());
         let resp = loop {
-            let mut timeout = false;
-            while let Some(o) = tx.poll_output() {
-                match o {
-                    Output::Send(b) => {
-                        if let Err(e) = flow.send(&b)
-                            && flow.is_reliable()
-                        {
-                            return Err(ExchangeError::Transport(e.to_string()));
-                        }
-                    }
-                    Output::Timeout => timeout = true,
-                    Output::TransportError => {
-                        return Err(ExchangeError::Transport("transport error".into()));
-                    }
-                }
+            let driven = flow.drive(&mut tx, now());
+            if driven.transport_error || (driven.send_failed && flow.is_reliable()) {
+                return Err(ExchangeError::Transport(
+                    "cannot send on the connection".into(),
+                ));
             }
-            if timeout || tx.is_terminated() {
+            if driven.timed_out || tx.is_terminated() {
                 return Err(ExchangeError::Timeout);
             }
             let deadline = tx
@@ -206,9 +196,7 @@ async fn exchange_on(
                     Some(_) => {}
                     None => return Err(ExchangeError::Shutdown),
                 },
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
-                    tx.handle_timeout(now());
-                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
         };
         let status = resp.status();

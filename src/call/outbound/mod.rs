@@ -148,8 +148,8 @@ impl OutboundCall {
     }
 
     fn reply_once(&mut self, r: Result<Started, DialError>) {
-        if let Some(tx) = self.reply.take() {
-            let _ = tx.send(r);
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(r);
         }
     }
 
