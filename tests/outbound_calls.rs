@@ -273,6 +273,35 @@ impl Uas {
         Uas { sipp, port }
     }
 
+    /// Lets a scenario waiting in `await_go` go on: an INFO in the call `call_id`, from a
+    /// socket of the test's (sipp answers it there).
+    fn go(&self, call_id: &str) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let me = sock.local_addr().unwrap();
+        let port = self.port;
+        let info = format!(
+            "INFO sip:callee@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-go-{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:test@{me}>;tag=go\r\nTo: <sip:callee@127.0.0.1:{port}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: {n} INFO\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(info.as_bytes(), ("127.0.0.1", port)).unwrap();
+    }
+
+    /// Waits until sipp's message log contains `needle` (it got that far).
+    fn wait_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.sipp.messages_so_far().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "sipp's log has no {needle:?} within {within:?}:\n{}",
+                self.sipp.messages_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A trunk whose outbound side is this sipp (UDP).
     fn trunk(&self, extra: &str) -> String {
         format!(
@@ -1917,6 +1946,13 @@ fn uas_ack(cseq: u32, body: Option<&str>) -> String {
     cdata_send(&l, false)
 }
 
+/// sipp waits here until the test says go (`Uas::go`: an INFO in the call), up to 60 s.
+fn await_go() -> String {
+    let mut s = String::from("  <recv request=\"INFO\" timeout=\"60000\"/>\n");
+    s += &response("200 OK", false, &[], None, false);
+    s
+}
+
 /// A response to sipp's request must contain `regexp` in its body (else the run fails).
 fn recv_200_body(regexp: &str, var: &str) -> String {
     format!(
@@ -1977,8 +2013,9 @@ fn publish_tone(
 /// carriers do; the room's 440 Hz is checked at the phone's RTP sockets each time: it
 /// stops during the hold (our answer is recvonly) and comes back after it; the UPDATE's
 /// offer moves it to a second socket; the answer in the ACK of the offer-less re-INVITE
-/// moves it to a third. sipp checks our answers (recvonly, sendrecv, an offer); the call
-/// then ends with the callee's BYE and nothing is left.
+/// moves it to a third. sipp checks our answers (recvonly, sendrecv, an offer) and takes
+/// each next step when the test has heard the tone where it should be (a loaded machine
+/// only slows the test down); the call then ends with the callee's BYE, nothing left.
 #[test]
 fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
     let lk = LiveKitServer::start();
@@ -1987,48 +2024,68 @@ fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
     let sdp = |port: u16| sdp_answer(&port.to_string());
     let mut xml = recv_invite("");
     xml += &answer(&phone1.port().to_string(), 0);
-    xml += "  <pause milliseconds=\"3000\"/>\n";
+    xml += &await_go();
     let hold = sdp(phone1.port()).replace("a=sendrecv", "a=sendonly");
     xml += &uas_request("INVITE", 2, &[], Some(("application/sdp", &hold)));
     xml += &recv_200_body("a=recvonly", "held");
     xml += &uas_ack(2, None);
     xml += "  <pause milliseconds=\"3000\"/>\n";
-    xml += &uas_request(
-        "INVITE",
-        3,
-        &[],
-        Some(("application/sdp", &sdp(phone1.port()))),
-    );
+    let resume = sdp(phone1.port());
+    xml += &uas_request("INVITE", 3, &[], Some(("application/sdp", &resume)));
     xml += &recv_200_body("a=sendrecv", "resumed");
     xml += &uas_ack(3, None);
-    xml += "  <pause milliseconds=\"3000\"/>\n";
-    xml += &uas_request(
-        "UPDATE",
-        4,
-        &[],
-        Some(("application/sdp", &sdp(phone2.port()))),
-    );
+    xml += &await_go();
+    let update = sdp(phone2.port());
+    xml += &uas_request("UPDATE", 4, &[], Some(("application/sdp", &update)));
     xml += &recv_200_body("m=audio", "updated");
-    xml += "  <pause milliseconds=\"3000\"/>\n";
+    xml += &await_go();
     xml += &uas_request("INVITE", 5, &[], None);
     xml += &recv_200_body("m=audio [0-9]+ RTP/AVP", "offered");
     xml += &uas_ack(5, Some(&sdp(phone3.port())));
-    xml += &hang_up_after(3000);
-    let uas = Uas::start(&scenario("uas-far-end", &xml), 1);
+    xml += &await_go();
+    xml += &hang_up_after(0);
+    let uas = Uas::start_for(&scenario("uas-far-end", &xml), 1, "240s");
     let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &uas.trunk("")));
-    let publisher = publish_tone(&lk, room, "25");
+    let publisher = publish_tone(&lk, room, "45");
     let resp = create_json(
         &rl,
         &lk,
         &create_request("carrier", room, json!({"wait_until_answered": true})),
     );
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let invite = uas.wait_received("INVITE ", Duration::from_secs(5));
+    let call_id = header(&invite, "Call-ID").unwrap().to_string();
+    // each step: once sipp waits for it (`ready` in its log), wait until `peer` has 100
+    // more packets, the last 50 at 440 Hz, then go
+    let heard_then_go = |name: &str, peer: &RtpPeer, after: usize, ready: &str| {
+        uas.wait_log(ready, Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let pkts = audio_runs(peer, Duration::from_secs(2)).concat();
+            if pkts.len() >= after + 100 && within(tone_of(&pkts, 50), 440.0, 0.02) {
+                uas.go(&call_id);
+                return pkts.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {} packets, {} Hz",
+                pkts.len(),
+                tone_of(&pkts, 50)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // heard before the hold, then (after the hold and the resume) again
+    let before = heard_then_go("phone1 before the hold", &phone1, 0, "CSeq: 1 ACK");
+    heard_then_go("phone1 after the resume", &phone1, before, "CSeq: 3 ACK");
+    heard_then_go("phone2 after the UPDATE", &phone2, 0, "CSeq: 4 UPDATE");
+    heard_then_go("phone3 after the late offer", &phone3, 0, "CSeq: 5 ACK");
     let run = uas.wait(Duration::from_secs(60));
     run.expect_success();
     wait_room_empty_of_phone(&lk, room);
-    // phone1: audio, about 3 s without RTP (the hold), audio again
+    // phone1's stream, by its RTP clock: audio, about 3 s without RTP (the hold), audio
     let runs = audio_runs(&phone1, Duration::from_millis(2000));
-    let long: Vec<&Vec<roomline::Rtp>> = runs.iter().filter(|r| r.len() >= 60).collect();
+    let long: Vec<&Vec<roomline::Rtp>> = runs.iter().filter(|r| r.len() >= 50).collect();
     assert_eq!(
         long.len(),
         2,
@@ -2038,14 +2095,6 @@ fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
     for (i, r) in long.iter().enumerate() {
         let hz = tone_of(r, 50);
         assert!(within(hz, 440.0, 0.02), "phone1 run {i}: {hz} Hz");
-    }
-    // phone2 after the UPDATE, phone3 after the late offer
-    for (name, peer) in [("phone2", &phone2), ("phone3", &phone3)] {
-        let runs = audio_runs(peer, Duration::from_millis(2000));
-        let total: usize = runs.iter().map(Vec::len).sum();
-        assert!(total >= 100, "{name}: only {total} packets");
-        let hz = tone_of(runs.last().unwrap(), 50);
-        assert!(within(hz, 440.0, 0.02), "{name}: {hz} Hz");
     }
     let _ = publisher.join();
     rl.assert_no_leaks(Duration::from_secs(15));
@@ -2142,11 +2191,13 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     );
     let run = uas.wait(Duration::from_secs(150));
     run.expect_success();
-    let invites: Vec<String> = run
+    let mut invites: Vec<String> = run
         .received()
         .into_iter()
         .filter(|m| m.starts_with("INVITE "))
         .collect();
+    // one of each (a loaded machine may make UDP retransmissions)
+    invites.dedup_by_key(|m| header(m, "CSeq").map(str::to_string));
     assert_eq!(
         invites.len(),
         4,
@@ -2167,9 +2218,10 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     let _ = publisher.join();
     // the room's tone reached the phone through both refreshes as one undisturbed RTP
     // stream: one SSRC, consecutive sequence numbers, timestamps a whole number of frames
-    // apart (ticks a loaded machine made late are skipped forward, so arrival gaps prove
-    // nothing here), for the whole call: a restarted pipeline would break these; a held
-    // one cannot happen, as sipp checked that each refresh offered sendrecv
+    // apart (ticks a loaded machine made late are skipped forward, so neither arrival gaps
+    // nor timestamp jumps prove anything here), for the whole call: a restarted pipeline
+    // would break these; a held one cannot happen, as sipp checked that each refresh
+    // offered sendrecv and answered it so
     let pkts: Vec<roomline::Rtp> = phone
         .received()
         .into_iter()
@@ -2183,10 +2235,7 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     for w in pkts.windows(2) {
         let step = w[1].ts.wrapping_sub(w[0].ts);
         assert!(
-            w[1].seq == w[0].seq.wrapping_add(1)
-                && step >= 160
-                && step % 160 == 0
-                && step < 8000 * 5,
+            w[1].seq == w[0].seq.wrapping_add(1) && step >= 160 && step % 160 == 0,
             "the stream goes on undisturbed: seq {} -> {}, ts +{step}",
             w[0].seq,
             w[1].seq
