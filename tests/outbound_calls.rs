@@ -2105,9 +2105,9 @@ fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
 /// Min-SE and the INVITE comes again asking that; its 2xx makes Roomline the refresher
 /// (`refresher=uac`, `Require: timer`) and allows no UPDATE, so Roomline refreshes by
 /// re-INVITE with the session's SDP at half the interval, twice, each answered; the call
-/// outlives both and the room's 440 Hz reaches the phone throughout without a gap; the
-/// carrier then hangs up. About 110 s long: it runs alongside the other tests of this
-/// file.
+/// outlives both and the room's 440 Hz reaches the phone throughout as one RTP stream
+/// (never restarted, never held); the carrier then hangs up. About 110 s long: it runs
+/// alongside the other tests of this file.
 #[test]
 fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audio() {
     let lk = LiveKitServer::start();

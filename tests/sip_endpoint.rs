@@ -2449,7 +2449,7 @@ fn update_and_offerless_reinvite_move_the_audio_and_a_stale_cseq_gets_500() {
             "--freq",
             "440",
             "--seconds",
-            "20",
+            "30",
             "--wait-timeout",
             "60",
         ],
