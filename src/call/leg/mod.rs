@@ -638,18 +638,24 @@ impl Leg {
         if self.settings.enabled {
             out.push("Supported", SUPPORTED);
         }
-        match decision {
-            UasDecision::Run(iv) => {
-                for (h, v) in st::uas_headers(iv) {
-                    out.push(h, v);
-                }
-                match self.timer.as_mut() {
-                    Some(t) => t.refreshed(now, iv),
-                    None => self.timer = Some(SessionTimer::new(now, iv)),
-                }
+        // RFC 4028 section 9: a request without Session-Expires in a session that has a
+        // timer keeps it, with us refreshing (which asks nothing of the peer): a carrier
+        // that wants the timer still gets its refreshes after, say, a hold
+        let decision = match (decision, self.timer.as_ref()) {
+            (UasDecision::Off, Some(t)) if self.settings.enabled => UasDecision::Run(Interval {
+                secs: t.interval().secs,
+                refresher: st::Refresher::Us,
+            }),
+            (d, _) => d,
+        };
+        if let UasDecision::Run(iv) = decision {
+            for (h, v) in st::uas_headers(iv) {
+                out.push(h, v);
             }
-            // a refresh without Session-Expires turns the timer off (section 9)
-            _ => self.timer = None,
+            match self.timer.as_mut() {
+                Some(t) => t.refreshed(now, iv),
+                None => self.timer = Some(SessionTimer::new(now, iv)),
+            }
         }
         if let Some(s) = sdp {
             out = out.body("application/sdp", s);

@@ -571,6 +571,17 @@ fn leg_session_timer_peer_refreshes_then_stops_and_the_session_expires() {
     leg.handle_timeout(t0 + secs(140), Some(&mut media));
     assert_eq!(events(&mut leg), vec!["SessionExpired"]);
     assert!(sent(&mut leg).is_empty());
+    // a re-INVITE without Session-Expires (a hold, say) keeps the timer, now ours
+    let r = peer.request("INVITE", 8, "", Some(SDP));
+    leg.on_request(t0 + secs(141), &incoming(&r, t0), Some(&mut media));
+    let out = sent(&mut leg);
+    assert_eq!(out[0].header("Session-Expires"), Some("90;refresher=uas"));
+    assert_eq!(
+        leg.session_interval().map(|i| i.refresher),
+        Some(Refresher::Us)
+    );
+    let ack = peer.request("ACK", 8, "", None);
+    leg.on_request(t0 + secs(141), &incoming(&ack, t0), Some(&mut media));
     // a refresh asking too little is refused with our Min-SE
     let r = peer.request("UPDATE", 9, "Session-Expires: 60\r\n", None);
     leg.on_request(t0 + secs(141), &incoming(&r, t0), Some(&mut media));
