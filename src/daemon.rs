@@ -16,7 +16,7 @@ use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Exit status for a configuration that does not validate (systemd does not restart on it).
@@ -30,17 +30,30 @@ pub const PORT_DRAIN: Duration = Duration::from_secs(10);
 /// How often the configuration files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn fingerprint(cfg: &Config) -> Fingerprint {
+    // a renewed certificate (or CA file) reloads like an edited configuration
+    let mut files: Vec<&Path> = Vec::new();
+    for t in cfg.sip.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        files.extend([t.cert.as_path(), t.key.as_path()]);
+        files.extend(t.client_ca.as_deref());
+    }
+    files.extend(
+        cfg.trunks
+            .iter()
+            .filter_map(|t| t.outbound.as_ref()?.ca_file.as_deref()),
+    );
     Fingerprint::take(
         &cfg.files.config,
         &[&cfg.files.trunks_dir, &cfg.files.dialplans_dir],
+        &files,
     )
+}
+
+/// Logs what is valid but probably not meant, at each load.
+fn log_config_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        tracing::warn!(origin = %w.origin, "{}", w.message);
+    }
 }
 
 fn publish_config_metrics(cfg: &Config) {
@@ -49,7 +62,7 @@ fn publish_config_metrics(cfg: &Config) {
 }
 
 pub async fn run(path: &Path, initial: Config) -> ExitCode {
-    let started = Instant::now();
+    let started = crate::clock::now();
     let metrics_handle = match m::install() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -58,6 +71,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         }
     };
     publish_config_metrics(&initial);
+    log_config_warnings(&initial);
     metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
     metrics::gauge!(m::DRAINING).set(0.0);
     let http_addr = initial.http.listen;
@@ -66,7 +80,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     let (reload_tx, reload_rx) = watch::channel(ReloadStatus {
         ok: true,
         trigger: "start",
-        at_unix: unix_now(),
+        at_unix: crate::clock::unix_secs(),
         errors: Vec::new(),
     });
     let (draining_tx, draining_rx) = watch::channel(false);
@@ -93,6 +107,8 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    // the trunks' CA files (the listeners' certificates were read at bind)
+    sip.transports.reload_tls(&config_rx.borrow());
     let sip_addrs = sip.transports.local_addrs();
     tokio::spawn(endpoint.run());
     // trunk health pings and registrations (restarted on every configuration change)
@@ -194,6 +210,10 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         state.extend(NotifyState::monotonic_usec_now().ok());
         ops::notify(&state);
         let status = reload(path, trigger, &config_tx);
+        if status.ok {
+            // certificates are re-read on every reload, even when only they changed
+            sip.transports.reload_tls(&config_tx.borrow());
+        }
         debounce.applied(fingerprint(&config_tx.borrow()));
         reload_tx.send_replace(status);
         ops::notify(&[NotifyState::Ready]);
@@ -279,13 +299,14 @@ fn reload(
                 "configuration reloaded"
             );
             publish_config_metrics(&cfg);
+            log_config_warnings(&cfg);
             metrics::counter!(m::CONFIG_RELOADS, "result" => "ok").increment(1);
             metrics::gauge!(m::CONFIG_LAST_RELOAD_OK).set(1.0);
             config_tx.send_replace(Arc::new(cfg));
             ReloadStatus {
                 ok: true,
                 trigger,
-                at_unix: unix_now(),
+                at_unix: crate::clock::unix_secs(),
                 errors: Vec::new(),
             }
         }
@@ -303,7 +324,7 @@ fn reload(
             ReloadStatus {
                 ok: false,
                 trigger,
-                at_unix: unix_now(),
+                at_unix: crate::clock::unix_secs(),
                 errors: errs.0.iter().map(|e| e.to_string()).collect(),
             }
         }

@@ -135,3 +135,70 @@ mod sdp_impl {
     }
 }
 pub use sdp_impl::run as sdp;
+
+mod sdes_impl {
+    use crate::media::sdes::{self, SdesOffer};
+    use crate::media::srtp::SUITES;
+
+    /// Fuzz target: the `a=crypto` lines of an offered (or answered) media section, one per
+    /// line of input, through what the SDP layer does with them: parse each, answer the
+    /// set, read it as the answer to an offer of ours, and redact the text for a log.
+    pub fn run(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_start_matches("a=crypto:"))
+            .collect();
+        for l in &lines {
+            if let Ok(a) = sdes::parse(l) {
+                let again = sdes::parse(&sdes::format(a.tag, &a.key)).expect("ours parses");
+                assert_eq!(again.key, a.key);
+            }
+        }
+        if let Ok((keys, line)) = sdes::answer(&lines, &SUITES) {
+            assert_eq!(sdes::parse(&line).expect("our answer parses").tag, keys.tag);
+            let _ = keys.contexts();
+        }
+        let offer = SdesOffer::new(&SUITES);
+        let _ = offer.accept_answer(&lines);
+        let redacted = sdes::redact(&text);
+        assert!(!redacted.contains("inline:") || redacted.contains("inline:***"));
+    }
+}
+pub use sdes_impl::run as sdes;
+
+mod srtp_impl {
+    use crate::media::srtp::{MAX_RTCP_OVERHEAD, MasterKey, SUITES, SrtpContext};
+
+    /// Fuzz target: packets from a hostile peer on an SRTP leg. The first octet picks the
+    /// suite and RTP or RTCP; the rest is the packet, unprotected by a receiving context,
+    /// and protected by a sending one (a peer's plain packet must not crash us either).
+    pub fn run(data: &[u8]) {
+        let Some((&sel, packet)) = data.split_first() else {
+            return;
+        };
+        let suite = SUITES[usize::from(sel) % SUITES.len()];
+        let master = MasterKey::new(suite, &[7u8; 30][..30 - (14 - suite.master_salt_len())])
+            .expect("a fixed key of the right length");
+        let mut ctx = SrtpContext::new(&master);
+        let mut buf = packet.to_vec();
+        buf.resize(packet.len() + MAX_RTCP_OVERHEAD, 0);
+        let n = packet.len();
+        if sel & 0x80 == 0 {
+            let _ = ctx.unprotect_rtp(&mut buf, n);
+            buf[..n].copy_from_slice(packet);
+            if let Ok(m) = ctx.protect_rtp(&mut buf, n) {
+                let mut rx = SrtpContext::new(&master);
+                assert_eq!(rx.unprotect_rtp(&mut buf, m), Ok(n), "round trip");
+            }
+        } else {
+            let _ = ctx.unprotect_rtcp(&mut buf, n);
+            buf[..n].copy_from_slice(packet);
+            if let Ok(m) = ctx.protect_rtcp(&mut buf, n) {
+                let mut rx = SrtpContext::new(&master);
+                assert_eq!(rx.unprotect_rtcp(&mut buf, m), Ok(n), "round trip");
+            }
+        }
+    }
+}
+pub use srtp_impl::run as srtp;

@@ -131,3 +131,54 @@ fn missing_config_file_is_a_clear_error() {
     );
     assert!(Path::new(&repo()).join("roomline.yaml").exists());
 }
+
+#[test]
+fn srtp_over_cleartext_signalling_is_valid_with_a_located_warning() {
+    let out = check("tests/warned/srtp-cleartext/roomline.yaml", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let at = "tests/warned/srtp-cleartext/trunks/carrier.yaml:1:19: warning:";
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{at} media_encryption require over tcp signalling: the SRTP keys travel in \
+             cleartext SDP (use transport tls)\n\
+             {at} media_encryption require on an inbound trunk without a tls listener: the \
+             SRTP keys travel in cleartext SDP"
+        )
+    );
+    // the TLS trunk gets none, and the examples none at all
+    assert!(!stderr.contains("secure.yaml"));
+    let out = check("roomline.yaml", &[]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn media_encryption_and_tls_settings_reach_the_snapshot() {
+    use roomline::config::{MediaEncryption, Transport};
+    let cfg = roomline::config::load(&repo().join("tests/warned/srtp-cleartext/roomline.yaml"))
+        .expect("valid");
+    let carrier = cfg.trunk("carrier").unwrap();
+    assert_eq!(carrier.media_encryption, MediaEncryption::Require);
+    let secure = cfg.trunk("secure").unwrap();
+    assert_eq!(secure.media_encryption, MediaEncryption::Allow);
+    let out = secure.outbound.as_ref().unwrap();
+    assert_eq!(out.transport, Transport::Tls);
+    assert_eq!(
+        out.ca_file.as_deref(),
+        Some(Path::new("/etc/roomline/carrier-ca.pem"))
+    );
+    assert_eq!(cfg.warnings.len(), 2);
+    // the default is LiveKit's: disable
+    let examples = roomline::config::load(&repo().join("roomline.yaml")).expect("valid");
+    assert!(
+        examples
+            .trunks
+            .iter()
+            .all(|t| t.media_encryption == MediaEncryption::Disable)
+    );
+}

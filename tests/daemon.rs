@@ -5,6 +5,11 @@
 //! SIGTERM, exit 64 on a config that does not validate. The unit file passes
 //! `systemd-analyze verify`.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -292,7 +297,7 @@ fn systemd_unit_verifies() {
     let path = dir.path().join("roomline.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/roomline", env!("CARGO_BIN_EXE_roomline")),
+        unit.replace("/usr/bin/roomline", env!("CARGO_BIN_EXE_roomline")),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")

@@ -54,3 +54,13 @@ fn framing_inputs() {
 fn sdp_inputs() {
     replay("sdp", roomline::fuzzing::sdp);
 }
+
+#[test]
+fn sdes_inputs() {
+    replay("sdes", roomline::fuzzing::sdes);
+}
+
+#[test]
+fn srtp_inputs() {
+    replay("srtp", roomline::fuzzing::srtp);
+}

@@ -7,6 +7,11 @@
 //! answer or error, tone frequencies on the far side, participants and attributes in the
 //! room, trunk state in /health/detailed and /metrics, and that nothing is left behind.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -243,7 +248,7 @@ impl Uas {
             "-mi",
             "127.0.0.1",
             "-mp",
-            &free_port().to_string(),
+            &roomline::free_media_port().to_string(),
             "-timeout",
             timeout,
             "-timeout_error",
@@ -252,23 +257,32 @@ impl Uas {
         .map(|s| s.to_string())
         .collect();
         let sipp = Sipp::spawn(Some(xml), &args);
-        // a scenario sipp refuses makes it exit at once: say why, not "no answer" later
-        std::thread::sleep(Duration::from_millis(300));
-        let state =
-            std::fs::read_to_string(format!("/proc/{}/stat", sipp.pid())).unwrap_or_default();
-        let state = state
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if state.is_empty() || state == "Z" {
-            let run = sipp.wait(Duration::from_secs(5));
-            panic!(
-                "sipp exited at start:\n{}\nscenario:\n{xml}",
-                run.describe()
+        // ready once its SIP port is bound; a scenario sipp refuses makes it exit at once
+        // instead: say why, not "no answer" later
+        let exited = |pid: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            matches!(state, None | Some("Z"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while roomline::udp_rx_queues(port).is_empty() {
+            if exited(sipp.pid()) {
+                let run = sipp.wait(Duration::from_secs(5));
+                panic!(
+                    "sipp exited at start:\n{}\nscenario:\n{xml}",
+                    run.describe()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipp did not bind UDP port {port}"
             );
+            std::thread::sleep(Duration::from_millis(20));
         }
         Uas { sipp, port }
     }
@@ -567,6 +581,18 @@ fn sdk(
     )
 }
 
+/// LiveKit's server SDKs, each driving Roomline's API through the same small program
+/// interface (command, request JSON in, one JSON report out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sdk {
+    /// `livekit-api` (PyPI), tests/peers/sipclient.py
+    Python,
+    /// `github.com/livekit/server-sdk-go/v2`, tests/peers/sdk-go
+    Go,
+    /// `livekit-server-sdk` (npm), tests/peers/sdk-node/client.cjs
+    Node,
+}
+
 fn run_sdk(
     port: u16,
     key: &str,
@@ -575,37 +601,73 @@ fn run_sdk(
     req: &Value,
     token: Option<&str>,
 ) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("stdout");
-    let err = dir.path().join("stderr");
-    let mut cmd = Command::new(common::python());
-    cmd.arg(common::repo_root().join("tests/peers/sipclient.py"))
-        .arg(command)
-        .arg("--url")
-        .arg(format!("http://127.0.0.1:{port}"))
-        .arg("--request")
-        .arg(req.to_string());
+    run_sdk_with(Sdk::Python, port, key, secret, command, req, token)
+}
+
+fn run_sdk_with(
+    sdk: Sdk,
+    port: u16,
+    key: &str,
+    secret: &str,
+    command: &str,
+    req: &Value,
+    token: Option<&str>,
+) -> Value {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut args: Vec<String> = vec![
+        command.into(),
+        "--url".into(),
+        url,
+        "--request".into(),
+        req.to_string(),
+    ];
     match token {
-        Some(t) => cmd.args(["--token", t]),
-        None => cmd.args(["--api-key", key, "--api-secret", secret]),
+        Some(t) => args.extend(["--token".into(), t.into()]),
+        None => args.extend([
+            "--api-key".into(),
+            key.into(),
+            "--api-secret".into(),
+            secret.into(),
+        ]),
+    }
+    let timeout = Duration::from_secs(90);
+    let run = match sdk {
+        Sdk::Python => {
+            let script = common::repo_root().join("tests/peers/sipclient.py");
+            common::run_peer(&common::python(), &[script.as_os_str()], &args, timeout)
+        }
+        Sdk::Go => {
+            let bin = common::tool_path(
+                "ROOMLINE_SDK_GO",
+                common::tools_dir().join("bin").join("roomline-sdk-go"),
+                "the Go SDK client",
+            );
+            common::run_peer(&bin, &[], &args, timeout)
+        }
+        Sdk::Node => {
+            let script = common::repo_root().join("tests/peers/sdk-node/client.cjs");
+            let dir = std::env::var_os("ROOMLINE_SDK_NODE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| common::tools_dir().join("sdk-node"));
+            args.extend(["--sdk-dir".into(), dir.display().to_string()]);
+            common::run_peer(
+                std::path::Path::new("node"),
+                &[script.as_os_str()],
+                &args,
+                timeout,
+            )
+        }
     };
-    let mut child = cmd
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("run sipclient.py");
-    let status = common::wait_timeout(&mut child, Duration::from_secs(90));
-    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| {
-            panic!("sipclient.py {command}: no report (status {status:?}):\n{stdout}\n{stderr}")
-        })
+    if run.json.is_null() {
+        panic!("{sdk:?} SDK {command}: no report\n{}", run.describe());
+    }
+    run.json
+}
+
+/// A call id of Roomline's own, as LiveKit's (`SCL_` and 12 base57 characters).
+fn is_call_id(v: impl AsRef<str>) -> bool {
+    let v = v.as_ref();
+    v.len() == 16 && v.starts_with("SCL_") && v[4..].chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 fn create_request(trunk: &str, room: &str, extra: Value) -> Value {
@@ -813,13 +875,16 @@ fn sdk_dials_through_a_401_challenge_and_audio_flows_both_ways() {
         assert!(first.contains(codec), "offer lacks {codec}:\n{first}");
     }
     let call_id = header(second, "Call-ID").unwrap().to_string();
-    assert_eq!(resp["sip_call_id"], call_id.as_str(), "{report}");
+    let lk_call_id = resp["sip_call_id"].as_str().unwrap_or_default().to_string();
+    assert!(is_call_id(&lk_call_id), "{report}");
     let daemon_rtp = sdp_audio_addr(second);
 
     // the room: the SIP attributes LiveKit's own service sets
     let p = wait_call_status(&lk, room, "active");
     let attrs = &p["attributes"];
-    assert_eq!(attrs["sip.callID"], call_id.as_str(), "{p}");
+    assert_eq!(attrs["sip.callID"], lk_call_id.as_str(), "{p}");
+    assert_eq!(attrs["sip.callIDFull"], call_id.as_str(), "{p}");
+    assert_eq!(attrs["sip.hostname"], "127.0.0.1", "{p}");
     assert_eq!(attrs["sip.trunkID"], "carrier", "{p}");
     assert_eq!(attrs["sip.phoneNumber"], CALLEE, "{p}");
     assert_eq!(attrs["sip.trunkPhoneNumber"], FROM, "{p}");
@@ -872,9 +937,12 @@ fn sdk_dials_through_a_401_challenge_and_audio_flows_both_ways() {
         "{frames} of {expected} tone frames reached the room: {report}"
     );
 
-    // give the last packets of the tone time to arrive, then look at what the phone got
-    std::thread::sleep(Duration::from_millis(500));
-    let got = phone.received();
+    // the room's tone has ended at the phone: look at what it got
+    let got = phone.wait_for(
+        Duration::from_secs(10),
+        "silence after the room's tone",
+        |p| roomline::ulaw_sound_then_silence(p, 0, 10),
+    );
     let audio: Vec<u8> = got
         .iter()
         .filter(|p| p.pt == 0 && p.from == daemon_rtp)
@@ -963,12 +1031,21 @@ fn json_request_places_a_call_and_the_callees_bye_removes_the_participant() {
     );
     assert_eq!(field(&v, "room_name"), room, "{v}");
     let invite = uas.wait_received("INVITE ", Duration::from_secs(5));
-    assert_eq!(
-        field(&v, "sip_call_id"),
-        header(&invite, "Call-ID").unwrap(),
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
         "{v}"
     );
-    wait_call_status(&lk, room, "active");
+    let up = wait_call_status(&lk, room, "active");
+    assert_eq!(
+        &up["attributes"]["sip.callID"],
+        field(&v, "sip_call_id"),
+        "{up}"
+    );
+    assert_eq!(
+        up["attributes"]["sip.callIDFull"],
+        header(&invite, "Call-ID").unwrap(),
+        "{up}"
+    );
 
     let run = uas.wait(Duration::from_secs(30));
     run.expect_success();
@@ -1117,7 +1194,18 @@ fn assert_completed_through_backup_with(
     let v = resp.json();
     let invite = backup.wait_received("INVITE ", Duration::from_secs(5));
     let call_id = header(&invite, "Call-ID").unwrap().to_string();
-    assert_eq!(field(&v, "sip_call_id"), call_id.as_str(), "{v}");
+    // one call id across both attempts; the SIP Call-ID is the answered attempt's
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
+        "{v}"
+    );
+    let up = wait_call_status(lk, room, "active");
+    assert_eq!(
+        &up["attributes"]["sip.callID"],
+        field(&v, "sip_call_id"),
+        "{up}"
+    );
+    assert_eq!(up["attributes"]["sip.callIDFull"], call_id.as_str(), "{up}");
     assert_eq!(
         rl.metric("roomline_trunk_failovers_total{trunk=\"primary\"}"),
         Some(1.0),
@@ -1272,14 +1360,14 @@ fn not_waiting_for_the_answer_returns_once_joined_and_the_call_still_completes()
 
     // the call goes on: answered, then ended by the callee
     let invite = uas.wait_received("INVITE ", Duration::from_secs(5));
-    assert_eq!(
-        field(&v, "sip_call_id"),
-        header(&invite, "Call-ID").unwrap(),
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
         "{v}"
     );
     let up = wait_call_status(&lk, room, "active");
+    assert_eq!(&up["attributes"]["sip.callID"], field(&v, "sip_call_id"));
     assert_eq!(
-        up["attributes"]["sip.callID"],
+        up["attributes"]["sip.callIDFull"],
         header(&invite, "Call-ID").unwrap()
     );
     let run = uas.wait(Duration::from_secs(30));
@@ -1741,10 +1829,9 @@ fn roomline_dial_places_a_call_and_reports_a_busy_callee() {
         "{v}"
     );
     assert_eq!(field(&v, "room_name"), room, "{v}");
-    let invite = answering.wait_received("INVITE ", Duration::from_secs(5));
-    assert_eq!(
-        field(&v, "sip_call_id"),
-        header(&invite, "Call-ID").unwrap(),
+    answering.wait_received("INVITE ", Duration::from_secs(5));
+    assert!(
+        is_call_id(field(&v, "sip_call_id").as_str().unwrap_or("")),
         "{v}"
     );
     answering.wait(Duration::from_secs(30)).expect_success();
@@ -2245,5 +2332,375 @@ fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audi
     assert!(span >= Duration::from_secs(100), "audio for {span:?}");
     let hz = tone_of(&pkts, pkts.len());
     assert!(within(hz, 440.0, 0.02), "the phone heard {hz} Hz");
+    rl.assert_no_leaks(Duration::from_secs(15));
+}
+
+// ---------------------------------------------------------------------------------------
+// LiveKit's other server SDKs (Go, Node) against the same API
+// ---------------------------------------------------------------------------------------
+
+/// What every SDK must get from Roomline's API: a placed call (`sip_call_id` is a call
+/// id `SCL_...`), the SIP status of a refused call from the error, a transfer (REFER, then
+/// BYE), and a clear refusal of a request with 100 headers (nothing dialled). `full`:
+/// all of it, else only the 100 headers (the Python SDK's other scenarios are above).
+fn sdk_scenarios(sdk: Sdk, full: bool) {
+    let lk = LiveKitServer::start();
+    let tag = format!("{sdk:?}").to_lowercase();
+    let req = |room: &str, extra: Value| {
+        let mut extra = extra;
+        extra["participant_identity"] = json!(identity());
+        create_request("carrier", room, extra)
+    };
+    // 100 headers: refused by name, nothing dialled
+    {
+        let room = format!("sdk-{tag}-headers");
+        let trunk = silent_trunk();
+        let port = trunk.local_addr().unwrap().port();
+        let rl = Roomline::start(Setup::new(&lk).trunk(
+            "carrier",
+            &format!("outbound:\n  address: 127.0.0.1:{port}\n  from_number: \"{FROM}\"\n"),
+        ));
+        let headers: serde_json::Map<String, Value> = (0..100)
+            .map(|i| (format!("X-Header-{i}"), json!("v")))
+            .collect();
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "create",
+            &req(
+                &room,
+                json!({"headers": headers, "wait_until_answered": true}),
+            ),
+            None,
+        );
+        assert_eq!(report["ok"], false, "{sdk:?}: {report}");
+        assert_eq!(report["code"], "invalid_argument", "{sdk:?}: {report}");
+        assert!(
+            report["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("100 headers, at most 32"),
+            "{sdk:?}: {report}"
+        );
+        assert_nothing_sent_to(&trunk);
+        assert!(roomline::list_participants(&lk, &room).is_empty());
+        rl.assert_no_leaks(Duration::from_secs(5));
+    }
+    if !full {
+        return;
+    }
+    // a busy callee: the SIP status comes back in the error
+    {
+        let room = format!("sdk-{tag}-busy");
+        let mut xml = recv_invite("");
+        xml += &response("486 Busy Here", true, &[], None, false);
+        xml += "  <recv request=\"ACK\"/>\n";
+        let uas = Uas::start(&scenario("uas-busy", &xml), 1);
+        let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &uas.trunk("")));
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "create",
+            &req(&room, json!({"wait_until_answered": true})),
+            None,
+        );
+        assert_eq!(report["ok"], false, "{sdk:?}: {report}");
+        assert_eq!(report["code"], "resource_exhausted", "{sdk:?}: {report}");
+        assert_eq!(
+            report["metadata"]["sip_status_code"], "486",
+            "{sdk:?}: {report}"
+        );
+        assert_eq!(
+            report["metadata"]["sip_status"], "Busy Here",
+            "{sdk:?}: {report}"
+        );
+        if sdk == Sdk::Node {
+            // the Node SDK's own reading of it
+            assert_eq!(report["error_type"], "SipCallError", "{report}");
+            assert_eq!(report["sip_status_code"], 486, "{report}");
+        }
+        uas.wait(Duration::from_secs(30)).expect_success();
+        wait_room_empty_of_phone(&lk, &room);
+        rl.assert_no_leaks(Duration::from_secs(15));
+    }
+    // a call placed, then transferred
+    {
+        let room = format!("sdk-{tag}-transfer");
+        let mut xml = transfer_scenario("200 OK");
+        xml += &await_bye();
+        let uas = Uas::start(&scenario("uas-transfer", &xml), 1);
+        let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &uas.trunk("")));
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "create",
+            &req(&room, json!({"wait_until_answered": true})),
+            None,
+        );
+        assert_eq!(report["ok"], true, "{sdk:?}: {report}");
+        let r = &report["response"];
+        assert_eq!(r["participant_identity"], identity().as_str(), "{report}");
+        assert_eq!(r["room_name"], room.as_str(), "{report}");
+        let call_id = r["sip_call_id"].as_str().unwrap_or_default();
+        assert!(
+            call_id.starts_with("SCL_") && call_id.len() == 16,
+            "{sdk:?}: {report}"
+        );
+        let p = wait_call_status(&lk, &room, "active");
+        assert_eq!(p["attributes"]["sip.callID"], call_id, "{p}");
+        let report = run_sdk_with(
+            sdk,
+            rl.http_port,
+            lk.api_key(),
+            lk.api_secret(),
+            "transfer",
+            &json!({
+                "participant_identity": identity(),
+                "room_name": room,
+                "transfer_to": "+15559990000",
+            }),
+            None,
+        );
+        assert_eq!(report["ok"], true, "{sdk:?} transfer: {report}");
+        let run = uas.wait(Duration::from_secs(30));
+        run.expect_success();
+        let refer = run.first_received("REFER ");
+        assert!(
+            header(&refer, "Refer-To").is_some_and(|r| r.starts_with("<sip:+15559990000@")),
+            "{refer}"
+        );
+        let bye = run.first_received("BYE ");
+        assert!(
+            header(&bye, "Reason").is_some_and(|r| r.contains("transferred")),
+            "{bye}"
+        );
+        wait_room_empty_of_phone(&lk, &room);
+        rl.assert_no_leaks(Duration::from_secs(15));
+    }
+}
+
+/// LiveKit's Go server SDK (server-sdk-go v2) places, reads a refused call's status,
+/// transfers, and is refused 100 headers.
+#[test]
+fn go_sdk_places_reads_a_refusal_and_transfers() {
+    sdk_scenarios(Sdk::Go, true);
+}
+
+/// LiveKit's Node server SDK (livekit-server-sdk) does the same.
+#[test]
+fn node_sdk_places_reads_a_refusal_and_transfers() {
+    sdk_scenarios(Sdk::Node, true);
+}
+
+/// The Python SDK's request with 100 headers is refused by name (its other scenarios are
+/// the tests above).
+#[test]
+fn python_sdk_request_with_100_headers_is_refused() {
+    sdk_scenarios(Sdk::Python, false);
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS to the carrier
+// ---------------------------------------------------------------------------------------
+
+/// A TLS carrier: `openssl s_server` on 127.0.0.1 with the given certificate. What the
+/// daemon sends arrives on its stdout (read on a thread, one SIP message at a time by
+/// Content-Length); what is written to its stdin goes back. Killed by PID on drop.
+struct TlsCarrier {
+    child: std::process::Child,
+    port: u16,
+    stdin: std::process::ChildStdin,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl TlsCarrier {
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> TlsCarrier {
+        let port = free_port();
+        let mut child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-accept",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            (k.eq_ignore_ascii_case("content-length") || k == "l")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        break;
+                    }
+                    let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                    let _ = tx.send(String::from_utf8_lossy(&msg).into_owned());
+                }
+                match stdout.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        // s_server listens once it has read its files
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "s_server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsCarrier {
+            child,
+            port,
+            stdin,
+            rx,
+        }
+    }
+
+    fn recv(&self, within: Duration) -> Option<String> {
+        self.rx.recv_timeout(within).ok()
+    }
+
+    /// Answers `request` with `status` (a final response, copying what RFC 3261 8.2.6
+    /// says to copy).
+    fn respond(&mut self, request: &str, status: &str) {
+        let mut out = format!("SIP/2.0 {status}\r\n");
+        for l in request.lines() {
+            let name = l
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            match name.as_str() {
+                "via" | "from" | "call-id" | "cseq" => out += &format!("{l}\r\n"),
+                "to" => out += &format!("{l};tag=tls-carrier\r\n"),
+                _ => {}
+            }
+        }
+        out += "Content-Length: 0\r\n\r\n";
+        self.stdin.write_all(out.as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+}
+
+impl Drop for TlsCarrier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Outbound TLS to a carrier whose certificate comes from a private CA named by the
+/// trunk's `ca_file`: the handshake verifies the certificate for the trunk's host, the
+/// INVITE goes out with a sips: Request-URI on that connection, and the carrier's 486
+/// reaches the API caller.
+#[test]
+fn outbound_tls_verifies_the_carrier_against_the_trunks_ca_file() {
+    let lk = LiveKitServer::start();
+    let room = "outbound-tls";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "carrier");
+    let (cert, key) = pki.leaf("carrier", "127.0.0.1", "IP:127.0.0.1");
+    let mut carrier = TlsCarrier::start(&cert, &key);
+    let rl = Roomline::start(Setup::new(&lk).trunk(
+        "secure",
+        &format!(
+            "outbound:\n  address: sips:127.0.0.1:{}\n  from_number: \"{FROM}\"\n  ca_file: {}\n",
+            carrier.port,
+            pki.ca_cert.display()
+        ),
+    ));
+    let (rl_ref, lk_ref) = (&rl, &lk);
+    std::thread::scope(|s| {
+        let api = s.spawn(move || {
+            create_json(
+                rl_ref,
+                lk_ref,
+                &create_request("secure", room, json!({"wait_until_answered": true})),
+            )
+        });
+        let invite = carrier
+            .recv(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no INVITE over TLS:\n{}", rl.log_tail(30)));
+        assert!(
+            invite.starts_with(&format!("INVITE sips:{CALLEE}@127.0.0.1:{}", carrier.port)),
+            "{invite}"
+        );
+        assert!(invite.contains("SIP/2.0/TLS"), "Via over TLS: {invite}");
+        carrier.respond(&invite, "486 Busy Here");
+        let ack = carrier.recv(Duration::from_secs(10)).expect("ACK");
+        assert!(ack.starts_with("ACK sips:"), "{ack}");
+        let resp = api.join().unwrap();
+        let v = resp.json();
+        assert_eq!(resp.status, 429, "{v}");
+        assert_eq!(v["meta"]["sip_status_code"], "486", "{v}");
+    });
+    wait_room_empty_of_phone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(15));
+}
+
+/// The carrier presents a certificate from the right CA but for another name: the
+/// handshake is refused with a log line that says so, and the call fails over to the
+/// backup trunk, where it completes.
+#[test]
+fn outbound_tls_to_a_carrier_with_the_wrong_name_fails_over_to_the_backup() {
+    let lk = LiveKitServer::start();
+    let room = "outbound-tls-wrong-name";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "carrier");
+    let (cert, key) = pki.leaf("impostor", "wrong.example", "DNS:wrong.example");
+    let carrier = TlsCarrier::start(&cert, &key);
+    let backup = completing_uas();
+    let rl = Roomline::start(failover_setup(
+        &lk,
+        &format!(
+            "  address: sips:127.0.0.1:{}\n  ca_file: {}\n",
+            carrier.port,
+            pki.ca_cert.display()
+        ),
+        &backup,
+    ));
+    assert_completed_through_backup(&rl, &lk, room, backup);
+    let line = rl.wait_log(
+        "TLS: the peer's certificate is refused",
+        Duration::from_secs(5),
+    );
+    assert!(
+        line.contains("NotValidForName") || line.contains("not valid for name"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("127.0.0.1:{}", carrier.port)),
+        "{line}"
+    );
+    assert!(
+        carrier.recv(Duration::from_millis(200)).is_none(),
+        "nothing sent in clear"
+    );
     rl.assert_no_leaks(Duration::from_secs(15));
 }

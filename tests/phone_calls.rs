@@ -4,6 +4,11 @@
 //! LiveKit Python SDK. A tone above 4 kHz crossing in both directions shows the whole
 //! path is wideband (16 kHz) with G.722, which no G.711 leg could carry.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::process::Command;
@@ -12,7 +17,7 @@ use std::time::Duration;
 
 use common::livekit::LiveKitServer;
 use common::roomline::{Roomline, Setup, roompeer_bg, wait_participants};
-use common::{PeerRun, python, run_roompeer, within};
+use common::{PeerRun, run_roompeer, within};
 
 const CALLER: &str = "+15551230000";
 const CALLED: &str = "+15550100";
@@ -40,36 +45,7 @@ fn tone_wav(dir: &std::path::Path, hz: u32, rate: u32, seconds: u32) -> std::pat
 }
 
 fn phone(args: &[String], timeout: Duration) -> PeerRun {
-    // the same runner as the room peer: JSON on stdout, logs on stderr, killed on timeout
-    let script = common::repo_root().join("tests/peers/phone.py");
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("stdout");
-    let err = dir.path().join("stderr");
-    let started = std::time::Instant::now();
-    let mut child = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .expect("start phone.py");
-    let status = common::wait_timeout(&mut child, timeout);
-    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
-    let json = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .and_then(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null);
-    PeerRun {
-        status,
-        json,
-        stdout,
-        stderr,
-        elapsed: started.elapsed(),
-        args: args.to_vec(),
-    }
+    common::run_phone(args, timeout)
 }
 
 /// One call: the phone plays `phone_hz` and records; a room participant publishes

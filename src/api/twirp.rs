@@ -20,6 +20,8 @@ use super::AppState;
 use crate::call::CallControl;
 use crate::call::outbound::{DialError, OutboundRequest};
 use crate::call::transfer::{FailReason, Failure};
+use crate::config::IncludeHeaders;
+use crate::config::MediaEncryption;
 
 /// Default time the callee has to answer (LiveKit's default too).
 pub const DEFAULT_RINGING_TIMEOUT: Duration = Duration::from_secs(30);
@@ -265,6 +267,16 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn check_headers(h: &HashMap<String, String>) -> Result<Vec<(String, String)>, TwirpError> {
+    use crate::call::attributes::{MAX_REQUEST_HEADERS, MAX_VALUE_LEN};
+    if h.len() > MAX_REQUEST_HEADERS {
+        return Err(TwirpError::new(
+            "invalid_argument",
+            format!(
+                "headers: {} headers, at most {MAX_REQUEST_HEADERS} may be set",
+                h.len()
+            ),
+        ));
+    }
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in h {
         let token = !k.is_empty()
@@ -288,18 +300,63 @@ fn check_headers(h: &HashMap<String, String>) -> Result<Vec<(String, String)>, T
                 format!("header {k} has a line break in its value"),
             ));
         }
+        if k.len() > 255 || v.len() > MAX_VALUE_LEN || v.chars().any(char::is_control) {
+            return Err(TwirpError::new(
+                "invalid_argument",
+                format!(
+                    "header {:.64}: names are at most 255 characters, values at most \
+                     {MAX_VALUE_LEN} printable characters",
+                    k
+                ),
+            ));
+        }
         out.push((k.clone(), v.clone()));
     }
     out.sort();
     Ok(out)
 }
 
+/// A validated CreateSIPParticipant: the call to place and the SRTP policy of its phone
+/// leg.
+#[derive(Debug, Clone)]
+pub struct ParticipantDial {
+    pub call: OutboundRequest,
+    /// The stricter of the trunk's `media_encryption` and the request's: an API caller may
+    /// ask for more encryption than the trunk's default, never for less.
+    pub media_encryption: MediaEncryption,
+}
+
+/// The SRTP policy a CreateSIPParticipant asks for: `media.encryption` when set, else the
+/// deprecated top-level `media_encryption` (whose 0, DISABLE, cannot be told from unset,
+/// so it asks for nothing). Unknown enum values are refused.
+#[allow(deprecated)] // media_encryption is still sent by older SDKs
+pub fn requested_media_encryption(
+    r: &proto::CreateSipParticipantRequest,
+) -> Result<Option<MediaEncryption>, TwirpError> {
+    let from_enum = |v: i32, field: &str| match proto::SipMediaEncryption::try_from(v) {
+        Ok(proto::SipMediaEncryption::SipMediaEncryptDisable) => Ok(MediaEncryption::Disable),
+        Ok(proto::SipMediaEncryption::SipMediaEncryptAllow) => Ok(MediaEncryption::Allow),
+        Ok(proto::SipMediaEncryption::SipMediaEncryptRequire) => Ok(MediaEncryption::Require),
+        Err(_) => Err(TwirpError::new(
+            "invalid_argument",
+            format!("{field}: {v} is not a SIPMediaEncryption value"),
+        )),
+    };
+    if let Some(e) = r.media.as_ref().and_then(|m| m.encryption) {
+        return from_enum(e, "media.encryption").map(Some);
+    }
+    match r.media_encryption {
+        0 => Ok(None),
+        v => from_enum(v, "media_encryption").map(Some),
+    }
+}
+
 /// Validates a CreateSIPParticipant request against the configuration.
-#[allow(deprecated)] // media_encryption and play_ringtone are still sent by older SDKs
+#[allow(deprecated)] // play_ringtone is still sent by older SDKs
 pub fn to_outbound(
     r: &proto::CreateSipParticipantRequest,
     cfg: &crate::config::Config,
-) -> Result<OutboundRequest, TwirpError> {
+) -> Result<ParticipantDial, TwirpError> {
     let unsupported = |field: &str, why: &str| {
         TwirpError::new(
             "invalid_argument",
@@ -321,23 +378,31 @@ pub fn to_outbound(
     if !r.to_user_override.is_empty() {
         return Err(unsupported("to_user_override", "not implemented"));
     }
-    if r.hide_phone_number {
-        return Err(unsupported("hide_phone_number", "not implemented"));
-    }
-    if r.include_headers != 0 {
-        return Err(unsupported("include_headers", "not implemented"));
-    }
+    let include_headers = match proto::SipHeaderOptions::try_from(r.include_headers) {
+        Ok(proto::SipHeaderOptions::SipNoHeaders) => None,
+        Ok(proto::SipHeaderOptions::SipXHeaders) => Some(IncludeHeaders::XHeaders),
+        Ok(proto::SipHeaderOptions::SipAllHeaders) => Some(IncludeHeaders::All),
+        Err(_) => {
+            return Err(TwirpError::new(
+                "invalid_argument",
+                format!(
+                    "include_headers: unknown value {}; expected SIP_NO_HEADERS, SIP_X_HEADERS or SIP_ALL_HEADERS",
+                    r.include_headers
+                ),
+            ));
+        }
+    };
     if r.krisp_enabled {
         return Err(unsupported("krisp_enabled", "no noise cancellation here"));
     }
-    if r.media_encryption != 0 {
+    let requested = requested_media_encryption(r)?;
+    if let Some(m) = &r.media
+        && (m.only_listed_codecs || !m.codecs.is_empty() || m.media_timeout.is_some())
+    {
         return Err(unsupported(
-            "media_encryption",
-            "SRTP toward the phone is not implemented",
+            "media.codecs/media.media_timeout",
+            "codecs and the media timeout come from the configuration",
         ));
-    }
-    if r.media.is_some() {
-        return Err(unsupported("media", "codecs come from the trunk"));
     }
     if r.destination.is_some() {
         return Err(unsupported(
@@ -394,7 +459,9 @@ pub fn to_outbound(
     let max_duration = duration(r.max_call_duration.as_ref().map(|d| (d.seconds, d.nanos)))?
         .filter(|d| !d.is_zero());
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    Ok(OutboundRequest {
+    let media_encryption =
+        requested.map_or(trunk.media_encryption, |m| m.max(trunk.media_encryption));
+    let call = OutboundRequest {
         trunk: r.sip_trunk_id.clone(),
         call_to: call_to.to_string(),
         from_number: opt(&r.sip_number),
@@ -410,6 +477,12 @@ pub fn to_outbound(
         max_call_duration: max_duration,
         headers: check_headers(&r.headers)?,
         display_name: r.display_name.clone(),
+        include_headers,
+        hide_phone_number: r.hide_phone_number,
+    };
+    Ok(ParticipantDial {
+        call,
+        media_encryption,
     })
 }
 
@@ -470,10 +543,20 @@ pub async fn create_sip_participant(
         return TwirpError::new("unavailable", "draining: not placing new calls").into_response();
     }
     let cfg = s.config.borrow().clone();
-    let out = match to_outbound(&req, &cfg) {
+    let dial = match to_outbound(&req, &cfg) {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
+    // `allow` may place a plain call; `require` must never send plain RTP, and the phone
+    // leg does not speak SRTP until the call integration lands (media::srtp, media::sdes).
+    if dial.media_encryption == MediaEncryption::Require {
+        return TwirpError::new(
+            "failed_precondition",
+            "media_encryption require: SRTP on the phone leg is not available in this build",
+        )
+        .into_response();
+    }
+    let out = dial.call;
     let Some(calls) = s.calls.clone() else {
         return TwirpError::new("unavailable", "calls are not running").into_response();
     };
@@ -621,8 +704,9 @@ mod tests {
             ..Default::default()
         };
         let o = to_outbound(&r, &cfg).unwrap();
-        assert_eq!(o.ringing_timeout, DEFAULT_RINGING_TIMEOUT);
-        assert_eq!(o.dtmf, "12w#");
+        assert_eq!(o.call.ringing_timeout, DEFAULT_RINGING_TIMEOUT);
+        assert_eq!(o.call.dtmf, "12w#");
+        assert_eq!(o.media_encryption, MediaEncryption::Disable);
         r.krisp_enabled = true;
         let e = to_outbound(&r, &cfg).unwrap_err();
         assert!(e.msg.contains("krisp_enabled"), "{e:?}");
@@ -643,5 +727,77 @@ mod tests {
         r.headers.clear();
         r.dtmf = "12x".into();
         assert!(to_outbound(&r, &cfg).is_err());
+        r.dtmf.clear();
+        // LiveKit's header options are accepted; the number of headers is bounded
+        r.include_headers = proto::SipHeaderOptions::SipXHeaders as i32;
+        r.hide_phone_number = true;
+        let o = to_outbound(&r, &cfg).unwrap();
+        assert_eq!(o.call.include_headers, Some(IncludeHeaders::XHeaders));
+        assert!(o.call.hide_phone_number);
+        r.include_headers = 7;
+        let e = to_outbound(&r, &cfg).unwrap_err();
+        assert!(e.msg.contains("include_headers"), "{e:?}");
+        r.include_headers = 0;
+        for i in 0..100 {
+            r.headers.insert(format!("X-H{i}"), "v".into());
+        }
+        let e = to_outbound(&r, &cfg).unwrap_err();
+        assert_eq!(e.code, "invalid_argument");
+        assert!(e.msg.contains("100 headers, at most 32"), "{e:?}");
+        r.headers.clear();
+        r.headers.insert("X-Big".into(), "v".repeat(1025));
+        assert!(to_outbound(&r, &cfg).unwrap_err().msg.contains("X-Big"));
+        r.headers.insert("X-Big".into(), "v".repeat(1024));
+        assert_eq!(to_outbound(&r, &cfg).unwrap().call.headers.len(), 1);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn media_encryption_is_accepted_and_never_weakens_the_trunk() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("roomline.yaml");
+        let mut cfg = crate::config::load_with_env(&path, &|_| None).unwrap();
+        let mut r = proto::CreateSipParticipantRequest {
+            sip_trunk_id: "carrier".into(),
+            sip_call_to: "+15551234567".into(),
+            room_name: "r".into(),
+            ..Default::default()
+        };
+        let enc = |r: &proto::CreateSipParticipantRequest, cfg: &crate::config::Config| {
+            to_outbound(r, cfg).map(|d| d.media_encryption)
+        };
+        // the deprecated top-level field
+        r.media_encryption = proto::SipMediaEncryption::SipMediaEncryptRequire as i32;
+        assert_eq!(enc(&r, &cfg).unwrap(), MediaEncryption::Require);
+        r.media_encryption = proto::SipMediaEncryption::SipMediaEncryptAllow as i32;
+        assert_eq!(enc(&r, &cfg).unwrap(), MediaEncryption::Allow);
+        r.media_encryption = 7;
+        let e = to_outbound(&r, &cfg).unwrap_err();
+        assert_eq!(e.code, "invalid_argument");
+        assert!(e.msg.contains("media_encryption: 7"), "{e:?}");
+        // media.encryption wins over it
+        r.media = Some(proto::SipMediaConfig {
+            encryption: Some(proto::SipMediaEncryption::SipMediaEncryptRequire as i32),
+            ..Default::default()
+        });
+        assert_eq!(enc(&r, &cfg).unwrap(), MediaEncryption::Require);
+        // codecs in media are still refused by name
+        r.media.as_mut().unwrap().only_listed_codecs = true;
+        assert!(
+            to_outbound(&r, &cfg)
+                .unwrap_err()
+                .msg
+                .contains("media.codecs")
+        );
+        // a trunk that requires SRTP cannot be talked down by the API
+        let i = cfg.trunks.iter().position(|t| t.name == "carrier").unwrap();
+        cfg.trunks[i].media_encryption = MediaEncryption::Require;
+        r.media = Some(proto::SipMediaConfig {
+            encryption: Some(proto::SipMediaEncryption::SipMediaEncryptDisable as i32),
+            ..Default::default()
+        });
+        assert_eq!(enc(&r, &cfg).unwrap(), MediaEncryption::Require);
+        r.media = None;
+        r.media_encryption = 0;
+        assert_eq!(enc(&r, &cfg).unwrap(), MediaEncryption::Require);
     }
 }

@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::attributes::{self, CallStatus};
 use super::leg::Offers;
 use super::outcome::Outcome;
+use crate::clock::now;
 use crate::livekit::{DisconnectReason, ParticipantEvent, ParticipantHandle, SampleRate};
 use crate::media::dtmf::DtmfDigit;
 use crate::media::rtp::Ssrc;
@@ -174,7 +176,7 @@ impl MediaLeg {
         let mut config = PhoneMediaConfig::from_negotiated(&negotiated, ssrc, &self.setup.identity);
         config.latch = latches(negotiated.remote_rtp, self.setup.signalling);
         config.timeouts = self.setup.timeouts;
-        self.pm = Some(PhoneMedia::new(config, now, SystemTime::now()));
+        self.pm = Some(PhoneMedia::new(config, now, crate::clock::wall()));
         self.negotiated = Some(negotiated);
     }
 
@@ -217,10 +219,6 @@ impl Offers for MediaLeg {
     }
 }
 
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
-
 /// The LiveKit participant of a call.
 pub struct Room {
     pub handle: ParticipantHandle,
@@ -244,11 +242,20 @@ impl Room {
 
     /// Sets attributes without waiting (the call task never blocks on LiveKit).
     pub fn set_attributes(&self, attrs: &[(&str, &str)]) {
+        self.set_attribute_map(
+            attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+    }
+
+    /// Like `set_attributes`, for a map built by `call::attributes`.
+    pub fn set_attribute_map(&self, map: HashMap<String, String>) {
+        if map.is_empty() {
+            return;
+        }
         let h = self.handle.clone();
-        let map: HashMap<String, String> = attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         tokio::spawn(async move {
             let _ = h.set_attributes(map).await;
         });
@@ -266,7 +273,10 @@ impl Room {
         let h = self.handle.clone();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            h.set_attributes(HashMap::from([("sip.callStatus".into(), "hangup".into())])),
+            h.set_attributes(HashMap::from([(
+                attributes::CALL_STATUS.into(),
+                CallStatus::Hangup.as_str().into(),
+            )])),
         )
         .await;
         let _ = h.leave(outcome.leave_reason()).await;
@@ -356,6 +366,10 @@ pub fn drive_media(
         return out;
     };
     let t = now();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the frame cost metric measures real work, not the (pausable) call clock"
+    )]
     let started = std::time::Instant::now();
     let mut frames = 0u32;
     pm.handle_timeout(t);
@@ -416,7 +430,7 @@ pub fn on_packet(media: &mut MediaLeg, rtcp: bool, from: SocketAddr, data: &[u8]
 }
 
 /// Receives on the leg's sockets, or never when there is none.
-pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Received> {
+pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Datagram> {
     match m {
         Some(m) => m.sockets.recv(buf).await,
         None => std::future::pending().await,

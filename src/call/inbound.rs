@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::attributes::{self, CallStatus};
 use super::bridge::{MediaLeg, MediaSetup, Room};
 use super::leg::Leg;
 use super::outcome::Outcome;
@@ -22,6 +23,7 @@ use super::prompt::{self, Prompt};
 use super::shell::{self, MediaMode, Shell, Summary, Wake, now};
 use super::{CallContext, CallControl, Registration};
 use crate::config::AnswerMode;
+use crate::dialplan::trunk_match as matching;
 use crate::dialplan::{self, CallSummary, Decision, JoinPlan};
 use crate::livekit::{
     JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle, ParticipantKind,
@@ -33,7 +35,6 @@ use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::endpoint::{self, InboundInvite};
 use crate::sip::sdp::{self, Local};
-use crate::trunk::matching;
 
 /// Digits a PIN entry may hold before '#'.
 const PIN_MAX_DIGITS: usize = 32;
@@ -72,6 +73,8 @@ struct InboundCall {
     early: bool,
     called: String,
     caller: String,
+    /// Our call id (`sip.callID`, `SCL_...`).
+    lk_call_id: String,
 }
 
 /// Runs one inbound call to its end.
@@ -115,6 +118,7 @@ pub async fn run(
         early: false,
         called,
         caller,
+        lk_call_id: attributes::new_call_id(),
     };
     let outcome = match call.start() {
         Ok(()) => call.main_loop().await,
@@ -162,12 +166,15 @@ impl InboundCall {
             .map_or(SampleRate::Hz8000, MediaLeg::rate)
     }
 
-    /// A response to the INVITE with the dialog's headers.
-    fn respond(&mut self, status: u16, body: Option<String>) {
+    /// A response to the INVITE with the dialog's headers (and `headers`).
+    fn respond(&mut self, status: u16, headers: Vec<(String, String)>, body: Option<String>) {
         let leg = self.leg();
         let Some(mut out) = leg.invite_response(status) else {
             return;
         };
+        for (k, v) in headers {
+            out.push(&k, v);
+        }
         if let Some(sdp) = body {
             out = out.body("application/sdp", sdp);
         }
@@ -178,7 +185,7 @@ impl InboundCall {
     /// Routes the call, checks its session timer, negotiates SDP, binds RTP, starts
     /// ringing and joining. Errors end the call before answer.
     fn start(&mut self) -> Result<(), Outcome> {
-        self.respond(100, None);
+        self.respond(100, Vec::new(), None);
         self.leg().accept_invite_timer()?;
         let random = crate::sip::build::new_tag();
         let call_id = self.shell.call_id();
@@ -263,13 +270,13 @@ impl InboundCall {
         } else {
             if early_media {
                 let sdp = self.shell.media.as_ref().map(|m| m.sdp.clone());
-                self.respond(183, sdp);
+                self.respond(183, Vec::new(), sdp);
                 self.early = true;
                 if let Some(m) = self.shell.media.as_mut() {
                     m.start_pipeline(now());
                 }
             } else {
-                self.respond(180, None);
+                self.respond(180, Vec::new(), None);
             }
             self.start_join();
         }
@@ -288,17 +295,54 @@ impl InboundCall {
         o.name = plan.name.clone();
         o.kind = ParticipantKind::Sip;
         o.metadata = plan.metadata.clone().unwrap_or_default();
-        o.attributes = plan.attributes.iter().cloned().collect();
-        let status = if self.shell.answered_at.is_some() {
-            "active"
-        } else {
-            "ringing"
-        };
-        o.attributes.insert("sip.callStatus".into(), status.into());
+        o.attributes = self.join_attributes(plan);
         o.sample_rate = self.sample_rate();
         o.agents = plan.agents.clone();
         o.join_timeout = Duration::from_secs(10);
         o
+    }
+
+    /// The participant's attributes at join (`call::attributes`): the rule's, the
+    /// INVITE's headers as the trunk maps them, the `sip.*` keys and the status.
+    fn join_attributes(&self, plan: &JoinPlan) -> HashMap<String, String> {
+        let facts = attributes::InboundFacts {
+            call_id: &self.lk_call_id,
+            trunk: &self.trunk,
+            caller: &self.caller,
+            called: &self.called,
+            mapping: self
+                .shell
+                .cfg
+                .trunk(&self.trunk)
+                .and_then(|t| t.inbound.as_ref())
+                .map(|i| &i.mapping),
+        };
+        let status = match self.shell.answered_at {
+            Some(_) => CallStatus::Active,
+            None => CallStatus::Ringing,
+        };
+        let Some(invite) = self.shell.leg.as_ref().and_then(|l| l.invite()) else {
+            return HashMap::new();
+        };
+        attributes::inbound_join(plan, invite, &facts, status)
+    }
+
+    /// The trunk's `attributes_to_headers` for our 200 OK, from the attributes we join
+    /// with.
+    fn answer_headers(&self) -> Vec<(String, String)> {
+        let (Some(plan), Some(i)) = (
+            self.plan.as_ref(),
+            self.shell
+                .cfg
+                .trunk(&self.trunk)
+                .and_then(|t| t.inbound.as_ref()),
+        ) else {
+            return Vec::new();
+        };
+        attributes::to_headers(
+            &self.join_attributes(plan),
+            &i.mapping.attributes_to_headers,
+        )
     }
 
     fn start_join(&mut self) {
@@ -316,7 +360,8 @@ impl InboundCall {
             return;
         }
         let sdp = self.shell.media.as_ref().map(|m| m.sdp.clone());
-        self.respond(200, sdp);
+        let headers = self.answer_headers();
+        self.respond(200, headers, sdp);
         let t = now();
         self.shell.answered_at = Some(t);
         if let Some(m) = self.shell.media.as_mut() {
@@ -325,9 +370,9 @@ impl InboundCall {
         metrics::histogram!(m::CALL_SETUP_SECONDS, "direction" => "inbound", "trunk" => self.trunk.clone())
             .record(t.saturating_duration_since(self.shell.started).as_secs_f64());
         if let Some(room) = &self.shell.room {
-            room.set_attributes(&[("sip.callStatus", "active")]);
+            room.set_attributes(&[CallStatus::Active.attribute()]);
         }
-        tracing::debug!(call_id = %self.shell.call_id(), "answered");
+        tracing::info!(call_id = %self.shell.call_id(), trunk = %self.trunk, "inbound call answered");
     }
 
     async fn main_loop(&mut self) -> Outcome {
@@ -463,13 +508,9 @@ impl InboundCall {
         }
         let mode = self.plan.as_ref().map_or(AnswerMode::OnJoin, |p| p.answer);
         if self.shell.answered_at.is_some() {
-            // after a PIN: already answered
+            // after a PIN: already answered (and joined with status active)
             if let Some(room) = &self.shell.room {
-                let h = room.handle.clone();
-                tokio::spawn(async move {
-                    let attrs = HashMap::from([("sip.callStatus".into(), "active".into())]);
-                    let _ = h.set_attributes(attrs).await;
-                });
+                room.set_attributes(&[CallStatus::Active.attribute()]);
             }
         } else if mode == AnswerMode::OnJoin {
             self.answer();

@@ -1,12 +1,15 @@
 //! Calls: one task per call owns its dialog, its server and client transactions, its
-//! media pipeline and its LiveKit participant. The call manager (here) spawns the tasks,
-//! counts them, keeps the registry the API finds calls in, and ends them all on
-//! shutdown. Submodules: `inbound` (a phone call into a room) and `outbound` (a call the
-//! room places) keep only what differs between the directions; `leg` (the SIP dialog
-//! leg, sans-IO) and `shell` (the task's waiting, driving and ending) are shared, as are
-//! `bridge` (the phone's RTP and the participant), `transfer` (REFER), `outcome` (how a
-//! call ended, classified once) and `prompt` (tones a call plays to the phone).
+//! media pipeline and its LiveKit participant (ARCHITECTURE.md, "One task per call"). The
+//! call manager (here) spawns the tasks, counts them, keeps the registry the API finds
+//! calls in, and ends them all on shutdown. Submodules: `inbound` (a phone call into a
+//! room) and `outbound` (a call the room places, with failover) keep only what differs
+//! between the directions; `leg` (the SIP dialog leg, sans-IO) and `shell` (the task's
+//! waiting, driving and ending) are shared, as are `bridge` (the phone's RTP and the
+//! participant), `attributes` (LiveKit's `sip.*` attributes and the header mapping),
+//! `transfer` (REFER), `outcome` (how a call ended, classified once) and `prompt` (tones
+//! a call plays to the phone).
 
+pub mod attributes;
 pub mod bridge;
 pub mod inbound;
 pub mod leg;
@@ -288,7 +291,7 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                         let seq = CALL_SEQ.fetch_add(1, Ordering::Relaxed);
                         let key = Participant {
                             room: req.room.clone(),
-                            identity: req.identity.clone().unwrap_or_else(|| format!("sip_{}", req.call_to)),
+                            identity: req.identity(),
                         };
                         let (control, control_rx) = mpsc::channel(8);
                         registry.insert(key, (seq, control));

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::attributes::CallStatus;
 use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
 use super::leg::{Leg, LegEvent, Local, Offers};
 use super::outcome::Outcome;
@@ -37,9 +38,7 @@ use crate::sip::transport::Flow;
 pub const LINGER: Duration = Duration::from_secs(40);
 
 /// The call tasks' clock (tokio's, so tests may pause it).
-pub fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
+pub use crate::clock::now;
 
 /// What woke a call that the direction has to handle itself.
 pub enum Wake<T> {
@@ -376,7 +375,7 @@ impl Shell {
         if !before && leg.transfer_running() {
             tracing::info!(call_id = %leg.call_id(), "transferring the call");
             if let Some(r) = &self.room {
-                r.set_attributes(&[("sip.callStatus", "transferring")]);
+                r.set_attributes(&[CallStatus::Transferring.attribute()]);
             }
         }
         self.flush();
@@ -390,7 +389,7 @@ impl Shell {
             Done::Failed(why) => {
                 tracing::info!(call_id = %self.call_id(), %why, "transfer failed; the call goes on");
                 if let Some(r) = &self.room {
-                    r.set_attributes(&[("sip.callStatus", "active")]);
+                    r.set_attributes(&[CallStatus::Active.attribute()]);
                 }
                 None
             }

@@ -40,6 +40,8 @@ pub const SESSION_TIMERS_ENABLED: bool = true;
 pub const SESSION_EXPIRES: Duration = Duration::from_secs(1800);
 pub const SESSION_MIN_SE: Duration = Duration::from_secs(90);
 pub const OUTBOUND_EARLY_MEDIA: bool = true;
+/// SRTP on a trunk's calls (`media_encryption`), LiveKit's default.
+pub const MEDIA_ENCRYPTION: &str = "disable";
 
 pub const RULE_IDENTITY: &str = "sip_{caller}";
 pub const RULE_NAME: &str = "Phone {caller}";

@@ -12,7 +12,8 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use loader::{load, load_with_env};
 pub use types::{
-    NumberPattern, PortRange, Secret, SipTarget, Template, TemplateValues, TemplateVar, Transport,
+    IncludeHeaders, MediaEncryption, NumberPattern, PortRange, Secret, SipTarget, Template,
+    TemplateValues, TemplateVar, Transport,
 };
 
 use ipnet::IpNet;
@@ -34,6 +35,9 @@ pub struct Config {
     /// Dialplan rules in match order: files by name, rules in file order.
     pub rules: Vec<Rule>,
     pub files: SourceFiles,
+    /// What is valid but probably not meant (e.g. SRTP keys in cleartext SDP), located like
+    /// errors; `roomline check` prints them, the daemon logs them at each load.
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
@@ -81,6 +85,8 @@ pub struct Listener {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// What to do with an INVITE that matches no trunk.
@@ -150,6 +156,8 @@ pub struct Trunk {
     pub outbound: Option<OutboundTrunk>,
     /// Name of the trunk to fail over to.
     pub backup: Option<String>,
+    /// SRTP policy of this trunk's calls, both directions.
+    pub media_encryption: MediaEncryption,
     /// RFC 4028 session timers on this trunk's calls, both directions.
     pub session_timers: SessionTimers,
 }
@@ -186,6 +194,19 @@ pub struct InboundTrunk {
     pub allowed_numbers: Vec<NumberPattern>,
     /// Digest credentials callers must present.
     pub auth: Option<Credentials>,
+    /// INVITE headers to attributes; attributes to the 200 OK's headers.
+    pub mapping: HeaderMapping,
+}
+
+/// LiveKit's header options of a trunk side: which headers of the INVITE (inbound) or
+/// the 200 OK (outbound) become attributes, and which attributes become headers.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderMapping {
+    pub include: IncludeHeaders,
+    /// Header name -> attribute name (`headers_to_attributes`), sorted by header.
+    pub to_attributes: Vec<(String, String)>,
+    /// Attribute name -> header name (`attributes_to_headers`), sorted by attribute.
+    pub attributes_to_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +222,10 @@ pub struct OutboundTrunk {
     pub options_interval: Option<Duration>,
     /// Forward early media (a 183's audio: ringback, announcements) to the room.
     pub early_media: bool,
+    /// 200 OK headers to attributes; attributes to the INVITE's headers.
+    pub mapping: HeaderMapping,
+    /// CAs that sign the carrier's certificate (TLS); None: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +273,8 @@ pub struct JoinRoom {
     pub answer: AnswerMode,
     pub ringing_timeout: Duration,
     pub early_media: bool,
+    /// Keep the caller's number out of the room (LiveKit's `hide_phone_number`).
+    pub hide_phone_number: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ use regex::Regex;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
+use tracing_subscriber::EnvFilter;
 
 /// A secret (password, API secret): never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -152,6 +153,40 @@ pub fn parse_transport(s: &str) -> Result<Transport, String> {
         "tcp" => Ok(Transport::Tcp),
         "tls" => Ok(Transport::Tls),
         _ => Err(format!("invalid transport {s:?}: expected udp, tcp or tls")),
+    }
+}
+
+/// SRTP policy of a trunk's calls (`media_encryption`, LiveKit's names and meaning),
+/// ordered from the weakest to the strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum MediaEncryption {
+    /// Plain RTP only: an offer with only SRTP is refused (488).
+    #[default]
+    Disable,
+    /// Either: offer SRTP with a plain fallback, answer what the peer offered.
+    Allow,
+    /// SRTP only: a plain offer is refused (488), plain RTP is never sent.
+    Require,
+}
+
+impl MediaEncryption {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaEncryption::Disable => "disable",
+            MediaEncryption::Allow => "allow",
+            MediaEncryption::Require => "require",
+        }
+    }
+}
+
+pub fn parse_media_encryption(s: &str) -> Result<MediaEncryption, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "disable" | "disabled" => Ok(MediaEncryption::Disable),
+        "allow" => Ok(MediaEncryption::Allow),
+        "require" | "required" => Ok(MediaEncryption::Require),
+        _ => Err(format!(
+            "invalid media_encryption {s:?}: expected disable, allow or require"
+        )),
     }
 }
 
@@ -443,6 +478,62 @@ pub fn parse_template(s: &str) -> Result<Template, String> {
     })
 }
 
+/// Which headers of a message become `sip.h.<name>` attributes (LiveKit's
+/// `include_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncludeHeaders {
+    /// Only `headers_to_attributes` and the carrier defaults.
+    #[default]
+    None,
+    /// Every `X-*` header.
+    XHeaders,
+    /// Every header (credentials excepted).
+    All,
+}
+
+pub fn parse_include_headers(s: &str) -> Result<IncludeHeaders, String> {
+    match s.trim() {
+        "none" => Ok(IncludeHeaders::None),
+        "x_headers" => Ok(IncludeHeaders::XHeaders),
+        "all" => Ok(IncludeHeaders::All),
+        _ => Err(format!(
+            "invalid include_headers {s:?}: expected none, x_headers or all"
+        )),
+    }
+}
+
+/// A SIP header name (a token, at most 255 characters, as LiveKit checks it).
+pub fn check_header_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid header name {s:?}: expected a SIP token such as X-Account"
+        ))
+    }
+}
+
+/// An attribute name a header may be mapped onto: not in the `sip.` namespace, which
+/// Roomline owns (`sip.callID`, `sip.phoneNumber`, `sip.h.*`, the carrier defaults such
+/// as `sip.twilio.callSid`, ...), so no carrier header can overwrite them.
+pub fn check_mapped_attribute(s: &str) -> Result<(), String> {
+    if s.trim().is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid attribute name {s:?}: expected 1-128 printable characters such as customer.tier"
+        ));
+    }
+    if s.starts_with("sip.") {
+        return Err(format!(
+            "attribute {s:?} is reserved: names starting with \"sip.\" (sip.callID, sip.phoneNumber, sip.h.*, sip.twilio.callSid, ...) are Roomline's; map the header onto another name"
+        ));
+    }
+    Ok(())
+}
+
 /// A name usable as a trunk or rule id, a metric label and a file stem.
 pub fn check_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
@@ -458,9 +549,51 @@ pub fn check_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a log filter such as `info` or `info,roomline::sip=debug` (`logging.level`,
+/// `LOG_LEVEL`).
+pub fn parse_log_filter(s: &str) -> Result<EnvFilter, String> {
+    if s.trim().is_empty() {
+        return Err("invalid log level \"\": expected error, warn, info, debug or trace".into());
+    }
+    let expected = "expected error, warn, info, debug, trace or off, optionally with per-module directives such as info,roomline::sip=debug";
+    // A bare word that is not a level would silently mean "that target at trace level".
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "invalid log level {s:?}: {d:?} is not a level; {expected}"
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(s)
+        .map_err(|e| format!("invalid log level {s:?}: {e}; {expected}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_encryption_names() {
+        for m in [
+            MediaEncryption::Disable,
+            MediaEncryption::Allow,
+            MediaEncryption::Require,
+        ] {
+            assert_eq!(parse_media_encryption(m.as_str()), Ok(m));
+        }
+        assert_eq!(
+            parse_media_encryption("REQUIRE"),
+            Ok(MediaEncryption::Require)
+        );
+        assert!(
+            parse_media_encryption("srtp")
+                .unwrap_err()
+                .contains("disable, allow or require")
+        );
+        assert_eq!(MediaEncryption::default(), MediaEncryption::Disable);
+    }
 
     #[test]
     fn durations() {
@@ -585,5 +718,13 @@ mod tests {
         assert!(check_name("has space").is_err());
         assert!(check_name("").is_err());
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn log_filters() {
+        assert!(parse_log_filter("info").is_ok());
+        assert!(parse_log_filter("warn,roomline::sip=debug").is_ok());
+        assert!(parse_log_filter("loud").is_err());
+        assert!(parse_log_filter("").is_err());
     }
 }

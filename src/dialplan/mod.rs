@@ -1,10 +1,16 @@
-//! Call routing, a pure function: (configuration, call summary) -> decision. First matching
-//! rule wins, files in name order and rules in file order (the order `Config::rules`
-//! keeps). No rule: 404. Rendering fills the room and participant templates and adds the
-//! `sip.*` attributes LiveKit's own SIP service sets, so agents work unchanged.
+//! Call routing, pure functions of the configuration and the call. `trunk_match` finds the
+//! trunk an inbound call came through; `route` then picks its rule: (configuration, call
+//! summary) -> decision. First matching rule wins, files in name order and rules in file
+//! order (the order `Config::rules` keeps). No rule: 404. Rendering fills the room and
+//! participant templates (with only the last digits of the caller's number under
+//! `hide_phone_number`); the call adds the `sip.*` attributes (`call::attributes`).
 
+use crate::config::defaults::RULE_IDENTITY;
 use crate::config::{AgentDispatch, AnswerMode, Config, Rule, RuleAction, TemplateValues};
+use sha2::{Digest, Sha256};
 use std::time::Duration;
+
+pub mod trunk_match;
 
 /// What routing knows about an inbound call: the matched trunk, the called and caller
 /// numbers as received, the Call-ID, and random text for `{random}` (the caller supplies
@@ -43,13 +49,16 @@ pub struct JoinPlan {
     pub identity: String,
     pub name: String,
     pub metadata: Option<String>,
-    /// Rule attributes, then the `sip.*` attributes.
+    /// The rule's attributes (the call adds the `sip.*` ones: `call::attributes`).
     pub attributes: Vec<(String, String)>,
     pub pin: Option<String>,
     pub agents: Vec<(String, Option<String>)>,
     pub answer: AnswerMode,
     pub ringing_timeout: Duration,
     pub early_media: bool,
+    /// Keep the caller's number out of the room: no `sip.phoneNumber`, identity and
+    /// name without it.
+    pub hide_phone_number: bool,
 }
 
 fn matches(rule: &Rule, call: &CallSummary<'_>) -> bool {
@@ -70,23 +79,28 @@ pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
             reason: reason.clone(),
         },
         RuleAction::Join(j) => {
-            let v = call;
-            let mut attributes: Vec<(String, String)> = j
+            // hide_phone_number: templates see only the last digits, and the default
+            // identity becomes a hash of the number (LiveKit's form)
+            let masked = masked_number(call.caller);
+            let hidden = CallSummary {
+                caller: &masked,
+                ..call.clone()
+            };
+            let v = if j.hide_phone_number { &hidden } else { call };
+            let attributes: Vec<(String, String)> = j
                 .attributes
                 .iter()
                 .map(|(k, t)| (k.clone(), t.render(v)))
                 .collect();
-            attributes.extend([
-                ("sip.callID".to_string(), call.call_id.to_string()),
-                ("sip.trunkID".to_string(), call.trunk.to_string()),
-                ("sip.ruleID".to_string(), rule.name.clone()),
-                ("sip.phoneNumber".to_string(), call.caller.to_string()),
-                ("sip.trunkPhoneNumber".to_string(), call.called.to_string()),
-            ]);
+            let identity = if j.hide_phone_number && j.identity.source() == RULE_IDENTITY {
+                hidden_identity(call.caller)
+            } else {
+                j.identity.render(v)
+            };
             Decision::Join(Box::new(JoinPlan {
                 rule: rule.name.clone(),
                 room: j.room.render(v),
-                identity: j.identity.render(v),
+                identity,
                 name: j.name.render(v),
                 metadata: j.metadata.clone(),
                 attributes,
@@ -99,9 +113,29 @@ pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
                 answer: j.answer,
                 ringing_timeout: j.ringing_timeout,
                 early_media: j.early_media,
+                hide_phone_number: j.hide_phone_number,
             }))
         }
     }
+}
+
+/// The identity of a caller whose number is hidden: `sip_` and 16 hex digits of
+/// SHA-256 of the number (LiveKit's form), the same for every call from that number.
+pub fn hidden_identity(number: &str) -> String {
+    let h = Sha256::digest(number.as_bytes());
+    let mut s = String::from("sip_");
+    for b in &h[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// What is left of a hidden number: its last 4 characters (the last 1 when it has 4 or
+/// fewer), as LiveKit shows it in the participant name.
+pub fn masked_number(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    let keep = if chars.len() <= 4 { 1 } else { 4 };
+    chars[chars.len().saturating_sub(keep)..].iter().collect()
 }
 
 #[cfg(test)]
@@ -161,11 +195,28 @@ mod tests {
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(attr("line"), Some("support"));
-        assert_eq!(attr("sip.callID"), Some("c1"));
-        assert_eq!(attr("sip.trunkID"), Some("carrier"));
-        assert_eq!(attr("sip.ruleID"), Some("support"));
-        assert_eq!(attr("sip.phoneNumber"), Some("+447700900089"));
-        assert_eq!(attr("sip.trunkPhoneNumber"), Some("15550100"));
+        // the sip.* keys are the call's (call::attributes), not the rule's
+        assert!(!p.attributes.iter().any(|(k, _)| k.starts_with("sip.")));
+        assert!(!p.hide_phone_number);
+    }
+
+    #[test]
+    fn hidden_numbers_stay_out_of_the_plan() {
+        let mut cfg = examples();
+        for r in &mut cfg.rules {
+            if let RuleAction::Join(j) = &mut r.action {
+                j.hide_phone_number = true;
+            }
+        }
+        let Decision::Join(p) = route(&cfg, &call("carrier", "15550100", "+447700900089")) else {
+            panic!()
+        };
+        assert!(p.hide_phone_number);
+        assert_eq!(p.identity, hidden_identity("+447700900089"));
+        assert_eq!(p.name, "Phone 0089");
+        assert_eq!(p.room, "support-0089");
+        let all = format!("{p:?}");
+        assert!(!all.contains("7700900089"), "{all}");
     }
 
     #[test]

@@ -1177,7 +1177,9 @@ impl Task {
             Err(e) => {
                 self.publish.write_failures += 1;
                 self.publish.frames_dropped += 1;
-                if self.publish.write_failures == 1 || self.publish.write_failures % 50 == 0 {
+                if self.publish.write_failures == 1
+                    || self.publish.write_failures.is_multiple_of(50)
+                {
                     tracing::debug!(error = %e, failures = self.publish.write_failures, "audio frame not written");
                 }
                 if self.publish.write_failures >= MAX_WRITE_FAILURES {
@@ -1594,6 +1596,10 @@ fn leave_end(leave: &proto::LeaveRequest) -> End {
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "wall clock for a Unix time; crate::clock::unix_millis is the shared reader"
+)]
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

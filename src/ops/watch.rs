@@ -1,5 +1,6 @@
 //! Notices changed configuration files by polling their fingerprint (names, sizes and
-//! modification times of roomline.yaml and the trunk and dialplan directories). A change
+//! modification times of roomline.yaml, the trunk and dialplan directories, and the files
+//! the configuration names: TLS certificates, keys and CA files). A change
 //! is reported once it has held still for one interval, so an editor's save in several
 //! writes gives one reload.
 
@@ -11,7 +12,7 @@ use std::time::SystemTime;
 pub struct Fingerprint(Vec<(PathBuf, u64, Option<SystemTime>)>);
 
 impl Fingerprint {
-    pub fn take(config: &Path, dirs: &[&Path]) -> Fingerprint {
+    pub fn take(config: &Path, dirs: &[&Path], files: &[&Path]) -> Fingerprint {
         let mut entries = Vec::new();
         let mut add = |p: &Path| {
             let (len, mtime) = match std::fs::metadata(p) {
@@ -21,6 +22,9 @@ impl Fingerprint {
             entries.push((p.to_path_buf(), len, mtime));
         };
         add(config);
+        for f in files {
+            add(f);
+        }
         for dir in dirs {
             add(dir);
             if let Ok(rd) = std::fs::read_dir(dir) {
@@ -83,7 +87,7 @@ mod tests {
         let plans = dir.path().join("dialplans");
         std::fs::create_dir(&plans).unwrap();
         std::fs::write(&cfg, "a").unwrap();
-        let take = || Fingerprint::take(&cfg, &[&plans]);
+        let take = || Fingerprint::take(&cfg, &[&plans], &[]);
         let mut d = Debounce::new(take());
         assert!(!d.observe(take()), "nothing changed");
         std::fs::write(plans.join("x.yaml"), "rules: []").unwrap();

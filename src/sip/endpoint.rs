@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -30,10 +30,11 @@ use super::transport::{Flow, Received, Transports};
 use super::txkey::ServerKey;
 use super::txtable::TxTable;
 use super::uri::{self, Uri, Via};
+use crate::clock::{now, unix_secs};
 use crate::config::defaults;
 use crate::config::{Config, Transport, UnmatchedInbound};
+use crate::dialplan::trunk_match::{self as matching, InboundMatch};
 use crate::ops::metrics as m;
-use crate::trunk::matching::{self, InboundMatch};
 
 /// Entries in the endpoint's own transaction table (rejections, OPTIONS).
 const MAX_TRANSACTIONS: usize = 16_384;
@@ -219,16 +220,6 @@ pub struct Endpoint {
     draining: bool,
     timers: Timers,
     last_sweep: Instant,
-}
-
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Endpoint {

@@ -2,6 +2,8 @@
 //! with stream framing (`sip::framing`, 64 KiB per message), and outbound TCP/TLS
 //! connections. Every received message reaches the endpoint over one bounded channel
 //! together with its [`Flow`], the way back to its sender. Nothing here parses SIP.
+//! Keep-alives stop here: a CRLFCRLF ping on a stream gets its CRLF pong, a datagram of
+//! CRLFs is dropped (RFC 5626 section 3.5.1).
 //!
 //! Bounds: the endpoint channel is bounded (a full channel drops datagrams and pauses
 //! stream readers), connections are capped, a stream that sends no complete message within
@@ -10,7 +12,6 @@
 //! stream, which is out of step after it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-use super::framing::{Frame, StreamFramer};
+use super::framing::{Frame, StreamFramer, is_datagram_keepalive};
+use super::tls::{self, ClientTls, ServerTls};
 use super::transaction::{Output, Transaction};
 use crate::config::{Listener, Transport};
 use crate::ops::metrics as m;
@@ -208,52 +210,17 @@ struct Shared {
     connections: AtomicUsize,
     next_id: AtomicU64,
     stop: watch::Receiver<bool>,
-    tls_client: Arc<rustls::ClientConfig>,
+    tls_client: ClientTls,
 }
 
 /// The bound transports. Dropping it does not stop the listeners; `shutdown` does.
 pub struct Transports {
     udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     streams: Vec<(Transport, SocketAddr)>,
+    /// TLS listeners by configured address, for reloading their certificates.
+    tls_servers: Vec<(SocketAddr, Arc<ServerTls>)>,
     shared: Arc<Shared>,
     stop_tx: watch::Sender<bool>,
-}
-
-fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// A TLS server config from PEM files (certificate chain, private key).
-pub fn tls_server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    rustls::ServerConfig::builder_with_provider(crypto())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())
-}
-
-/// The client config for outbound TLS: the system's roots.
-fn tls_client_config() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    rustls::ClientConfig::builder_with_provider(crypto())
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
 }
 
 impl Transports {
@@ -269,10 +236,11 @@ impl Transports {
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             stop,
-            tls_client: Arc::new(tls_client_config()),
+            tls_client: ClientTls::new(),
         });
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
+        let mut tls_servers = Vec::new();
         for l in listeners {
             match l.transport {
                 Transport::Udp => {
@@ -287,14 +255,13 @@ impl Transports {
                 Transport::Tcp | Transport::Tls => {
                     let acceptor = match (&l.transport, &l.tls) {
                         (Transport::Tls, Some(files)) => {
-                            let cfg =
-                                tls_server_config(&files.cert, &files.key).map_err(|error| {
-                                    BindError::Tls {
-                                        address: l.address,
-                                        error,
-                                    }
-                                })?;
-                            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+                            let tls = ServerTls::new(files).map_err(|error| BindError::Tls {
+                                address: l.address,
+                                error,
+                            })?;
+                            let tls = Arc::new(tls);
+                            tls_servers.push((l.address, tls.clone()));
+                            Some(tls)
                         }
                         (Transport::Tls, None) => {
                             return Err(BindError::Tls {
@@ -334,6 +301,7 @@ impl Transports {
         Ok(Transports {
             udp,
             streams,
+            tls_servers,
             shared,
             stop_tx,
         })
@@ -405,12 +373,21 @@ impl Transports {
             Transport::Tls => {
                 let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
                     .map_err(|e| format!("bad TLS server name {server_name:?}: {e}"))?;
-                let connector = tokio_rustls::TlsConnector::from(self.shared.tls_client.clone());
+                let client = self.shared.tls_client.config_for(server_name)?;
+                let connector = tokio_rustls::TlsConnector::from(client);
                 let tls =
                     tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, stream))
                         .await
                         .map_err(|_| format!("TLS handshake with {remote} timed out"))?
-                        .map_err(|e| format!("TLS handshake with {remote} failed: {e}"))?;
+                        .map_err(|e| {
+                            let why = format!(
+                                "TLS handshake with {server_name} ({remote}) failed: {e}"
+                            );
+                            if tls::is_certificate_error(&e) {
+                                tracing::warn!(host = %server_name, %remote, error = %e, "TLS: the peer's certificate is refused");
+                            }
+                            why
+                        })?;
                 Ok(start_stream(
                     Transport::Tls,
                     tls,
@@ -423,6 +400,41 @@ impl Transports {
             Transport::Udp => self
                 .udp_flow(remote)
                 .ok_or_else(|| "no UDP listener".to_string()),
+        }
+    }
+
+    /// Re-reads the TLS files after a configuration load: each TLS listener's certificate,
+    /// key and client CAs (same address as at bind; a listener added or moved needs a
+    /// restart), and the trunks' CA files. New handshakes use the result; established
+    /// connections keep theirs. A file that cannot be read is logged and the previous
+    /// configuration stays (for a trunk's CA file: that trunk cannot connect until fixed).
+    pub fn reload_tls(&self, cfg: &crate::config::Config) {
+        for (address, server) in &self.tls_servers {
+            let Some(files) = cfg
+                .sip
+                .listeners
+                .iter()
+                .find(|l| l.address == *address && l.transport == Transport::Tls)
+                .and_then(|l| l.tls.as_ref())
+            else {
+                continue;
+            };
+            match server.reload(files) {
+                Ok(()) => tracing::info!(
+                    listener = %address,
+                    cert = %files.cert.display(),
+                    mutual = files.client_ca.is_some(),
+                    "TLS certificate loaded"
+                ),
+                Err(e) => tracing::error!(
+                    listener = %address,
+                    error = %e,
+                    "TLS files not reloaded; the previous certificate stays in use"
+                ),
+            }
+        }
+        for e in self.shared.tls_client.configure(&cfg.trunks) {
+            tracing::error!(error = %e, "trunk CA file not loaded; TLS to that trunk fails until fixed");
         }
     }
 
@@ -475,6 +487,11 @@ async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>
             },
             _ = stopped(&mut stop) => return,
         };
+        if is_datagram_keepalive(&buf[..n]) {
+            // RFC 5626 section 3.5.1's CRLFCRLF, sent over UDP: no message, no answer
+            tracing::trace!(%local, remote = %from, "UDP keep-alive");
+            continue;
+        }
         let flow = Flow {
             transport: Transport::Udp,
             local,
@@ -494,7 +511,7 @@ async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>
 async fn accept_loop(
     transport: Transport,
     listener: TcpListener,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<ServerTls>>,
     local: SocketAddr,
     shared: Arc<Shared>,
 ) {
@@ -518,7 +535,7 @@ async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(local);
-        match &acceptor {
+        match &tls {
             None => {
                 start_stream(
                     transport,
@@ -529,8 +546,9 @@ async fn accept_loop(
                     Some(FIRST_MESSAGE_TIMEOUT),
                 );
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(tls) => {
+                // the configuration in force now: a reload applies from the next handshake
+                let acceptor = tls.acceptor();
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
@@ -544,6 +562,9 @@ async fn accept_loop(
                                 shared,
                                 Some(FIRST_MESSAGE_TIMEOUT),
                             );
+                        }
+                        Ok(Err(e)) if tls::is_certificate_error(&e) => {
+                            tracing::info!(%remote, error = %e, "TLS handshake refused: client certificate")
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "TLS handshake failed")

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod livekit;
+pub mod pki;
 pub mod roomline;
 pub mod uac;
 
@@ -198,24 +199,39 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
-    let python = python();
     let script = roompeer_script();
     assert!(script.is_file(), "missing {}", script.display());
+    run_peer(&python(), &[script.as_os_str()], args, timeout)
+}
+
+/// Runs a peer program (`program PREFIX... ARGS...`) that prints one JSON report on
+/// stdout (the last line starting with `{` counts), killing it after `timeout`. Does not
+/// panic on a failed run.
+pub fn run_peer<I, S>(
+    program: &Path,
+    prefix: &[&std::ffi::OsStr],
+    args: I,
+    timeout: Duration,
+) -> PeerRun
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
     // stdout/stderr go to files: no pipe can fill up and block the child
     let dir = tempfile::tempdir().expect("tempdir");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
     let started = Instant::now();
-    let mut child = Command::new(&python)
-        .arg(&script)
+    let mut child = Command::new(program)
+        .args(prefix)
         .args(&args)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).expect("create stdout file"))
         .stderr(File::create(&err_path).expect("create stderr file"))
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}: {INSTALL_HINT}", python.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}: {INSTALL_HINT}", program.display()));
     let status = wait_timeout(&mut child, timeout);
     let elapsed = started.elapsed();
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
@@ -234,6 +250,16 @@ where
         elapsed,
         args,
     }
+}
+
+/// `tests/peers/phone.py ARGS...` (pjsua2, in the room peer's venv).
+pub fn run_phone<I, S>(args: I, timeout: Duration) -> PeerRun
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let script = repo_root().join("tests/peers/phone.py");
+    run_peer(&python(), &[script.as_os_str()], args, timeout)
 }
 
 /// `got` is within `rel` (relative) of `want`.

@@ -9,7 +9,11 @@ Logs go to stderr. No sound device is used (pjsua2's null device); every run has
 time limit.
 
   phone.py call sip:+15550100@127.0.0.1:5060 --codec G722 --play tone.wav \
-      --record heard.wav --seconds 6 [--dtmf 12#] [--local-port 0]
+      --record heard.wav --seconds 6 [--dtmf 12#] [--dtmf-after 1] [--local-port 0] \
+      [--header "X-Customer-Tier: gold"]...
+  phone.py answer --local-port 5070 --record heard.wav --seconds 20 [--dtmf 1#] \
+      [--header "X-Callee-Ref: r-77"]...   (answers one call with 200 and these headers;
+      the report adds "invite": the INVITE as received)
 """
 
 from __future__ import annotations
@@ -33,11 +37,24 @@ def main() -> int:
     c.add_argument("--from-user", default="+15551230000")
     c.add_argument("--timeout", type=float, default=40.0)
     c.add_argument("--local-port", type=int, default=0)
+    c.add_argument("--dtmf-after", type=float, default=1.0, help="seconds connected before the DTMF")
+    c.add_argument("--header", action="append", default=[], help="'Name: value' on the INVITE")
+    a = sub.add_parser("answer")
+    a.add_argument("--codec", default="PCMU")
+    a.add_argument("--play", default=None)
+    a.add_argument("--record", default=None)
+    a.add_argument("--seconds", type=float, default=5.0)
+    a.add_argument("--dtmf", default="")
+    a.add_argument("--dtmf-after", type=float, default=1.0)
+    a.add_argument("--timeout", type=float, default=40.0, help="for the call to arrive and end")
+    a.add_argument("--local-port", type=int, required=True)
+    a.add_argument("--header", action="append", default=[], help="'Name: value' on the 200 OK")
+    a.add_argument("--from-user", default="callee")
     args = p.parse_args()
 
     import pjsua2 as pj
 
-    result: dict = {"ok": False, "command": "call"}
+    result: dict = {"ok": False, "command": args.command}
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
@@ -66,7 +83,17 @@ def main() -> int:
     acc.create(acfg)
 
     state = {"confirmed": None, "disconnected": False, "status": 0, "reason": "", "codec": None,
-             "dtmf": ""}
+             "dtmf": "", "invite": None}
+
+    def headers(specs: list) -> "pj.SipHeaderVector":
+        v = pj.SipHeaderVector()
+        for spec in specs:
+            name, _, value = spec.partition(":")
+            h = pj.SipHeader()
+            h.hName = name.strip()
+            h.hValue = value.strip()
+            v.append(h)
+        return v
     player = None
     recorder = None
 
@@ -103,21 +130,50 @@ def main() -> int:
         def onDtmfDigit(self, prm):  # noqa: N802
             state["dtmf"] += prm.digit
 
-    call = Call(acc)
     deadline = time.monotonic() + args.timeout
+    incoming: list = []
+    if args.command == "answer":
+        class Answering(pj.Account):
+            def onIncomingCall(self, prm):  # noqa: N802
+                c = Call(self, prm.callId)
+                state["invite"] = prm.rdata.wholeMsg
+                op = pj.CallOpParam()
+                op.statusCode = 200
+                op.txOption.headers = headers(args.header)
+                c.answer(op)
+                incoming.append(c)
+
+        acc.shutdown()
+        acc = Answering()
+        acfg.idUri = f"sip:{args.from_user}@127.0.0.1:{args.local_port}"
+        acc.create(acfg)
+        call = None
+    else:
+        call = Call(acc)
     try:
-        call.makeCall(args.uri, pj.CallOpParam(True))
+        if call is not None:
+            op = pj.CallOpParam(True)
+            op.txOption.headers = headers(args.header)
+            call.makeCall(args.uri, op)
+        else:
+            print(json.dumps({"listening": args.local_port}), flush=True)
+            while time.monotonic() < deadline and not incoming:
+                ep.libHandleEvents(20)
+            if incoming:
+                call = incoming[0]
         sent_dtmf = False
-        while time.monotonic() < deadline and not state["disconnected"]:
+        while call is not None and time.monotonic() < deadline and not state["disconnected"]:
             ep.libHandleEvents(20)
             if state["confirmed"] is not None:
                 up = time.monotonic() - state["confirmed"]
-                if args.dtmf and not sent_dtmf and up > 1.0:
+                if args.dtmf and not sent_dtmf and up > args.dtmf_after:
                     sent_dtmf = True
                     call.dialDtmf(args.dtmf)
                 if up >= args.seconds:
                     break
-        if state["confirmed"] is None:
+        if call is None:
+            result["error"] = "no call arrived"
+        elif state["confirmed"] is None:
             result["error"] = f"not connected: {state['status']} {state['reason']}"
             result["status"] = state["status"]
         else:
@@ -135,6 +191,7 @@ def main() -> int:
                 "ended_by_remote": state["disconnected"] and connected < args.seconds - 0.1,
                 "recorded": args.record,
                 "dtmf_received": state["dtmf"],
+                "invite": state["invite"],
             })
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"
@@ -142,7 +199,8 @@ def main() -> int:
         # pjsua2 wants its objects gone before libDestroy
         recorder = None
         player = None
-        del call
+        call = None
+        incoming.clear()
         try:
             acc.shutdown()
         except Exception:

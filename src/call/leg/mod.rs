@@ -299,6 +299,11 @@ impl Leg {
         self.dialog.as_ref()
     }
 
+    /// UAS: the initial INVITE as received.
+    pub fn invite(&self) -> Option<&Message> {
+        self.uas.as_ref().map(|u| &u.msg)
+    }
+
     /// The flow of the initial INVITE.
     pub fn flow(&self) -> &Flow {
         &self.flow

@@ -1,15 +1,18 @@
 //! One try of an outbound call through one trunk (part of `call::outbound`): the trunk
 //! as a target, the INVITE's client transaction, the INVITE itself (our offer, the
-//! session-timer request, credentials once challenged, the trunk's headers) and its
-//! CANCEL; which failures move the call to the backup trunk.
+//! session-timer request, credentials once challenged, the trunk's headers and the
+//! attributes it maps to headers) and its CANCEL; which failures move the call to the
+//! backup trunk.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::super::attributes;
 use super::super::shell::{Shell, now};
-use crate::config::{Config, Transport, Trunk};
+use crate::config::{Config, HeaderMapping, Transport, Trunk};
 use crate::sip::admission::{ALLOW, SUPPORTED};
 use crate::sip::build::{self, Outgoing};
 use crate::sip::digest::{self, Challenge};
@@ -30,6 +33,9 @@ pub(super) struct Target {
     pub(super) auth: Option<(String, String)>,
     pub(super) headers: Vec<(String, String)>,
     pub(super) early_media: bool,
+    /// The trunk's header options (2xx headers to attributes, attributes to INVITE
+    /// headers).
+    pub(super) mapping: HeaderMapping,
 }
 
 impl Target {
@@ -48,6 +54,7 @@ impl Target {
                 .map(|a| (a.username.clone(), a.password.expose().to_string())),
             headers: o.headers.clone(),
             early_media: o.early_media,
+            mapping: o.mapping.clone(),
         })
     }
 
@@ -145,8 +152,14 @@ impl Attempt {
     }
 
     /// (Re)sends the INVITE: a new CSeq and branch, its credentials if challenged,
-    /// the session-timer request.
-    pub(super) fn send_invite(&mut self, shell: &Shell, extra: &[(String, String)]) {
+    /// the session-timer request, the trunk's headers, then `extra` (the request's), then
+    /// the trunk's `attributes_to_headers` from the participant's `attributes`.
+    pub(super) fn send_invite(
+        &mut self,
+        shell: &Shell,
+        extra: &[(String, String)],
+        attributes: &HashMap<String, String>,
+    ) {
         self.cseq += 1;
         let branch = build::new_branch();
         self.key = ClientKey::new(&branch, "INVITE");
@@ -182,6 +195,10 @@ impl Attempt {
         }
         for (k, v) in self.target.headers.iter().chain(extra.iter()) {
             out.push(k, v);
+        }
+        for (k, v) in attributes::to_headers(attributes, &self.target.mapping.attributes_to_headers)
+        {
+            out.push(&k, v);
         }
         let out = out.body("application/sdp", sdp);
         self.tx = ClientInvite::new(

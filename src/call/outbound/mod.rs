@@ -8,6 +8,7 @@
 //! the dialog is the shared leg's (`leg`, `shell`); here only the request's `dtmf`
 //! digits (with 'w' pauses) and the max call duration. Tests: `tests/outbound_calls.rs`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ mod request;
 use attempt::{Attempt, Target, fails_over, pick_challenge};
 pub use request::{DialError, OutboundRequest, Started};
 
+use super::attributes::{self, CallStatus};
 use super::bridge::{MediaLeg, MediaSetup, Room};
 use super::leg::Leg;
 use super::outcome::Outcome;
@@ -72,6 +74,10 @@ struct OutboundCall {
     tried: Vec<String>,
     /// Another trunk is left to try after this attempt.
     more_targets: bool,
+    /// Our call id (`sip.callID`, the API's `sip_call_id`): one for every attempt.
+    lk_call_id: String,
+    /// The attributes we joined with (for `attributes_to_headers`).
+    attributes: HashMap<String, String>,
 }
 
 /// Runs one outbound call; `reply` gets the result the API waits for.
@@ -84,10 +90,7 @@ pub async fn run(
     control: mpsc::Receiver<CallControl>,
     seq: u64,
 ) {
-    let identity = req
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("sip_{}", req.call_to));
+    let identity = req.identity();
     let t = now();
     let mut call = OutboundCall {
         shell: Shell::new(ctx, cfg, shutdown, control, seq, t),
@@ -106,6 +109,8 @@ pub async fn run(
         last_status: None,
         tried: Vec::new(),
         more_targets: false,
+        lk_call_id: attributes::new_call_id(),
+        attributes: HashMap::new(),
     };
     let outcome = call.run().await;
     let (trunk, caller) = match &call.attempt {
@@ -159,7 +164,7 @@ impl OutboundCall {
             participant_sid: room.handle.sid(),
             identity: room.handle.identity().to_string(),
             room: room.handle.room().to_string(),
-            call_id: self.shell.call_id(),
+            call_id: self.lk_call_id.clone(),
         })
     }
 
@@ -197,7 +202,9 @@ impl OutboundCall {
             }
         };
         // join the room (status dialing)
-        let joined = match tokio::spawn(Participant::join(self.join_options(&targets[0]))).await {
+        let opts = self.join_options(&targets[0]);
+        self.attributes = opts.attributes.clone();
+        let joined = match tokio::spawn(Participant::join(opts)).await {
             Ok(r) => r,
             Err(e) => Err(JoinError::Signal(e.to_string())),
         };
@@ -273,22 +280,26 @@ impl OutboundCall {
             self.req.room.clone(),
             self.identity.clone(),
         );
-        o.name = self
-            .req
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("Phone {}", self.req.call_to));
+        o.name = self.req.name.clone().unwrap_or_else(|| {
+            let n = if self.req.hide_phone_number {
+                crate::dialplan::masked_number(&self.req.call_to)
+            } else {
+                self.req.call_to.clone()
+            };
+            format!("Phone {n}")
+        });
         o.kind = ParticipantKind::Sip;
         o.metadata = self.req.metadata.clone();
         o.attributes = self.req.attributes.clone();
-        for (k, v) in [
-            ("sip.trunkID", self.req.trunk.clone()),
-            ("sip.phoneNumber", self.req.call_to.clone()),
-            ("sip.trunkPhoneNumber", self.caller_number(target)),
-            ("sip.callStatus", "dialing".to_string()),
-        ] {
-            o.attributes.insert(k.to_string(), v);
-        }
+        o.attributes
+            .extend(attributes::outbound(&attributes::OutboundCall {
+                call_id: &self.lk_call_id,
+                trunk: &self.req.trunk,
+                call_to: &self.req.call_to,
+                from_number: &self.caller_number(target),
+                hostname: &target.host,
+                hide_phone_number: self.req.hide_phone_number,
+            }));
         o.sample_rate = SampleRate::Hz8000;
         o.join_timeout = Duration::from_secs(10);
         o
@@ -381,7 +392,7 @@ impl OutboundCall {
             timer,
             self.shell.ctx.timers,
         );
-        attempt.send_invite(&self.shell, &self.req.headers);
+        attempt.send_invite(&self.shell, &self.req.headers, &self.attributes);
         tracing::info!(%call_id, trunk = %attempt.target.trunk,
             to = %Phone(&self.req.call_to), room = %crate::logging::Masked(&self.req.room), "outbound call");
         self.attempt = Some(attempt);
@@ -530,8 +541,11 @@ impl OutboundCall {
                 if !self.ringing_reported && (status == 180 || status == 183) {
                     self.ringing_reported = true;
                     if let Some(r) = &self.shell.room {
-                        r.set_attributes(&[("sip.callStatus", "ringing")]);
+                        r.set_attributes(&[CallStatus::Ringing.attribute()]);
                     }
+                }
+                if let Some(r) = &self.shell.room {
+                    r.set_attribute_map(attributes::outbound_provisional(&resp.msg));
                 }
                 if let Some(answer) = body::sdp(&resp.msg)
                     && let Some(m) = self.shell.media.as_mut()
@@ -551,7 +565,7 @@ impl OutboundCall {
                         tracing::info!(secs, "422: the trunk wants a longer session interval");
                         a.retries_422 += 1;
                         a.session_expires = secs;
-                        a.send_invite(&self.shell, &self.req.headers);
+                        a.send_invite(&self.shell, &self.req.headers, &self.attributes);
                         None
                     }
                     None => Some(Err(self.refused(&resp))),
@@ -591,7 +605,7 @@ impl OutboundCall {
                 let cnonce = build::new_tag();
                 let value = digest::answer(&challenge, "INVITE", &a.ruri, &user, &pass, &cnonce, 1);
                 a.authorization = Some((proxy, value));
-                a.send_invite(&self.shell, &self.req.headers);
+                a.send_invite(&self.shell, &self.req.headers, &self.attributes);
                 None
             }
             (Some(_), Some(_)) => Some(Err(Fail::End(
@@ -648,8 +662,18 @@ impl OutboundCall {
             .unwrap_or_default();
         metrics::histogram!(m::CALL_SETUP_SECONDS, "direction" => "outbound", "trunk" => trunk.clone())
             .record(t.saturating_duration_since(self.shell.started).as_secs_f64());
-        if let Some(room) = &self.shell.room {
-            room.set_attributes(&[("sip.callStatus", "active"), ("sip.callID", &call_id)]);
+        if let (Some(room), Some(a)) = (&self.shell.room, &self.attempt) {
+            // LiveKit's `automation` while the request's digits go out, then `active`
+            let status = if self.req.dtmf.is_empty() {
+                CallStatus::Active
+            } else {
+                CallStatus::Automation
+            };
+            let mut mapping = a.target.mapping.clone();
+            if let Some(i) = self.req.include_headers {
+                mapping.include = i;
+            }
+            room.set_attribute_map(attributes::outbound_answered(&resp.msg, &mapping, status));
         }
         self.hangup_deadline = self.req.max_call_duration.map(|d| t + d);
         tracing::info!(%call_id, %trunk, "outbound call answered");
@@ -781,6 +805,11 @@ impl OutboundCall {
             let Some(c) = self.dtmf_queue.pop_front() else {
                 return;
             };
+            if self.dtmf_queue.is_empty()
+                && let Some(r) = &self.shell.room
+            {
+                r.set_attributes(&[CallStatus::Active.attribute()]);
+            }
             if c == 'w' || c == 'W' {
                 self.dtmf_next = t + DTMF_PAUSE;
                 continue;

@@ -1,6 +1,6 @@
 //! What the API asks of an outbound call and what it gets back (part of
-//! `call::outbound`): the validated CreateSIPParticipant request, the participant that
-//! joined, and why a dial failed.
+//! `call::outbound`): the validated CreateSIPParticipant request (and the identity it
+//! gives the participant), the participant that joined, and why a dial failed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,6 +27,24 @@ pub struct OutboundRequest {
     /// Extra headers on the INVITE (after the trunk's).
     pub headers: Vec<(String, String)>,
     pub display_name: Option<String>,
+    /// Which 200 OK headers become `sip.h.*` attributes; None: the trunk's setting.
+    pub include_headers: Option<crate::config::IncludeHeaders>,
+    /// Leave the numbers out of the attributes and the default identity and name.
+    pub hide_phone_number: bool,
+}
+
+impl OutboundRequest {
+    /// The participant's identity: the request's, else `sip_` and the number called
+    /// (a hash of it under `hide_phone_number`, LiveKit's form).
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            if self.hide_phone_number {
+                crate::dialplan::hidden_identity(&self.call_to)
+            } else {
+                format!("sip_{}", self.call_to)
+            }
+        })
+    }
 }
 
 /// What the API caller gets back.

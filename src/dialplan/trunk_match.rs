@@ -90,8 +90,8 @@ pub fn match_inbound<'a>(
         }
         return InboundMatch::Trunk(t);
     }
-    // Design section 4: when a carrier fails over to its backup, its calls come from the
-    // backup's addresses; they are accepted under the primary trunk (its numbers, caller
+    // A carrier that fails over to its backup trunk sends its calls from the backup's
+    // addresses; they are accepted under the primary trunk (its numbers, caller
     // filter and auth), but only when no trunk takes them directly. Configuration
     // validation refuses two trunks that share a backup and could both take a call.
     for t in trunks {
@@ -180,15 +180,17 @@ mod tests {
                     .map(|s| types::parse_number_pattern(s).unwrap())
                     .collect(),
                 auth: None,
+                mapping: Default::default(),
             }),
             outbound: None,
             backup: None,
             session_timers: Default::default(),
+            media_encryption: Default::default(),
         }
     }
 
-    /// Design section 4: calls from the backup's addresses are the primary trunk's, unless
-    /// a trunk takes them directly.
+    /// Calls from the backup's addresses are the primary trunk's, unless a trunk takes
+    /// them directly.
     #[test]
     fn backup_addresses_are_accepted_under_the_primary() {
         let mut primary = trunk("carrier", &["+15550100"], &["192.0.2.0/24"], &[]);
@@ -203,6 +205,8 @@ mod tests {
             register: None,
             options_interval: None,
             early_media: true,
+            mapping: Default::default(),
+            ca_file: None,
         });
         let trunks = vec![primary, backup];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
