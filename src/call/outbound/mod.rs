@@ -292,7 +292,7 @@ impl OutboundCall {
         o.metadata = self.req.metadata.clone();
         o.attributes = self.req.attributes.clone();
         o.attributes
-            .extend(attributes::outbound(&attributes::OutboundCall {
+            .extend(attributes::outbound(&attributes::OutboundKeys {
                 call_id: &self.lk_call_id,
                 trunk: &self.req.trunk,
                 call_to: &self.req.call_to,
