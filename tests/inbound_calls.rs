@@ -480,6 +480,11 @@ fn phone_dtmf_from_sipp_pcaps_reaches_the_room() {
         "{report}"
     );
     rl.assert_no_leaks(Duration::from_secs(10));
+    let ended = rl.wait_log("call ended", Duration::from_secs(10));
+    assert!(
+        ended.contains("dtmf_in=4") && ended.contains("dtmf_out=0"),
+        "{ended}"
+    );
 }
 
 /// One RFC 4733 event as the phone received it: the packets with one timestamp.
@@ -591,6 +596,13 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
         "{}",
         keypad.describe()
     );
+    // the summary line counts the four digits sent to the phone (and none from it)
+    let ended = rl.wait_log("call ended", Duration::from_secs(10));
+    assert!(
+        ended.contains("dtmf_out=4") && ended.contains("dtmf_in=0"),
+        "{ended}"
+    );
+    assert!(ended.contains("outcome=participant_removed"), "{ended}");
 
     eprintln!("events: {events:?}");
     let codes: Vec<u8> = events.iter().map(|e| e.code).collect();
@@ -1652,6 +1664,203 @@ fn inbound_call_is_transferred_by_refer() {
     );
     assert_bye_reason(&run, "Q.850;cause=16;text=\"call transferred\"");
     rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+// ---------------------------------------------------------------------------------------
+// Session timers (RFC 4028) with a carrier that requires them
+// ---------------------------------------------------------------------------------------
+
+/// A request the caller (sipp, the UAC) sends in its dialog: `extra` headers, an SDP
+/// offer at `sdp_port` if given.
+fn uac_request(method: &str, cseq: u32, extra: &str, sdp_port: Option<&str>) -> String {
+    let body = match sdp_port {
+        Some(port) => format!(
+            "Content-Type: application/sdp\n      Content-Length: [len]\n\n      v=0\n      \
+             o=user1 53655765 2353687638 IN IP[local_ip_type] [local_ip]\n      s=-\n      \
+             c=IN IP[media_ip_type] [media_ip]\n      t=0 0\n      m=audio {port} RTP/AVP 0 101\n      \
+             a=rtpmap:0 PCMU/8000\n      a=rtpmap:101 telephone-event/8000\n      a=ptime:20"
+        ),
+        None => "Content-Length: 0".into(),
+    };
+    format!(
+        r#"  <send retrans="500">
+    <![CDATA[
+      {method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} {method}
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+{extra}      {body}
+    ]]>
+  </send>"#
+    )
+}
+
+/// A 2xx sipp receives must carry `value` in `header` (else the run fails).
+fn recv_200_with(header: &str, value: &str, var: &str) -> String {
+    format!(
+        r#"  <recv response="200">
+    <action>
+      <ereg regexp="{value}" search_in="hdr" header="{header}:" check_it="true" assign_to="{var}"/>
+    </action>
+  </recv>"#
+    )
+}
+
+/// A carrier that requires session timers calls in (RFC 4028: `Require: timer`,
+/// `Session-Expires: 90;refresher=uac`, it refreshes): the 200 grants 90 s with the
+/// carrier as refresher (`Require: timer`); the carrier refreshes twice, by UPDATE and by
+/// re-INVITE, each answered with the interval; the call outlives both and the phone's
+/// 1 kHz is still heard in the room after them; then the carrier stops refreshing and,
+/// 60 s after its last refresh (90 s minus a third), the daemon ends the call with BYE
+/// (Reason: session timer expired); the participant leaves and nothing is left behind.
+/// About 90 s long: it runs alongside the other tests of this file.
+#[test]
+fn session_timer_refreshed_by_the_carrier_then_expired_ends_with_bye() {
+    let lk = LiveKitServer::start();
+    let room = "inbound-session-timer";
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &one_room_plan("+15550100", room)));
+    let sipp_dir = tempfile::tempdir().unwrap();
+    let tone = roomline::ulaw_tone_file(sipp_dir.path(), 1000, 4);
+    let timer = "      Supported: timer\n      Require: timer\n      Session-Expires: 90;refresher=uac\n      Min-SE: 90\n";
+    let ack = |cseq: u32| {
+        format!(
+            r#"  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>"#
+        )
+    };
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uac-session-timer">
+{invite}
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200">
+    <action>
+      <ereg regexp="90;refresher=uac" search_in="hdr" header="Session-Expires:" check_it="true" assign_to="se0"/>
+      <ereg regexp="timer" search_in="hdr" header="Require:" check_it="true" assign_to="req0"/>
+    </action>
+  </recv>
+{ack1}
+  <nop><action><exec rtp_stream="{tone},-1,0"/></action></nop>
+  <pause milliseconds="10000"/>
+{update}
+{ok_update}
+  <pause milliseconds="10000"/>
+{reinvite}
+{ok_reinvite}
+{ack3}
+  <recv request="BYE" timeout="90000">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="Reason:" assign_to="reason"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <nop hide="true"><action><log message="[$se0] [$req0] [$se2] [$se3] [$reason]"/></action></nop>
+</scenario>
+"#,
+        invite = common::uac::invite_with(CALLER, "[media_port]", timer),
+        tone = tone.display(),
+        ack1 = ack(1),
+        update = uac_request("UPDATE", 2, timer, None),
+        ok_update = recv_200_with("Session-Expires", "90;refresher=uac", "se2"),
+        reinvite = uac_request("INVITE", 3, timer, Some("[media_port]")),
+        ok_reinvite = recv_200_with("Session-Expires", "90;refresher=uac", "se3"),
+        ack3 = ack(3),
+    );
+    // sipp's limit for the whole run, 60 s in `sipp_args`, is too short for this call
+    let mut args = call_args(&rl, "+15550100");
+    if let Some(i) = args.iter().position(|a| a == "-timeout") {
+        args[i + 1] = "150s".into();
+    }
+    let sipp = Sipp::spawn(Some(&xml), &args);
+    wait_answer(&sipp, Duration::from_secs(30));
+    wait_participant(&lk, room, &sip_identity(CALLER));
+    // the second refresh (the re-INVITE) is answered
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refreshed_at = loop {
+        let done = sipp
+            .received_so_far()
+            .iter()
+            .any(|m| m.starts_with("SIP/2.0 200") && header(m, "CSeq") == Some("3 INVITE"));
+        if done {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 200 to the refresh re-INVITE:\n{}",
+            sipp.messages_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // after both refreshes the phone is still heard in the room
+    let identity = sip_identity(CALLER);
+    let heard = run_roompeer(
+        {
+            let mut args = vec!["listen".to_string()];
+            args.extend(lk.peer_args());
+            args.extend(
+                [
+                    "--room",
+                    room,
+                    "--identity",
+                    "listener",
+                    "--seconds",
+                    "6",
+                    "--from-identity",
+                    &identity,
+                    "--wait-timeout",
+                    "20",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
+            args
+        },
+        Duration::from_secs(60),
+    );
+    let report = heard.expect_ok();
+    let hz = heard.f64("dominant_hz");
+    assert!(
+        within(hz, 1000.0, 0.02),
+        "after two refreshes the room heard {hz} Hz: {report}"
+    );
+    assert!(heard.f64("frames_nonsilent") >= 400.0, "{report}");
+    // then no refresh: the daemon's BYE, no sooner than the session's end allows
+    let run = sipp.wait(Duration::from_secs(120));
+    let bye_seen = Instant::now();
+    run.expect_success();
+    assert_bye_reason(&run, "Q.850;cause=102;text=\"session timer expired\"");
+    let waited = bye_seen.duration_since(refreshed_at);
+    assert!(
+        waited >= Duration::from_secs(55),
+        "BYE {waited:?} after the last refresh; the session had 90 s (BYE due after 60 s)"
+    );
+    wait_room_empty_of(&lk, room, &identity);
+    rl.assert_no_leaks(Duration::from_secs(15));
 }
 
 /// A carrier sends hostile headers: a 4000-byte X-Twilio-CallSid, 150 X- headers, an

@@ -232,6 +232,11 @@ struct Uas {
 
 impl Uas {
     fn start(xml: &str, calls: u32) -> Uas {
+        Uas::start_for(xml, calls, "90s")
+    }
+
+    /// `start` with sipp's own limit for the whole run (`-timeout`).
+    fn start_for(xml: &str, calls: u32, timeout: &str) -> Uas {
         let port = free_port();
         let args: Vec<String> = [
             "-i",
@@ -245,7 +250,7 @@ impl Uas {
             "-mp",
             &roomline::free_media_port().to_string(),
             "-timeout",
-            "90s",
+            timeout,
             "-timeout_error",
         ]
         .iter()
@@ -280,6 +285,35 @@ impl Uas {
             std::thread::sleep(Duration::from_millis(20));
         }
         Uas { sipp, port }
+    }
+
+    /// Lets a scenario waiting in `await_go` go on: an INFO in the call `call_id`, from a
+    /// socket of the test's (sipp answers it there).
+    fn go(&self, call_id: &str) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let me = sock.local_addr().unwrap();
+        let port = self.port;
+        let info = format!(
+            "INFO sip:callee@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-go-{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:test@{me}>;tag=go\r\nTo: <sip:callee@127.0.0.1:{port}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: {n} INFO\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(info.as_bytes(), ("127.0.0.1", port)).unwrap();
+    }
+
+    /// Waits until sipp's message log contains `needle` (it got that far).
+    fn wait_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.sipp.messages_so_far().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "sipp's log has no {needle:?} within {within:?}:\n{}",
+                self.sipp.messages_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A trunk whose outbound side is this sipp (UDP).
@@ -709,15 +743,6 @@ fn wait_trunk<F: Fn(&Value) -> bool>(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The value of one metric sample in /metrics (`name{labels}`), if present.
-fn metric(rl: &Roomline, sample: &str) -> Option<f64> {
-    let (_, text) = rl.get("/metrics").expect("/metrics");
-    text.lines()
-        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// A UDP socket standing for a trunk that must never be called.
@@ -1182,7 +1207,7 @@ fn assert_completed_through_backup_with(
     );
     assert_eq!(up["attributes"]["sip.callIDFull"], call_id.as_str(), "{up}");
     assert_eq!(
-        metric(rl, "roomline_trunk_failovers_total{trunk=\"primary\"}"),
+        rl.metric("roomline_trunk_failovers_total{trunk=\"primary\"}"),
         Some(1.0),
         "one failover counted"
     );
@@ -1533,8 +1558,8 @@ fn options_pings_show_trunk_health_up_and_down() {
             .is_some_and(|r| !r.is_empty()),
         "{down}"
     );
-    assert_eq!(metric(&rl, "roomline_trunk_up{trunk=\"alive\"}"), Some(1.0));
-    assert_eq!(metric(&rl, "roomline_trunk_up{trunk=\"dead\"}"), Some(0.0));
+    assert_eq!(rl.metric("roomline_trunk_up{trunk=\"alive\"}"), Some(1.0));
+    assert_eq!(rl.metric("roomline_trunk_up{trunk=\"dead\"}"), Some(0.0));
 
     // sipp ends after answering two pings: they repeat
     let run = uas.wait(Duration::from_secs(20));
@@ -1578,10 +1603,7 @@ fn a_trunk_pointing_at_the_daemon_itself_is_up() {
         t["health"]["state"] == "up"
     });
     assert_eq!(t["health"]["status"], 200, "{t}");
-    assert_eq!(
-        metric(&rl, "roomline_trunk_up{trunk=\"myself\"}"),
-        Some(1.0)
-    );
+    assert_eq!(rl.metric("roomline_trunk_up{trunk=\"myself\"}"), Some(1.0));
     rl.assert_no_leaks(Duration::from_secs(5));
 }
 
@@ -1650,7 +1672,7 @@ fn register_answers_the_digest_challenge_and_refreshes_before_expiry() {
     });
     assert_eq!(t["registration"]["expires_s"], 6, "{t}");
     assert_eq!(
-        metric(&rl, "roomline_trunk_registered{trunk=\"carrier\"}"),
+        rl.metric("roomline_trunk_registered{trunk=\"carrier\"}"),
         Some(1.0)
     );
 
@@ -1988,6 +2010,328 @@ fn a_refused_transfer_returns_an_error_and_the_call_stays_up() {
         run.describe()
     );
     wait_room_empty_of_phone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(15));
+}
+
+// ---------------------------------------------------------------------------------------
+// The far end in the dialog: hold, UPDATE, late offer, session timers
+// ---------------------------------------------------------------------------------------
+
+/// The ACK sipp (the callee) sends for the 2xx to its re-INVITE `cseq`, with the SDP
+/// answer when the 2xx carried our offer.
+fn uas_ack(cseq: u32, body: Option<&str>) -> String {
+    let mut l: Vec<String> = vec![
+        "ACK [$contact_uri] SIP/2.0".into(),
+        "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]".into(),
+        "Max-Forwards: 70".into(),
+        "From: <sip:callee@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]".into(),
+        "To:[$peer_from]".into(),
+        "Call-ID: [call_id]".into(),
+        format!("CSeq: {cseq} ACK"),
+    ];
+    with_body(&mut l, body.map(|b| ("application/sdp", b)));
+    cdata_send(&l, false)
+}
+
+/// sipp waits here until the test says go (`Uas::go`: an INFO in the call), up to 60 s.
+fn await_go() -> String {
+    let mut s = String::from("  <recv request=\"INFO\" timeout=\"60000\"/>\n");
+    s += &response("200 OK", false, &[], None, false);
+    s
+}
+
+/// A response to sipp's request must contain `regexp` in its body (else the run fails).
+fn recv_200_body(regexp: &str, var: &str) -> String {
+    format!(
+        "  <recv response=\"200\">\n    <action>\n      <ereg regexp=\"{regexp}\" search_in=\"body\" \
+         check_it=\"true\" assign_to=\"{var}\"/>\n    </action>\n  </recv>\n"
+    )
+}
+
+/// The PCMU packets `peer` got from the daemon, split where the RTP clock jumps by more
+/// than `gap` between consecutive packets (the sender sent nothing meanwhile: a hold);
+/// by the sender's clock, so a test process that reads late splits nothing.
+fn audio_runs(peer: &RtpPeer, gap: Duration) -> Vec<Vec<roomline::Rtp>> {
+    let max_step = (gap.as_millis() as u32) * 8;
+    let mut runs: Vec<Vec<roomline::Rtp>> = Vec::new();
+    for p in peer.received().into_iter().filter(|p| p.pt == 0) {
+        match runs.last_mut() {
+            Some(run) if p.ts.wrapping_sub(run.last().unwrap().ts) <= max_step => run.push(p),
+            _ => runs.push(vec![p]),
+        }
+    }
+    runs
+}
+
+/// The dominant frequency of the last `n` packets of a run.
+fn tone_of(run: &[roomline::Rtp], n: usize) -> f64 {
+    let tail = &run[run.len().saturating_sub(n)..];
+    let payload: Vec<u8> = tail.iter().flat_map(|p| p.payload.clone()).collect();
+    roomline::analyze_ulaw(&payload)["dominant_hz"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
+
+fn publish_tone(
+    lk: &LiveKitServer,
+    room: &str,
+    seconds: &str,
+) -> std::thread::JoinHandle<common::PeerRun> {
+    roomline::roompeer_bg(
+        lk,
+        "publish-tone",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "agent",
+            "--freq",
+            "440",
+            "--seconds",
+            seconds,
+            "--wait-timeout",
+            "60",
+        ],
+    )
+}
+
+/// The carrier's side of an outbound call puts it on hold and back (RFC 3264 section
+/// 8.4), then renegotiates by UPDATE (RFC 3311) and by a re-INVITE without SDP, as
+/// carriers do; the room's 440 Hz is checked at the phone's RTP sockets each time: it
+/// stops during the hold (our answer is recvonly) and comes back after it; the UPDATE's
+/// offer moves it to a second socket; the answer in the ACK of the offer-less re-INVITE
+/// moves it to a third. sipp checks our answers (recvonly, sendrecv, an offer) and takes
+/// each next step when the test has heard the tone where it should be (a loaded machine
+/// only slows the test down); the call then ends with the callee's BYE, nothing left.
+#[test]
+fn far_end_hold_resume_update_and_late_offer_on_an_outbound_call() {
+    let lk = LiveKitServer::start();
+    let room = "outbound-far-end-hold";
+    let (phone1, phone2, phone3) = (RtpPeer::bind(), RtpPeer::bind(), RtpPeer::bind());
+    let sdp = |port: u16| sdp_answer(&port.to_string());
+    let mut xml = recv_invite("");
+    xml += &answer(&phone1.port().to_string(), 0);
+    xml += &await_go();
+    let hold = sdp(phone1.port()).replace("a=sendrecv", "a=sendonly");
+    xml += &uas_request("INVITE", 2, &[], Some(("application/sdp", &hold)));
+    xml += &recv_200_body("a=recvonly", "held");
+    xml += &uas_ack(2, None);
+    xml += "  <pause milliseconds=\"3000\"/>\n";
+    let resume = sdp(phone1.port());
+    xml += &uas_request("INVITE", 3, &[], Some(("application/sdp", &resume)));
+    xml += &recv_200_body("a=sendrecv", "resumed");
+    xml += &uas_ack(3, None);
+    xml += &await_go();
+    let update = sdp(phone2.port());
+    xml += &uas_request("UPDATE", 4, &[], Some(("application/sdp", &update)));
+    xml += &recv_200_body("m=audio", "updated");
+    xml += &await_go();
+    xml += &uas_request("INVITE", 5, &[], None);
+    xml += &recv_200_body("m=audio [0-9]+ RTP/AVP", "offered");
+    xml += &uas_ack(5, Some(&sdp(phone3.port())));
+    xml += &await_go();
+    xml += &hang_up_after(0);
+    let uas = Uas::start_for(&scenario("uas-far-end", &xml), 1, "240s");
+    let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &uas.trunk("")));
+    let publisher = publish_tone(&lk, room, "45");
+    let resp = create_json(
+        &rl,
+        &lk,
+        &create_request("carrier", room, json!({"wait_until_answered": true})),
+    );
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let invite = uas.wait_received("INVITE ", Duration::from_secs(5));
+    let call_id = header(&invite, "Call-ID").unwrap().to_string();
+    // each step: once sipp waits for it (`ready` in its log), wait until `peer` has 100
+    // more packets, the last 50 at 440 Hz, then go
+    let heard_then_go = |name: &str, peer: &RtpPeer, after: usize, ready: &str| {
+        uas.wait_log(ready, Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            let pkts = audio_runs(peer, Duration::from_secs(2)).concat();
+            if pkts.len() >= after + 100 && within(tone_of(&pkts, 50), 440.0, 0.02) {
+                uas.go(&call_id);
+                return pkts.len();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {} packets, {} Hz",
+                pkts.len(),
+                tone_of(&pkts, 50)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // heard before the hold, then (after the hold and the resume) again
+    let before = heard_then_go("phone1 before the hold", &phone1, 0, "CSeq: 1 ACK");
+    heard_then_go("phone1 after the resume", &phone1, before, "CSeq: 3 ACK");
+    heard_then_go("phone2 after the UPDATE", &phone2, 0, "CSeq: 4 UPDATE");
+    heard_then_go("phone3 after the late offer", &phone3, 0, "CSeq: 5 ACK");
+    let run = uas.wait(Duration::from_secs(60));
+    run.expect_success();
+    wait_room_empty_of_phone(&lk, room);
+    // phone1's stream, by its RTP clock: audio, about 3 s without RTP (the hold), audio
+    let runs = audio_runs(&phone1, Duration::from_millis(2000));
+    let long: Vec<&Vec<roomline::Rtp>> = runs.iter().filter(|r| r.len() >= 50).collect();
+    assert_eq!(
+        long.len(),
+        2,
+        "phone1: audio before and after the hold, none during it: {:?}",
+        runs.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    for (i, r) in long.iter().enumerate() {
+        let hz = tone_of(r, 50);
+        assert!(within(hz, 440.0, 0.02), "phone1 run {i}: {hz} Hz");
+    }
+    let _ = publisher.join();
+    rl.assert_no_leaks(Duration::from_secs(15));
+}
+
+/// RFC 4028 as UAC with a carrier that requires session timers. The INVITE carries
+/// `Supported: timer` and the trunk's interval; the carrier answers 422 with a larger
+/// Min-SE and the INVITE comes again asking that; its 2xx makes Roomline the refresher
+/// (`refresher=uac`, `Require: timer`) and allows no UPDATE, so Roomline refreshes by
+/// re-INVITE with the session's SDP at half the interval, twice, each answered; the call
+/// outlives both and the room's 440 Hz reaches the phone throughout as one RTP stream
+/// (never restarted, never held); the carrier then hangs up. About 110 s long: it runs
+/// alongside the other tests of this file.
+#[test]
+fn outbound_call_refreshes_its_session_timer_after_a_422_without_disturbing_audio() {
+    let lk = LiveKitServer::start();
+    let room = "outbound-session-timer";
+    let phone = RtpPeer::bind();
+    let timer_2xx = [
+        "Require: timer",
+        "Session-Expires: 100;refresher=uac",
+        "Allow: INVITE, ACK, BYE, CANCEL",
+    ];
+    let check = |regexp: &str, var: &str| {
+        format!(
+            "<ereg regexp=\"{regexp}\" search_in=\"hdr\" header=\"Session-Expires:\" \
+             check_it=\"true\" assign_to=\"{var}\"/>"
+        )
+    };
+    let mut xml = recv_invite(&format!(
+        "{}<ereg regexp=\"timer\" search_in=\"hdr\" header=\"Supported:\" check_it=\"true\" assign_to=\"sup1\"/>",
+        check("^ *90", "se1")
+    ));
+    xml += &response(
+        "422 Session Interval Too Small",
+        true,
+        &["Min-SE: 100"],
+        None,
+        false,
+    );
+    xml += "  <recv request=\"ACK\"/>\n";
+    xml += &recv_invite(&check("^ *100", "se2"));
+    xml += &response("180 Ringing", true, &[], None, false);
+    xml += &response(
+        "200 OK",
+        true,
+        &timer_2xx,
+        Some(("application/sdp", &sdp_answer(&phone.port().to_string()))),
+        true,
+    );
+    xml += "  <recv request=\"ACK\"/>\n";
+    for n in 1..=2 {
+        xml += &format!(
+            "  <recv request=\"INVITE\" timeout=\"80000\">\n    <action>\n      {}\n      \
+             <ereg regexp=\"a=sendrecv\" search_in=\"body\" check_it=\"true\" assign_to=\"sendrecv{n}\"/>\n    \
+             </action>\n  </recv>\n",
+            check("100;refresher=uac", &format!("refresh{n}"))
+        );
+        xml += &response(
+            "200 OK",
+            false,
+            &["Session-Expires: 100;refresher=uac", "Require: timer"],
+            Some(("application/sdp", &sdp_answer(&phone.port().to_string()))),
+            true,
+        );
+        xml += "  <recv request=\"ACK\"/>\n";
+    }
+    xml += &hang_up_after(3000);
+    let uas = Uas::start_for(&scenario("uas-session-timer", &xml), 1, "150s");
+    let trunk = uas.trunk("session_timers:\n  expires: 90s\n");
+    let rl = Roomline::start(Setup::new(&lk).trunk("carrier", &trunk));
+    let publisher = publish_tone(&lk, room, "112");
+    let resp = create_json(
+        &rl,
+        &lk,
+        &create_request("carrier", room, json!({"wait_until_answered": true})),
+    );
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    // the phone sends RTP all along (else the media timeout would end the call)
+    let second = uas
+        .received_so_far()
+        .into_iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .nth(1)
+        .expect("the INVITE after the 422");
+    let daemon_rtp = sdp_audio_addr(&second);
+    let dir = tempfile::tempdir().unwrap();
+    let tone = std::fs::read(roomline::ulaw_tone_file(dir.path(), 1000, 115)).unwrap();
+    let sender = phone.send_stream(
+        daemon_rtp,
+        0,
+        160,
+        tone.chunks(160).map(<[u8]>::to_vec).collect(),
+    );
+    let run = uas.wait(Duration::from_secs(150));
+    run.expect_success();
+    let mut invites: Vec<String> = run
+        .received()
+        .into_iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .collect();
+    // one of each (a loaded machine may make UDP retransmissions)
+    invites.dedup_by_key(|m| header(m, "CSeq").map(str::to_string));
+    assert_eq!(
+        invites.len(),
+        4,
+        "INVITE, again after the 422, two refreshes"
+    );
+    assert_eq!(header(&invites[0], "Min-SE"), Some("90"));
+    assert_eq!(header(&invites[1], "Min-SE"), Some("90"));
+    assert_eq!(header(&invites[1], "Session-Expires"), Some("100"));
+    for refresh in &invites[2..] {
+        assert!(
+            refresh.contains("m=audio"),
+            "a refresh offers the session: {refresh}"
+        );
+        assert_eq!(header(refresh, "Call-ID"), header(&invites[1], "Call-ID"));
+    }
+    wait_room_empty_of_phone(&lk, room);
+    let _ = sender.join();
+    let _ = publisher.join();
+    // the room's tone reached the phone through both refreshes as one undisturbed RTP
+    // stream: one SSRC, consecutive sequence numbers, timestamps a whole number of frames
+    // apart (ticks a loaded machine made late are skipped forward, so neither arrival gaps
+    // nor timestamp jumps prove anything here), for the whole call: a restarted pipeline
+    // would break these; a held one cannot happen, as sipp checked that each refresh
+    // offered sendrecv and answered it so
+    let pkts: Vec<roomline::Rtp> = phone
+        .received()
+        .into_iter()
+        .filter(|p| p.pt == 0 && p.from == daemon_rtp)
+        .collect();
+    assert!(pkts.len() > 100, "only {} packets", pkts.len());
+    assert!(
+        pkts.iter().all(|p| p.ssrc == pkts[0].ssrc),
+        "one stream through both refreshes"
+    );
+    for w in pkts.windows(2) {
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(
+            w[1].seq == w[0].seq.wrapping_add(1) && step >= 160 && step % 160 == 0,
+            "the stream goes on undisturbed: seq {} -> {}, ts +{step}",
+            w[0].seq,
+            w[1].seq
+        );
+    }
+    let span = pkts.last().unwrap().at.duration_since(pkts[0].at);
+    assert!(span >= Duration::from_secs(100), "audio for {span:?}");
+    let hz = tone_of(&pkts, pkts.len());
+    assert!(within(hz, 440.0, 0.02), "the phone heard {hz} Hz");
     rl.assert_no_leaks(Duration::from_secs(15));
 }
 

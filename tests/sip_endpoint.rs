@@ -1193,6 +1193,16 @@ fn digest_call(tcp: bool, algorithm: &str) {
     assert_eq!(bye_ok.status(), Some(200), "{}", bye_ok.text);
     wait_phone_gone(&lk, room);
     rl.assert_no_leaks(Duration::from_secs(20));
+    // the challenge and the success are both counted
+    assert_eq!(auth_count(&rl, "challenge"), 1.0);
+    assert_eq!(auth_count(&rl, "success"), 1.0);
+    assert_eq!(auth_count(&rl, "rejected"), 0.0);
+}
+
+/// `roomline_sip_auth_total{result}` (0 when the sample is absent).
+fn auth_count(rl: &Roomline, result: &str) -> f64 {
+    rl.metric(&format!("roomline_sip_auth_total{{result=\"{result}\"}}"))
+        .unwrap_or(0.0)
 }
 
 #[test]
@@ -1218,6 +1228,10 @@ fn wrong_password(tcp: bool) {
     assert_eq!(fin.status(), Some(403), "{}", fin.text);
     ua.send(&ua.ack_non2xx(&rl, &fin));
     rl.assert_no_leaks(Duration::from_secs(20));
+    // a failed authentication is counted as such, never as a success
+    assert_eq!(auth_count(&rl, "challenge"), 1.0);
+    assert_eq!(auth_count(&rl, "rejected"), 1.0);
+    assert_eq!(auth_count(&rl, "success"), 0.0);
 }
 
 #[test]
@@ -1357,6 +1371,83 @@ fn sipp_invite_challenged_then_wrong_digest_gets_403_udp() {
 #[test]
 fn sipp_invite_challenged_then_wrong_digest_gets_403_tcp() {
     sipp_wrong_digest(true);
+}
+
+/// RFC 3261 section 17.2.3: a server transaction is the branch, the top Via's sent-by
+/// and the method (an ACK belongs to its INVITE). Requests sharing one branch value, as
+/// RFC 4475's messages do, but differing in sent-by or method each get their own answer
+/// (their own Call-ID, CSeq and status); a true retransmission gets the first answer
+/// again, the same To tag and all; an RFC 2543 branch (no magic cookie) is matched by
+/// its other fields. The daemon keeps serving.
+#[test]
+fn requests_sharing_a_branch_get_their_own_answers() {
+    let rl = Roomline::start(offline_setup().dialplan("main", &reject_all_plan()));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = sock.local_addr().unwrap().to_string();
+    let target = rl.sip_addr();
+    let shared = format!("z9hG4bK-{}", unique("shared"));
+    let request = |method: &str, sent_by: &str, branch: &str, call_id: &str| {
+        format!(
+            "{method} sip:{CALLED}@{target} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {sent_by};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@{me}>;tag=f-{call_id}\r\n\
+             To: <sip:{CALLED}@{target}>\r\nCall-ID: {call_id}\r\nCSeq: 7 {method}\r\n\
+             Contact: <sip:probe@{me}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let ask = |text: &str| -> Sip {
+        let call_id = Sip::parse(text.as_bytes()).unwrap().call_id().to_string();
+        sock.send_to(text.as_bytes(), &target).unwrap();
+        let until = Instant::now() + ANSWER_WITHIN;
+        loop {
+            let m = recv_udp(&sock, until)
+                .unwrap_or_else(|| panic!("no answer to\n{text}\n{}", rl.log_tail(30)));
+            if m.call_id() == call_id && m.status().is_some_and(|s| s >= 200) {
+                return m;
+            }
+        }
+    };
+    let c1 = unique("c1");
+    let first_text = request("OPTIONS", &me, &shared, &c1);
+    let first = ask(&first_text);
+    assert_eq!(first.status(), Some(200), "{}", first.text);
+    // the same request again: the cached answer, byte for byte
+    let again = ask(&first_text);
+    assert_eq!(
+        again.text, first.text,
+        "a retransmission gets the first answer"
+    );
+    // same branch, another sent-by (a host elsewhere; the answer still comes here by
+    // received/rport): its own 200
+    let c2 = unique("c2");
+    let other_host = ask(&request("OPTIONS", "198.51.100.7:5099", &shared, &c2));
+    assert_eq!(other_host.status(), Some(200), "{}", other_host.text);
+    assert_eq!(other_host.call_id(), c2);
+    assert_ne!(other_host.header("To"), first.header("To"));
+    // same branch and sent-by, other methods: their own answers
+    let c3 = unique("c3");
+    let register = ask(&request("REGISTER", &me, &shared, &c3));
+    assert!(
+        matches!(register.status(), Some(405 | 501)),
+        "{}",
+        register.text
+    );
+    assert_eq!(register.header("CSeq"), Some("7 REGISTER"));
+    let c4 = unique("c4");
+    let bye = ask(&request("BYE", &me, &shared, &c4));
+    assert_eq!(bye.status(), Some(481), "{}", bye.text);
+    assert_eq!(bye.call_id(), c4);
+    // the first is still its own transaction
+    assert_eq!(ask(&first_text).text, first.text);
+    // RFC 2543 branches: the same value with different From tag or Call-ID is another
+    // request; the very same message is a retransmission
+    let old = request("OPTIONS", &me, "2543-shared", &unique("o1"));
+    let old_first = ask(&old);
+    assert_eq!(ask(&old).text, old_first.text);
+    let other_old = ask(&request("OPTIONS", &me, "2543-shared", &unique("o2")));
+    assert_ne!(other_old.call_id(), old_first.call_id());
+    assert_still_serving(&sock, &rl, "requests sharing a branch");
+    rl.assert_no_leaks(Duration::from_secs(10));
 }
 
 /// The same INVITE bytes sent twice from one UDP socket (same branch): the transaction
@@ -2403,6 +2494,136 @@ fn reinvite_to_hold_is_answered_recvonly_and_resume_sendrecv() {
     let (_, bye) = ua.final_response("BYE", &rl);
     assert_eq!(bye.status(), Some(200));
     wait_phone_gone(&lk, room);
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+/// The phone's SDP with its media at `port` (PCMU and telephone-event, sendrecv).
+fn sdp_at(port: u16) -> String {
+    format!(
+        "v=0\r\no=phone 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+         a=fmtp:101 0-15\r\na=ptime:20\r\na=sendrecv\r\n"
+    )
+}
+
+/// The dominant frequency of `packets` PCMU packets `peer` receives, once it has had
+/// a second more of them (the tone may start after some silence); waits up to 15 s.
+fn heard_on(peer: &RtpPeer, packets: usize) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got: Vec<_> = peer.received().into_iter().filter(|p| p.pt == 0).collect();
+        if got.len() >= packets + 50 {
+            let payload: Vec<u8> = got[got.len() - packets..]
+                .iter()
+                .flat_map(|p| p.payload.iter().copied())
+                .collect();
+            let heard = common::roomline::analyze_ulaw(&payload);
+            return heard["dominant_hz"].as_f64().unwrap_or(0.0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} PCMU packets at port {} (waiting for {})",
+            got.len(),
+            peer.port(),
+            packets + 50
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// RFC 3311 and RFC 3264 on an inbound call, audio checked by frequency: an UPDATE with
+/// an offer moves the room's 440 Hz to the new address it names (200 with our answer);
+/// a re-INVITE without SDP gets our offer in the 200 and the answer in the ACK moves the
+/// audio again; a request with a CSeq lower than one seen gets 500 (RFC 3261 section
+/// 12.2.2) and the call goes on.
+#[test]
+fn update_and_offerless_reinvite_move_the_audio_and_a_stale_cseq_gets_500() {
+    let lk = LiveKitServer::start();
+    let room = "update-late-offer";
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &room_plan(room, "")));
+    let publisher = common::roomline::roompeer_bg(
+        &lk,
+        "publish-tone",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "tone",
+            "--freq",
+            "440",
+            "--seconds",
+            "30",
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    common::roomline::wait_participant(&lk, room, "tone");
+    let ua = Ua::udp(&rl);
+    let ok = answered_call(&ua, &rl);
+    wait_phone_in_room(&lk, room);
+    let first = heard_on(&ua.rtp, 100);
+    assert!(
+        common::within(first, 440.0, 0.02),
+        "the phone heard {first} Hz"
+    );
+    // UPDATE: the media moves to phone2
+    let phone2 = RtpPeer::bind();
+    ua.send(&in_dialog_with_body(
+        &ua,
+        "UPDATE",
+        2,
+        &ok,
+        "application/sdp",
+        &sdp_at(phone2.port()),
+    ));
+    let (_, updated) = ua.final_response("UPDATE", &rl);
+    assert_eq!(updated.status(), Some(200), "{}", updated.text);
+    let answer = String::from_utf8_lossy(&updated.body).into_owned();
+    assert!(
+        answer.contains("m=audio") && answer.contains("a=sendrecv"),
+        "{answer}"
+    );
+    let hz = heard_on(&phone2, 100);
+    assert!(common::within(hz, 440.0, 0.02), "after the UPDATE: {hz} Hz");
+    // re-INVITE without SDP: our offer in the 200, the answer (phone3) in the ACK
+    let phone3 = RtpPeer::bind();
+    let reinvite = ua.in_dialog("INVITE", 3, &ok).replace(
+        "Content-Length: 0\r\n",
+        &format!("Contact: <sip:phone@{}>\r\nContent-Length: 0\r\n", ua.local),
+    );
+    ua.send(&reinvite);
+    let (_, offered) = ua.final_response("INVITE", &rl);
+    assert_eq!(offered.status(), Some(200), "{}", offered.text);
+    let offer = String::from_utf8_lossy(&offered.body).into_owned();
+    assert!(
+        offer.contains("m=audio") && offer.contains("PCMU/8000"),
+        "our offer: {offer}"
+    );
+    ua.send(&in_dialog_with_body(
+        &ua,
+        "ACK",
+        3,
+        &ok,
+        "application/sdp",
+        &sdp_at(phone3.port()),
+    ));
+    let hz = heard_on(&phone3, 100);
+    assert!(
+        common::within(hz, 440.0, 0.02),
+        "after the late-offer ACK: {hz} Hz"
+    );
+    // out of order: CSeq 2 after 3
+    ua.send(&ua.in_dialog("OPTIONS", 2, &ok));
+    let (_, stale) = ua.final_response("OPTIONS", &rl);
+    assert_eq!(stale.status(), Some(500), "{}", stale.text);
+    ua.send(&ua.in_dialog("OPTIONS", 4, &ok));
+    let (_, fresh) = ua.final_response("OPTIONS", &rl);
+    assert_eq!(fresh.status(), Some(200), "{}", fresh.text);
+    ua.send(&ua.in_dialog("BYE", 5, &ok));
+    let (_, bye) = ua.final_response("BYE", &rl);
+    assert_eq!(bye.status(), Some(200), "{}", bye.text);
+    wait_phone_gone(&lk, room);
+    let _ = publisher.join();
     rl.assert_no_leaks(Duration::from_secs(20));
 }
 

@@ -138,7 +138,7 @@ fn value_ok(v: &str) -> bool {
 
 /// The inbound call's attributes at join, in LiveKit's order of precedence.
 #[derive(Debug, Clone, Default)]
-pub struct InboundCall<'a> {
+pub struct InboundKeys<'a> {
     /// Our call id (`SCL_...`).
     pub call_id: &'a str,
     /// The SIP Call-ID.
@@ -157,7 +157,7 @@ pub struct InboundCall<'a> {
 }
 
 /// The `sip.*` keys of an inbound call (no header mapping, no status).
-pub fn inbound(c: &InboundCall<'_>) -> Vec<(String, String)> {
+pub fn inbound(c: &InboundKeys<'_>) -> Vec<(String, String)> {
     let mut out = vec![
         (CALL_ID.to_string(), c.call_id.to_string()),
         (CALL_ID_FULL.to_string(), c.sip_call_id.to_string()),
@@ -179,7 +179,7 @@ pub fn inbound(c: &InboundCall<'_>) -> Vec<(String, String)> {
 
 /// The outbound call's attributes at join.
 #[derive(Debug, Clone, Default)]
-pub struct OutboundCall<'a> {
+pub struct OutboundKeys<'a> {
     pub call_id: &'a str,
     pub trunk: &'a str,
     /// `sip_call_to`.
@@ -192,7 +192,7 @@ pub struct OutboundCall<'a> {
 }
 
 /// The `sip.*` keys of an outbound call at join, with status `dialing`.
-pub fn outbound(c: &OutboundCall<'_>) -> Vec<(String, String)> {
+pub fn outbound(c: &OutboundKeys<'_>) -> Vec<(String, String)> {
     let mut out = vec![
         (CALL_ID.to_string(), c.call_id.to_string()),
         (TRUNK_ID.to_string(), c.trunk.to_string()),
@@ -352,7 +352,7 @@ pub fn inbound_join(
     out.extend(from_headers(headers, facts.mapping.unwrap_or(&default)));
     let (from_tag, caller_host) = tag_and_host(invite, "From");
     let sip_call_id = invite.header("Call-ID").unwrap_or_default();
-    out.extend(inbound(&InboundCall {
+    out.extend(inbound(&InboundKeys {
         call_id: facts.call_id,
         sip_call_id,
         from_tag: &from_tag,
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn inbound_keys_and_hidden_numbers() {
-        let c = InboundCall {
+        let c = InboundKeys {
             call_id: "SCL_23456789ABCD",
             sip_call_id: "a84b4c76e66710@pc33",
             from_tag: "abc",
@@ -469,7 +469,7 @@ mod tests {
         assert_eq!(get(&a, PHONE_NUMBER), Some("+15551230000"));
         assert_eq!(get(&a, TRUNK_PHONE_NUMBER), Some("+15550100"));
         assert_eq!(get(&a, HOSTNAME), Some("carrier.example"));
-        let hidden = inbound(&InboundCall {
+        let hidden = inbound(&InboundKeys {
             hide_phone_number: true,
             ..c
         });
@@ -492,7 +492,7 @@ mod tests {
 
     #[test]
     fn outbound_keys_and_the_answer() {
-        let c = OutboundCall {
+        let c = OutboundKeys {
             call_id: "SCL_23456789ABCD",
             trunk: "carrier",
             call_to: "+15551230001",
@@ -505,7 +505,7 @@ mod tests {
         assert_eq!(get(&a, PHONE_NUMBER), Some("+15551230001"));
         assert_eq!(get(&a, TRUNK_PHONE_NUMBER), Some("+15550100"));
         assert_eq!(get(&a, HOSTNAME), Some("sip.carrier.example"));
-        let h = outbound(&OutboundCall {
+        let h = outbound(&OutboundKeys {
             hide_phone_number: true,
             ..c
         });

@@ -4,14 +4,17 @@
 //! ways, attribute updates. The call task owns one and drives it after every wake-up.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::attributes::{self, CallStatus};
+use super::leg::Offers;
 use super::outcome::Outcome;
+use crate::clock::now;
 use crate::livekit::{DisconnectReason, ParticipantEvent, ParticipantHandle, SampleRate};
 use crate::media::dtmf::DtmfDigit;
 use crate::media::rtp::Ssrc;
@@ -19,35 +22,72 @@ use crate::media::session::{MediaEvent, MediaStats, PhoneMedia, PhoneMediaConfig
 use crate::media::socket::{self, PortGuard, RtpSockets};
 use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
-use crate::sip::sdp::{Codec, Local, Negotiated};
+use crate::sip::sdp::{self, Codec, Local, Negotiated, Rejection};
 
-/// The phone's RTP: sockets, ports, and (once media flows) the pipeline.
+/// The codecs Roomline offers and accepts on the phone leg, preferred first when we offer.
+pub const PHONE_CODECS: &[Codec] = &[Codec::G722, Codec::Pcmu, Codec::Pcma];
+
+/// The one latch rule (symmetric RTP, RFC 4961): RTP goes where the phone's packets come
+/// from unless its SDP names a public address that is also where its signalling comes
+/// from (then only that address is listened to). A private, loopback or foreign address
+/// in SDP means NAT or a media server elsewhere.
+pub fn latches(remote_rtp: Option<SocketAddr>, signalling: IpAddr) -> bool {
+    remote_rtp.is_none_or(|a| !is_public(a.ip()) || a.ip() != signalling)
+}
+
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !(a.is_private() || a.is_loopback() || a.is_link_local()),
+        IpAddr::V6(a) => !(a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local()),
+    }
+}
+
+/// What the pipeline of a leg is built with.
+#[derive(Debug, Clone)]
+pub struct MediaSetup {
+    /// The participant identity (the caller's own audio is never mixed back).
+    pub identity: String,
+    pub timeouts: MediaTimeoutConfig,
+    /// Where the peer's signalling comes from (the latch rule).
+    pub signalling: IpAddr,
+}
+
+/// The phone's RTP: sockets, ports, SDP offer/answer, and (once media flows) the
+/// pipeline.
 pub struct MediaLeg {
     pub sockets: RtpSockets,
     _ports: PortGuard,
     pub pm: Option<PhoneMedia>,
     pub negotiated: Option<Negotiated>,
     pub local: Local,
-    pub latch: bool,
     /// Our current SDP (offer or answer).
     pub sdp: String,
+    setup: MediaSetup,
+    /// DTMF digits sent to the phone (RFC 4733), for the summary line.
+    pub dtmf_out: u64,
     frames_seen: u64,
     next_sample: u64,
 }
 
 impl MediaLeg {
-    pub fn new(bound: socket::BoundPorts, local: Local, sdp: String) -> MediaLeg {
+    pub fn new(bound: socket::BoundPorts, local: Local, setup: MediaSetup) -> MediaLeg {
         MediaLeg {
             sockets: bound.sockets,
             _ports: bound.guard,
             pm: None,
             negotiated: None,
             local,
-            latch: true,
-            sdp,
+            sdp: String::new(),
+            setup,
+            dtmf_out: 0,
             frames_seen: 0,
             next_sample: 50,
         }
+    }
+
+    /// The call moved to another trunk: its signalling source changes.
+    pub fn set_setup(&mut self, setup: MediaSetup) {
+        self.setup = setup;
     }
 
     pub fn codec(&self) -> Option<Codec> {
@@ -61,24 +101,98 @@ impl MediaLeg {
         }
     }
 
-    /// Starts (or restarts, after a codec change) the pipeline for `negotiated`.
-    pub fn start(&mut self, negotiated: Negotiated, identity: &str, timeouts: MediaTimeoutConfig) {
+    /// Our first offer: every codec we take, preferred first.
+    pub fn first_offer(&mut self) -> String {
+        self.local.codecs = PHONE_CODECS.to_vec();
+        self.sdp = sdp::offer(&self.local);
+        self.sdp.clone()
+    }
+
+    /// Answers an offer: the first one with any codec of ours, later ones keeping the
+    /// codec in use (the room's sample rate follows it). The pipeline, if running,
+    /// follows the new address and direction.
+    pub fn answer_offer(&mut self, now: Instant, offer: &[u8]) -> Result<String, Rejection> {
+        let text = String::from_utf8_lossy(offer);
+        let offer = sdp::parse(&text).map_err(|e| Rejection {
+            warning_code: 399,
+            text: e.to_string(),
+        })?;
+        let mut local = self.local.clone();
+        match &self.negotiated {
+            Some(n) => {
+                local.codecs = vec![n.codec];
+                local.session_version += 1;
+            }
+            None => local.codecs = PHONE_CODECS.to_vec(),
+        }
+        let (negotiated, answer) = sdp::answer(&offer, &local)?;
+        tracing::debug!(direction = ?negotiated.direction, remote = ?negotiated.remote_rtp,
+            "SDP offer answered");
+        self.local = local;
+        self.sdp = answer.clone();
+        self.apply(now, negotiated, false);
+        Ok(answer)
+    }
+
+    /// The peer's answer to our offer: the pipeline starts (or follows it).
+    pub fn take_answer(&mut self, now: Instant, answer: &[u8]) -> Result<(), Rejection> {
+        let text = String::from_utf8_lossy(answer);
+        let parsed = sdp::parse(&text).map_err(|e| Rejection {
+            warning_code: 399,
+            text: e.to_string(),
+        })?;
+        let n = sdp::read_answer(&parsed, &self.local)?;
+        self.apply(now, n, true);
+        Ok(())
+    }
+
+    /// Starts the pipeline for what was negotiated (at the answer, or a 183).
+    pub fn start_pipeline(&mut self, now: Instant) {
+        if self.pm.is_none()
+            && let Some(n) = self.negotiated.clone()
+        {
+            self.apply(now, n, true);
+        }
+    }
+
+    /// Takes a negotiation: a running pipeline follows it (restarting on a new codec);
+    /// with `start`, a pipeline starts if there is none.
+    fn apply(&mut self, now: Instant, negotiated: Negotiated, start: bool) {
         let restart = self.negotiated.as_ref().is_none_or(|n| {
             n.codec != negotiated.codec || n.payload_type != negotiated.payload_type
         });
         if let Some(pm) = self.pm.as_mut()
             && !restart
         {
-            pm.set_remote(now(), negotiated.remote_rtp, negotiated.direction);
+            pm.set_remote(now, negotiated.remote_rtp, negotiated.direction);
+            self.negotiated = Some(negotiated);
+            return;
+        }
+        if self.pm.is_none() && !start {
             self.negotiated = Some(negotiated);
             return;
         }
         let ssrc = Ssrc(rand::random());
-        let mut config = PhoneMediaConfig::from_negotiated(&negotiated, ssrc, identity);
-        config.latch = self.latch;
-        config.timeouts = timeouts;
-        self.pm = Some(PhoneMedia::new(config, now(), crate::clock::wall()));
+        let mut config = PhoneMediaConfig::from_negotiated(&negotiated, ssrc, &self.setup.identity);
+        config.latch = latches(negotiated.remote_rtp, self.setup.signalling);
+        config.timeouts = self.setup.timeouts;
+        self.pm = Some(PhoneMedia::new(config, now, crate::clock::wall()));
         self.negotiated = Some(negotiated);
+    }
+
+    /// Queues a key toward the phone as RFC 4733 events (counted by `source`).
+    pub fn send_dtmf(&mut self, now: Instant, digit: char, source: &'static str) {
+        let (Some(d), Some(pm)) = (DtmfDigit::from_char(digit), self.pm.as_mut()) else {
+            return;
+        };
+        match pm.send_dtmf(now, d) {
+            Ok(()) => {
+                self.dtmf_out += 1;
+                metrics::counter!(m::DTMF_EVENTS, "direction" => "to_phone", "source" => source)
+                    .increment(1);
+            }
+            Err(e) => tracing::debug!(error = %e, digit = %digit, "DTMF not sent"),
+        }
     }
 
     pub fn stats(&self) -> Option<MediaStats> {
@@ -86,8 +200,23 @@ impl MediaLeg {
     }
 }
 
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
+impl Offers for MediaLeg {
+    fn answer(&mut self, now: Instant, offer: &[u8]) -> Result<String, Rejection> {
+        self.answer_offer(now, offer)
+    }
+
+    fn offer(&mut self) -> String {
+        if self.negotiated.is_none() {
+            return self.first_offer();
+        }
+        self.sdp.clone()
+    }
+
+    fn answered(&mut self, now: Instant, answer: &[u8]) {
+        if let Err(r) = self.take_answer(now, answer) {
+            tracing::info!(warning = %r.text, "unusable SDP answer");
+        }
+    }
 }
 
 /// The LiveKit participant of a call.
@@ -144,7 +273,10 @@ impl Room {
         let h = self.handle.clone();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            h.set_attributes(HashMap::from([("sip.callStatus".into(), "hangup".into())])),
+            h.set_attributes(HashMap::from([(
+                attributes::CALL_STATUS.into(),
+                CallStatus::Hangup.as_str().into(),
+            )])),
         )
         .await;
         let _ = h.leave(outcome.leave_reason()).await;
@@ -191,36 +323,25 @@ pub fn disconnect_outcome(reason: DisconnectReason) -> Outcome {
 }
 
 /// Handles one room event: audio into the mixer, DTMF toward the phone, the end.
-pub fn on_room_event(
-    media: Option<&mut MediaLeg>,
-    ev: Option<ParticipantEvent>,
-    call_id: &str,
-) -> RoomSignal {
+pub fn on_room_event(media: Option<&mut MediaLeg>, ev: Option<ParticipantEvent>) -> RoomSignal {
     let Some(ev) = ev else {
         return RoomSignal::Ended(Outcome::LiveKitLeft("participant task ended".into()));
     };
-    let pm = media.and_then(|m| m.pm.as_mut());
     match ev {
         ParticipantEvent::AudioFrame(f) => {
-            if let Some(pm) = pm {
+            if let Some(pm) = media.and_then(|m| m.pm.as_mut()) {
                 pm.push_room_audio(&f.track_sid, &f.participant_identity, &f.samples);
             }
         }
         ParticipantEvent::TrackSubscribed { .. } => return RoomSignal::TrackSubscribed,
         ParticipantEvent::TrackUnpublished { track_sid, .. } => {
-            if let Some(pm) = pm {
+            if let Some(pm) = media.and_then(|m| m.pm.as_mut()) {
                 pm.remove_track(&track_sid);
             }
         }
         ParticipantEvent::Dtmf { digit, .. } => {
-            if let Some(d) = digit.chars().next().and_then(DtmfDigit::from_char)
-                && let Some(pm) = pm
-            {
-                match pm.send_dtmf(now(), d) {
-                    Ok(()) => metrics::counter!(m::DTMF_EVENTS, "direction" => "to_phone", "source" => "rtp")
-                        .increment(1),
-                    Err(e) => tracing::debug!(%call_id, error = %e, "DTMF not sent"),
-                }
+            if let (Some(d), Some(m)) = (digit.chars().next(), media) {
+                m.send_dtmf(now(), d, "rtp");
             }
         }
         ParticipantEvent::Disconnected(reason) => {

@@ -1,18 +1,22 @@
 //! Calls: one task per call owns its dialog, its server and client transactions, its
 //! media pipeline and its LiveKit participant (ARCHITECTURE.md, "One task per call"). The
-//! call manager (this module) spawns the tasks, counts them, keeps the registry the API
-//! finds calls in, and ends them all on shutdown. Submodules: `inbound` (a phone call into
-//! a room), `outbound` (a room dialling a phone through a trunk, with failover),
-//! `bridge` (the media half both directions share: RTP leg, participant, DTMF),
-//! `transfer` (REFER), `outcome` (how a call ended, classified once), `prompt` (the tones
-//! a call plays to the phone itself).
+//! call manager (here) spawns the tasks, counts them, keeps the registry the API finds
+//! calls in, and ends them all on shutdown. Submodules: `inbound` (a phone call into a
+//! room) and `outbound` (a call the room places, with failover) keep only what differs
+//! between the directions; `leg` (the SIP dialog leg, sans-IO) and `shell` (the task's
+//! waiting, driving and ending) are shared, as are `bridge` (the phone's RTP and the
+//! participant), `attributes` (LiveKit's `sip.*` attributes and the header mapping),
+//! `transfer` (REFER), `outcome` (how a call ended, classified once) and `prompt` (tones
+//! a call plays to the phone).
 
 pub mod attributes;
 pub mod bridge;
 pub mod inbound;
+pub mod leg;
 pub mod outbound;
 pub mod outcome;
 pub mod prompt;
+pub mod shell;
 pub mod transfer;
 
 use std::net::IpAddr;
@@ -28,13 +32,6 @@ use crate::media::socket::SharedPortPool;
 use crate::ops::metrics as m;
 use crate::sip::endpoint::{EndpointHandle, InboundInvite};
 use crate::sip::transaction::Timers;
-
-/// What the manager tells a running call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// End the call now (daemon shutdown): BYE, or 503 before answer.
-    Shutdown,
-}
 
 /// What the API asks of one call.
 #[derive(Debug)]
@@ -120,18 +117,24 @@ enum ManagerCmd {
         reply: oneshot::Sender<Result<outbound::Started, outbound::DialError>>,
     },
     Find {
-        room: String,
-        identity: String,
+        key: Participant,
         reply: oneshot::Sender<Option<mpsc::Sender<CallControl>>>,
     },
     Register {
-        key: (String, String),
+        key: Participant,
         seq: u64,
-        tx: mpsc::Sender<CallControl>,
+        control: mpsc::Sender<CallControl>,
     },
     Gone {
         seq: u64,
     },
+}
+
+/// A call's participant: how the API names a call (the registry's key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Participant {
+    room: String,
+    identity: String,
 }
 
 /// Lets a call put itself in the registry once it knows its room and identity (an
@@ -139,15 +142,15 @@ enum ManagerCmd {
 pub struct Registration {
     manager: mpsc::Sender<ManagerCmd>,
     seq: u64,
-    tx: mpsc::Sender<CallControl>,
+    control: mpsc::Sender<CallControl>,
 }
 
 impl Registration {
     pub fn register(self, room: String, identity: String) {
         let _ = self.manager.try_send(ManagerCmd::Register {
-            key: (room, identity),
+            key: Participant { room, identity },
             seq: self.seq,
-            tx: self.tx,
+            control: self.control,
         });
     }
 }
@@ -182,8 +185,10 @@ impl Calls {
         let (reply, rx) = oneshot::channel();
         self.manager
             .send(ManagerCmd::Find {
-                room: room.into(),
-                identity: identity.into(),
+                key: Participant {
+                    room: room.into(),
+                    identity: identity.into(),
+                },
                 reply,
             })
             .await
@@ -258,8 +263,8 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
         manager: manager.clone(),
     };
     tokio::spawn(async move {
-        let mut registry: HashMap<(String, String), (u64, mpsc::Sender<CallControl>)> =
-            HashMap::new();
+        // bounded by the calls running: each entry leaves with its call (Gone)
+        let mut registry: HashMap<Participant, (u64, mpsc::Sender<CallControl>)> = HashMap::new();
         loop {
             tokio::select! {
                 inv = invites.recv() => {
@@ -268,12 +273,12 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                     let ctx = ctx.clone();
                     let tasks = tasks.clone();
                     let shutdown = shutdown_rx.clone();
-                    let (ctl_tx, ctl_rx) = mpsc::channel(8);
-                    let registration = Registration { manager: manager.clone(), seq, tx: ctl_tx };
+                    let (control, control_rx) = mpsc::channel(8);
+                    let registration = Registration { manager: manager.clone(), seq, control };
                     let manager = manager.clone();
                     tasks.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        let task = tokio::spawn(inbound::run(ctx, inv, shutdown, ctl_rx, registration, seq));
+                        let task = tokio::spawn(inbound::run(ctx, inv, shutdown, control_rx, registration, seq));
                         if let Err(e) = task.await {
                             tracing::error!(error = %e, "call task failed");
                         }
@@ -284,19 +289,19 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                 cmd = cmds.recv() => match cmd {
                     Some(ManagerCmd::Dial { cfg, req, reply }) => {
                         let seq = CALL_SEQ.fetch_add(1, Ordering::Relaxed);
-                        let key = (
-                            req.room.clone(),
-                            req.identity.clone().unwrap_or_else(|| format!("sip_{}", req.call_to)),
-                        );
-                        let (ctl_tx, ctl_rx) = mpsc::channel(8);
-                        registry.insert(key, (seq, ctl_tx));
+                        let key = Participant {
+                            room: req.room.clone(),
+                            identity: req.identity(),
+                        };
+                        let (control, control_rx) = mpsc::channel(8);
+                        registry.insert(key, (seq, control));
                         let ctx = ctx.clone();
                         let tasks = tasks.clone();
                         let shutdown = shutdown_rx.clone();
                         let manager = manager.clone();
                         tasks.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(async move {
-                            let task = tokio::spawn(outbound::run(ctx, cfg, *req, reply, shutdown, ctl_rx, seq));
+                            let task = tokio::spawn(outbound::run(ctx, cfg, *req, reply, shutdown, control_rx, seq));
                             if let Err(e) = task.await {
                                 tracing::error!(error = %e, "call task failed");
                             }
@@ -304,15 +309,15 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                             let _ = manager.send(ManagerCmd::Gone { seq }).await;
                         });
                     }
-                    Some(ManagerCmd::Find { room, identity, reply }) => {
+                    Some(ManagerCmd::Find { key, reply }) => {
                         let found = registry
-                            .get(&(room, identity))
-                            .map(|(_, tx)| tx.clone())
-                            .filter(|tx| !tx.is_closed());
+                            .get(&key)
+                            .map(|(_, control)| control.clone())
+                            .filter(|control| !control.is_closed());
                         let _ = reply.send(found);
                     }
-                    Some(ManagerCmd::Register { key, seq, tx }) => {
-                        registry.insert(key, (seq, tx));
+                    Some(ManagerCmd::Register { key, seq, control }) => {
+                        registry.insert(key, (seq, control));
                     }
                     Some(ManagerCmd::Gone { seq }) => {
                         registry.retain(|_, (s, _)| *s != seq);

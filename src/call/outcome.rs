@@ -16,6 +16,8 @@ pub enum Outcome {
     RoomClosed,
     /// The participant was removed from the room.
     ParticipantRemoved,
+    /// Hung up from the room side through the API (not a failure).
+    RoomHangup,
     /// LiveKit ended the participant for another reason (text from the server).
     LiveKitLeft(String),
     /// A dialplan rule rejects the call with this status.
@@ -38,6 +40,14 @@ pub enum Outcome {
     MediaTimeout,
     /// Our 2xx was never acknowledged.
     NoAck,
+    /// The session timer ran out: the refresher did not refresh (RFC 4028).
+    SessionExpired,
+    /// A request of ours in the dialog got 481 or 408, or no answer: the peer lost it.
+    DialogGone,
+    /// The INVITE's Session-Expires is below our Min-SE (422 with it, RFC 4028).
+    IntervalTooSmall(u32),
+    /// The INVITE requires an extension this trunk does not use (420 Unsupported).
+    Unsupported(String),
     /// The daemon is stopping.
     Shutdown,
     /// The call's limit was reached (max call duration).
@@ -57,6 +67,7 @@ impl Outcome {
             // with 487 (the request is terminated), a removal with 486 (the room said no)
             Outcome::RoomClosed => 487,
             Outcome::ParticipantRemoved => 486,
+            Outcome::RoomHangup => 487,
             Outcome::LiveKitLeft(_) => 480,
             Outcome::Rejected { status, .. } => *status,
             Outcome::NoRoute => 404,
@@ -65,7 +76,13 @@ impl Outcome {
             Outcome::NoPorts | Outcome::LiveKitUnavailable(_) | Outcome::Shutdown => 503,
             Outcome::RingingTimeout => 480,
             Outcome::PinFailed => 403,
-            Outcome::MediaTimeout | Outcome::NoAck | Outcome::MaxDuration => 408,
+            Outcome::MediaTimeout
+            | Outcome::NoAck
+            | Outcome::MaxDuration
+            | Outcome::SessionExpired
+            | Outcome::DialogGone => 408,
+            Outcome::IntervalTooSmall(_) => 422,
+            Outcome::Unsupported(_) => 420,
             Outcome::Transferred => 487,
             Outcome::Internal(_) => 500,
         }
@@ -80,11 +97,34 @@ impl Outcome {
         }
     }
 
+    /// Headers the final response to an unanswered INVITE carries for this outcome.
+    pub fn response_headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = Vec::new();
+        if let Some(s) = self.retry_after() {
+            h.push(("Retry-After", s.to_string()));
+        }
+        match self {
+            Outcome::NoCommonCodec(w) => h.push(("Warning", w.clone())),
+            Outcome::IntervalTooSmall(min) => h.push(("Min-SE", min.to_string())),
+            Outcome::Unsupported(tags) => h.push(("Unsupported", tags.clone())),
+            _ => {}
+        }
+        h
+    }
+
+    /// Whether the peer ended the call (no BYE of ours then).
+    pub fn remote_ended(&self) -> bool {
+        matches!(self, Outcome::CallerHangup | Outcome::CallerCancelled)
+    }
+
     /// The Reason header (RFC 3326) of our BYE after answer, Q.850 cause and text.
     pub fn reason_header(&self) -> String {
         let (cause, text) = match self {
             Outcome::RoomClosed => (16, "room closed"),
             Outcome::ParticipantRemoved => (16, "participant removed"),
+            Outcome::RoomHangup => (16, "hung up from the room"),
+            Outcome::SessionExpired => (102, "session timer expired"),
+            Outcome::DialogGone => (41, "dialog lost"),
             Outcome::LiveKitLeft(_) => (16, "left the room"),
             Outcome::MediaTimeout => (102, "media timeout"),
             Outcome::NoAck => (102, "no ACK"),
@@ -114,6 +154,7 @@ impl Outcome {
             Outcome::CallerCancelled => "cancelled",
             Outcome::RoomClosed => "room_closed",
             Outcome::ParticipantRemoved => "participant_removed",
+            Outcome::RoomHangup => "room_hangup",
             Outcome::LiveKitLeft(_) => "livekit_left",
             Outcome::Rejected { .. } => "rejected",
             Outcome::NoRoute => "no_route",
@@ -125,6 +166,10 @@ impl Outcome {
             Outcome::PinFailed => "pin_failed",
             Outcome::MediaTimeout => "media_timeout",
             Outcome::NoAck => "no_ack",
+            Outcome::SessionExpired => "session_expired",
+            Outcome::DialogGone => "dialog_gone",
+            Outcome::IntervalTooSmall(_) => "interval_too_small",
+            Outcome::Unsupported(_) => "unsupported",
             Outcome::Shutdown => "shutdown",
             Outcome::MaxDuration => "max_duration",
             Outcome::Transferred => "transferred",
@@ -139,6 +184,7 @@ impl Outcome {
             Outcome::CallerHangup
                 | Outcome::RoomClosed
                 | Outcome::ParticipantRemoved
+                | Outcome::RoomHangup
                 | Outcome::LiveKitLeft(_)
                 | Outcome::Shutdown
                 | Outcome::MaxDuration
@@ -200,11 +246,36 @@ mod tests {
             Outcome::RingingTimeout.leave_reason(),
             LeaveReason::UserUnavailable
         );
+        // a hangup from the room side is a normal end, not an error
+        for o in [
+            Outcome::RoomHangup,
+            Outcome::RoomClosed,
+            Outcome::ParticipantRemoved,
+        ] {
+            assert!(o.completed(), "{o}");
+            assert_ne!(o.label(), "error");
+            assert!(o.reason_header().starts_with("Q.850;cause=16;"), "{o}");
+        }
+        assert_eq!(
+            Outcome::RoomHangup.reason_header(),
+            "Q.850;cause=16;text=\"hung up from the room\""
+        );
+        assert_eq!(
+            Outcome::IntervalTooSmall(120).response_headers(),
+            vec![("Min-SE", "120".to_string())]
+        );
+        assert_eq!(Outcome::IntervalTooSmall(120).status(), 422);
+        assert_eq!(
+            Outcome::SessionExpired.reason_header(),
+            "Q.850;cause=102;text=\"session timer expired\""
+        );
         // labels are bounded words
         for o in [
             Outcome::MediaTimeout,
             Outcome::Internal("x".into()),
             Outcome::NoAck,
+            Outcome::SessionExpired,
+            Outcome::Unsupported("timer".into()),
         ] {
             assert!(
                 o.label()

@@ -1,7 +1,8 @@
 //! Call transfer by REFER (RFC 3515, RFC 5589 section 6 "basic transfer"): we send
 //! REFER with Refer-To in the dialog, the phone side answers 202 and reports progress in
 //! NOTIFYs carrying message/sipfrag (RFC 3420) until a final status; a 2xx there means
-//! the transfer worked and our leg ends. Shared by both call directions. Tests:
+//! the transfer worked and our leg ends. The leg (`call::leg`) sends the REFER and hands
+//! responses and NOTIFYs here; shared by both call directions. Tests:
 //! `transfer_*` below, `tests/outbound_calls.rs`.
 
 use std::time::{Duration, Instant};
@@ -9,10 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::sip::dialog::Dialog;
-use crate::sip::endpoint::{EndpointHandle, Incoming};
-use crate::sip::transaction::{ClientNonInvite, ClientNonInviteState, Output, Timers};
+use crate::sip::incoming::Incoming;
+use crate::sip::transaction::{ClientNonInvite, Output, Timers};
 use crate::sip::transport::Flow;
-use crate::sip::{build, uri};
+use crate::sip::txkey::ClientKey;
+use crate::sip::uri;
 
 /// Default time the transfer target has to answer.
 pub const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,14 +100,18 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// A transfer in progress.
+/// A transfer in progress: our REFER's transaction, then the NOTIFYs of its
+/// subscription, until a final status or the deadline. Sans-IO: the leg sends what
+/// `take_output` gives on `flow`.
 pub struct Transfer {
-    branch: String,
+    key: ClientKey,
     tx: ClientNonInvite,
     flow: Flow,
     reply: Option<oneshot::Sender<Result<(), Failure>>>,
     deadline: Instant,
     accepted: bool,
+    failed: bool,
+    pending: Vec<Vec<u8>>,
 }
 
 /// The end of a transfer.
@@ -118,46 +124,39 @@ pub enum Done {
 }
 
 impl Transfer {
-    /// Sends the REFER.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        dialog: &mut Dialog,
-        ep: &EndpointHandle,
+    /// The transfer whose REFER (`request`, with client key `key`) goes out on `flow`.
+    pub fn new(
+        now: Instant,
+        key: ClientKey,
         flow: Flow,
         timers: Timers,
-        to: &str,
-        headers: &[(String, String)],
+        request: Vec<u8>,
         reply: oneshot::Sender<Result<(), Failure>>,
-        now: Instant,
     ) -> Transfer {
-        let branch = build::new_branch();
-        let via = ep.via(&flow, &branch);
-        let contact = ep.contact(&flow);
-        let mut out = dialog.request("REFER", &via, &contact);
-        out.push("Refer-To", refer_to(to, dialog));
-        out.push("Referred-By", format!("<{}>", local_uri(&dialog.local)));
-        out.push("User-Agent", &ep.user_agent);
-        for (k, v) in headers {
-            out.push(k, v);
-        }
-        let mut tx = ClientNonInvite::new(now, flow.is_reliable(), timers, out.to_bytes());
-        while let Some(o) = tx.poll_output() {
-            if let Output::Send(b) = o {
-                let _ = flow.send(&b);
-            }
-        }
         Transfer {
-            branch,
-            tx,
+            key,
+            tx: ClientNonInvite::new(now, flow.is_reliable(), timers, request),
             flow,
             reply: Some(reply),
             deadline: now + TRANSFER_TIMEOUT,
             accepted: false,
+            failed: false,
+            pending: Vec::new(),
         }
     }
 
-    pub fn branch(&self) -> &str {
-        &self.branch
+    pub fn key(&self) -> &ClientKey {
+        &self.key
+    }
+
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// The REFER's (re)transmissions due.
+    pub fn take_output(&mut self) -> Vec<Vec<u8>> {
+        self.drain();
+        std::mem::take(&mut self.pending)
     }
 
     pub fn poll_timeout(&self) -> Instant {
@@ -187,10 +186,7 @@ impl Transfer {
             self.accepted = true;
             None
         } else {
-            let phrase = match &resp.msg.start {
-                crate::sip::message::StartLine::Response { reason, .. } => reason.clone(),
-                _ => String::new(),
-            };
+            let phrase = resp.reason().to_string();
             self.finish(Done::Failed(Failure::rejected(
                 status,
                 &phrase,
@@ -235,21 +231,15 @@ impl Transfer {
         }
     }
 
-    /// Timers: retransmissions of the REFER, its timeout, the overall deadline.
+    /// Timers: retransmissions of the REFER (see `take_output`), its timeout, the overall
+    /// deadline.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Done> {
         if self.tx.poll_timeout().is_some_and(|d| d <= now) {
             self.tx.handle_timeout(now);
         }
-        let mut timed_out = false;
-        while let Some(o) = self.tx.poll_output() {
-            match o {
-                Output::Send(b) => {
-                    let _ = self.flow.send(&b);
-                }
-                Output::Timeout | Output::TransportError => timed_out = true,
-            }
-        }
-        if timed_out && !self.accepted {
+        self.drain();
+        self.reply.as_ref()?;
+        if self.failed && !self.accepted {
             return self.finish(Done::Failed(Failure::new(
                 FailReason::Timeout,
                 "no answer to the REFER",
@@ -261,83 +251,24 @@ impl Transfer {
                 "the transfer timed out",
             )));
         }
-        let _ = ClientNonInviteState::Completed;
         None
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.tx.poll_output() {
+            match o {
+                Output::Send(b) => self.pending.push(b),
+                Output::Timeout | Output::TransportError => self.failed = true,
+            }
+        }
     }
 }
 
-fn local_uri(local: &str) -> String {
+/// The URI of a name-addr (the dialog's local side), for Referred-By.
+pub fn local_uri(local: &str) -> String {
     uri::NameAddr::parse(local)
         .map(|n| n.uri_text)
         .unwrap_or_default()
-}
-
-/// Starts a transfer for a call whose dialog is up (`dialog` None: refused), telling the
-/// room (`sip.callStatus` transferring). Refuses a second one at a time.
-#[allow(clippy::too_many_arguments)]
-pub fn begin(
-    current: &mut Option<Transfer>,
-    dialog: Option<&mut Dialog>,
-    ep: &EndpointHandle,
-    flow: Flow,
-    timers: Timers,
-    to: &str,
-    headers: &[(String, String)],
-    reply: oneshot::Sender<Result<(), Failure>>,
-    room: Option<&super::bridge::Room>,
-    call_id: &str,
-) {
-    if current.is_some() {
-        let _ = reply.send(Err("a transfer is already in progress".into()));
-        return;
-    }
-    let Some(d) = dialog else {
-        let _ = reply.send(Err("the call is not up".into()));
-        return;
-    };
-    tracing::info!(%call_id, "transferring the call");
-    *current = Some(Transfer::start(
-        d,
-        ep,
-        flow,
-        timers,
-        to,
-        headers,
-        reply,
-        now(),
-    ));
-    if let Some(r) = room {
-        r.set_attributes(&[("sip.callStatus", "transferring")]);
-    }
-}
-
-/// What a finished transfer means for the call: success ends it (the BYE follows), a
-/// failure lets it go on (`sip.callStatus` active again).
-pub fn conclude(
-    current: &mut Option<Transfer>,
-    done: Option<Done>,
-    room: Option<&super::bridge::Room>,
-    call_id: &str,
-) -> Option<super::outcome::Outcome> {
-    match done? {
-        Done::Transferred => {
-            *current = None;
-            Some(super::outcome::Outcome::Transferred)
-        }
-        Done::Failed(why) => {
-            tracing::info!(%call_id, %why, "transfer failed; the call goes on");
-            *current = None;
-            if let Some(r) = room {
-                r.set_attributes(&[("sip.callStatus", "active")]);
-            }
-            None
-        }
-    }
-}
-
-/// The call tasks' clock (tokio's, so tests may pause it).
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ pub const LOG_LEVEL: &str = "info";
 pub const LOG_FORMAT: &str = "human";
 
 pub const REGISTER_EXPIRES: Duration = Duration::from_secs(3600);
+/// RFC 4028 session timers on a trunk's calls: on, asking for 30 minutes (the RFC's
+/// recommendation), accepting down to the RFC's minimum of 90 s.
+pub const SESSION_TIMERS_ENABLED: bool = true;
+pub const SESSION_EXPIRES: Duration = Duration::from_secs(1800);
+pub const SESSION_MIN_SE: Duration = Duration::from_secs(90);
 pub const OUTBOUND_EARLY_MEDIA: bool = true;
 /// SRTP on a trunk's calls (`media_encryption`), LiveKit's default.
 pub const MEDIA_ENCRYPTION: &str = "disable";

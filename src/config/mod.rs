@@ -158,6 +158,29 @@ pub struct Trunk {
     pub backup: Option<String>,
     /// SRTP policy of this trunk's calls, both directions.
     pub media_encryption: MediaEncryption,
+    /// RFC 4028 session timers on this trunk's calls, both directions.
+    pub session_timers: SessionTimers,
+}
+
+/// Session timers (RFC 4028) of a trunk's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionTimers {
+    /// Off: no `Supported: timer`, no timer run, `Require: timer` refused with 420.
+    pub enabled: bool,
+    /// The interval we ask for (Session-Expires) and the most we grant a peer.
+    pub expires: Duration,
+    /// The smallest interval we accept (Min-SE; a smaller one gets 422).
+    pub min_se: Duration,
+}
+
+impl Default for SessionTimers {
+    fn default() -> Self {
+        SessionTimers {
+            enabled: defaults::SESSION_TIMERS_ENABLED,
+            expires: defaults::SESSION_EXPIRES,
+            min_se: defaults::SESSION_MIN_SE,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -95,6 +95,15 @@ pub struct Trunk {
     pub outbound: Option<Spanned<Outbound>>,
     pub backup: Option<Spanned<String>>,
     pub media_encryption: Option<Spanned<String>>,
+    pub session_timers: Option<Spanned<SessionTimers>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionTimers {
+    pub enabled: Option<Spanned<bool>>,
+    pub expires: Option<Spanned<String>>,
+    pub min_se: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -184,6 +184,7 @@ mod tests {
             }),
             outbound: None,
             backup: None,
+            session_timers: Default::default(),
             media_encryption: Default::default(),
         }
     }

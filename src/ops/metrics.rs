@@ -92,7 +92,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         SIP_AUTH,
-        "Inbound digest authentication outcomes (challenge, stale, rejected)."
+        "Inbound digest authentication outcomes (challenge, stale, success, rejected)."
     );
     metrics::describe_counter!(
         CALLS_REFUSED,

@@ -199,6 +199,44 @@ pub fn response_with_reason(
     out
 }
 
+/// RFC 3261 section 17.1.1.3: the ACK of a 300-699 final, in the INVITE's transaction:
+/// the INVITE's Request-URI, top Via, From, Call-ID, CSeq number and Route; the
+/// response's To.
+pub fn ack_for_failure(invite: &Outgoing, resp: &Message) -> Outgoing {
+    let ruri = invite
+        .start
+        .split(' ')
+        .nth(1)
+        .unwrap_or("sip:invalid")
+        .to_string();
+    let mut ack = Outgoing::request("ACK", &ruri);
+    if let Some(v) = invite.get("Via") {
+        ack.push("Via", v);
+    }
+    ack.push("Max-Forwards", "70");
+    if let Some(f) = invite.get("From") {
+        ack.push("From", f);
+    }
+    if let Some(t) = resp.header("To") {
+        ack.push("To", t);
+    }
+    if let Some(c) = invite.get("Call-ID") {
+        ack.push("Call-ID", c);
+    }
+    if let Some(cs) = invite.get("CSeq") {
+        let n = cs.split_whitespace().next().unwrap_or("1");
+        ack.push("CSeq", format!("{n} ACK"));
+    }
+    for r in invite
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Route"))
+    {
+        ack.push("Route", &r.1);
+    }
+    ack
+}
+
 fn random_token(n: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();

@@ -2,143 +2,46 @@
 //! receive-side checks (`sip::message`), stamps Via `received`/`rport`, routes responses
 //! and in-dialog requests to the task that owns the Call-ID over a channel, answers what
 //! needs no call (OPTIONS, 4xx/5xx for bad or unwanted requests, 481 for unknown dialogs)
-//! with its own transactions, and admits new INVITEs: draining and admission limits (503),
-//! per-source flood limit (dropped), RFC 3261 section 8.2 request checks (405/501, 416,
-//! 420, 415, 406), trunk matching by source address (403 or drop), and digest auth (401
-//! with qop=auth, 403). An admitted INVITE goes to the call manager with its own event
-//! channel. This task owns its tables; nothing is shared with call tasks but channels.
-//! Tests: `tests/sip_endpoint.rs` (RFC 4475 over UDP, sipp scenarios) and the unit tests
-//! below.
+//! with its own transactions (`txtable`, matched per RFC 3261 section 17.2.3), and admits
+//! new INVITEs through `admission`: draining and admission limits (503), per-source flood
+//! limit (dropped), RFC 3261 section 8.2 request checks, trunk matching by source address
+//! (403 or drop), and digest auth (401 with qop=auth, 403). An admitted INVITE goes to the
+//! call manager with its own event channel. This task owns its tables; nothing is shared
+//! with call tasks but channels. Tests: `tests/sip_endpoint.rs` (RFC 4475 over UDP, sipp
+//! scenarios, transaction matching on the wire) and the unit tests below.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::admission::{self, CallRate, IN_DIALOG, NOT_IMPLEMENTED, SourceLimiter};
+pub use super::admission::{ACCEPT, ALLOW, SUPPORTED};
 use super::build::{self, Outgoing};
-use super::digest::{Algorithm, Authenticator, Verdict};
+use super::digest::{Authenticator, Verdict};
+use super::incoming::Linger;
+pub use super::incoming::{Incoming, SipEvent};
 use super::message::{self, Message};
-use super::transaction::{Output, ServerInvite, ServerNonInvite, Timers};
+use super::transaction::Timers;
 use super::transport::{Flow, Received, Transports};
-use super::uri::{self, NameAddr, Uri, UriError, Via};
+use super::txkey::ServerKey;
+use super::txtable::TxTable;
+use super::uri::{self, Uri, Via};
+use crate::clock::{now, unix_secs};
 use crate::config::defaults;
-use crate::config::{Config, DigestAlgorithm, Transport, UnmatchedInbound};
+use crate::config::{Config, Transport, UnmatchedInbound};
 use crate::dialplan::trunk_match::{self as matching, InboundMatch};
 use crate::ops::metrics as m;
 
-/// Methods Roomline implements (the Allow header).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
-/// Body types we read (the Accept header).
-pub const ACCEPT: &str =
-    "application/sdp, multipart/mixed, application/dtmf-relay, application/dtmf";
-/// Option tags we support (Supported). None of the common extensions is claimed yet.
-pub const SUPPORTED: &str = "";
-/// Methods we know but do not serve outside a dialog: 405 (RFC 3261 section 8.2.1).
-const NOT_ALLOWED: &[&str] = &["REGISTER", "SUBSCRIBE", "PUBLISH", "MESSAGE", "PRACK"];
-/// In-dialog methods: outside a known dialog they get 481.
-const IN_DIALOG: &[&str] = &["BYE", "INFO", "UPDATE", "NOTIFY", "REFER"];
-/// Known methods we do not implement: 501 outside a dialog.
-const NOT_IMPLEMENTED: &[&str] = &["NOTIFY", "REFER"];
 /// Entries in the endpoint's own transaction table (rejections, OPTIONS).
 const MAX_TRANSACTIONS: usize = 16_384;
-/// Sources tracked by the flood limit.
-const MAX_SOURCES: usize = 16_384;
 /// Responses kept for retransmitted requests of calls that have ended.
 const MAX_LINGER: usize = 8192;
 /// Queued events per call.
 pub const CALL_QUEUE: usize = 64;
-
-/// A message for the task owning a Call-ID.
-#[derive(Debug)]
-pub struct Incoming {
-    pub msg: Message,
-    /// Where it came from and how to answer it (for UDP requests: towards the Via's
-    /// received/rport address, on the socket it arrived on).
-    pub flow: Flow,
-    /// The top Via, stamped with received/rport (requests); as received (responses).
-    pub via: Via,
-    pub at: Instant,
-}
-
-impl Incoming {
-    pub fn method(&self) -> &str {
-        self.msg.method().unwrap_or("")
-    }
-
-    /// The status of a response (0 for a request).
-    pub fn status(&self) -> u16 {
-        match &self.msg.start {
-            message::StartLine::Response { status, .. } => *status,
-            _ => 0,
-        }
-    }
-
-    pub fn call_id(&self) -> &str {
-        self.msg.header("Call-ID").unwrap_or("")
-    }
-
-    pub fn cseq(&self) -> Option<(u32, &str)> {
-        self.msg.cseq()
-    }
-
-    pub fn from(&self) -> Option<NameAddr> {
-        NameAddr::parse(self.msg.header("From")?).ok()
-    }
-
-    pub fn to(&self) -> Option<NameAddr> {
-        NameAddr::parse(self.msg.header("To")?).ok()
-    }
-
-    pub fn request_uri(&self) -> Option<&str> {
-        match &self.msg.start {
-            message::StartLine::Request { uri, .. } => Some(uri),
-            _ => None,
-        }
-    }
-
-    /// The branch of the top Via (or a key made from the RFC 2543 fields without one).
-    pub fn branch(&self) -> String {
-        transaction_branch(&self.msg, &self.via)
-    }
-
-    /// Sends a response built by the caller on this request's flow.
-    pub fn reply(&self, out: &Outgoing) {
-        let _ = self.flow.send(&out.to_bytes());
-    }
-}
-
-/// RFC 3261 section 17.2.3: the branch identifies the transaction; requests from RFC 2543
-/// peers (no magic cookie) are keyed by the fields that identify it there.
-fn transaction_branch(msg: &Message, via: &Via) -> String {
-    if via.rfc3261_branch() {
-        return via.branch().unwrap_or("").to_string();
-    }
-    let from_tag = msg
-        .header("From")
-        .and_then(|f| NameAddr::parse(f).ok())
-        .and_then(|n| n.tag().map(str::to_string))
-        .unwrap_or_default();
-    let cseq = msg.cseq().map(|(n, _)| n).unwrap_or(0);
-    format!(
-        "2543:{}:{}:{}:{}:{}",
-        msg.header("Call-ID").unwrap_or(""),
-        cseq,
-        from_tag,
-        via.sent_by(),
-        via.branch().unwrap_or("")
-    )
-}
-
-/// What the endpoint sends a call task.
-#[derive(Debug)]
-pub enum SipEvent {
-    Request(Incoming),
-    Response(Incoming),
-}
 
 /// An admitted inbound INVITE, for the call manager.
 pub struct InboundInvite {
@@ -149,14 +52,6 @@ pub struct InboundInvite {
     pub config: Arc<Config>,
     /// Everything else with this Call-ID.
     pub events: mpsc::Receiver<SipEvent>,
-}
-
-/// A response to re-send when a request arrives again after its call has ended.
-#[derive(Debug, Clone)]
-pub struct Linger {
-    pub branch: String,
-    pub bytes: Vec<u8>,
-    pub flow: Flow,
 }
 
 enum Command {
@@ -269,8 +164,13 @@ impl EndpointHandle {
 
     /// A Via for a request we send on `flow`.
     pub fn via(&self, flow: &Flow, branch: &str) -> String {
+        format!("{};branch={branch};rport", self.via_sent_by(flow))
+    }
+
+    /// The Via of our requests on `flow` up to its parameters: protocol and sent-by.
+    pub fn via_sent_by(&self, flow: &Flow) -> String {
         format!(
-            "SIP/2.0/{} {};branch={branch};rport",
+            "SIP/2.0/{} {}",
             flow.transport.as_str().to_ascii_uppercase(),
             uri::host_port(self.advertised(flow))
         )
@@ -295,100 +195,6 @@ impl EndpointHandle {
     }
 }
 
-/// Per-source token buckets (the flood limit), bounded.
-struct SourceLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
-    order: VecDeque<IpAddr>,
-}
-
-impl SourceLimiter {
-    fn new(rate: u32, burst: u32) -> Self {
-        SourceLimiter {
-            rate: f64::from(rate.max(1)),
-            burst: f64::from(burst.max(1)),
-            buckets: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Takes a token for `ip`; false when it is over its rate.
-    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if !self.buckets.contains_key(&ip) {
-            while self.buckets.len() >= MAX_SOURCES {
-                match self.order.pop_front() {
-                    Some(old) => {
-                        self.buckets.remove(&old);
-                    }
-                    None => break,
-                }
-            }
-            self.buckets.insert(ip, (self.burst, now));
-            self.order.push_back(ip);
-        }
-        let (tokens, last) = self.buckets.get_mut(&ip).expect("inserted above");
-        let dt = now.saturating_duration_since(*last).as_secs_f64();
-        *tokens = (*tokens + dt * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Forgets sources whose bucket has refilled (idle ones).
-    fn sweep(&mut self, now: Instant) {
-        let full = self.burst / self.rate;
-        self.buckets
-            .retain(|_, (_, last)| now.saturating_duration_since(*last).as_secs_f64() < full);
-        let b = &self.buckets;
-        self.order.retain(|ip| b.contains_key(ip));
-    }
-}
-
-/// Global new-call rate (admission), a token bucket.
-struct CallRate {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl CallRate {
-    fn allow(&mut self, rate: u32, now: Instant) -> bool {
-        self.rate = f64::from(rate.max(1));
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-enum EndpointTx {
-    Invite(ServerInvite),
-    NonInvite(ServerNonInvite),
-}
-
-struct TxEntry {
-    tx: EndpointTx,
-    flow: Flow,
-}
-
-/// The endpoint's own transactions, keyed by (branch, method class).
-#[derive(Default)]
-struct TxTable {
-    entries: HashMap<(String, bool), TxEntry>,
-    order: VecDeque<(String, bool)>,
-    timers: BinaryHeap<Reverse<(Instant, (String, bool))>>,
-}
-
 /// Where the messages of a Call-ID go.
 struct Route {
     tx: mpsc::Sender<SipEvent>,
@@ -406,28 +212,14 @@ pub struct Endpoint {
     /// The task that owns each Call-ID.
     routes: HashMap<String, Route>,
     txs: TxTable,
-    linger: HashMap<(String, String), (Instant, Linger)>,
-    linger_order: VecDeque<(Instant, (String, String))>,
+    linger: HashMap<(String, ServerKey), (Instant, Linger)>,
+    linger_order: VecDeque<(Instant, (String, ServerKey))>,
     auth: Authenticator,
     limiter: SourceLimiter,
     call_rate: CallRate,
     draining: bool,
     timers: Timers,
     last_sweep: Instant,
-}
-
-#[expect(
-    clippy::disallowed_methods,
-    reason = "wall clock for a Unix time; crate::clock::unix_secs is the shared reader"
-)]
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Endpoint {
@@ -462,7 +254,7 @@ impl Endpoint {
             config,
             calls_tx,
             routes: HashMap::new(),
-            txs: TxTable::default(),
+            txs: TxTable::new(MAX_TRANSACTIONS),
             linger: HashMap::new(),
             linger_order: VecDeque::new(),
             auth: Authenticator::new(
@@ -475,11 +267,7 @@ impl Endpoint {
                 defaults::SOURCE_REQUESTS_PER_SECOND,
                 defaults::SOURCE_REQUESTS_BURST,
             ),
-            call_rate: CallRate {
-                rate: 1.0,
-                tokens: f64::from(cfg.limits.max_calls_per_second.max(1)),
-                last: t,
-            },
+            call_rate: CallRate::new(cfg.limits.max_calls_per_second, t),
             draining: false,
             timers,
             last_sweep: t,
@@ -492,9 +280,7 @@ impl Endpoint {
         loop {
             let next_timer = self
                 .txs
-                .timers
-                .peek()
-                .map(|Reverse((t, _))| *t)
+                .poll_timeout()
                 .unwrap_or_else(|| now() + Duration::from_secs(1))
                 .min(now() + Duration::from_secs(1));
             tokio::select! {
@@ -536,7 +322,7 @@ impl Endpoint {
                     {
                         self.linger.remove(&k);
                     }
-                    let key = (call_id.clone(), l.branch.clone());
+                    let key = (call_id.clone(), l.key.clone());
                     self.linger_order.push_back((t, key.clone()));
                     self.linger.insert(key, (t, l));
                 }
@@ -552,28 +338,8 @@ impl Endpoint {
 
     fn on_timers(&mut self) {
         let t = now();
-        while let Some(Reverse((at, _))) = self.txs.timers.peek() {
-            if *at > t {
-                break;
-            }
-            let Reverse((_, key)) = self.txs.timers.pop().expect("peeked");
-            let Some(entry) = self.txs.entries.get_mut(&key) else {
-                continue;
-            };
-            match &mut entry.tx {
-                EndpointTx::Invite(tx) => {
-                    if tx.poll_timeout().is_some_and(|d| d <= t) {
-                        tx.handle_timeout(t);
-                    }
-                }
-                EndpointTx::NonInvite(tx) => {
-                    if tx.poll_timeout().is_some_and(|d| d <= t) {
-                        tx.handle_timeout(t);
-                    }
-                }
-            }
-            self.drive_tx(&key);
-        }
+        self.txs.handle_timeout(t);
+        self.flush();
         if t.saturating_duration_since(self.last_sweep) >= Duration::from_secs(5) {
             self.last_sweep = t;
             self.limiter.sweep(t);
@@ -586,40 +352,14 @@ impl Endpoint {
                 let (_, k) = self.linger_order.pop_front().expect("front");
                 self.linger.remove(&k);
             }
-            metrics::gauge!(m::SIP_ENDPOINT_TRANSACTIONS).set(self.txs.entries.len() as f64);
+            metrics::gauge!(m::SIP_ENDPOINT_TRANSACTIONS).set(self.txs.len() as f64);
         }
     }
 
-    /// Sends a transaction's output, re-arms its timer, forgets it once terminated.
-    fn drive_tx(&mut self, key: &(String, bool)) {
-        let Some(entry) = self.txs.entries.get_mut(key) else {
-            return;
-        };
-        let (outputs, next, done) = match &mut entry.tx {
-            EndpointTx::Invite(tx) => {
-                let mut o = Vec::new();
-                while let Some(x) = tx.poll_output() {
-                    o.push(x);
-                }
-                (o, tx.poll_timeout(), tx.is_terminated())
-            }
-            EndpointTx::NonInvite(tx) => {
-                let mut o = Vec::new();
-                while let Some(x) = tx.poll_output() {
-                    o.push(x);
-                }
-                (o, tx.poll_timeout(), tx.is_terminated())
-            }
-        };
-        for o in outputs {
-            if let Output::Send(bytes) = o {
-                let _ = entry.flow.send(&bytes);
-            }
-        }
-        if done {
-            self.txs.entries.remove(key);
-        } else if let Some(at) = next {
-            self.txs.timers.push(Reverse((at, key.clone())));
+    /// Sends what the endpoint's transactions want sent.
+    fn flush(&mut self) {
+        while let Some((flow, bytes)) = self.txs.poll_transmit() {
+            let _ = flow.send(&bytes);
         }
     }
 
@@ -703,47 +443,15 @@ impl Endpoint {
     fn reply_status(&mut self, req: &Incoming, status: u16, mut out: Outgoing) {
         count_response_sent(status);
         out.push("Server", &self.handle.user_agent);
-        let bytes = out.to_bytes();
-        let method = req.method();
-        let is_invite = method == "INVITE";
-        let key = (req.branch(), is_invite);
-        let t = req.at;
-        let reliable = req.flow.is_reliable();
-        if self.txs.entries.len() >= MAX_TRANSACTIONS {
-            // full: answer without keeping state
-            let _ = req.flow.send(&bytes);
-            return;
-        }
-        let tx = if is_invite {
-            let mut tx = ServerInvite::new(t, reliable, self.timers);
-            let _ = tx.respond(t, status, bytes);
-            EndpointTx::Invite(tx)
-        } else {
-            let mut tx = ServerNonInvite::new(t, reliable, self.timers);
-            let _ = tx.respond(t, status, bytes);
-            EndpointTx::NonInvite(tx)
-        };
-        self.txs.entries.insert(
-            key.clone(),
-            TxEntry {
-                tx,
-                flow: req.flow.clone(),
-            },
+        self.txs.respond(
+            req.at,
+            req.server_key(),
+            req.flow.clone(),
+            self.timers,
+            status,
+            out.to_bytes(),
         );
-        self.txs.order.push_back(key.clone());
-        while self.txs.order.len() > MAX_TRANSACTIONS {
-            if let Some(k) = self.txs.order.pop_front()
-                && self.txs.entries.contains_key(&k)
-                && k != key
-            {
-                self.txs.entries.remove(&k);
-            }
-        }
-        if self.txs.order.len() > self.txs.entries.len() * 2 + 64 {
-            let e = &self.txs.entries;
-            self.txs.order.retain(|k| e.contains_key(k));
-        }
-        self.drive_tx(&key);
+        self.flush();
     }
 
     fn respond(&mut self, req: &Incoming, status: u16) {
@@ -767,32 +475,23 @@ impl Endpoint {
             }
         }
         // 2. a retransmission of what an ended call answered
-        let branch = req.branch();
-        if let Some((_, l)) = self.linger.get(&(call_id.clone(), branch.clone())) {
+        let key = req.server_key();
+        if let Some((_, l)) = self.linger.get(&(call_id.clone(), key.clone())) {
             let _ = l.flow.send(&l.bytes);
             return;
         }
-        // 3. our own transactions: retransmissions, ACK of our final, CANCEL of it
-        let is_invite_class = method == "INVITE" || method == "ACK";
-        let key = (branch.clone(), is_invite_class);
-        if let Some(entry) = self.txs.entries.get_mut(&key) {
-            match (&mut entry.tx, method.as_str()) {
-                (EndpointTx::Invite(tx), "ACK") => {
-                    tx.on_ack(req.at);
-                }
-                (EndpointTx::Invite(tx), "INVITE") => tx.on_request(req.at),
-                (EndpointTx::NonInvite(tx), _) => tx.on_request(req.at),
-                _ => {}
-            }
-            self.drive_tx(&key);
+        // 3. our own transactions (RFC 3261 section 17.2.3: branch, sent-by and method):
+        // retransmissions, the ACK of our final
+        if self.txs.on_request(req.at, &key, &method) {
+            self.flush();
             return;
         }
         match method.as_str() {
-            // an ACK matching nothing (RFC 3261 section 17.2.3) is dropped
+            // an ACK matching nothing is dropped
             "ACK" => return,
             "CANCEL" => {
                 // the INVITE it cancels was answered here already (or never seen)
-                let answered = self.txs.entries.contains_key(&(branch.clone(), true));
+                let answered = self.txs.contains(&key.cancelled_invite());
                 self.respond(&req, if answered { 200 } else { 481 });
                 return;
             }
@@ -806,7 +505,7 @@ impl Endpoint {
             return;
         }
         // 5. RFC 3261 section 8.2 checks, in the section's order
-        if let Some(out) = self.check_request(&req) {
+        if let Some(out) = admission::check_request(&req) {
             self.reply(&req, out);
             return;
         }
@@ -840,80 +539,6 @@ impl Endpoint {
             m if IN_DIALOG.contains(&m) => self.respond(&req, 481),
             _ => unreachable!("check_request answers every other method"),
         }
-    }
-
-    /// RFC 3261 section 8.2.1-8.2.3 on an out-of-dialog request: the response for one we
-    /// refuse, or None to go on.
-    fn check_request(&self, req: &Incoming) -> Option<Outgoing> {
-        let method = req.method();
-        let tag = build::new_tag();
-        let resp = |status| build::response_to(&req.msg, status, Some(&tag));
-        // 8.2.1 method inspection (method names are case-sensitive)
-        let known = matches!(method, "INVITE" | "OPTIONS") || IN_DIALOG.contains(&method);
-        if !known {
-            let status = if NOT_ALLOWED.contains(&method) {
-                405
-            } else {
-                501
-            };
-            return Some(resp(status).header("Allow", ALLOW));
-        }
-        // 8.2.2.1 To and Request-URI
-        let uri = req.request_uri().unwrap_or("");
-        if let Err(UriError::UnsupportedScheme(_)) = Uri::parse(uri) {
-            return Some(resp(416));
-        }
-        if let Some(to) = req.to()
-            && let Err(UriError::UnsupportedScheme(_)) = to.uri()
-        {
-            return Some(resp(416));
-        }
-        // 8.2.2.3 Require
-        let unsupported: Vec<String> = uri::tokens(req.msg.headers_named("Require"))
-            .into_iter()
-            .filter(|t| !SUPPORTED.split(',').any(|s| s.trim() == t))
-            .collect();
-        if !unsupported.is_empty() {
-            return Some(resp(420).header("Unsupported", unsupported.join(", ")));
-        }
-        // 8.2.3 content processing
-        if let Some(enc) = req.msg.header("Content-Encoding")
-            && uri::tokens(std::iter::once(enc))
-                .iter()
-                .any(|e| e != "identity")
-        {
-            return Some(
-                resp(415)
-                    .header("Accept", ACCEPT)
-                    .header("Accept-Encoding", "identity"),
-            );
-        }
-        if !req.msg.body.is_empty() {
-            let ct = req
-                .msg
-                .header("Content-Type")
-                .map(media_type)
-                .unwrap_or_default();
-            let ok = match method {
-                "INVITE" | "UPDATE" | "OPTIONS" => {
-                    ct == "application/sdp" || ct == "multipart/mixed"
-                }
-                "INFO" => matches!(
-                    ct.as_str(),
-                    "application/dtmf-relay" | "application/dtmf" | "application/sdp"
-                ),
-                "NOTIFY" => ct == "message/sipfrag",
-                _ => true,
-            };
-            if !ok {
-                return Some(resp(415).header("Accept", ACCEPT));
-            }
-        }
-        // we answer an INVITE with SDP: the caller must accept it (section 8.2.3)
-        if method == "INVITE" && !accepts_sdp(&req.msg) {
-            return Some(resp(406).header("Accept", "application/sdp"));
-        }
-        None
     }
 
     fn on_new_invite(&mut self, req: Incoming) {
@@ -959,56 +584,17 @@ impl Endpoint {
         };
         // digest auth the trunk demands
         if let Some(creds) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref()) {
-            let uri = req.request_uri().unwrap_or("").to_string();
             let now_s = unix_secs();
             // `sip.auth_nonce_ttl` of the configuration in force (it may have been reloaded)
             self.auth.set_nonce_ttl(cfg.sip.auth_nonce_ttl.as_secs());
-            let header = req.msg.header("Authorization").map(str::to_string);
-            let verdict = header.as_ref().map(|h| {
-                self.auth.verify(
-                    now_s,
-                    "INVITE",
-                    &uri,
-                    h,
-                    &creds.username,
-                    creds.password.expose(),
-                )
-            });
-            // the algorithm used must be one the trunk allows
-            let verdict = match (verdict, &header) {
-                (Some(Verdict::Authorized), Some(h)) => {
-                    let used = super::digest::DigestParams::parse(h)
-                        .ok()
-                        .and_then(|p| p.get("algorithm").map(str::to_ascii_lowercase))
-                        .unwrap_or_else(|| "md5".into());
-                    let allowed = creds.algorithms.iter().any(|a| match a {
-                        DigestAlgorithm::Md5 => used == "md5",
-                        DigestAlgorithm::Sha256 => used == "sha-256",
-                    });
-                    if allowed {
-                        Some(Verdict::Authorized)
-                    } else {
-                        Some(Verdict::Rejected(super::digest::Rejection::Header(
-                            super::digest::DigestError::UnsupportedAlgorithm(used),
-                        )))
-                    }
+            match admission::verify_invite(&mut self.auth, creds, &req, now_s) {
+                Some(Verdict::Authorized) => {
+                    metrics::counter!(m::SIP_AUTH, "result" => "success").increment(1);
                 }
-                (v, _) => v,
-            };
-            match verdict {
-                Some(Verdict::Authorized) => {}
-                None | Some(Verdict::Stale) => {
+                verdict @ (None | Some(Verdict::Stale)) => {
                     let stale = verdict.is_some();
                     metrics::counter!(m::SIP_AUTH, "result" => if stale { "stale" } else { "challenge" }).increment(1);
-                    let mut out = build::response_to(&req.msg, 401, Some(&build::new_tag()));
-                    // RFC 8760 section 2.4: one challenge per algorithm, the preferred first
-                    for alg in &creds.algorithms {
-                        let a = match alg {
-                            DigestAlgorithm::Md5 => Algorithm::Md5,
-                            DigestAlgorithm::Sha256 => Algorithm::Sha256,
-                        };
-                        out.push("WWW-Authenticate", self.auth.challenge(now_s, a, stale));
-                    }
+                    let out = admission::challenge(&mut self.auth, creds, &req, now_s, stale);
                     return self.reply(&req, out);
                 }
                 Some(Verdict::Rejected(why)) => {
@@ -1067,31 +653,6 @@ pub fn called_number(req: &Incoming) -> String {
     });
     user.map(|u| matching::number_from_user(&u))
         .unwrap_or_default()
-}
-
-/// `type/subtype` of a Content-Type, lower-cased, parameters dropped.
-pub fn media_type(ct: &str) -> String {
-    ct.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// Whether a request's Accept (if any) admits application/sdp.
-fn accepts_sdp(msg: &Message) -> bool {
-    let values: Vec<&str> = msg.headers_named("Accept").collect();
-    if values.is_empty() {
-        return true;
-    }
-    let all: Vec<String> = values
-        .iter()
-        .flat_map(|v| uri::split_list(v))
-        .map(media_type)
-        .collect();
-    // an empty Accept header means no body at all is acceptable
-    all.iter()
-        .any(|t| t == "application/sdp" || t == "application/*" || t == "*/*")
 }
 
 /// Replaces the first element of the first Via header with `via`.
@@ -1202,23 +763,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn source_limiter_is_bounded_and_refills() {
-        let t0 = Instant::now();
-        let mut l = SourceLimiter::new(10, 20);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let granted = (0..100).filter(|_| l.allow(ip, t0)).count();
-        assert_eq!(granted, 20, "burst");
-        assert!(l.allow(ip, t0 + Duration::from_millis(100)), "refilled one");
-        for i in 0..(MAX_SOURCES as u32 + 100) {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            l.allow(ip, t0);
-        }
-        assert!(l.buckets.len() <= MAX_SOURCES);
-        l.sweep(t0 + Duration::from_secs(10));
-        assert!(l.buckets.is_empty());
-    }
-
-    #[test]
     fn best_effort_response_copies_what_it_can() {
         let bad = b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\
             f: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: 1\r\nCSeq: 1 INVITE\r\n\
@@ -1243,23 +787,5 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("CSeq: 1 INVITE\r\n"), "{text}");
-    }
-
-    #[test]
-    fn accept_and_media_types() {
-        let m = |accept: &str| {
-            let text = format!(
-                "OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n\
-                 To: <sip:x@y>\r\nCall-ID: 1\r\nCSeq: 1 OPTIONS\r\n{accept}Content-Length: 0\r\n\r\n"
-            );
-            message::parse(text.as_bytes()).unwrap()
-        };
-        assert!(accepts_sdp(&m("")));
-        assert!(accepts_sdp(&m(
-            "Accept: text/plain, application/SDP;level=1\r\n"
-        )));
-        assert!(accepts_sdp(&m("Accept: */*\r\n")));
-        assert!(!accepts_sdp(&m("Accept: text/nobodyknowsthis\r\n")));
-        assert_eq!(media_type(" Application/SDP ; x=1"), "application/sdp");
     }
 }

@@ -162,6 +162,36 @@ fn after(now: Instant, d: Duration) -> Option<Instant> {
     now.checked_add(d)
 }
 
+/// What every machine offers its owner: outputs to drain and a timer to run. The shell
+/// side (`transport::Flow::drive`) sends the outputs on the transaction's flow.
+pub trait Transaction {
+    fn poll_output(&mut self) -> Option<Output>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+    fn is_terminated(&self) -> bool;
+}
+
+macro_rules! transaction {
+    ($($t:ty),*) => {$(
+        impl Transaction for $t {
+            fn poll_output(&mut self) -> Option<Output> {
+                <$t>::poll_output(self)
+            }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$t>::poll_timeout(self)
+            }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$t>::handle_timeout(self, now)
+            }
+            fn is_terminated(&self) -> bool {
+                <$t>::is_terminated(self)
+            }
+        }
+    )*};
+}
+
+transaction!(ServerInvite, ServerNonInvite, ClientInvite, ClientNonInvite);
+
 // ---------------------------------------------------------------------------------------
 // INVITE server transaction
 // ---------------------------------------------------------------------------------------

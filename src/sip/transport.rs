@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::framing::{Frame, StreamFramer, is_datagram_keepalive};
 use super::tls::{self, ClientTls, ServerTls};
+use super::transaction::{Output, Transaction};
 use crate::config::{Listener, Transport};
 use crate::ops::metrics as m;
 
@@ -105,6 +106,25 @@ impl Flow {
         r
     }
 
+    /// Runs a transaction's due timers and sends what it wants sent on this flow: the one
+    /// place where transaction output meets the network. Says whether it gave up.
+    pub fn drive(&self, tx: &mut impl Transaction, now: std::time::Instant) -> Driven {
+        if tx.poll_timeout().is_some_and(|at| at <= now) {
+            tx.handle_timeout(now);
+        }
+        let mut driven = Driven::default();
+        while let Some(o) = tx.poll_output() {
+            match o {
+                Output::Send(bytes) => {
+                    driven.send_failed |= self.send(&bytes).is_err();
+                }
+                Output::Timeout => driven.timed_out = true,
+                Output::TransportError => driven.transport_error = true,
+            }
+        }
+        driven
+    }
+
     /// The same socket towards another address (UDP only; a stream flow is returned as is).
     pub fn to(&self, remote: SocketAddr) -> Flow {
         let mut f = self.clone();
@@ -112,6 +132,24 @@ impl Flow {
             f.remote = remote;
         }
         f
+    }
+
+    /// A flow for unit tests of sans-IO cores: it carries `transport`'s reliability and
+    /// addresses; what is sent on it goes to the returned receiver.
+    #[cfg(test)]
+    pub fn for_test(
+        transport: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> (Flow, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let flow = Flow {
+            transport,
+            local,
+            remote,
+            conn: Conn::Stream { id: 0, tx },
+        };
+        (flow, rx)
     }
 
     /// Identifies the connection of a stream flow (None for UDP).
@@ -128,6 +166,24 @@ impl Flow {
             Conn::Udp(_) => true,
             Conn::Stream { tx, .. } => !tx.is_closed(),
         }
+    }
+}
+
+/// What `Flow::drive` saw besides bytes to send.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Driven {
+    /// Timer B, F, H or L fired.
+    pub timed_out: bool,
+    pub transport_error: bool,
+    /// A send failed (a full UDP buffer is recovered by retransmission; a closed stream is
+    /// not).
+    pub send_failed: bool,
+}
+
+impl Driven {
+    /// The transaction failed (timed out or could not send).
+    pub fn failed(&self) -> bool {
+        self.timed_out || self.transport_error
     }
 }
 

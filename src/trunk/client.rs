@@ -11,8 +11,9 @@ use crate::config::{Transport, Trunk};
 use crate::sip::build::{self, Outgoing};
 use crate::sip::digest::{self, Challenge};
 use crate::sip::endpoint::{EndpointHandle, Incoming, SipEvent};
-use crate::sip::transaction::{ClientNonInvite, Output, Timers};
+use crate::sip::transaction::{ClientNonInvite, Timers};
 use crate::sip::transport::Flow;
+use crate::sip::txkey::ClientKey;
 
 /// Where a trunk's outbound side is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,23 +170,13 @@ async fn exchange_on(
         }
         let mut tx = ClientNonInvite::new(now(), flow.is_reliable(), timers, out.to_bytes());
         let resp = loop {
-            let mut timeout = false;
-            while let Some(o) = tx.poll_output() {
-                match o {
-                    Output::Send(b) => {
-                        if let Err(e) = flow.send(&b)
-                            && flow.is_reliable()
-                        {
-                            return Err(ExchangeError::Transport(e.to_string()));
-                        }
-                    }
-                    Output::Timeout => timeout = true,
-                    Output::TransportError => {
-                        return Err(ExchangeError::Transport("transport error".into()));
-                    }
-                }
+            let driven = flow.drive(&mut tx, now());
+            if driven.transport_error || (driven.send_failed && flow.is_reliable()) {
+                return Err(ExchangeError::Transport(
+                    "cannot send on the connection".into(),
+                ));
             }
-            if timeout || tx.is_terminated() {
+            if driven.timed_out || tx.is_terminated() {
                 return Err(ExchangeError::Timeout);
             }
             let deadline = tx
@@ -193,7 +184,7 @@ async fn exchange_on(
                 .unwrap_or_else(|| now() + Duration::from_secs(1));
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(SipEvent::Response(r)) if r.branch() == branch => {
+                    Some(SipEvent::Response(r)) if r.client_key() == ClientKey::new(&branch, req.method) => {
                         let st = r.status();
                         if tx.on_response(r.at, st) && st >= 200 {
                             break r;
@@ -202,9 +193,7 @@ async fn exchange_on(
                     Some(_) => {}
                     None => return Err(ExchangeError::Shutdown),
                 },
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
-                    tx.handle_timeout(now());
-                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
         };
         let status = resp.status();

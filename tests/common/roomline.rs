@@ -338,6 +338,15 @@ impl Roomline {
         v["calls"].clone()
     }
 
+    /// The value of one metric sample in /metrics (`name{labels}`), if present.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").expect("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Waits until no call, RTP port or participant is held (every call task gone too);
     /// panics with the counts and the log otherwise.
     pub fn assert_no_leaks(&self, within: Duration) {

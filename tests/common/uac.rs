@@ -9,6 +9,12 @@ pub fn sip_identity(caller: &str) -> String {
 /// The INVITE every UAC scenario starts with (scenario message index 0): PCMU and
 /// telephone-event, media at `sdp_port`.
 pub fn invite(caller: &str, sdp_port: &str) -> String {
+    invite_with(caller, sdp_port, "")
+}
+
+/// `invite` with extra header lines (each ending in a newline), e.g. a carrier's
+/// session-timer request.
+pub fn invite_with(caller: &str, sdp_port: &str, extra: &str) -> String {
     format!(
         r#"  <send retrans="500">
     <![CDATA[
@@ -20,7 +26,7 @@ pub fn invite(caller: &str, sdp_port: &str) -> String {
       CSeq: 1 INVITE
       Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
       Max-Forwards: 70
-      Content-Type: application/sdp
+{extra}      Content-Type: application/sdp
       Content-Length: [len]
 
       v=0

@@ -1,4 +1,5 @@
-//! Trunk files: each trunk's inbound and outbound sides with their credentials, names and
+//! Trunk files: each trunk's inbound and outbound sides with their credentials, its SRTP
+//! policy and session timers, names and
 //! backups across the set, and the ambiguity check (no call may match two inbound trunks).
 
 use super::Ctx;
@@ -7,7 +8,7 @@ use crate::config::raw::{self, Parsed, Spanned};
 use crate::config::types::{self, Secret, Transport, normalize_number};
 use crate::config::{
     Credentials, DigestAlgorithm, HeaderMapping, InboundTrunk, MediaEncryption, OutboundTrunk,
-    RegisterConfig, Trunk, defaults,
+    RegisterConfig, SessionTimers, Trunk, defaults,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -383,6 +384,53 @@ fn outbound(cx: &mut Ctx<'_>, file: &Path, o: &Spanned<raw::Outbound>) -> Option
     })
 }
 
+/// A trunk's `session_timers`: both intervals whole seconds of at least 90 s (RFC 4028
+/// section 4), `expires` not below `min_se`.
+fn session_timers(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    v: Option<&Spanned<raw::SessionTimers>>,
+) -> Option<SessionTimers> {
+    let d = SessionTimers::default();
+    let Some(v) = v else {
+        return Some(d);
+    };
+    let before = cx.errors.len();
+    let mut interval = |s: Option<&Spanned<String>>, default: Duration, key: &str| {
+        let value = cx.duration_or(file, s, default)?;
+        if value < Duration::from_secs(90) || value.subsec_nanos() != 0 {
+            if let Some(s) = s {
+                cx.err_at(
+                    file,
+                    s,
+                    format!("session_timers.{key} must be whole seconds, at least 90s (RFC 4028)"),
+                );
+            }
+            return None;
+        }
+        Some(value)
+    };
+    let expires = interval(v.value.expires.as_ref(), d.expires, "expires");
+    let min_se = interval(v.value.min_se.as_ref(), d.min_se, "min_se");
+    if let (Some(e), Some(m), Some(s)) = (expires, min_se, v.value.expires.as_ref())
+        && e < m
+    {
+        cx.err_at(
+            file,
+            s,
+            "session_timers.expires must not be below session_timers.min_se",
+        );
+    }
+    if cx.errors.len() != before {
+        return None;
+    }
+    Some(SessionTimers {
+        enabled: v.value.enabled.as_ref().map_or(d.enabled, |b| b.value),
+        expires: expires?,
+        min_se: min_se?,
+    })
+}
+
 /// The valid trunks, sorted by name, and the names of every trunk file that defined one
 /// (valid or not), so references to an invalid trunk are not reported twice.
 /// `tls_listener`: whether inbound calls can arrive over TLS at all (for the SRTP warning).
@@ -497,6 +545,9 @@ pub(super) fn trunk_set(
                 );
             }
         }
+        let Some(session_timers) = session_timers(cx, file, v.session_timers.as_ref()) else {
+            continue;
+        };
         let trunk = Trunk {
             name,
             file: file.clone(),
@@ -504,6 +555,7 @@ pub(super) fn trunk_set(
             outbound: outb.flatten(),
             backup: v.backup.as_ref().map(|b| b.value.clone()),
             media_encryption,
+            session_timers,
         };
         trunks.push((trunk, p));
     }

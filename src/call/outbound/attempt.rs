@@ -1,0 +1,287 @@
+//! One try of an outbound call through one trunk (part of `call::outbound`): the trunk
+//! as a target, the INVITE's client transaction, the INVITE itself (our offer, the
+//! session-timer request, credentials once challenged, the trunk's headers and the
+//! attributes it maps to headers) and its CANCEL; which failures move the call to the
+//! backup trunk.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::super::attributes;
+use super::super::shell::{Shell, now};
+use crate::config::{Config, HeaderMapping, Transport, Trunk};
+use crate::sip::admission::{ALLOW, SUPPORTED};
+use crate::sip::build::{self, Outgoing};
+use crate::sip::digest::{self, Challenge};
+use crate::sip::incoming::Incoming;
+use crate::sip::session_timer::{self as st, Settings};
+use crate::sip::transaction::{ClientInvite, ClientNonInvite, Timers};
+use crate::sip::transport::{Flow, Transports};
+use crate::sip::txkey::ClientKey;
+
+/// A trunk to try: its name and where to send.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub(super) trunk: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) transport: Transport,
+    pub(super) from_number: Option<String>,
+    pub(super) auth: Option<(String, String)>,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) early_media: bool,
+    /// The trunk's header options (2xx headers to attributes, attributes to INVITE
+    /// headers).
+    pub(super) mapping: HeaderMapping,
+}
+
+impl Target {
+    pub(super) fn of(t: &Trunk) -> Option<Target> {
+        let o = t.outbound.as_ref()?;
+        let transport = o.target.transport.unwrap_or(o.transport);
+        Some(Target {
+            trunk: t.name.clone(),
+            host: o.target.host.clone(),
+            port: o.target.port.unwrap_or(transport.default_port()),
+            transport,
+            from_number: o.from_number.clone(),
+            auth: o
+                .auth
+                .as_ref()
+                .map(|a| (a.username.clone(), a.password.expose().to_string())),
+            headers: o.headers.clone(),
+            early_media: o.early_media,
+            mapping: o.mapping.clone(),
+        })
+    }
+
+    pub(super) fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Whether a final status (or its absence) moves the call to the backup trunk (design
+/// section 4): a timeout, 408, 5xx and 6xx.
+pub fn fails_over(status: u16) -> bool {
+    status == 408 || (500..700).contains(&status)
+}
+
+/// The first challenge of a 401/407 whose algorithm we support, SHA-256 preferred.
+pub(super) fn pick_challenge(resp: &Incoming) -> Option<(Challenge, bool)> {
+    let proxy = resp.status() == 407;
+    let name = if proxy {
+        "Proxy-Authenticate"
+    } else {
+        "WWW-Authenticate"
+    };
+    let mut all: Vec<Challenge> = resp
+        .msg
+        .headers_named(name)
+        .filter_map(|v| Challenge::parse(v).ok())
+        .collect();
+    all.sort_by_key(|c| match c.algorithm {
+        digest::Algorithm::Sha256 => 0,
+        _ => 1,
+    });
+    all.into_iter().next().map(|c| (c, proxy))
+}
+
+/// One try through one trunk: the INVITE's client transaction and what a retry needs.
+pub(super) struct Attempt {
+    pub(super) target: Target,
+    pub(super) flow: Flow,
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) ruri: String,
+    pub(super) cseq: u32,
+    /// The INVITE's transaction key (branch, method INVITE).
+    pub(super) key: ClientKey,
+    pub(super) tx: ClientInvite,
+    /// The INVITE as sent (for CANCEL, and the ACK of a non-2xx).
+    pub(super) invite: Outgoing,
+    pub(super) authorization: Option<(bool, String)>,
+    pub(super) auth_tries: u32,
+    /// The session timer of this trunk, and the interval the INVITE asks (raised by 422).
+    pub(super) timer: Settings,
+    pub(super) session_expires: u32,
+    pub(super) retries_422: u32,
+    pub(super) provisional: bool,
+    /// Anything came back for this INVITE (even 100 Trying).
+    pub(super) responded: bool,
+    pub(super) sent_at: Instant,
+    pub(super) cancel: Option<(ClientKey, ClientNonInvite)>,
+}
+
+impl Attempt {
+    pub(super) fn new(
+        target: Target,
+        flow: Flow,
+        from: String,
+        to: String,
+        ruri: String,
+        timer: Settings,
+        timers: Timers,
+    ) -> Attempt {
+        Attempt {
+            target,
+            flow,
+            from,
+            to,
+            ruri,
+            cseq: 0,
+            key: ClientKey::new("", "INVITE"),
+            tx: ClientInvite::new(now(), true, timers, Vec::new()),
+            invite: Outgoing::request("INVITE", "sip:x"),
+            authorization: None,
+            auth_tries: 0,
+            timer,
+            session_expires: timer.expires,
+            retries_422: 0,
+            provisional: false,
+            responded: false,
+            sent_at: now(),
+            cancel: None,
+        }
+    }
+
+    /// (Re)sends the INVITE: a new CSeq and branch, its credentials if challenged,
+    /// the session-timer request, the trunk's headers, then `extra` (the request's), then
+    /// the trunk's `attributes_to_headers` from the participant's `attributes`.
+    pub(super) fn send_invite(
+        &mut self,
+        shell: &Shell,
+        extra: &[(String, String)],
+        attributes: &HashMap<String, String>,
+    ) {
+        self.cseq += 1;
+        let branch = build::new_branch();
+        self.key = ClientKey::new(&branch, "INVITE");
+        let ep = &shell.ctx.endpoint;
+        let sdp = shell
+            .media
+            .as_ref()
+            .map(|m| m.sdp.clone())
+            .unwrap_or_default();
+        let mut out =
+            Outgoing::request("INVITE", &self.ruri).header("Via", ep.via(&self.flow, &branch));
+        out.push("Max-Forwards", "70");
+        out.push("From", &self.from);
+        out.push("To", &self.to);
+        out.push("Call-ID", shell.call_id());
+        out.push("CSeq", format!("{} INVITE", self.cseq));
+        out.push("Contact", ep.contact(&self.flow));
+        out.push("Allow", ALLOW);
+        out.push("User-Agent", &ep.user_agent);
+        if self.timer.enabled {
+            out.push("Supported", SUPPORTED);
+            for (h, v) in st::request_headers(self.session_expires, self.timer.min_se, false) {
+                out.push(h, v);
+            }
+        }
+        if let Some((proxy, value)) = &self.authorization {
+            let name = if *proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
+            out.push(name, value);
+        }
+        for (k, v) in self.target.headers.iter().chain(extra.iter()) {
+            out.push(k, v);
+        }
+        for (k, v) in attributes::to_headers(attributes, &self.target.mapping.attributes_to_headers)
+        {
+            out.push(&k, v);
+        }
+        let out = out.body("application/sdp", sdp);
+        self.tx = ClientInvite::new(
+            now(),
+            self.flow.is_reliable(),
+            shell.ctx.timers,
+            out.to_bytes(),
+        );
+        self.invite = out;
+        self.flow.drive(&mut self.tx, now());
+    }
+
+    /// The CANCEL of the INVITE (RFC 3261 section 9.1): its Request-URI, top Via, From,
+    /// To, Call-ID and CSeq number.
+    pub(super) fn cancel_request(&self, call_id: &str) -> Outgoing {
+        let mut c = Outgoing::request("CANCEL", &self.ruri);
+        if let Some(v) = self.invite.get("Via") {
+            c.push("Via", v);
+        }
+        c.push("Max-Forwards", "70");
+        c.push("From", &self.from);
+        c.push("To", &self.to);
+        c.push("Call-ID", call_id);
+        c.push("CSeq", format!("{} CANCEL", self.cseq));
+        c.push("Reason", "SIP;cause=487;text=\"ringing timeout\"");
+        c
+    }
+}
+
+/// The trunks to try for `trunk`: it, then its backup; a trunk known to be down
+/// (OPTIONS health) goes after one that is not.
+pub(super) fn targets(
+    cfg: &Config,
+    trunk: &str,
+    states: Option<&watch::Receiver<crate::trunk::monitor::States>>,
+) -> Vec<Target> {
+    let mut out = Vec::new();
+    if let Some(t) = cfg.trunk(trunk) {
+        if let Some(x) = Target::of(t) {
+            out.push(x);
+        }
+        if let Some(b) = t.backup.as_deref().and_then(|b| cfg.trunk(b))
+            && let Some(x) = Target::of(b)
+        {
+            out.push(x);
+        }
+    }
+    if out.len() == 2
+        && let Some(states) = states
+    {
+        let states = states.borrow();
+        let down = |name: &str| {
+            states
+                .get(name)
+                .is_some_and(|s| matches!(s.health, crate::trunk::monitor::Health::Down { .. }))
+        };
+        if down(&out[0].trunk) && !down(&out[1].trunk) {
+            tracing::info!(primary = %out[0].trunk, backup = %out[1].trunk,
+                "the primary trunk is down (OPTIONS); trying the backup first");
+            out.swap(0, 1);
+        }
+    }
+    out
+}
+
+/// A flow to `target`: its address resolved (3 s at most), over its transport.
+pub(super) async fn flow_to(transports: &Transports, target: &Target) -> Result<Flow, String> {
+    let addr: SocketAddr = match target.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, target.port),
+        Err(_) => tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::lookup_host(target.host_port()),
+        )
+        .await
+        .map_err(|_| format!("resolving {} timed out", target.host))?
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", target.host))?,
+    };
+    match target.transport {
+        Transport::Udp => transports
+            .udp_flow(addr)
+            .ok_or_else(|| "no UDP listener".to_string()),
+        t => transports.connect(t, addr, &target.host).await,
+    }
+}
