@@ -551,16 +551,19 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
             "--identity",
             "keypad",
             "--seconds",
-            "1",
+            "60",
             "--wait-for-identity",
             &identity,
             "--send-dtmf",
             "159#",
             "--dtmf-interval",
             "0.5",
+            // stays until the call's participant is gone: leaving right after the last
+            // publish_dtmf may take that digit along
+            "--until-left",
+            &identity,
         ],
     );
-    sender.join().unwrap().expect_ok();
     // wait until the last event has been closed (end bit) at the phone
     let deadline = Instant::now() + Duration::from_secs(10);
     let events = loop {
@@ -586,6 +589,13 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
     remove_participant(&lk, room, &identity);
     let run = sipp.wait(Duration::from_secs(30));
     run.expect_success();
+    let keypad = sender.join().unwrap();
+    assert_eq!(
+        keypad.expect_ok()["ended_by"],
+        "conditions",
+        "{}",
+        keypad.describe()
+    );
     // the summary line counts the four digits sent to the phone (and none from it)
     let ended = rl.wait_log("call ended", Duration::from_secs(10));
     assert!(

@@ -34,6 +34,8 @@ pub const TRUNK_UP: &str = "roomline_trunk_up";
 pub const JITTER_BUFFER_DELAY_SECONDS: &str = "roomline_jitter_buffer_delay_seconds";
 pub const MEDIA_FRAME_SECONDS: &str = "roomline_media_frame_seconds";
 pub const TRUNK_REGISTERED: &str = "roomline_trunk_registered";
+pub const ROOM_AUDIO_STALLS: &str = "roomline_room_audio_stalls_total";
+pub const ROOM_AUDIO_STALLED_TRACKS: &str = "roomline_room_audio_stalled_tracks";
 
 /// Installs the global recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -149,6 +151,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
         MEDIA_FRAME_SECONDS,
         "Time to process 20 ms of one call's media (decode, mix, encode, both ways), sampled once a second per call, by codec."
     );
+    metrics::describe_counter!(
+        ROOM_AUDIO_STALLS,
+        "Times a remote audio track was published, subscribed and unmuted but none of its audio reached the call for 5 s (one per episode)."
+    );
+    metrics::describe_gauge!(
+        ROOM_AUDIO_STALLED_TRACKS,
+        "Remote audio tracks stalled right now (expected, nothing reaching the call for 5 s or more)."
+    );
+    metrics::gauge!(ROOM_AUDIO_STALLED_TRACKS).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
