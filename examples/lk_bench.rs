@@ -32,6 +32,12 @@
 //!   `{"event":"ready",...}` once all have joined, then reads commands on stdin:
 //!   `window` (zero the counters), `report` (one JSON line: per-room counters since
 //!   `window`, this process's CPU and RSS), `quit` (or end of input: leave and exit).
+//!   For `scripts/soak` (calls that come and go) also `join ROOM` (event `joined` or
+//!   `join_failed`) and `close ROOM` (event `closed`: leave it, with who is still there
+//!   and what each sender that did not leave sent); the list FILE may be empty. Each remote participant is also
+//!   counted on its own, from the first frame heard: event `participant_joined` when one
+//!   arrives, `left` when it goes (samples, frames, 1 kHz frames, first/last arrival as
+//!   Unix time).
 //! * `probe`: one participant that plays a 16 kHz mono s16le PATTERN (20 ms frames, in
 //!   real time) and records what the room sends back; writes `PREFIX.sent.s16` and
 //!   `PREFIX.recv.s16`, 16 kHz timelines from one start instant: each sent frame placed
@@ -46,6 +52,7 @@ use roomline::livekit::{
     JoinOptions, LeaveReason, Participant, ParticipantEvent, ParticipantHandle, SampleRate,
 };
 
+#[derive(Clone)]
 struct Args {
     url: String,
     key: String,
@@ -281,7 +288,7 @@ async fn main() {
     );
 }
 
-// ---- the room side of scripts/bench/run ---------------------------------------------
+// ---- the room side of scripts/bench/run and scripts/soak ------------------------------
 
 /// Rate of the room-side participants (PCM pushed and remote audio decoded).
 const ROOM_RATE: SampleRate = SampleRate::Hz16000;
@@ -294,6 +301,73 @@ struct RoomCounters {
     tone_frames: u64,
     /// Identities whose audio arrived since the window opened.
     from: std::collections::BTreeSet<String>,
+}
+
+/// What one remote participant sent, since it was first heard (never zeroed): reported
+/// when it leaves the room (`left`) or when the room is closed (`closed`). Times are Unix
+/// seconds of arrival.
+#[derive(Default, Clone)]
+struct SenderCounters {
+    samples: u64,
+    frames: u64,
+    tone_frames: u64,
+    tone_samples: u64,
+    first_unix: f64,
+    last_unix: f64,
+    first_tone_unix: f64,
+    last_tone_unix: f64,
+}
+
+impl SenderCounters {
+    fn json(&self, room: &str, identity: &str) -> serde_json::Value {
+        serde_json::json!({
+            "room": room,
+            "identity": identity,
+            "rate": ROOM_RATE.hz(),
+            "samples": self.samples,
+            "frames": self.frames,
+            "tone_frames": self.tone_frames,
+            "tone_samples": self.tone_samples,
+            "first_unix": self.first_unix,
+            "last_unix": self.last_unix,
+            "first_tone_unix": self.first_tone_unix,
+            "last_tone_unix": self.last_tone_unix,
+        })
+    }
+}
+
+/// Who is in a room besides us, and what each sender sent (until it leaves).
+#[derive(Default)]
+struct Senders {
+    counters: std::collections::BTreeMap<String, SenderCounters>,
+    present: std::collections::BTreeSet<String>,
+}
+
+/// One room the room side is in: the participant, the window counters and the
+/// per-sender counters.
+struct RoomSlot {
+    room: String,
+    handle: ParticipantHandle,
+    counters: std::sync::Arc<std::sync::Mutex<RoomCounters>>,
+    senders: std::sync::Arc<std::sync::Mutex<Senders>>,
+}
+
+/// The rooms joined so far, in join order (the tone ticker pushes to all of them).
+type Slots = std::sync::Arc<std::sync::Mutex<Vec<RoomSlot>>>;
+
+/// One JSON event line on stdout (the protocol scripts/bench reads).
+fn emit(v: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Goertzel: the fraction of a frame's energy at `hz` (1.0 for a pure tone there), and
@@ -382,8 +456,116 @@ async fn join_room_side(server: &Server, room: String, identity: &str) -> Result
     Err(last)
 }
 
-async fn rooms_mode(args: &Args) {
+/// Joins `room` and starts counting what arrives there; the slot is added to `slots`.
+async fn open_room(args: &Args, server: Server, room: String, slots: Slots) -> Result<(), String> {
     use std::sync::{Arc, Mutex};
+    let (handle, mut events) = join_room_side(&server, room.clone(), "room-side").await?;
+    let counters = Arc::new(Mutex::new(RoomCounters::default()));
+    let senders: Arc<Mutex<Senders>> = Arc::default();
+    let (cc, ss) = (counters.clone(), senders.clone());
+    let echo = args.echo.then(|| handle.clone());
+    let expect = args.expect_hz;
+    let name = room.clone();
+    tokio::spawn(async move {
+        let rate = f64::from(ROOM_RATE.hz());
+        let per = ROOM_RATE.samples_per_20ms();
+        let mut pending: Vec<i16> = Vec::new();
+        while let Some(ev) = events.recv().await {
+            match ev {
+                ParticipantEvent::AudioFrame(f) => {
+                    let (frac, rms) = tone_fraction(&f.samples, rate, expect);
+                    let tone = rms > 0.01 && frac > 0.5;
+                    let n = f.samples.len() as u64;
+                    {
+                        let mut c = cc.lock().unwrap();
+                        c.samples += n;
+                        c.frames += 1;
+                        c.tone_frames += u64::from(tone);
+                        if !c.from.contains(&f.participant_identity) {
+                            c.from.insert(f.participant_identity.clone());
+                        }
+                    }
+                    {
+                        let now = unix_now();
+                        let mut s = ss.lock().unwrap();
+                        let e = s
+                            .counters
+                            .entry(f.participant_identity.clone())
+                            .or_default();
+                        if e.frames == 0 {
+                            e.first_unix = now;
+                        }
+                        e.samples += n;
+                        e.frames += 1;
+                        e.last_unix = now;
+                        if tone {
+                            if e.tone_frames == 0 {
+                                e.first_tone_unix = now;
+                            }
+                            e.tone_frames += 1;
+                            e.tone_samples += n;
+                            e.last_tone_unix = now;
+                        }
+                    }
+                    if let Some(h) = &echo {
+                        pending.extend_from_slice(&f.samples);
+                        while pending.len() >= per {
+                            let _ = h.push_audio(&pending[..per]);
+                            pending.drain(..per);
+                        }
+                    }
+                }
+                ParticipantEvent::ParticipantJoined(p) => {
+                    ss.lock().unwrap().present.insert(p.identity.clone());
+                    emit(serde_json::json!({
+                        "event": "participant_joined",
+                        "room": name,
+                        "identity": p.identity,
+                        "kind": format!("{:?}", p.kind),
+                        "unix": unix_now(),
+                    }))
+                }
+                ParticipantEvent::ParticipantLeft { identity, .. } => {
+                    let c = {
+                        let mut s = ss.lock().unwrap();
+                        s.present.remove(&identity);
+                        s.counters.remove(&identity).unwrap_or_default()
+                    };
+                    let mut v = c.json(&name, &identity);
+                    v["event"] = "left".into();
+                    v["unix"] = unix_now().into();
+                    emit(v);
+                }
+                ParticipantEvent::Disconnected(r) => {
+                    eprintln!("lk_bench: a room-side participant left: {r}");
+                    emit(serde_json::json!({
+                        "event": "room_lost",
+                        "room": name,
+                        "reason": r.to_string(),
+                    }));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+    slots.lock().unwrap().push(RoomSlot {
+        room,
+        handle,
+        counters,
+        senders,
+    });
+    Ok(())
+}
+
+/// `--mode rooms`: the rooms of `--room-list` are joined before `ready`; then commands on
+/// stdin. `window`/`report` (scripts/bench/run's load windows) work on per-room counters;
+/// `join ROOM` and `close ROOM` (scripts/soak's churn) add a room (event `joined` or
+/// `join_failed`) and leave one (event `closed`, with the counters of every sender still
+/// there). Whenever a remote participant joins a room: event `participant_joined`; leaves:
+/// event `left` with what it sent (`SenderCounters`).
+async fn rooms_mode(args: &Args) {
+    use std::sync::Arc;
 
     let rooms: Vec<String> = std::fs::read_to_string(&args.room_list)
         .unwrap_or_else(|e| {
@@ -395,6 +577,8 @@ async fn rooms_mode(args: &Args) {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
+    let args = Arc::new(args.clone());
+    let slots: Slots = Arc::default();
     let t0 = Instant::now();
     // join with bounded concurrency, keeping the room order
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
@@ -402,68 +586,29 @@ async fn rooms_mode(args: &Args) {
     for room in &rooms {
         let sem = sem.clone();
         let room = room.clone();
-        let server = Server::of(args);
+        let args = args.clone();
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            join_room_side(&server, room, "room-side").await
+            let server = Server::of(&args);
+            let tmp: Slots = Arc::default();
+            open_room(&args, server, room, tmp.clone())
+                .await
+                .map(|()| tmp.lock().unwrap().pop().expect("joined slot"))
         }));
     }
-    let mut handles = Vec::new();
-    let mut counters: Vec<Arc<Mutex<RoomCounters>>> = Vec::new();
     for (room, j) in rooms.iter().zip(joins) {
-        let (handle, mut events) = match j.await.expect("join task") {
-            Ok(x) => x,
+        match j.await.expect("join task") {
+            Ok(slot) => slots.lock().unwrap().push(slot),
             Err(e) => {
                 println!("{{\"event\":\"error\",\"error\":{:?}}}", e);
                 eprintln!("lk_bench: could not join {room}: {e}");
                 std::process::exit(1);
             }
-        };
-        let c = Arc::new(Mutex::new(RoomCounters::default()));
-        let cc = c.clone();
-        let echo = args.echo.then(|| handle.clone());
-        let expect = args.expect_hz;
-        tokio::spawn(async move {
-            let rate = f64::from(ROOM_RATE.hz());
-            let per = ROOM_RATE.samples_per_20ms();
-            let mut pending: Vec<i16> = Vec::new();
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    ParticipantEvent::AudioFrame(f) => {
-                        let (frac, rms) = tone_fraction(&f.samples, rate, expect);
-                        {
-                            let mut c = cc.lock().unwrap();
-                            c.samples += f.samples.len() as u64;
-                            c.frames += 1;
-                            if rms > 0.01 && frac > 0.5 {
-                                c.tone_frames += 1;
-                            }
-                            if !c.from.contains(&f.participant_identity) {
-                                c.from.insert(f.participant_identity.clone());
-                            }
-                        }
-                        if let Some(h) = &echo {
-                            pending.extend_from_slice(&f.samples);
-                            while pending.len() >= per {
-                                let _ = h.push_audio(&pending[..per]);
-                                pending.drain(..per);
-                            }
-                        }
-                    }
-                    ParticipantEvent::Disconnected(r) => {
-                        eprintln!("lk_bench: a room-side participant left: {r}");
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-        });
-        counters.push(c);
-        handles.push(handle);
+        }
     }
     let join_s = t0.elapsed().as_secs_f64();
     if !args.echo {
-        let hs = handles.clone();
+        let slots = slots.clone();
         let hz = args.tone_hz;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(20));
@@ -477,8 +622,8 @@ async fn rooms_mode(args: &Args) {
                     &mut n,
                     ROOM_RATE.samples_per_20ms(),
                 );
-                for h in &hs {
-                    let _ = h.push_audio(&frame);
+                for s in slots.lock().unwrap().iter() {
+                    let _ = s.handle.push_audio(&frame);
                 }
             }
         });
@@ -503,10 +648,12 @@ async fn rooms_mode(args: &Args) {
         }
     });
     while let Some(line) = lines.recv().await {
-        match line.trim() {
+        let line = line.trim();
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+        match cmd {
             "window" => {
-                for c in &counters {
-                    *c.lock().unwrap() = RoomCounters::default();
+                for s in slots.lock().unwrap().iter() {
+                    *s.counters.lock().unwrap() = RoomCounters::default();
                 }
                 window_start = Instant::now();
                 window_cpu = cpu_seconds();
@@ -514,14 +661,16 @@ async fn rooms_mode(args: &Args) {
             }
             "report" => {
                 let wall = window_start.elapsed().as_secs_f64();
-                let per_room: Vec<String> = rooms
+                let per_room: Vec<String> = slots
+                    .lock()
+                    .unwrap()
                     .iter()
-                    .zip(&counters)
-                    .map(|(room, c)| {
-                        let c = c.lock().unwrap();
+                    .map(|s| {
+                        let c = s.counters.lock().unwrap();
                         let from: Vec<String> = c.from.iter().map(|s| format!("{s:?}")).collect();
                         format!(
-                            "{{\"room\":{room:?},\"samples\":{},\"frames\":{},\"tone_frames\":{},\"from\":[{}]}}",
+                            "{{\"room\":{:?},\"samples\":{},\"frames\":{},\"tone_frames\":{},\"from\":[{}]}}",
+                            s.room,
                             c.samples,
                             c.frames,
                             c.tone_frames,
@@ -537,12 +686,67 @@ async fn rooms_mode(args: &Args) {
                     per_room.join(",")
                 );
             }
+            "join" if !arg.is_empty() => {
+                let (args, slots, sem) = (args.clone(), slots.clone(), sem.clone());
+                let room = arg.to_string();
+                tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let t = Instant::now();
+                    let server = Server::of(&args);
+                    match open_room(&args, server, room.clone(), slots).await {
+                        Ok(()) => emit(serde_json::json!({
+                            "event": "joined",
+                            "room": room,
+                            "join_s": t.elapsed().as_secs_f64(),
+                        })),
+                        Err(e) => emit(serde_json::json!({
+                            "event": "join_failed",
+                            "room": room,
+                            "error": e,
+                        })),
+                    }
+                });
+            }
+            "close" if !arg.is_empty() => {
+                let slot = {
+                    let mut all = slots.lock().unwrap();
+                    all.iter()
+                        .position(|s| s.room == arg)
+                        .map(|i| all.remove(i))
+                };
+                let (senders, present): (Vec<serde_json::Value>, Vec<String>) = slot
+                    .as_ref()
+                    .map(|s| {
+                        let s = s.senders.lock().unwrap();
+                        (
+                            s.counters.iter().map(|(id, c)| c.json(arg, id)).collect(),
+                            s.present.iter().cloned().collect(),
+                        )
+                    })
+                    .unwrap_or_default();
+                emit(serde_json::json!({
+                    "event": "closed",
+                    "room": arg,
+                    "known": slot.is_some(),
+                    "senders": senders,
+                    "present": present,
+                }));
+                if let Some(s) = slot {
+                    tokio::spawn(async move { s.handle.leave(LeaveReason::ClientInitiated).await });
+                }
+            }
             "quit" => break,
             _ => {}
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
+    let handles: Vec<ParticipantHandle> = slots
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|s| s.handle)
+        .collect();
     let leaves: Vec<_> = handles
         .into_iter()
         .map(|h| tokio::spawn(async move { h.leave(LeaveReason::ClientInitiated).await }))
