@@ -741,12 +741,8 @@ async fn rooms_mode(args: &Args) {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
-    let handles: Vec<ParticipantHandle> = slots
-        .lock()
-        .unwrap()
-        .drain(..)
-        .map(|s| s.handle)
-        .collect();
+    let handles: Vec<ParticipantHandle> =
+        slots.lock().unwrap().drain(..).map(|s| s.handle).collect();
     let leaves: Vec<_> = handles
         .into_iter()
         .map(|h| tokio::spawn(async move { h.leave(LeaveReason::ClientInitiated).await }))
