@@ -25,7 +25,8 @@
 //! ```
 //! * `rooms`: one participant (identity `room-side`, kind standard, 16 kHz) in each room
 //!   named in FILE (one a line), all in this process. Each publishes a `--tone-hz` tone
-//!   (one 20 ms ticker for all, catching up on missed ticks) and decodes every remote
+//!   while anyone else is in its room (one 20 ms ticker for all, catching up on missed
+//!   ticks) and decodes every remote
 //!   audio track; per room it counts the samples received and the 20 ms frames whose
 //!   energy is mostly at `--expect-hz` (Goertzel). With `--echo` it publishes what it
 //!   hears instead of a tone (the far end of a latency loop). Prints
@@ -622,8 +623,12 @@ async fn rooms_mode(args: &Args) {
                     &mut n,
                     ROOM_RATE.samples_per_20ms(),
                 );
+                // only where someone else is in the room: a room joined ahead of its call
+                // costs no encoding until the call's participant arrives
                 for s in slots.lock().unwrap().iter() {
-                    let _ = s.handle.push_audio(&frame);
+                    if !s.senders.lock().unwrap().present.is_empty() {
+                        let _ = s.handle.push_audio(&frame);
+                    }
                 }
             }
         });

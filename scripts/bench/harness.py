@@ -244,7 +244,7 @@ class Infra:
         )
         wait_until(lambda: _tcp_open(REDIS_PORT), 10, "redis")
 
-    def start_livekit(self, tag: str) -> None:
+    def start_livekit(self, tag: str, log_level: str = "info") -> None:
         ips = ["127.0.0.1/32"] + ([f"{self.a.netns_ip}/32"] if self.a.netns_ip else [])
         ifs = ["lo"] + ([self.a.netns_if] if self.a.netns_if else [])
         body = (
@@ -253,7 +253,7 @@ class Infra:
             f"  interfaces:\n    includes: [{', '.join(ifs)}]\n"
             f"  ips:\n    includes: [{', '.join(ips)}]\n"
             + (f"redis:\n  address: 127.0.0.1:{REDIS_PORT}\n" if self.redis else "")
-            + "logging:\n  level: info\n"
+            + f"logging:\n  level: {log_level}\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
         self.lk = PROCS.start(

@@ -5,7 +5,7 @@ reports; it asserts nothing.
 
   soak.py OUTDIR --roomline BIN --lk-bench BIN --livekit-server BIN [--calls 40]
           [--minutes 60] [--hold 20-60] [--outbound-share 0.25] [--room-ends 0.3]
-          [--sample-every 5] [--warmup S] [--idle 20] [--after 30] [--listen-every 25]
+          [--sample-every 5] [--warmup S] [--idle 20] [--after 30] [--listen-every 50]
           [--rate R] [--seed 1]
   soak.py OUTDIR --report-only      # rebuild report.md and soak.png from OUTDIR's files
 
@@ -569,7 +569,8 @@ class Soak:
         phases: dict[str, float] = {}
 
         self.infra = Infra(a, self.raw)
-        self.infra.start_livekit("soak")
+        # warn: at info, livekit-server writes about 3 MB a minute at 40 calls with churn
+        self.infra.start_livekit("soak", log_level="warn")
         self.rl = Roomline(a, self.raw)
         cfg = self.rl.write_config(
             self.raw / "roomline-config",
@@ -863,7 +864,7 @@ def main() -> int:
                    help="seconds after the first call before the steady part (default: the longest call)")
     p.add_argument("--idle", type=float, default=20.0, help="idle baseline before the first call, s")
     p.add_argument("--after", type=float, default=30.0, help="sampling after the last call, s")
-    p.add_argument("--listen-every", type=int, default=25,
+    p.add_argument("--listen-every", type=int, default=50,
                    help="a Python SDK listener in every K-th call's room of each direction (0: none)")
     p.add_argument("--rate", type=float, default=0.0, help="new inbound calls per second at most (default N/10)")
     p.add_argument("--seed", type=int, default=1)
