@@ -2,6 +2,7 @@
 //! PCMU packet (12-octet header + 160 octets) in each suite, in place in a reused buffer,
 //! and what that is as a share of one core for a call (50 packets a second each way).
 //! Plain `std::time` measurement; prints the median of several runs, asserts nothing.
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
 
 use std::hint::black_box;
 use std::time::Instant;

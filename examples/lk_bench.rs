@@ -47,6 +47,8 @@
 //!   the baseline for the bridge's added latency). It records for `--seconds` or the
 //!   pattern's length plus 1 s, whichever is longer.
 
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
+
 use std::time::{Duration, Instant};
 
 use roomline::livekit::{

@@ -11,6 +11,8 @@
 //! Writes OUTDIR/ref.raw and OUTDIR/c<N>.raw (s16le, RATE); prints
 //! `complexity <N> encode_us <median us per frame>` lines.
 
+#![allow(clippy::disallowed_methods, reason = "benchmarks measure real time")]
+
 use std::time::Instant;
 
 use roomline::media::g711::{linear_to_ulaw, ulaw_to_linear};

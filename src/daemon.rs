@@ -16,7 +16,7 @@ use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Exit status for a configuration that does not validate (systemd does not restart on it).
@@ -29,12 +29,6 @@ pub const PORT_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often the configuration files are checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn fingerprint(cfg: &Config) -> Fingerprint {
     // a renewed certificate (or CA file) reloads like an edited configuration
@@ -68,7 +62,7 @@ fn publish_config_metrics(cfg: &Config) {
 }
 
 pub async fn run(path: &Path, initial: Config) -> ExitCode {
-    let started = Instant::now();
+    let started = crate::clock::now();
     let metrics_handle = match m::install() {
         Ok(h) => Some(h),
         Err(e) => {
@@ -86,7 +80,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     let (reload_tx, reload_rx) = watch::channel(ReloadStatus {
         ok: true,
         trigger: "start",
-        at_unix: unix_now(),
+        at_unix: crate::clock::unix_secs(),
         errors: Vec::new(),
     });
     let (draining_tx, draining_rx) = watch::channel(false);
@@ -312,7 +306,7 @@ fn reload(
             ReloadStatus {
                 ok: true,
                 trigger,
-                at_unix: unix_now(),
+                at_unix: crate::clock::unix_secs(),
                 errors: Vec::new(),
             }
         }
@@ -330,7 +324,7 @@ fn reload(
             ReloadStatus {
                 ok: false,
                 trigger,
-                at_unix: unix_now(),
+                at_unix: crate::clock::unix_secs(),
                 errors: errs.0.iter().map(|e| e.to_string()).collect(),
             }
         }

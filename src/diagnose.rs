@@ -5,7 +5,7 @@
 //! it other programs hold), and every trunk's outbound side (an OPTIONS answered).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{Config, Transport};
 use crate::sip::build::{self, Outgoing};
@@ -77,14 +77,14 @@ fn options_udp(to: SocketAddr, timeout: Duration) -> Result<(u16, Duration), Str
             concat!("roomline-diagnose/", env!("CARGO_PKG_VERSION")),
         )
         .to_bytes();
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let mut next_send = t0;
     let mut interval = Duration::from_millis(500);
     let mut buf = [0u8; 65536];
     while t0.elapsed() < timeout {
-        if Instant::now() >= next_send {
+        if crate::clock::now() >= next_send {
             sock.send(&req).map_err(|e| e.to_string())?;
-            next_send = Instant::now() + interval;
+            next_send = crate::clock::now() + interval;
             interval = (interval * 2).min(Duration::from_secs(4));
         }
         let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
@@ -198,7 +198,7 @@ async fn livekit(cfg: &Config) -> Check {
         Ok(c) => c,
         Err(e) => return check("livekit", Verdict::Fail, e.to_string()),
     };
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let resp = client
         .post(format!("{base}/twirp/livekit.RoomService/ListRooms"))
         .bearer_auth(token)

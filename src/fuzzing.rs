@@ -137,8 +137,8 @@ mod sdp_impl {
 pub use sdp_impl::run as sdp;
 
 mod sdes_impl {
+    use crate::media::sdes::{self, SdesOffer};
     use crate::media::srtp::SUITES;
-    use crate::sip::sdes::{self, SdesOffer};
 
     /// Fuzz target: the `a=crypto` lines of an offered (or answered) media section, one per
     /// line of input, through what the SDP layer does with them: parse each, answer the

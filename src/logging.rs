@@ -2,30 +2,10 @@
 //! and `Phone`, the wrapper every phone number goes through before it reaches a log line.
 
 use crate::config::LogFormat;
+use crate::config::types::parse_log_filter;
 use std::fmt;
 use std::io::IsTerminal;
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::EnvFilter;
-
-/// Checks a filter such as `info` or `info,roomline::sip=debug`.
-pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
-    if s.trim().is_empty() {
-        return Err("invalid log level \"\": expected error, warn, info, debug or trace".into());
-    }
-    let expected = "expected error, warn, info, debug, trace or off, optionally with per-module directives such as info,roomline::sip=debug";
-    // A bare word that is not a level would silently mean "that target at trace level".
-    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
-    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "invalid log level {s:?}: {d:?} is not a level; {expected}"
-            ));
-        }
-    }
-    EnvFilter::builder()
-        .parse(s)
-        .map_err(|e| format!("invalid log level {s:?}: {e}; {expected}"))
-}
 
 /// Installs the global subscriber. `LOG_LEVEL`, when set, wins over `level`.
 /// Logs go to stderr (journald captures it under systemd).
@@ -34,7 +14,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
         Ok(v) if !v.trim().is_empty() => ("LOG_LEVEL", v),
         _ => ("logging.level", level.to_string()),
     };
-    let filter = parse_filter(&level).map_err(|e| format!("{source}: {e}"))?;
+    let filter = parse_log_filter(&level).map_err(|e| format!("{source}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -156,13 +136,5 @@ mod tests {
             "room 12 and +1 and 12***67"
         );
         assert_eq!(mask_numbers(""), "");
-    }
-
-    #[test]
-    fn filters() {
-        assert!(parse_filter("info").is_ok());
-        assert!(parse_filter("warn,roomline::sip=debug").is_ok());
-        assert!(parse_filter("loud").is_err());
-        assert!(parse_filter("").is_err());
     }
 }

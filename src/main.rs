@@ -24,11 +24,11 @@ struct Cli {
     config: PathBuf,
 
     #[command(subcommand)]
-    command: Command,
+    command: CliCommand,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum CliCommand {
     /// Run the daemon (what the systemd unit starts)
     Run,
     /// Validate the whole configuration, print every error, and exit (0 valid, 64 invalid)
@@ -130,7 +130,7 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Sip(SipCommand::Parse { file }) = &cli.command {
+    if let CliCommand::Sip(SipCommand::Parse { file }) = &cli.command {
         return sip_parse(file);
     }
     let cfg = match config::load(&cli.config) {
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check => {
+        CliCommand::Check => {
             for w in &cfg.warnings {
                 eprintln!("{}: warning: {}", w.origin, w.message);
             }
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Token(a) => {
+        CliCommand::Token(a) => {
             let req = TokenRequest {
                 identity: a.identity,
                 name: a.name,
@@ -177,8 +177,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Dial(a) => dial(&cfg, a),
-        Command::Diagnose => {
+        CliCommand::Dial(a) => dial(&cfg, a),
+        CliCommand::Diagnose => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -196,8 +196,8 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         }
-        Command::Sip(_) => unreachable!("handled before loading the configuration"),
-        Command::Run => {
+        CliCommand::Sip(_) => unreachable!("handled before loading the configuration"),
+        CliCommand::Run => {
             if let Err(e) = roomline::logging::init(&cfg.logging.level, cfg.logging.format) {
                 eprintln!("roomline: {e}");
                 return ExitCode::from(EXIT_CONFIG);

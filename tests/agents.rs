@@ -7,7 +7,14 @@
 //! attributes), the agent's tone heard by the phone at its frequency, the phone's DTMF
 //! received by the agent, and the BYE the phone gets when the agent removes the SIP
 //! participant. One livekit-server and one worker serve the tests of this file that run
-//! at the same time (the worker takes ~10 s to start).
+//! at the same time (the worker takes ~10 s to start); each job runs in a process of its
+//! own (the framework's process executor, with two warm processes), so the two jobs share
+//! no event loop and no LiveKit FFI client (tests/peers/agent_worker.py says why).
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
 
 mod common;
 
@@ -131,11 +138,37 @@ impl Shared {
             }
             assert!(
                 Instant::now() < deadline,
-                "no finished agent job in {room} within {within:?} (so far: {v}); worker log:\n{}",
-                common::tail_file(&self.worker.log, 60)
+                "no finished agent job in {room} within {within:?} (so far: {v})\n{}",
+                self.log_for(&v)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The worker's log for a failure message: the lines of the job's own process (the
+    /// report's `pid`; a line carries its writer's PID, continuation lines such as
+    /// tracebacks follow their line), then the end of the whole log (dispatch, process
+    /// pool, shutdown).
+    fn log_for(&self, report: &Value) -> String {
+        let mut out = String::new();
+        if let Some(pid) = report["pid"].as_u64() {
+            let text = std::fs::read_to_string(&self.worker.log).unwrap_or_default();
+            let tag = format!(" [{pid}] ");
+            let mut ours = false;
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    let b = l.as_bytes();
+                    if b.len() > 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' {
+                        ours = l.contains(&tag);
+                    }
+                    ours
+                })
+                .collect();
+            let from = lines.len().saturating_sub(60);
+            out += &format!("the job's process ({pid}):\n{}\n", lines[from..].join("\n"));
+        }
+        out + "worker log (end):\n" + &common::tail_file(&self.worker.log, 30)
     }
 
     /// AgentDispatchService.CreateDispatch on the livekit-server.
@@ -165,9 +198,9 @@ impl Shared {
 fn agent_saw<'a>(s: &Shared, report: &'a Value, phone: &common::PeerRun) -> &'a Value {
     let why = || {
         format!(
-            "{report}\nphone: {}\nworker log:\n{}",
+            "{report}\nphone: {}\n{}",
             phone.describe(),
-            common::tail_file(&s.worker.log, 60)
+            s.log_for(report)
         )
     };
     assert_eq!(

@@ -5,6 +5,11 @@
 //! SIGTERM, exit 64 on a config that does not validate. The unit file passes
 //! `systemd-analyze verify`.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

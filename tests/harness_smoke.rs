@@ -6,6 +6,11 @@
 //! Needs `scripts/install-test-deps` to have been run (the tests panic, with that hint,
 //! when a tool is missing; they are never skipped).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::path::Path;

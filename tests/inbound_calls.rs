@@ -4,6 +4,11 @@
 //! SIP statuses on the wire, tone frequencies on the other side, participants and their
 //! attributes in the room, and that no call, port or participant is left behind.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -144,7 +149,7 @@ fn uac_scenario(sdp_port: &str, during: &str) -> String {
 fn call_args(rl: &Roomline, called: &str) -> Vec<String> {
     let mut args = sipp_args(&rl.sip_addr(), false);
     args.extend(["-s".into(), called.into(), "-mi".into(), "127.0.0.1".into()]);
-    args.extend(["-mp".into(), roomline::free_port().to_string()]);
+    args.extend(["-mp".into(), roomline::free_media_port().to_string()]);
     args
 }
 
@@ -268,7 +273,7 @@ fn sipp_pcmu_tone_reaches_the_room_at_1khz() {
         "-mi".into(),
         "127.0.0.1".into(),
     ]);
-    args.extend(["-mp".into(), roomline::free_port().to_string()]);
+    args.extend(["-mp".into(), roomline::free_media_port().to_string()]);
     let run = Sipp::spawn(Some(&uac_scenario("[media_port]", &during)), &args)
         .wait(Duration::from_secs(60));
     run.expect_success();
@@ -334,8 +339,10 @@ fn room_tone_reaches_the_phone_as_440hz_pcmu() {
     wait_answer(&sipp, Duration::from_secs(30));
     let published = publisher.join().unwrap();
     let report = published.expect_ok().clone();
-    // the tone's tail of silence has been sent; let the last packets arrive
-    std::thread::sleep(Duration::from_millis(500));
+    // the tone has ended at the phone: it got the tone's last packets
+    rtp.wait_for(Duration::from_secs(10), "silence after the tone", |p| {
+        roomline::ulaw_sound_then_silence(p, 0, 10)
+    });
     remove_participant(&lk, room, &sip_identity(CALLER));
     let run = sipp.wait(Duration::from_secs(30));
     run.expect_success();
@@ -366,12 +373,16 @@ fn room_tone_reaches_the_phone_as_440hz_pcmu() {
             (w[0].seq, w[0].ts),
             (w[1].seq, w[1].ts)
         );
-        assert_eq!(
-            w[1].ts,
-            w[0].ts.wrapping_add(160),
-            "timestamps advance by 160: seq {} -> {}",
+        // 160 per packet; more after ticks the daemon skipped when its task was starved
+        // (it skips ahead rather than burst: the timestamp follows the clock, RFC 3550)
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(
+            step % 160 == 0 && (160..=160 * 50).contains(&step),
+            "timestamps advance by whole 20 ms frames: seq {} -> {}, ts {} -> {}",
             w[0].seq,
-            w[1].seq
+            w[1].seq,
+            w[0].ts,
+            w[1].ts
         );
     }
     let span = pkts
@@ -548,11 +559,18 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
     // wait until the last event has been closed (end bit) at the phone
     let deadline = Instant::now() + Duration::from_secs(10);
     let events = loop {
-        let ev = rfc4733_events(&rtp.received(), 101);
-        if ev.len() >= 4 && ev.iter().all(|e| e.end_bits.last() == Some(&true)) {
-            // the end packet is sent three times; give the retransmissions a moment
-            std::thread::sleep(Duration::from_millis(300));
-            break rfc4733_events(&rtp.received(), 101);
+        let pkts = rtp.received();
+        let ev = rfc4733_events(&pkts, 101);
+        // every event closed, and audio after the last (its end retransmissions are in)
+        let audio_after_events = pkts
+            .iter()
+            .rposition(|p| p.pt == 101)
+            .is_some_and(|last| pkts[last..].iter().any(|p| p.pt == 0));
+        if ev.len() >= 4
+            && ev.iter().all(|e| e.end_bits.last() == Some(&true))
+            && audio_after_events
+        {
+            break ev;
         }
         assert!(
             Instant::now() < deadline,
@@ -1435,7 +1453,10 @@ fn ten_concurrent_calls_into_ten_rooms_all_carry_audio() {
                         .iter()
                         .map(|m| m.lines().next().unwrap_or("").to_string())
                         .collect();
-                    format!("{caller} -> {called}: received {got:?}")
+                    let stderr =
+                        std::fs::read_to_string(s.dir().join("stderr")).unwrap_or_default();
+                    let said = stderr.lines().last().unwrap_or("");
+                    format!("{caller} -> {called}: received {got:?}; sipp stderr: {said}")
                 })
                 .collect();
             panic!(
@@ -1467,14 +1488,18 @@ fn ten_concurrent_calls_into_ten_rooms_all_carry_audio() {
             within(got, f64::from(*hz), 0.02),
             "{called} heard {got} Hz, not {hz}: {report}"
         );
+        // How much of the tone the room hears moves with the machine's load, not with
+        // correctness: sipp's pause is only the tone's minimum length, and a call task
+        // starved of CPU conceals while it waits and skips ahead after (10 calls on a
+        // loaded 2-core machine heard 86-113 % of it). Only gross loss (a call that
+        // carries audio for a fraction of the time) or duplication (every frame twice)
+        // fails.
         assert!(
-            frames >= 0.9 * expected,
+            frames >= 0.7 * expected,
             "{called}: {frames} of {expected} tone frames: {report}"
         );
-        // sipp's pause is the tone's minimum length: on a busy machine sipp stops the
-        // stream a little late, so only a gross excess (duplicated audio) fails
         assert!(
-            frames <= 1.1 * expected,
+            frames <= 1.3 * expected,
             "{called}: {frames} frames for {expected}: {report}"
         );
     }

@@ -7,6 +7,11 @@
 //!
 //! Needs `scripts/install-test-deps` (the harness panics with that hint otherwise).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

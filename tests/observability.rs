@@ -6,6 +6,11 @@
 //! every dashboard query parses as PromQL, and every metric name they (and the README's
 //! metrics list) use is one the daemon exports.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -14,6 +14,11 @@
 //! through the daemon, so a call ends exactly when the test needs it to, not after a
 //! guessed pause.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -220,7 +225,7 @@ impl Phone {
             "-mi".into(),
             "127.0.0.1".into(),
             "-mp".into(),
-            roomline::free_port().to_string(),
+            roomline::free_media_port().to_string(),
             "-timeout".into(),
             "150s".into(),
             "-timeout_error".into(),
@@ -739,6 +744,8 @@ fn valid_reload_during_a_call_keeps_its_audio_and_the_next_call_follows_the_new_
     wait_participant_where(&lk, before, &sip_identity(caller_a), |p| {
         p["tracks"].as_array().is_some_and(|t| !t.is_empty())
     });
+    // the caller talks for a second before the reload (not a wait for anything: the
+    // listener's frames of 1 kHz, counted below, are this part of the conversation)
     std::thread::sleep(Duration::from_secs(1));
 
     std::fs::write(
@@ -1365,7 +1372,8 @@ fn metrics_scrape_parses_with_the_documented_names_and_label_sets() {
     rtp.send_stream(daemon_rtp, 0, 160, vec![silence; 100])
         .join()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // the daemon has read all 100 from its RTP socket before the phone hangs up
+    roomline::wait_udp_read(daemon_rtp.port(), Duration::from_secs(10));
     a.tell();
     a.wait(Duration::from_secs(30)).expect_success();
     // a call no rule routes, an INVITE from an address no trunk allows, an OPTIONS

@@ -7,6 +7,11 @@
 //! answer or error, tone frequencies on the far side, participants and attributes in the
 //! room, trunk state in /health/detailed and /metrics, and that nothing is left behind.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::io::{Read, Write};
@@ -238,7 +243,7 @@ impl Uas {
             "-mi",
             "127.0.0.1",
             "-mp",
-            &free_port().to_string(),
+            &roomline::free_media_port().to_string(),
             "-timeout",
             "90s",
             "-timeout_error",
@@ -247,23 +252,32 @@ impl Uas {
         .map(|s| s.to_string())
         .collect();
         let sipp = Sipp::spawn(Some(xml), &args);
-        // a scenario sipp refuses makes it exit at once: say why, not "no answer" later
-        std::thread::sleep(Duration::from_millis(300));
-        let state =
-            std::fs::read_to_string(format!("/proc/{}/stat", sipp.pid())).unwrap_or_default();
-        let state = state
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        if state.is_empty() || state == "Z" {
-            let run = sipp.wait(Duration::from_secs(5));
-            panic!(
-                "sipp exited at start:\n{}\nscenario:\n{xml}",
-                run.describe()
+        // ready once its SIP port is bound; a scenario sipp refuses makes it exit at once
+        // instead: say why, not "no answer" later
+        let exited = |pid: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            matches!(state, None | Some("Z"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while roomline::udp_rx_queues(port).is_empty() {
+            if exited(sipp.pid()) {
+                let run = sipp.wait(Duration::from_secs(5));
+                panic!(
+                    "sipp exited at start:\n{}\nscenario:\n{xml}",
+                    run.describe()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipp did not bind UDP port {port}"
             );
+            std::thread::sleep(Duration::from_millis(20));
         }
         Uas { sipp, port }
     }
@@ -898,9 +912,12 @@ fn sdk_dials_through_a_401_challenge_and_audio_flows_both_ways() {
         "{frames} of {expected} tone frames reached the room: {report}"
     );
 
-    // give the last packets of the tone time to arrive, then look at what the phone got
-    std::thread::sleep(Duration::from_millis(500));
-    let got = phone.received();
+    // the room's tone has ended at the phone: look at what it got
+    let got = phone.wait_for(
+        Duration::from_secs(10),
+        "silence after the room's tone",
+        |p| roomline::ulaw_sound_then_silence(p, 0, 10),
+    );
     let audio: Vec<u8> = got
         .iter()
         .filter(|p| p.pt == 0 && p.from == daemon_rtp)

@@ -10,6 +10,11 @@
 //!
 //! Needs root (dpkg), as CI has; cargo-deb comes from `scripts/install-test-deps`.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::fs::File;

@@ -4,6 +4,11 @@
 //! LiveKit Python SDK. A tone above 4 kHz crossing in both directions shows the whole
 //! path is wideband (16 kHz) with G.722, which no G.711 leg could carry.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::process::Command;

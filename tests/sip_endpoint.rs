@@ -16,6 +16,11 @@
 //! Every daemon and peer process is started by the harness and stopped by PID; all traffic
 //! stays on 127.0.0.0/8. Waits are bounded; nothing here asserts how fast anything is.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -29,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
 use common::roomline::{
-    Roomline, RtpPeer, Setup, Sipp, SippRun, free_port, list_participants, room_service, sipp_args,
-    wait_participants,
+    Roomline, RtpPeer, Setup, Sipp, SippRun, free_media_port, free_port, list_participants,
+    room_service, sipp_args, wait_participants,
 };
 
 const CALLER: &str = "+15551230000";
@@ -1327,7 +1332,7 @@ fn sipp_wrong_digest(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
     run.expect_success();
     let finals: Vec<u16> = run
@@ -1387,8 +1392,8 @@ fn retransmitted_invite_is_absorbed_by_its_transaction() {
         .recv(ANSWER_WITHIN)
         .expect("a provisional response again");
     assert_eq!(again.status(), Some(180), "{}", again.text);
-    // one call, one participant, after the copy was handled
-    std::thread::sleep(Duration::from_millis(500));
+    // one call, one participant: the 180 again is the copy's answer from the call's own
+    // transaction, so the copy has been handled (and started nothing else)
     assert_eq!(active_calls(&rl), 1, "{}", rl.counts());
     let identity = format!("sip_{CALLER}");
     let ps = list_participants(&lk, room);
@@ -1557,8 +1562,10 @@ fn cancel_xml() -> String {
 
 /// Tells the sipp UAC with Call-ID `call_id` listening on `sipp_port` to go on: an INFO
 /// (from the test, not from the daemon) that its scenario waits for. Over TCP sipp takes
-/// it on its listening socket.
-fn send_go(tcp: bool, sipp_port: u16, call_id: &str) {
+/// it on its listening socket; the connection is returned, for the caller to keep open
+/// until sipp is done (closing it at once may lose the INFO unread).
+#[must_use]
+fn send_go(tcp: bool, sipp_port: u16, call_id: &str) -> Option<TcpStream> {
     let transport = if tcp { "TCP" } else { "UDP" };
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let me = sock.local_addr().unwrap();
@@ -1572,11 +1579,11 @@ fn send_go(tcp: bool, sipp_port: u16, call_id: &str) {
     if tcp {
         let mut s = TcpStream::connect(("127.0.0.1", sipp_port)).unwrap();
         s.write_all(info.as_bytes()).unwrap();
-        // keep it open a moment so sipp reads it before the close
-        std::thread::sleep(Duration::from_millis(300));
+        Some(s)
     } else {
         sock.send_to(info.as_bytes(), ("127.0.0.1", sipp_port))
             .unwrap();
+        None
     }
 }
 
@@ -1606,13 +1613,13 @@ fn cancel_before_answer(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let sipp = Sipp::spawn(Some(&cancel_xml()), &args);
     // ringing, and in the room: now cancel
     wait_sipp_log(&sipp, "SIP/2.0 180 Ringing");
     wait_phone_in_room(&lk, room);
     assert_eq!(active_calls(&rl), 1);
-    send_go(tcp, port, &call_id);
+    let _go = send_go(tcp, port, &call_id);
     let run = sipp.wait(Duration::from_secs(60));
     run.expect_success();
     let got = run.received();
@@ -1688,12 +1695,12 @@ fn bye_from_phone(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let sipp = Sipp::spawn(Some(&xml), &args);
     // answered (sipp sent its ACK) and in the room: now hang up
     wait_sipp_log(&sipp, "CSeq: 1 ACK");
     wait_phone_in_room(&lk, room);
-    send_go(tcp, port, &call_id);
+    let _go = send_go(tcp, port, &call_id);
     let run = sipp.wait(Duration::from_secs(60));
     run.expect_success();
     let finals: Vec<u16> = run
@@ -1760,7 +1767,7 @@ fn bye_from_daemon(tcp: bool) {
             .iter()
             .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let sipp = Sipp::spawn(Some(&xml), &args);
     // answered (sipp sent its ACK) and in the room: now close the room
     wait_sipp_log(&sipp, "CSeq: 1 ACK");
@@ -1847,8 +1854,8 @@ fn flood_from_one_source_is_limited_while_another_is_served() {
         (answered as f64) <= allowed,
         "{answered} answers, more than burst + rate x {span:?} = {allowed:.0}"
     );
-    // the flooder itself is served again once its bucket refills
-    std::thread::sleep(Duration::from_secs(1));
+    // the flooder itself is served again once its bucket refills: the reader stopped
+    // after 1.5 s without an answer, and the bucket needs 10 ms for a token
     assert_still_serving(&flood, &rl, "the flood, once the bucket refilled");
     assert_still_serving(&other, &rl, "the flood");
 }
@@ -1921,6 +1928,95 @@ fn oversized_tcp_message_closes_the_connection() {
     assert!(
         rss_after.saturating_sub(rss_before) < 8 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+/// `roomline_sip_invalid_messages_total` over all its labels, from /metrics.
+fn invalid_messages(rl: &Roomline) -> f64 {
+    let (status, body) = rl.get("/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with("roomline_sip_invalid_messages_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// RFC 5626 keep-alives over UDP (linphone sends CRLFCRLF every 30 s): no answer, not an
+/// invalid message. A datagram that is not SIP, sent after them from the same socket, is
+/// counted, so once it shows in /metrics the keep-alives have been handled too.
+#[test]
+fn udp_crlf_keepalives_are_not_invalid_messages_and_get_no_answer() {
+    let rl = Roomline::start(offline_setup());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let before = invalid_messages(&rl);
+    for ping in ["\r\n\r\n", "\r\n\r\n", "\r\n"] {
+        sock.send_to(ping.as_bytes(), rl.sip_addr()).unwrap();
+    }
+    sock.send_to(b"NOT SIP AT ALL\r\n\r\n", rl.sip_addr())
+        .unwrap();
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    while invalid_messages(&rl) < before + 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the non-SIP datagram was never counted as invalid\n{}",
+            rl.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        invalid_messages(&rl),
+        before + 1.0,
+        "only the non-SIP datagram is invalid, not the keep-alives"
+    );
+    // nothing answered them: the first datagram back is the answer to this OPTIONS
+    let me = sock.local_addr().unwrap();
+    let call_id = unique("after-keepalive");
+    let msg = options_text(&me.to_string(), "UDP", &call_id, &rl.sip_addr());
+    sock.send_to(msg.as_bytes(), rl.sip_addr()).unwrap();
+    sock.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = sock.recv_from(&mut buf).expect("an answer to OPTIONS");
+    let first = Sip::parse(&buf[..n])
+        .unwrap_or_else(|| panic!("not SIP: {:?}", String::from_utf8_lossy(&buf[..n])));
+    assert_eq!(first.call_id(), call_id, "{}", first.text);
+    assert_eq!(first.status(), Some(200), "{}", first.text);
+}
+
+/// RFC 5626 section 4.4.1 on TCP: each CRLFCRLF ping gets exactly one CRLF pong, the
+/// connection stays in step (an OPTIONS on it is answered next), nothing is invalid.
+#[test]
+fn tcp_crlfcrlf_ping_gets_one_crlf_pong() {
+    let rl = Roomline::start(offline_setup());
+    let before = invalid_messages(&rl);
+    let mut tcp = TcpStream::connect(rl.sip_addr()).unwrap();
+    tcp.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
+    let mut pong = [0u8; 2];
+    tcp.write_all(b"\r\n\r\n").unwrap();
+    tcp.read_exact(&mut pong).expect("a pong to the first ping");
+    assert_eq!(&pong, b"\r\n");
+    // two pings in one segment: two pongs
+    let mut pongs = [0u8; 4];
+    tcp.write_all(b"\r\n\r\n\r\n\r\n").unwrap();
+    tcp.read_exact(&mut pongs).expect("pongs to two pings");
+    assert_eq!(&pongs, b"\r\n\r\n");
+    // the next bytes are the answer to an OPTIONS: no extra CRLF came with the pongs
+    let local = tcp.local_addr().unwrap();
+    let call_id = unique("after-ping");
+    let msg = options_text(&local.to_string(), "TCP", &call_id, &rl.sip_addr());
+    tcp.write_all(msg.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).expect("the answer to OPTIONS");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("SIP/2.0 200 "), "{head:?}");
+    assert!(head.contains(&call_id), "{head}");
+    assert_eq!(
+        invalid_messages(&rl),
+        before,
+        "a ping is not an invalid message"
     );
 }
 
@@ -2169,7 +2265,7 @@ fn sipp_native_digest(tcp: bool) {
         .iter()
         .map(|s| s.to_string()),
     );
-    args.extend(["-mp".to_string(), free_port().to_string()]);
+    args.extend(["-mp".to_string(), free_media_port().to_string()]);
     let run = Sipp::spawn(Some(&xml), &args).wait(Duration::from_secs(60));
     run.expect_success();
     let finals: Vec<u16> = run
@@ -2342,6 +2438,10 @@ fn info_dtmf_relay_reaches_the_room() {
     let ua = Ua::udp(&rl);
     let ok = answered_call(&ua, &rl);
     wait_phone_in_room(&lk, room);
+    // Time for the participant's data channel to open, and a key-press gap between the
+    // digits. Without them (the two digits sent at once, right after the join) the
+    // observer once got "#" before "7", both at the same instant; whether Roomline, the
+    // SFU or the SDK reorders them is not known yet.
     std::thread::sleep(Duration::from_millis(500));
     for (i, d) in ["7", "#"].iter().enumerate() {
         let body = format!("Signal={d}\r\nDuration=160\r\n");
@@ -2519,8 +2619,8 @@ fn unmatched_invite_is_dropped_when_configured() {
     rl.wait_log("INVITE matches no trunk", Duration::from_secs(5));
 }
 
-/// Design section 4: a trunk's backup carrier may deliver its calls: calls from the
-/// backup's outbound address are accepted under the primary trunk (`sip.trunkID`).
+/// A trunk's backup carrier may deliver its calls: calls from the backup's outbound
+/// address are accepted under the primary trunk (`sip.trunkID`).
 #[test]
 fn calls_from_the_backup_trunks_address_belong_to_the_primary() {
     let lk = LiveKitServer::start();

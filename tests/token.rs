@@ -2,6 +2,11 @@
 //! accepted by the server's RoomService (the room really gets created and listed), and
 //! the same request signed with another secret is refused with 401, as is a join-only token.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
 mod common;
 
 use common::livekit::LiveKitServer;

@@ -80,7 +80,7 @@ pub fn livekit_http_base(url: &str) -> String {
 
 /// One round trip to the LiveKit server: GET / must answer 200.
 pub async fn probe_livekit(client: &reqwest::Client, url: &str) -> Result<Duration, String> {
-    let t0 = Instant::now();
+    let t0 = crate::clock::now();
     let base = livekit_http_base(url);
     let resp = client
         .get(format!("{base}/"))

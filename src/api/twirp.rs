@@ -548,7 +548,7 @@ pub async fn create_sip_participant(
         Err(e) => return e.into_response(),
     };
     // `allow` may place a plain call; `require` must never send plain RTP, and the phone
-    // leg does not speak SRTP until the call integration lands (media::srtp, sip::sdes).
+    // leg does not speak SRTP until the call integration lands (media::srtp, media::sdes).
     if dial.media_encryption == MediaEncryption::Require {
         return TwirpError::new(
             "failed_precondition",

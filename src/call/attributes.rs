@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-
 use crate::config::{HeaderMapping, IncludeHeaders};
 use crate::dialplan::JoinPlan;
+#[cfg(test)]
+use crate::dialplan::{hidden_identity, masked_number};
 use crate::sip::message::Message;
 use crate::sip::uri::NameAddr;
 
@@ -128,25 +128,6 @@ pub fn new_call_id() -> String {
 pub fn is_call_id(id: &str) -> bool {
     id.strip_prefix("SCL_")
         .is_some_and(|r| r.len() == 12 && r.bytes().all(|b| ID_ALPHABET.contains(&b)))
-}
-
-/// The identity of a caller whose number is hidden: `sip_` and 16 hex digits of
-/// SHA-256 of the number (LiveKit's form), the same for every call from that number.
-pub fn hidden_identity(number: &str) -> String {
-    let h = Sha256::digest(number.as_bytes());
-    let mut s = String::from("sip_");
-    for b in &h[..8] {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-/// What is left of a hidden number: its last 4 characters (the last 1 when it has 4 or
-/// fewer), as LiveKit shows it in the participant name.
-pub fn masked_number(number: &str) -> String {
-    let chars: Vec<char> = number.chars().collect();
-    let keep = if chars.len() <= 4 { 1 } else { 4 };
-    chars[chars.len().saturating_sub(keep)..].iter().collect()
 }
 
 /// A header value fit to be an attribute: at most [`MAX_VALUE_LEN`] bytes, no control

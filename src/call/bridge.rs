@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -77,7 +77,7 @@ impl MediaLeg {
         let mut config = PhoneMediaConfig::from_negotiated(&negotiated, ssrc, identity);
         config.latch = self.latch;
         config.timeouts = timeouts;
-        self.pm = Some(PhoneMedia::new(config, now(), SystemTime::now()));
+        self.pm = Some(PhoneMedia::new(config, now(), crate::clock::wall()));
         self.negotiated = Some(negotiated);
     }
 
@@ -245,6 +245,10 @@ pub fn drive_media(
         return out;
     };
     let t = now();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the frame cost metric measures real work, not the (pausable) call clock"
+    )]
     let started = std::time::Instant::now();
     let mut frames = 0u32;
     pm.handle_timeout(t);
@@ -305,7 +309,7 @@ pub fn on_packet(media: &mut MediaLeg, rtcp: bool, from: SocketAddr, data: &[u8]
 }
 
 /// Receives on the leg's sockets, or never when there is none.
-pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Received> {
+pub async fn media_recv(m: Option<&MediaLeg>, buf: &mut [u8]) -> std::io::Result<socket::Datagram> {
     match m {
         Some(m) => m.sockets.recv(buf).await,
         None => std::future::pending().await,

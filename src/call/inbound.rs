@@ -23,6 +23,7 @@ use super::outcome::Outcome;
 use super::prompt::{self, Prompt};
 use super::{ActiveGuard, CallContext, CallControl, Registration};
 use crate::config::{AnswerMode, Config};
+use crate::dialplan::trunk_match as matching;
 use crate::dialplan::{self, CallSummary, Decision, JoinPlan};
 use crate::livekit::{
     JoinError, JoinOptions, Participant, ParticipantEvent, ParticipantHandle, ParticipantKind,
@@ -39,7 +40,6 @@ use crate::sip::endpoint::{self, InboundInvite, Incoming, Linger, SipEvent};
 use crate::sip::sdp::{self, Codec, Local};
 use crate::sip::transaction::{ClientNonInvite, Output, ServerInvite, ServerNonInvite};
 use crate::sip::transport::Flow;
-use crate::trunk::matching;
 
 /// Digits a PIN entry may hold before '#'.
 const PIN_MAX_DIGITS: usize = 32;

@@ -1,8 +1,11 @@
 //! Calls: one task per call owns its dialog, its server and client transactions, its
-//! media pipeline and its LiveKit participant (design principle 2). The call manager
-//! spawns the tasks, counts them, and ends them all on shutdown. Submodules:
-//! `inbound` (a phone call into a room), `outcome` (how a call ended, classified once),
-//! `prompt` (the tones a call plays to the phone itself).
+//! media pipeline and its LiveKit participant (ARCHITECTURE.md, "One task per call"). The
+//! call manager (this module) spawns the tasks, counts them, keeps the registry the API
+//! finds calls in, and ends them all on shutdown. Submodules: `inbound` (a phone call into
+//! a room), `outbound` (a room dialling a phone through a trunk, with failover),
+//! `bridge` (the media half both directions share: RTP leg, participant, DTMF),
+//! `transfer` (REFER), `outcome` (how a call ended, classified once), `prompt` (the tones
+//! a call plays to the phone itself).
 
 pub mod attributes;
 pub mod bridge;

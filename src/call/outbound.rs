@@ -269,7 +269,7 @@ pub async fn run(
     let active = ActiveGuard::new(ctx.endpoint.active_calls.clone());
     let identity = req.identity.clone().unwrap_or_else(|| {
         if req.hide_phone_number {
-            attributes::hidden_identity(&req.call_to)
+            crate::dialplan::hidden_identity(&req.call_to)
         } else {
             format!("sip_{}", req.call_to)
         }
@@ -483,7 +483,7 @@ impl Call {
         );
         o.name = self.req.name.clone().unwrap_or_else(|| {
             let n = if self.req.hide_phone_number {
-                attributes::masked_number(&self.req.call_to)
+                crate::dialplan::masked_number(&self.req.call_to)
             } else {
                 self.req.call_to.clone()
             };

@@ -2,15 +2,10 @@
 //! raw values to validation. Every error from every file is collected.
 
 use super::error::{ConfigError, ConfigErrors, Origin, from_yaml};
-use super::{Config, SourceFiles, defaults, raw, validate};
+use super::raw::{self, Parsed, Spanned};
+use super::{Config, SourceFiles, defaults, validate};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
-
-/// A raw file that parsed, with its path.
-pub(super) struct Parsed<T> {
-    pub file: PathBuf,
-    pub value: T,
-}
 
 /// Loads and validates the configuration at `path`, with overrides from the process
 /// environment (`LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET`, and the variables
@@ -27,7 +22,7 @@ pub fn load_with_env(
     let mut errors = Vec::new();
     let daemon: Option<Parsed<raw::Daemon>> = parse_file(path, true, &mut errors);
     let base = path.parent().unwrap_or(Path::new(""));
-    let dir = |configured: Option<&raw::S<String>>, default: &str| -> PathBuf {
+    let dir = |configured: Option<&Spanned<String>>, default: &str| -> PathBuf {
         let d = configured.map(|s| s.value.as_str()).unwrap_or(default);
         base.join(d)
     };

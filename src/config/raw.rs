@@ -3,203 +3,208 @@
 //! `Spanned<String>` so validation can point at the exact line and column.
 
 use serde::Deserialize;
-use serde_saphyr::Spanned;
+pub use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-pub type S<T> = Spanned<T>;
+/// A file that parsed into raw type `T`, with its path for error locations.
+pub struct Parsed<T> {
+    pub file: PathBuf,
+    pub value: T,
+}
 
 /// `roomline.yaml`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Daemon {
-    pub livekit: Option<S<LiveKit>>,
-    pub sip: Option<S<Sip>>,
-    pub rtp: Option<S<Rtp>>,
-    pub http: Option<S<Http>>,
-    pub limits: Option<S<Limits>>,
-    pub logging: Option<S<Logging>>,
-    pub trunks_dir: Option<S<String>>,
-    pub dialplans_dir: Option<S<String>>,
+    pub livekit: Option<Spanned<LiveKit>>,
+    pub sip: Option<Spanned<Sip>>,
+    pub rtp: Option<Spanned<Rtp>>,
+    pub http: Option<Spanned<Http>>,
+    pub limits: Option<Spanned<Limits>>,
+    pub logging: Option<Spanned<Logging>>,
+    pub trunks_dir: Option<Spanned<String>>,
+    pub dialplans_dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LiveKit {
-    pub url: Option<S<String>>,
-    pub api_key: Option<S<String>>,
-    pub api_secret: Option<S<String>>,
+    pub url: Option<Spanned<String>>,
+    pub api_key: Option<Spanned<String>>,
+    pub api_secret: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sip {
-    pub listeners: Option<S<Vec<S<Listener>>>>,
-    pub public_ip: Option<S<String>>,
-    pub user_agent: Option<S<String>>,
-    pub unmatched_inbound: Option<S<String>>,
-    pub auth_nonce_ttl: Option<S<String>>,
+    pub listeners: Option<Spanned<Vec<Spanned<Listener>>>>,
+    pub public_ip: Option<Spanned<String>>,
+    pub user_agent: Option<Spanned<String>>,
+    pub unmatched_inbound: Option<Spanned<String>>,
+    pub auth_nonce_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
-    pub transport: S<String>,
-    pub address: S<String>,
-    pub cert: Option<S<String>>,
-    pub key: Option<S<String>>,
+    pub transport: Spanned<String>,
+    pub address: Spanned<String>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
     /// PEM file of the CAs whose client certificates a TLS listener accepts (mutual TLS).
-    pub client_ca: Option<S<String>>,
+    pub client_ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rtp {
-    pub port_range: Option<S<String>>,
-    pub public_ip: Option<S<String>>,
-    pub media_timeout: Option<S<String>>,
-    pub media_timeout_initial: Option<S<String>>,
+    pub port_range: Option<Spanned<String>>,
+    pub public_ip: Option<Spanned<String>>,
+    pub media_timeout: Option<Spanned<String>>,
+    pub media_timeout_initial: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
-    pub listen: Option<S<String>>,
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    pub max_concurrent_calls: Option<S<u32>>,
-    pub max_calls_per_second: Option<S<u32>>,
-    pub drain_timeout: Option<S<String>>,
+    pub max_concurrent_calls: Option<Spanned<u32>>,
+    pub max_calls_per_second: Option<Spanned<u32>>,
+    pub drain_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logging {
-    pub level: Option<S<String>>,
-    pub format: Option<S<String>>,
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
 }
 
 /// `trunks/<name>.yaml`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trunk {
-    pub name: Option<S<String>>,
-    pub inbound: Option<S<Inbound>>,
-    pub outbound: Option<S<Outbound>>,
-    pub backup: Option<S<String>>,
-    pub media_encryption: Option<S<String>>,
+    pub name: Option<Spanned<String>>,
+    pub inbound: Option<Spanned<Inbound>>,
+    pub outbound: Option<Spanned<Outbound>>,
+    pub backup: Option<Spanned<String>>,
+    pub media_encryption: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Inbound {
     #[serde(default)]
-    pub numbers: Vec<S<String>>,
+    pub numbers: Vec<Spanned<String>>,
     #[serde(default)]
-    pub allowed_addresses: Vec<S<String>>,
+    pub allowed_addresses: Vec<Spanned<String>>,
     #[serde(default)]
-    pub allowed_numbers: Vec<S<String>>,
-    pub auth: Option<S<Auth>>,
-    pub include_headers: Option<S<String>>,
+    pub allowed_numbers: Vec<Spanned<String>>,
+    pub auth: Option<Spanned<Auth>>,
+    pub include_headers: Option<Spanned<String>>,
     #[serde(default)]
-    pub headers_to_attributes: BTreeMap<String, S<String>>,
+    pub headers_to_attributes: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
-    pub attributes_to_headers: BTreeMap<String, S<String>>,
+    pub attributes_to_headers: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outbound {
-    pub address: S<String>,
-    pub transport: Option<S<String>>,
-    pub from_number: Option<S<String>>,
-    pub auth: Option<S<Auth>>,
+    pub address: Spanned<String>,
+    pub transport: Option<Spanned<String>>,
+    pub from_number: Option<Spanned<String>>,
+    pub auth: Option<Spanned<Auth>>,
     #[serde(default)]
-    pub headers: BTreeMap<String, S<String>>,
-    pub register: Option<S<Register>>,
-    pub options_interval: Option<S<String>>,
-    pub early_media: Option<S<bool>>,
-    pub include_headers: Option<S<String>>,
+    pub headers: BTreeMap<String, Spanned<String>>,
+    pub register: Option<Spanned<Register>>,
+    pub options_interval: Option<Spanned<String>>,
+    pub early_media: Option<Spanned<bool>>,
+    pub include_headers: Option<Spanned<String>>,
     #[serde(default)]
-    pub headers_to_attributes: BTreeMap<String, S<String>>,
+    pub headers_to_attributes: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
-    pub attributes_to_headers: BTreeMap<String, S<String>>,
+    pub attributes_to_headers: BTreeMap<String, Spanned<String>>,
     /// PEM file of the CAs that sign the carrier's TLS certificate (default: system roots).
-    pub ca_file: Option<S<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
-    pub username: S<String>,
-    pub password: Option<S<String>>,
-    pub password_env: Option<S<String>>,
-    pub algorithms: Option<S<Vec<S<String>>>>,
+    pub username: Spanned<String>,
+    pub password: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
-    pub expires: Option<S<String>>,
-    pub user: Option<S<String>>,
+    pub expires: Option<Spanned<String>>,
+    pub user: Option<Spanned<String>>,
 }
 
 /// `dialplans/<name>.yaml`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dialplan {
-    pub rules: Vec<S<Rule>>,
+    pub rules: Vec<Spanned<Rule>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    pub name: S<String>,
+    pub name: Spanned<String>,
     #[serde(rename = "match")]
-    pub matcher: Option<S<Match>>,
-    pub room: Option<S<String>>,
-    pub reject: Option<S<Reject>>,
-    pub pin: Option<S<String>>,
-    pub participant: Option<S<Participant>>,
+    pub matcher: Option<Spanned<Match>>,
+    pub room: Option<Spanned<String>>,
+    pub reject: Option<Spanned<Reject>>,
+    pub pin: Option<Spanned<String>>,
+    pub participant: Option<Spanned<Participant>>,
     #[serde(default)]
-    pub agents: Vec<S<Agent>>,
-    pub answer: Option<S<String>>,
-    pub ringing_timeout: Option<S<String>>,
-    pub early_media: Option<S<bool>>,
-    pub hide_phone_number: Option<S<bool>>,
+    pub agents: Vec<Spanned<Agent>>,
+    pub answer: Option<Spanned<String>>,
+    pub ringing_timeout: Option<Spanned<String>>,
+    pub early_media: Option<Spanned<bool>>,
+    pub hide_phone_number: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     #[serde(default)]
-    pub trunks: Vec<S<String>>,
-    pub called: Option<S<String>>,
-    pub caller: Option<S<String>>,
+    pub trunks: Vec<Spanned<String>>,
+    pub called: Option<Spanned<String>>,
+    pub caller: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reject {
-    pub status: S<u16>,
-    pub reason: Option<S<String>>,
+    pub status: Spanned<u16>,
+    pub reason: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Participant {
-    pub identity: Option<S<String>>,
-    pub name: Option<S<String>>,
-    pub metadata: Option<S<String>>,
+    pub identity: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub metadata: Option<Spanned<String>>,
     #[serde(default)]
-    pub attributes: BTreeMap<String, S<String>>,
+    pub attributes: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Agent {
-    pub name: S<String>,
-    pub metadata: Option<S<String>>,
+    pub name: Spanned<String>,
+    pub metadata: Option<Spanned<String>>,
 }

@@ -6,6 +6,7 @@ use regex::Regex;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
+use tracing_subscriber::EnvFilter;
 
 /// A secret (password, API secret): never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -548,6 +549,27 @@ pub fn check_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a log filter such as `info` or `info,roomline::sip=debug` (`logging.level`,
+/// `LOG_LEVEL`).
+pub fn parse_log_filter(s: &str) -> Result<EnvFilter, String> {
+    if s.trim().is_empty() {
+        return Err("invalid log level \"\": expected error, warn, info, debug or trace".into());
+    }
+    let expected = "expected error, warn, info, debug, trace or off, optionally with per-module directives such as info,roomline::sip=debug";
+    // A bare word that is not a level would silently mean "that target at trace level".
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "invalid log level {s:?}: {d:?} is not a level; {expected}"
+            ));
+        }
+    }
+    EnvFilter::builder()
+        .parse(s)
+        .map_err(|e| format!("invalid log level {s:?}: {e}; {expected}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,5 +718,13 @@ mod tests {
         assert!(check_name("has space").is_err());
         assert!(check_name("").is_err());
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn log_filters() {
+        assert!(parse_log_filter("info").is_ok());
+        assert!(parse_log_filter("warn,roomline::sip=debug").is_ok());
+        assert!(parse_log_filter("loud").is_err());
+        assert!(parse_log_filter("").is_err());
     }
 }

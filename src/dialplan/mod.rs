@@ -1,13 +1,16 @@
-//! Call routing, a pure function: (configuration, call summary) -> decision. First matching
-//! rule wins, files in name order and rules in file order (the order `Config::rules`
-//! keeps). No rule: 404. Rendering fills the room and participant templates (with only
-//! the last digits of the caller's number under `hide_phone_number`); the call adds the
-//! `sip.*` attributes (`call::attributes`).
+//! Call routing, pure functions of the configuration and the call. `trunk_match` finds the
+//! trunk an inbound call came through; `route` then picks its rule: (configuration, call
+//! summary) -> decision. First matching rule wins, files in name order and rules in file
+//! order (the order `Config::rules` keeps). No rule: 404. Rendering fills the room and
+//! participant templates (with only the last digits of the caller's number under
+//! `hide_phone_number`); the call adds the `sip.*` attributes (`call::attributes`).
 
-use crate::call::attributes::{hidden_identity, masked_number};
 use crate::config::defaults::RULE_IDENTITY;
 use crate::config::{AgentDispatch, AnswerMode, Config, Rule, RuleAction, TemplateValues};
+use sha2::{Digest, Sha256};
 use std::time::Duration;
+
+pub mod trunk_match;
 
 /// What routing knows about an inbound call: the matched trunk, the called and caller
 /// numbers as received, the Call-ID, and random text for `{random}` (the caller supplies
@@ -114,6 +117,25 @@ pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
             }))
         }
     }
+}
+
+/// The identity of a caller whose number is hidden: `sip_` and 16 hex digits of
+/// SHA-256 of the number (LiveKit's form), the same for every call from that number.
+pub fn hidden_identity(number: &str) -> String {
+    let h = Sha256::digest(number.as_bytes());
+    let mut s = String::from("sip_");
+    for b in &h[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// What is left of a hidden number: its last 4 characters (the last 1 when it has 4 or
+/// fewer), as LiveKit shows it in the participant name.
+pub fn masked_number(number: &str) -> String {
+    let chars: Vec<char> = number.chars().collect();
+    let keep = if chars.len() <= 4 { 1 } else { 4 };
+    chars[chars.len().saturating_sub(keep)..].iter().collect()
 }
 
 #[cfg(test)]

@@ -1596,6 +1596,10 @@ fn leave_end(leave: &proto::LeaveRequest) -> End {
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "wall clock for a Unix time; crate::clock::unix_millis is the shared reader"
+)]
 fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

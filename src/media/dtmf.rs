@@ -12,6 +12,8 @@ use super::rtp::{RtpPacket, SeqNo, Ssrc};
 pub const TELEPHONE_EVENT_CLOCK_RATE: u32 = 8000;
 /// Length of one event in the payload (RFC 4733 section 2.3).
 pub const TELEPHONE_EVENT_LEN: usize = 4;
+/// Finished key presses a `DtmfReceiver` holds for its owner at most.
+pub const MAX_QUEUED_EVENTS: usize = 32;
 
 /// A DTMF key: RFC 4733 section 3.2 assigns event codes 0-9 to the digits, 10 to `*`,
 /// 11 to `#` and 12-15 to A-D. Test: `event_codes_map_to_digits`.
@@ -314,13 +316,19 @@ impl DtmfReceiver {
         let samples = a.previous_segments + u64::from(a.segment_duration);
         let rate = u64::from(self.config.clock_rate.max(1));
         match DtmfDigit::from_event_code(a.code) {
-            Some(digit) => self.events.push_back(DtmfEvent {
-                digit,
-                rtp_timestamp: a.start_ts,
-                duration: Duration::from_micros(samples * 1_000_000 / rate),
-                volume: a.volume,
-                ended_by,
-            }),
+            Some(digit) => {
+                // bounded for an owner that does not drain: the oldest press goes
+                if self.events.len() >= MAX_QUEUED_EVENTS {
+                    self.events.pop_front();
+                }
+                self.events.push_back(DtmfEvent {
+                    digit,
+                    rtp_timestamp: a.start_ts,
+                    duration: Duration::from_micros(samples * 1_000_000 / rate),
+                    volume: a.volume,
+                    ended_by,
+                });
+            }
             None => self.non_dtmf_events += 1,
         }
     }
@@ -556,6 +564,28 @@ mod tests {
         assert_eq!(
             rx.handle_packet(Instant::now(), &p),
             Err(DtmfError::Truncated(2))
+        );
+    }
+
+    #[test]
+    fn receiver_holds_the_newest_presses_for_an_owner_that_does_not_drain() {
+        let t0 = Instant::now();
+        let mut rx = DtmfReceiver::new(DtmfReceiverConfig::default());
+        let presses = MAX_QUEUED_EVENTS as u32 + 8;
+        for k in 0..presses {
+            let code = (k % 10) as u8;
+            feed(
+                &mut rx,
+                t0,
+                u64::from(k) * 200,
+                &press(1000 + k * 1600, code, 5),
+            );
+        }
+        let events = drain(&mut rx);
+        assert_eq!(events.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(
+            events.last().map(|e| e.rtp_timestamp),
+            Some(1000 + (presses - 1) * 1600)
         );
     }
 

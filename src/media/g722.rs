@@ -3,7 +3,7 @@
 //! spandsp implementation of the ITU-T algorithm (test `g722_interop_with_spandsp`), except
 //! that decoder output on overload saturates where spandsp 0.0.6 wraps.
 //!
-//! Written here rather than taken from the `audio-codec` crate the design names: its
+//! Written here rather than taken from the `audio-codec` crate (the obvious candidate): its
 //! 0.4.13 G.722 starts the decoder's scale factors at 0 and the encoder's at 4x the
 //! ITU-T initial values (DETL = 32, DETH = 8), so its streams differ from the reference
 //! at the start of every call, and its 8 kHz mode has an operator-precedence bug.

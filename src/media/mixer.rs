@@ -14,9 +14,14 @@
 //! - Summing is in 32 bits followed by a soft limiter: samples below
 //!   `LIMITER_THRESHOLD` pass unchanged, louder ones are compressed smoothly (tanh knee)
 //!   toward full scale, so the sum never wraps or hard-clips.
+//! - At most `MAX_TRACKS` inputs: a room with more audio tracks has the later ones
+//!   refused until an input goes, so no room can grow a call's memory without bound.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// Inputs mixed at most (a caller cannot follow more talkers at once anyway).
+pub const MAX_TRACKS: usize = 16;
 
 /// Sums at or below this magnitude pass the limiter unchanged (about -2.5 dBFS).
 pub const LIMITER_THRESHOLD: i32 = 24_576;
@@ -72,6 +77,8 @@ pub struct MixerStats {
     pub skipped_frames: u64,
     /// Output samples the limiter compressed.
     pub limited_samples: u64,
+    /// Tracks refused because `MAX_TRACKS` inputs were there.
+    pub refused_tracks: u64,
 }
 
 /// What one mixed frame was made of.
@@ -88,6 +95,8 @@ pub struct MixInfo {
 pub enum MixerError {
     #[error("no mixer input for track {0}")]
     UnknownTrack(String),
+    #[error("the mixer has {MAX_TRACKS} inputs already")]
+    TooManyTracks,
 }
 
 #[derive(Debug)]
@@ -144,10 +153,20 @@ impl Mixer {
         self.frame_samples
     }
 
-    /// Adds an input for `track`, published by `owner`. Re-adding a track resets it.
-    pub fn add_track(&mut self, track: impl Into<String>, owner: impl Into<String>) {
+    /// Adds an input for `track`, published by `owner`. Re-adding a track resets it. A new
+    /// track is refused while `MAX_TRACKS` inputs are there.
+    pub fn add_track(
+        &mut self,
+        track: impl Into<String>,
+        owner: impl Into<String>,
+    ) -> Result<(), MixerError> {
+        let track = track.into();
+        if self.inputs.len() >= MAX_TRACKS && !self.inputs.contains_key(&track) {
+            self.stats.refused_tracks += 1;
+            return Err(MixerError::TooManyTracks);
+        }
         self.inputs.insert(
-            track.into(),
+            track,
             Input {
                 owner: owner.into(),
                 queue: VecDeque::with_capacity(self.max_queue_samples),
@@ -155,6 +174,7 @@ impl Mixer {
                 stats: InputStats::default(),
             },
         );
+        Ok(())
     }
 
     /// Removes the input for `track`; its queued audio is dropped.
@@ -354,10 +374,10 @@ mod tests {
     fn mixer_three_tones_mixed_caller_excluded() {
         let rate = 8000;
         let mut b = Bench::new(rate, "sip_caller");
-        b.mixer.add_track("TR_a", "alice");
-        b.mixer.add_track("TR_b", "bob");
-        b.mixer.add_track("TR_c", "carol");
-        b.mixer.add_track("TR_self", "sip_caller");
+        b.mixer.add_track("TR_a", "alice").unwrap();
+        b.mixer.add_track("TR_b", "bob").unwrap();
+        b.mixer.add_track("TR_c", "carol").unwrap();
+        b.mixer.add_track("TR_self", "sip_caller").unwrap();
         let tones = [
             ("TR_a", 400.0),
             ("TR_b", 700.0),
@@ -398,8 +418,8 @@ mod tests {
     fn mixer_starved_input_is_muted_without_stalling() {
         let rate = 8000;
         let mut b = Bench::new(rate, "me");
-        b.mixer.add_track("A", "alice");
-        b.mixer.add_track("B", "bob");
+        b.mixer.add_track("A", "alice").unwrap();
+        b.mixer.add_track("B", "bob").unwrap();
         let a = sine(500.0, 0.3, rate, 160 * 100, 0.0);
         let bb = sine(900.0, 0.3, rate, 160 * 100, 0.0);
         for k in 0..100 {
@@ -430,7 +450,7 @@ mod tests {
         // Audio arriving 40 ms at a time every other tick fits the 40 ms prefill.
         let rate = 16_000;
         let mut b = Bench::new(rate, "me");
-        b.mixer.add_track("A", "alice");
+        b.mixer.add_track("A", "alice").unwrap();
         let a = sine(1000.0, 0.3, rate, 320 * 200, 0.0);
         for k in 0..200 {
             if k % 2 == 0 {
@@ -448,7 +468,7 @@ mod tests {
     fn mixer_overflow_drops_oldest_and_catch_up_is_bounded() {
         let t0 = Instant::now();
         let mut m = Mixer::new(MixerConfig::default(), "me", t0);
-        m.add_track("A", "alice");
+        m.add_track("A", "alice").unwrap();
         let ramp: Vec<i16> = (0..4000).map(|i| i as i16).collect();
         m.push("A", &ramp).unwrap();
         assert_eq!(m.queued("A"), Some(1600), "200 ms at 8 kHz");
@@ -500,7 +520,7 @@ mod tests {
         let tone = sine(250.0, 1.0, 8000, 640, 0.0);
         for k in 0..4 {
             let track = format!("T{k}");
-            m.add_track(track.clone(), format!("p{k}"));
+            m.add_track(track.clone(), format!("p{k}")).unwrap();
             m.push(&track, &tone).unwrap();
         }
         let mut out = [0i16; 160];
@@ -511,5 +531,25 @@ mod tests {
             assert_eq!(o.signum(), t.signum());
             assert!(o.unsigned_abs() >= t.unsigned_abs().min(LIMITER_THRESHOLD as u16));
         }
+    }
+
+    #[test]
+    fn mixer_refuses_tracks_beyond_the_limit_until_one_goes() {
+        let t0 = Instant::now();
+        let mut m = Mixer::new(MixerConfig::default(), "me", t0);
+        for k in 0..MAX_TRACKS {
+            m.add_track(format!("T{k}"), format!("p{k}")).unwrap();
+        }
+        assert_eq!(m.add_track("T_new", "late"), Err(MixerError::TooManyTracks));
+        assert_eq!(
+            m.push("T_new", &[0; 160]),
+            Err(MixerError::UnknownTrack("T_new".into()))
+        );
+        // re-adding one that is there still resets it
+        m.add_track("T0", "p0").unwrap();
+        assert_eq!(m.stats().refused_tracks, 1);
+        m.remove_track("T3");
+        m.add_track("T_new", "late").unwrap();
+        assert_eq!(m.tracks().count(), MAX_TRACKS);
     }
 }

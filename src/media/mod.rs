@@ -6,6 +6,7 @@
 //! - `rtcp`: RTCP SR/RR/SDES/BYE parse and build, reception stats, RTT, per-call stats.
 //! - `rtp`: RTP packet parse/serialize, `Ssrc`, `SeqNo`, sequence/timestamp unwrapping.
 //! - `srtp`: SRTP/SRTCP (RFC 3711, RFC 7714) protect/unprotect in place, per direction.
+//! - `sdes`: SDES (RFC 4568) `a=crypto` attributes: parse/format, our keys, offer/answer.
 //! - `g711`: PCMU/PCMA, bit-exact with ITU-T G.191.
 //! - `g722`: G.722 64 kbit/s SB-ADPCM, bit-exact with spandsp.
 //! - `dtmf`: RFC 4733 telephone-events: payload, digit mapping, receiver, sender.
@@ -29,6 +30,7 @@ pub mod plc;
 pub mod ports;
 pub mod rtcp;
 pub mod rtp;
+pub mod sdes;
 pub mod session;
 pub mod socket;
 pub mod srtp;

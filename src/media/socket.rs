@@ -11,13 +11,12 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
-
 use tokio::net::UdpSocket;
 
 use super::ports::{Exhausted, PortPair, PortPool};
 use super::rtp::is_rtcp;
 use super::session::Transmit;
+use crate::clock::now;
 
 /// The one structure calls share: the RTP port pool.
 pub type SharedPortPool = Arc<Mutex<PortPool>>;
@@ -29,10 +28,6 @@ fn lock(pool: &Mutex<PortPool>) -> MutexGuard<'_, PortPool> {
     // The pool's methods do not panic while it is locked, so a poisoned lock holds
     // consistent state; a port must be released even then.
     pool.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// A port pair taken from the pool, released (with the pool's drain period) on drop.
@@ -78,7 +73,7 @@ impl Drop for PortGuard {
 
 /// A datagram `RtpSockets::recv` wrote into the buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
+pub struct Datagram {
     /// Came on the RTCP socket, or is RTCP on the RTP socket (rtcp-mux, `rtp::is_rtcp`).
     pub rtcp: bool,
     pub from: SocketAddr,
@@ -120,7 +115,7 @@ impl RtpSockets {
 
     /// The next datagram on either socket. Cancel-safe: nothing is lost when another
     /// `select!` branch wins.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<Datagram> {
         loop {
             let on_rtcp = tokio::select! {
                 r = self.rtp.readable() => { r?; false }
@@ -129,7 +124,7 @@ impl RtpSockets {
             let socket = if on_rtcp { &self.rtcp } else { &self.rtp };
             match socket.try_recv_from(buf) {
                 Ok((len, from)) => {
-                    return Ok(Received {
+                    return Ok(Datagram {
                         rtcp: on_rtcp || is_rtcp(&buf[..len]),
                         from,
                         len,
@@ -220,7 +215,7 @@ mod tests {
     use crate::media::session::{MediaStats, PhoneMedia, PhoneMediaConfig};
     use crate::media::test_signal::{dominant_frequency, sine};
     use std::net::Ipv4Addr;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     /// Runs one leg for `length`: sends `tone` as a room track, returns what it heard.
     async fn run_leg(
@@ -231,14 +226,14 @@ mod tests {
     ) -> (Vec<i16>, MediaStats) {
         let start = tokio::time::Instant::now();
         let end = start + length;
-        let mut media = PhoneMedia::new(config, start.into_std(), SystemTime::now());
+        let mut media = PhoneMedia::new(config, start.into_std(), crate::clock::wall());
         let n = media.frame_samples();
         let pcm = sine(tone, 0.3, 8000, 8000 * 3, 0.0);
         let mut pos = 0;
         let mut heard = Vec::new();
         let mut buf = vec![0u8; 2048];
         loop {
-            let now = now();
+            let now = crate::clock::now();
             while let Some(t) = media.poll_transmit(now) {
                 sockets.try_send(&t).expect("send on loopback");
                 media.recycle(t.bytes);
@@ -257,20 +252,20 @@ mod tests {
             tokio::select! {
                 r = sockets.recv(&mut buf) => {
                     let r = r.expect("receive on loopback");
-                    let now = super::now();
+                    let now = crate::clock::now();
                     if r.rtcp {
                         media.handle_rtcp(now, r.from, &buf[..r.len]);
                     } else {
                         media.handle_rtp(now, r.from, &buf[..r.len]);
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => media.handle_timeout(super::now()),
+                () = tokio::time::sleep_until(deadline) => media.handle_timeout(crate::clock::now()),
             }
         }
         (heard, media.stats())
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn two_legs_exchange_tones_over_real_sockets_and_ports_return_to_the_pool() {
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         // A small range where the OS just found a free port; the probe stays bound, so

@@ -27,8 +27,8 @@ use super::transport::{Flow, Received, Transports};
 use super::uri::{self, NameAddr, Uri, UriError, Via};
 use crate::config::defaults;
 use crate::config::{Config, DigestAlgorithm, Transport, UnmatchedInbound};
+use crate::dialplan::trunk_match::{self as matching, InboundMatch};
 use crate::ops::metrics as m;
-use crate::trunk::matching::{self, InboundMatch};
 
 /// Methods Roomline implements (the Allow header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
@@ -416,6 +416,10 @@ pub struct Endpoint {
     last_sweep: Instant,
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "wall clock for a Unix time; crate::clock::unix_secs is the shared reader"
+)]
 fn unix_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

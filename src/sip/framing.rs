@@ -2,7 +2,8 @@
 //! the owner of a connection pushes bytes as they arrive and takes out, in order, whole
 //! messages (head and body exactly as Content-Length delimits them) and RFC 5626 keep-alive
 //! pings (a CRLFCRLF between messages, which the owner answers with a single CRLF pong).
-//! Lone CRLFs between messages are skipped (RFC 3261 section 7.5).
+//! Lone CRLFs between messages are skipped (RFC 3261 section 7.5). On UDP the same ping
+//! arrives as a datagram of its own (`is_datagram_keepalive`), which is no message at all.
 //!
 //! The framer only finds message boundaries: it reads nothing in the head but
 //! Content-Length, and `message::parse` checks the rest. It never holds more than
@@ -21,6 +22,14 @@ const CRLFCRLF: &[u8] = b"\r\n\r\n";
 
 /// At most this much of a bad Content-Length value is quoted in a reason.
 const QUOTE_MAX: usize = 24;
+
+/// Whether a UDP datagram is a keep-alive rather than a message: nothing but CRs and LFs,
+/// such as the CRLFCRLF that phones (linphone, every 30 s) send over UDP as they would on a
+/// stream (RFC 5626 section 3.5.1). The owner drops it without an answer (RFC 5626 defines
+/// no pong on UDP) and without counting it as an invalid message.
+pub fn is_datagram_keepalive(datagram: &[u8]) -> bool {
+    !datagram.is_empty() && datagram.iter().all(|b| matches!(b, b'\r' | b'\n'))
+}
 
 /// One unit of a SIP stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -647,6 +656,23 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_datagram_of_crlfs_is_a_keepalive_and_nothing_else_is() {
+        for k in ["\r\n\r\n", "\r\n", "\n", "\r\n\r\n\r\n\r\n"] {
+            assert!(is_datagram_keepalive(k.as_bytes()), "{k:?}");
+        }
+        for not in [
+            "",
+            " \r\n",
+            "\r\n\r\n\0",
+            "\0\0\0\0",
+            OPTIONS,
+            "\r\n\r\nOPTIONS",
+        ] {
+            assert!(!is_datagram_keepalive(not.as_bytes()), "{not:?}");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The SIP side of the bridge, our own stack on our own strict parser. Sans-IO cores:
 //! `message` (receive-side syntax checks), `uri` (typed header values), `build`
 //! (outgoing messages), `body` (SDP in multipart, INFO DTMF), `digest` (auth),
-//! `sdp` (offer/answer), `sdes` (SRTP keys in SDP, RFC 4568), `dialog` (RFC 3261
+//! `sdp` (offer/answer; SRTP keys in SDP are `media::sdes`), `dialog` (RFC 3261
 //! section 12), `transaction` (section 17 state machines and timers), `framing` (stream
 //! framing). The async shell: `transport` (UDP, TCP, TLS sockets; `tls` holds their
 //! reloadable rustls configurations) and `endpoint` (the task that checks, answers and
@@ -14,7 +14,6 @@ pub mod digest;
 pub mod endpoint;
 pub mod framing;
 pub mod message;
-pub mod sdes;
 pub mod sdp;
 pub mod tls;
 pub mod transaction;

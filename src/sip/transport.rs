@@ -2,6 +2,8 @@
 //! with stream framing (`sip::framing`, 64 KiB per message), and outbound TCP/TLS
 //! connections. Every received message reaches the endpoint over one bounded channel
 //! together with its [`Flow`], the way back to its sender. Nothing here parses SIP.
+//! Keep-alives stop here: a CRLFCRLF ping on a stream gets its CRLF pong, a datagram of
+//! CRLFs is dropped (RFC 5626 section 3.5.1).
 //!
 //! Bounds: the endpoint channel is bounded (a full channel drops datagrams and pauses
 //! stream readers), connections are capped, a stream that sends no complete message within
@@ -18,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-use super::framing::{Frame, StreamFramer};
+use super::framing::{Frame, StreamFramer, is_datagram_keepalive};
 use super::tls::{self, ClientTls, ServerTls};
 use crate::config::{Listener, Transport};
 use crate::ops::metrics as m;
@@ -429,6 +431,11 @@ async fn udp_reader(sock: Arc<UdpSocket>, local: SocketAddr, shared: Arc<Shared>
             },
             _ = stopped(&mut stop) => return,
         };
+        if is_datagram_keepalive(&buf[..n]) {
+            // RFC 5626 section 3.5.1's CRLFCRLF, sent over UDP: no message, no answer
+            tracing::trace!(%local, remote = %from, "UDP keep-alive");
+            continue;
+        }
         let flow = Flow {
             transport: Transport::Udp,
             local,

@@ -4,18 +4,15 @@
 //! for as long as the exchange lasts.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock::now;
 use crate::config::{Transport, Trunk};
 use crate::sip::build::{self, Outgoing};
 use crate::sip::digest::{self, Challenge};
 use crate::sip::endpoint::{EndpointHandle, Incoming, SipEvent};
 use crate::sip::transaction::{ClientNonInvite, Output, Timers};
 use crate::sip::transport::Flow;
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
 
 /// Where a trunk's outbound side is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -65,12 +65,6 @@ pub struct TrunkState {
 }
 
 pub type States = HashMap<String, TrunkState>;
-
-fn unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 enum Report {
     Health(String, Health),
@@ -285,11 +279,11 @@ async fn ping_loop(
         .and_then(|o| o.auth.as_ref())
         .map(|a| (a.username.clone(), a.password.expose().to_string()));
     loop {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now();
         let health = match addr.flow(&ep).await {
             Err(e) => Health::Down {
                 reason: e,
-                at_unix: unix(),
+                at_unix: crate::clock::unix_secs(),
             },
             Ok(flow) => {
                 let local = ep.advertised(&flow);
@@ -312,16 +306,16 @@ async fn ping_loop(
                     Ok(r) if r.status() < 500 && r.status() != 408 => Health::Up {
                         status: r.status(),
                         rtt_ms: t0.elapsed().as_secs_f64() * 1e3,
-                        at_unix: unix(),
+                        at_unix: crate::clock::unix_secs(),
                     },
                     Ok(r) => Health::Down {
                         reason: format!("answered {}", r.status()),
-                        at_unix: unix(),
+                        at_unix: crate::clock::unix_secs(),
                     },
                     Err(ExchangeError::Shutdown) => return,
                     Err(e) => Health::Down {
                         reason: e.to_string(),
-                        at_unix: unix(),
+                        at_unix: crate::clock::unix_secs(),
                     },
                 }
             }
@@ -421,7 +415,7 @@ async fn register_loop(
                 tracing::info!(trunk = %trunk.name, expires_s = granted, "registered");
                 say(Registration::Registered {
                     expires_s: granted,
-                    at_unix: unix(),
+                    at_unix: crate::clock::unix_secs(),
                 })
                 .await;
                 registered_flow = Some(flow);
@@ -441,7 +435,7 @@ async fn register_loop(
                 say(Registration::Failed {
                     reason,
                     retry_in_s: wait.as_secs(),
-                    at_unix: unix(),
+                    at_unix: crate::clock::unix_secs(),
                 })
                 .await;
                 registered_flow = None;

@@ -38,6 +38,35 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A base port P for sipp's `-mp`, with P..=P+3 free on 127.0.0.1 and none handed out
+/// before in this process. sipp binds its audio socket on P and its video socket on P+2,
+/// and exits at once ("Unable to bind video RTP socket") when either is taken, so the
+/// phone never calls: `free_port` checks P alone, and P+2 may belong to anything on the
+/// machine.
+pub fn free_media_port() -> u16 {
+    let mut used = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let base = u.local_addr().unwrap().port();
+        drop(u);
+        let Some(ports) = (0..4)
+            .map(|i| base.checked_add(i))
+            .collect::<Option<Vec<u16>>>()
+        else {
+            continue;
+        };
+        let free = ports.iter().all(|&p| {
+            !used.contains(&p)
+                && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && TcpListener::bind(("127.0.0.1", p)).is_ok()
+        });
+        if free {
+            used.extend(ports);
+            return base;
+        }
+    }
+}
+
 fn rtp_range() -> (u16, u16) {
     let slot = NEXT_RTP.fetch_add(1, Ordering::Relaxed) % 60;
     // spread test binaries over the slots too (they may overlap in time on CI retries)
@@ -694,6 +723,29 @@ impl RtpPeer {
         self.received.lock().unwrap().clone()
     }
 
+    /// Waits until what this socket received satisfies `done`; returns it. Panics with
+    /// `what` after `within`.
+    pub fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[Rtp]) -> bool,
+    ) -> Vec<Rtp> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if done(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not within {within:?} ({} packets received)",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends one datagram from this socket (the address the daemon latches to).
     pub fn send_to(&self, to: SocketAddr, datagram: &[u8]) {
         let _ = self.sock.send_to(datagram, to);
@@ -736,6 +788,79 @@ impl Drop for RtpPeer {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
+    }
+}
+
+/// One G.711 mu-law octet as linear PCM (ITU-T G.711, written out here so the tests do
+/// not lean on Roomline's own codec).
+pub fn ulaw_to_linear(octet: u8) -> i16 {
+    let u = !octet;
+    let exponent = (u >> 4) & 0x07;
+    let magnitude = ((i16::from(u & 0x0f) << 3) + 0x84) << exponent;
+    let sample = magnitude - 0x84;
+    if u & 0x80 != 0 { -sample } else { sample }
+}
+
+/// Whether a PCMU payload is silence (below about -50 dBFS throughout).
+pub fn ulaw_is_silent(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .all(|&o| ulaw_to_linear(o).unsigned_abs() < 100)
+}
+
+/// Whether a PCMU stream (payload type `pt`) carried sound and has since carried at least
+/// `after` packets of silence: what a phone got from a room whose tone has ended.
+pub fn ulaw_sound_then_silence(pkts: &[Rtp], pt: u8, after: usize) -> bool {
+    let audio: Vec<&Rtp> = pkts.iter().filter(|p| p.pt == pt).collect();
+    audio
+        .iter()
+        .rposition(|p| !ulaw_is_silent(&p.payload))
+        .is_some_and(|last| audio.len() - 1 - last >= after)
+}
+
+/// The bytes queued for reading on each UDP socket bound to local `port` (any address),
+/// from /proc/net/udp and /proc/net/udp6.
+pub fn udp_rx_queues(port: u16) -> Vec<u64> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(queues)) = (f.get(1), f.get(4)) else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let rx = queues
+                .split(':')
+                .nth(1)
+                .and_then(|q| u64::from_str_radix(q, 16).ok());
+            if let (Some(lp), Some(rx)) = (local_port, rx)
+                && lp == port
+            {
+                out.push(rx);
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the process owning UDP `port` has read every datagram queued for it (the
+/// daemon has taken in all the RTP a test sent); panics after `within`.
+pub fn wait_udp_read(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let queues = udp_rx_queues(port);
+        if !queues.is_empty() && queues.iter().all(|q| *q == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "UDP port {port} still has {queues:?} bytes queued (or no socket) after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -24,20 +24,37 @@ REPORTS/<room>.json.
   agent_worker.py --url ws://127.0.0.1:7880 --api-key K --api-secret S \
       --agent-name roomline-test-agent --reports DIR
 
-stdout: {"registered": "<worker id>"} once registered. Logs go to stderr. Stops on
-SIGTERM/SIGINT.
+stdout: {"registered": "<worker id>"} once registered. Logs go to stderr, each line with
+the PID of the process that wrote it (the worker or a job's process; a job logs its room
+and PID when it starts). Stops on SIGTERM/SIGINT.
+
+Each job runs in a process of its own (JobExecutorType.PROCESS, the framework's default on
+Linux and what operators run), never in a thread of the worker: livekit 1.1.21, which
+livekit-agents 1.8.9 pins, creates its process-wide FFI client lazily without a lock, so
+two jobs that first touch it at the same moment in one process each build a client and
+the events of one of them go to the other's queue, which nobody reads (the room's
+ConnectCallback is lost, the FFI panics with "timed out waiting for
+ReadyForRoomEventRequest"; or the room's events are lost). livekit 1.2.1 takes a lock
+there. Warm processes, one per job the tests run at once, are ready before the worker
+registers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import logging
 import os
 import sys
 import time
 import warnings
 from typing import Any
+
+# the test server's key is short; at module level so that job processes (which import this
+# module to find the entrypoint) have the filter too
+warnings.filterwarnings("ignore", message=".*HMAC key.*")
 
 
 def write_report(reports: str, room: str, report: dict[str, Any]) -> None:
@@ -67,7 +84,9 @@ async def play_tone(ctx: Any, hz: float, seconds: float) -> float:
     return seconds
 
 
-async def entrypoint(ctx: Any, reports: str) -> None:
+async def entrypoint(reports: str, ctx: Any) -> None:
+    """The job. Module level (bound to `reports` with functools.partial): the worker hands
+    it to the job's process by pickling."""
     from google.protobuf import json_format
     from livekit import api, rtc
     from livekit.agents import AutoSubscribe
@@ -80,16 +99,25 @@ async def entrypoint(ctx: Any, reports: str) -> None:
         "job_id": ctx.job.id,
         "agent_name": ctx.job.agent_name,
         "mode": meta.get("mode", "inbound"),
+        "pid": os.getpid(),
         "dtmf": "",
         "errors": [],
     }
     started = time.monotonic()
+    logging.getLogger("agent_worker").info("job %s for room %s in process %d", ctx.job.id,
+                                           room_name, os.getpid())
 
     def note(k: str, v: Any) -> None:
         report[k] = v
         write_report(reports, room_name, report)
 
+    def stage(what: str) -> None:
+        """Where the job is: a failed job's report says where it stopped."""
+        report["stage"] = what
+        note("stage_at_s", round(time.monotonic() - started, 3))
+
     try:
+        stage("connecting to the room")
         await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
         dtmf_event = asyncio.Event()
         expect = meta.get("expect_dtmf", "")
@@ -101,6 +129,7 @@ async def entrypoint(ctx: Any, reports: str) -> None:
                 dtmf_event.set()
 
         if report["mode"] == "outbound":
+            stage("placing the call (CreateSIPParticipant)")
             req_json = dict(meta["request"])
             req_json["room_name"] = room_name
             req = json_format.ParseDict(req_json, CreateSIPParticipantRequest())
@@ -112,11 +141,13 @@ async def entrypoint(ctx: Any, reports: str) -> None:
             finally:
                 await lk.aclose()
 
+        stage("waiting for the SIP participant")
         p = await asyncio.wait_for(
             ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP), 30)
         # publish at once: a rule answering on the first track answers now
         tone = asyncio.ensure_future(play_tone(ctx, float(meta.get("tone_hz", 440)),
                                                float(meta.get("tone_seconds", 6))))
+        stage("waiting for sip.callStatus active")
         deadline = time.monotonic() + 30
         while p.attributes.get("sip.callStatus") != "active":
             if time.monotonic() > deadline:
@@ -129,16 +160,20 @@ async def entrypoint(ctx: Any, reports: str) -> None:
             "attributes": dict(p.attributes),
         }
         note("active_after_s", round(time.monotonic() - started, 3))
+        stage("playing the tone")
         note("tone_sent_s", await tone)
         if expect:
+            stage(f"waiting for DTMF {expect!r}")
             try:
                 await asyncio.wait_for(dtmf_event.wait(), float(meta.get("dtmf_timeout", 15)))
             except asyncio.TimeoutError:
                 report["errors"].append(f"DTMF {expect!r} not received (got {report['dtmf']!r})")
         # hang up the way agents do: remove the SIP participant
+        stage("removing the SIP participant")
         await ctx.api.room.remove_participant(
             api.RoomParticipantIdentity(room=room_name, identity=p.identity))
         note("removed", True)
+        stage("done")
     except BaseException as e:  # the report says what went wrong (also a cancelled job)
         report["errors"].append(f"{type(e).__name__}: {e}")
         report["elapsed_s"] = round(time.monotonic() - started, 3)
@@ -158,33 +193,31 @@ def main() -> int:
     p.add_argument("--agent-name", required=True)
     p.add_argument("--reports", required=True)
     args = p.parse_args()
-    warnings.filterwarnings("ignore", message=".*HMAC key.*")
-    import logging
-
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
     os.environ["LIVEKIT_URL"] = args.url
     os.environ["LIVEKIT_API_KEY"] = args.api_key
     os.environ["LIVEKIT_API_SECRET"] = args.api_secret
+    # no VAD or end-of-turn model in these jobs: do not load them (~250 MB) into the
+    # process that job processes fork from
+    os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
-    from livekit.agents import AgentServer, JobContext, JobExecutorType
+    from livekit.agents import AgentServer, JobExecutorType
 
     server = AgentServer(
         ws_url=args.url,
         api_key=args.api_key,
         api_secret=args.api_secret,
-        job_executor_type=JobExecutorType.THREAD,
-        num_idle_processes=0,
+        # a process per job, never a thread: see the module's docstring
+        job_executor_type=JobExecutorType.PROCESS,
+        # one warm process per job the tests run at the same time (tests/agents.rs has two)
+        num_idle_processes=2,
         port=0,
         # livekit-server offers jobs only to workers below its target load (0.7); the
         # default load is the machine's CPU use, high on a shared test machine
         load_fnc=lambda: 0.0,
     )
-
-    async def session(ctx: JobContext) -> None:
-        await entrypoint(ctx, args.reports)
-
-    server.rtc_session(session, agent_name=args.agent_name)
+    server.rtc_session(functools.partial(entrypoint, args.reports), agent_name=args.agent_name)
 
     @server.on("worker_registered")
     def _registered(worker_id: str, _info: Any) -> None:

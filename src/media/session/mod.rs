@@ -31,24 +31,41 @@
 //!   and there is a remote address; incoming audio and DTMF are used only if it
 //!   `receives()`. RTCP flows whenever there is an address. The media timeout runs only
 //!   while `SendRecv` (the phone may well send nothing while it holds the call).
+//!
+//! Files: this one holds `PhoneMedia` (its inputs, outputs, schedules and playout);
+//! `config` (`PhoneMediaConfig`), `output` (datagrams, frames, events, counters), `latch`
+//! (symmetric RTP), `loss` (packets lost for the statistics), `send` (room -> phone: the
+//! send tick, RFC 4733 events, the transmit queue).
 
+mod config;
+mod latch;
+mod loss;
+mod output;
+mod send;
+
+pub use config::{PhoneMediaConfig, phone_codec};
+pub use output::{
+    MediaEvent, MediaStats, PhoneFrame, ReceiveStats, SendDtmfError, SendStats, Transmit,
+};
+
+use latch::{Latch, Offer, canonical, usable};
+use loss::LossCounter;
+use send::OutgoingEvent;
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::dtmf::{
-    DtmfDigit, DtmfReceiver, DtmfReceiverConfig, DtmfSendPacket, DtmfSenderConfig,
-    TELEPHONE_EVENT_CLOCK_RATE, dtmf_send_sequence,
+    DtmfDigit, DtmfReceiver, DtmfReceiverConfig, DtmfSenderConfig, TELEPHONE_EVENT_CLOCK_RATE,
 };
-use super::g711::G711;
 use super::g722::{G722_RTP_CLOCK_RATE, G722Encoder};
-use super::jitter::{JitterBuffer, JitterConfig, JitterStats, MAX_DROPOUT, MAX_MISORDER};
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats};
 use super::mixer::{Mixer, MixerConfig, MixerError};
 use super::plc::{DEFAULT_FADE_FRAMES, PhoneCodec, PlayoutDecoder};
 use super::rtcp::{NtpTime, RtcpSession};
-use super::rtp::{RtpPacket, SeqNo, SeqUnwrapper, Ssrc, is_rtcp};
-use super::timeout::{MediaTimeout, MediaTimeoutConfig, MediaTimeoutReason};
-use crate::sip::sdp::{Codec, Direction, Negotiated};
+use super::rtp::{RtpPacket, SeqNo, Ssrc, is_rtcp};
+use super::timeout::{MediaTimeout, MediaTimeoutReason};
+use crate::sip::sdp::Direction;
 
 pub use super::plc::FrameKind;
 
@@ -66,8 +83,6 @@ pub const MAX_CATCH_UP: u32 = 5;
 pub const RELATCH_PACKETS: u32 = 5;
 /// How long the latched source must have been silent for a new one to take over.
 pub const RELATCH_QUIET: Duration = Duration::from_millis(100);
-/// A candidate source whose packets are further apart than this starts counting again.
-const CANDIDATE_GAP: Duration = Duration::from_millis(500);
 /// Packets of a new size needed before the receive packetization changes mid-stream.
 const PTIME_CONFIRM_PACKETS: u32 = 3;
 /// Frames toward the room held for an owner that does not drain them.
@@ -76,6 +91,8 @@ const MAX_READY_FRAMES: usize = 10;
 const MAX_POPS_PER_TICK: usize = 8;
 /// Datagrams held for an owner that does not drain them.
 const MAX_QUEUED_TRANSMITS: usize = 64;
+/// Events held for an owner that does not drain them.
+const MAX_QUEUED_EVENTS: usize = 64;
 /// Spare datagram buffers kept for reuse.
 const MAX_SPARE_BUFFERS: usize = 8;
 /// Digits queued toward the phone at most.
@@ -85,263 +102,12 @@ pub const DTMF_INTER_DIGIT: Duration = Duration::from_millis(60);
 /// The default tone length of a digit sent to the phone.
 pub const DEFAULT_DTMF_DURATION: Duration = Duration::from_millis(100);
 
-/// How to run one phone leg. `from_negotiated` fills it from the SDP outcome; `latch` and
-/// the timeouts are the owner's (trunk configuration, private SDP address).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhoneMediaConfig {
-    pub codec: PhoneCodec,
-    /// The codec's negotiated payload type.
-    pub payload_type: u8,
-    /// The RFC 4733 telephone-event payload type, if negotiated.
-    pub dtmf_payload_type: Option<u8>,
-    /// The negotiated packetization (`a=ptime`). We send at it when it is 10-60 ms in
-    /// 10 ms steps, else at 20 ms; it is also the first guess of the phone's, which is
-    /// then read from the packets.
-    pub ptime: Duration,
-    /// Where RTP goes per SDP; `None` (or 0.0.0.0 or port 0): nothing is sent.
-    pub remote_rtp: Option<SocketAddr>,
-    /// Our direction (`Negotiated::direction`).
-    pub direction: Direction,
-    /// RTCP shares the RTP port (RFC 5761 section 4); otherwise it goes to the RTP port
-    /// + 1. Test: `rtcp_reports_go_to_port_plus_one_or_the_rtp_port_with_mux`.
-    pub rtcp_mux: bool,
-    /// Symmetric RTP: send where the phone's packets come from.
-    pub latch: bool,
-    pub timeouts: MediaTimeoutConfig,
-    /// Our SSRC, random from the owner. The initial sequence number and timestamp are
-    /// derived from it.
-    pub local_ssrc: Ssrc,
-    /// RTCP CNAME.
-    pub cname: String,
-    /// The caller's participant identity: room tracks it owns are never mixed.
-    pub local_identity: String,
-    /// Tone length of each digit from `send_dtmf`.
-    pub dtmf_duration: Duration,
-}
-
-impl PhoneMediaConfig {
-    /// Defaults: the codec's static payload type, no telephone-event, 20 ms, no remote,
-    /// `SendRecv`, no rtcp-mux, no latching, the default timeouts, a CNAME from the SSRC.
-    #[must_use]
-    pub fn new(codec: PhoneCodec, local_ssrc: Ssrc, local_identity: impl Into<String>) -> Self {
-        PhoneMediaConfig {
-            codec,
-            payload_type: codec.payload_type(),
-            dtmf_payload_type: None,
-            ptime: PHONE_FRAME,
-            remote_rtp: None,
-            direction: Direction::SendRecv,
-            rtcp_mux: false,
-            latch: false,
-            timeouts: MediaTimeoutConfig::default(),
-            local_ssrc,
-            cname: format!("roomline-{local_ssrc}"),
-            local_identity: local_identity.into(),
-            dtmf_duration: DEFAULT_DTMF_DURATION,
-        }
-    }
-
-    /// The configuration for what SDP negotiated (codec, payload types, ptime, remote
-    /// address, direction, rtcp-mux); latching off and default timeouts.
-    #[must_use]
-    pub fn from_negotiated(
-        negotiated: &Negotiated,
-        local_ssrc: Ssrc,
-        local_identity: impl Into<String>,
-    ) -> Self {
-        let mut config =
-            PhoneMediaConfig::new(phone_codec(negotiated.codec), local_ssrc, local_identity);
-        config.payload_type = negotiated.payload_type;
-        config.dtmf_payload_type = negotiated.dtmf_payload_type;
-        config.ptime = Duration::from_millis(u64::from(negotiated.ptime_ms));
-        config.remote_rtp = negotiated.remote_rtp;
-        config.direction = negotiated.direction;
-        config.rtcp_mux = negotiated.rtcp_mux;
-        config
-    }
-}
-
-/// The media codec for an SDP codec.
-#[must_use]
-pub fn phone_codec(codec: Codec) -> PhoneCodec {
-    match codec {
-        Codec::Pcmu => PhoneCodec::G711(G711::Pcmu),
-        Codec::Pcma => PhoneCodec::G711(G711::Pcma),
-        Codec::G722 => PhoneCodec::G722,
-    }
-}
-
-/// One datagram toward the phone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub to: SocketAddr,
-    /// Send from the RTCP socket (RTP port + 1). RTCP under rtcp-mux shares the RTP
-    /// socket and has `rtcp: false`; tell RTCP from RTP by the bytes (`rtp::is_rtcp`).
-    pub rtcp: bool,
-    pub bytes: Vec<u8>,
-}
-
-/// 20 ms of the phone's audio at the codec rate, for the room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PhoneFrame {
-    pub samples: Vec<i16>,
-    /// `Decoded` if any of it came from packets and none was concealed, `Concealed` if
-    /// any was concealed, `Silence` otherwise.
-    pub kind: FrameKind,
-}
-
-/// Something the call task acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaEvent {
-    /// One key press from the phone (reported once, when it ends).
-    Dtmf(DtmfDigit),
-    /// No RTP from the phone for the timeout (reported once): end the call.
-    Timeout {
-        after: Duration,
-        before_first_packet: bool,
-    },
-    /// RTP now goes where the phone's packets come from.
-    Latched(SocketAddr),
-    /// The phone's audio stream restarted under a new SSRC; playout resynchronized.
-    SsrcChanged { old: Ssrc, new: Ssrc },
-}
-
-/// Why `send_dtmf` refused a digit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SendDtmfError {
-    #[error("telephone-event was not negotiated with the phone")]
-    NotNegotiated,
-    #[error("too many digits queued toward the phone")]
-    QueueFull,
-}
-
-/// Phone -> us.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ReceiveStats {
-    /// RTP packets accepted from the phone (audio, events, comfort noise) and their bytes
-    /// on the wire.
-    pub packets: u64,
-    pub bytes: u64,
-    /// Packets missing from the phone's sequence numbers, summed over its streams.
-    pub lost: u64,
-    /// RFC 3550 interarrival jitter.
-    pub jitter_ms: f64,
-    /// Packets that came after their playout slot.
-    pub late: u64,
-    /// Packets the jitter buffer dropped otherwise: duplicates, overflow, delay
-    /// adjustment, resynchronization, unconfirmed sequence jumps.
-    pub discarded: u64,
-    /// Playout frames concealed (repeated with fade).
-    pub concealed_frames: u64,
-    /// Key presses reported.
-    pub dtmf_events: u64,
-    /// Datagrams that are not RTP, or carry a payload type not negotiated.
-    pub invalid: u64,
-    /// Valid packets from an address other than the phone's.
-    pub wrong_source: u64,
-    /// Packets not used because our direction does not receive.
-    pub ignored: u64,
-    pub ssrc_changes: u64,
-    /// 20 ms frames handed out, and frames skipped or dropped for a late owner.
-    pub frames: u64,
-    pub frames_skipped: u64,
-}
-
-/// Us -> phone.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct SendStats {
-    /// RTP packets (audio and events) and their bytes on the wire.
-    pub packets: u64,
-    pub bytes: u64,
-    /// What the phone's last RTCP report said about our stream.
-    pub lost: Option<i64>,
-    pub jitter_ms: Option<f64>,
-    /// Digits sent, and the event packets they took.
-    pub dtmf_events: u64,
-    pub dtmf_packets: u64,
-    /// Send ticks skipped because the owner was late, and datagrams dropped because it
-    /// did not drain them.
-    pub ticks_skipped: u64,
-    pub dropped: u64,
-}
-
-/// Counters of one phone leg, for metrics and the per-call summary.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct MediaStats {
-    pub rx: ReceiveStats,
-    pub tx: SendStats,
-    /// From the phone's RTCP reports on our SRs.
-    pub rtt: Option<Duration>,
-    pub rtcp_sent: u64,
-    pub rtcp_received: u64,
-    /// RTCP datagrams refused: malformed or from a foreign address.
-    pub rtcp_invalid: u64,
-    /// Times the RTP destination was (re)latched.
-    pub latches: u64,
-}
-
 /// What a payload type is to us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Payload {
     Audio,
     Event,
     ComfortNoise,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Source {
-    addr: SocketAddr,
-    packets: u32,
-    last: Instant,
-}
-
-/// Packets lost per RFC 3550 appendix A.3 (expected minus received), over successive
-/// streams (new SSRC or restarted sequence). Test: `lost_packets_are_counted_and_concealed`.
-#[derive(Debug, Default)]
-struct LossCounter {
-    ssrc: Option<Ssrc>,
-    seqs: SeqUnwrapper,
-    base: u64,
-    received: u64,
-    closed: u64,
-}
-
-impl LossCounter {
-    fn on_packet(&mut self, ssrc: Ssrc, seq: SeqNo) {
-        let restart = self.ssrc != Some(ssrc)
-            || self.seqs.highest().is_some_and(|h| {
-                let d = i64::from(seq.delta(h.seq()));
-                !(-MAX_MISORDER..=MAX_DROPOUT).contains(&d)
-            });
-        if restart {
-            self.closed += self.current();
-            self.ssrc = Some(ssrc);
-            self.seqs.reset();
-            self.received = 0;
-            self.base = u64::from(seq.0);
-        }
-        if let Some(ext) = self.seqs.unwrap(seq) {
-            self.base = self.base.min(ext.0);
-            self.received += 1;
-        }
-    }
-
-    fn current(&self) -> u64 {
-        self.seqs.highest().map_or(0, |h| {
-            (h.0 + 1 - self.base.min(h.0)).saturating_sub(self.received)
-        })
-    }
-
-    fn lost(&self) -> u64 {
-        self.closed + self.current()
-    }
-}
-
-/// An event being sent toward the phone.
-#[derive(Debug)]
-struct OutgoingEvent {
-    packets: Vec<DtmfSendPacket>,
-    next: usize,
 }
 
 /// The phone leg of one call. See the module documentation. Tests: `session::tests`.
@@ -363,8 +129,8 @@ pub struct PhoneMedia {
     /// The last address SDP gave (kept through a hold), which a non-latching leg
     /// listens to.
     known_remote: Option<SocketAddr>,
-    latched: Option<Source>,
-    candidate: Option<Source>,
+    /// The phone's RTP source when latching.
+    source: Latch,
     rtcp_source: Option<SocketAddr>,
 
     // Phone -> room.
@@ -409,23 +175,6 @@ pub struct PhoneMedia {
     timeout: MediaTimeout,
     events: VecDeque<MediaEvent>,
     stats: MediaStats,
-}
-
-/// An IPv4-mapped IPv6 address (from a dual-stack socket) as the IPv4 address it is.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
-    }
-}
-
-/// A usable remote address: not unspecified (0.0.0.0 is hold), not port 0.
-fn usable(addr: Option<SocketAddr>) -> Option<SocketAddr> {
-    addr.map(canonical)
-        .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
 }
 
 /// splitmix64, to derive the initial sequence number and timestamp from the SSRC.
@@ -524,8 +273,7 @@ impl PhoneMedia {
             frame_samples,
             sdp_remote: remote,
             known_remote: remote,
-            latched: None,
-            candidate: None,
+            source: Latch::default(),
             rtcp_source: None,
             rx_ssrc: None,
             rx_frame,
@@ -627,7 +375,7 @@ impl PhoneMedia {
                     self.retire_decoder();
                     self.ptime_pending = None;
                     self.stats.rx.ssrc_changes += 1;
-                    self.events.push_back(MediaEvent::SsrcChanged {
+                    self.emit(MediaEvent::SsrcChanged {
                         old,
                         new: packet.ssrc,
                     });
@@ -660,11 +408,12 @@ impl PhoneMedia {
     }
 
     /// Decoded audio of a room track at the phone rate (normally 20 ms per call). The
-    /// track is added to the mixer on first sight; tracks owned by the caller's own
-    /// identity are never mixed.
+    /// track is added to the mixer on first sight (up to `mixer::MAX_TRACKS` of them);
+    /// tracks owned by the caller's own identity are never mixed.
     pub fn push_room_audio(&mut self, track_sid: &str, owner_identity: &str, samples: &[i16]) {
-        if let Err(MixerError::UnknownTrack(_)) = self.mixer.push(track_sid, samples) {
-            self.mixer.add_track(track_sid, owner_identity);
+        if let Err(MixerError::UnknownTrack(_)) = self.mixer.push(track_sid, samples)
+            && self.mixer.add_track(track_sid, owner_identity).is_ok()
+        {
             let _ = self.mixer.push(track_sid, samples);
         }
     }
@@ -700,8 +449,7 @@ impl PhoneMedia {
         let remote = usable(remote_rtp);
         if remote.is_some() && remote != self.known_remote {
             self.known_remote = remote;
-            self.latched = None;
-            self.candidate = None;
+            self.source.reset();
             self.rtcp_source = None;
         }
         self.sdp_remote = remote;
@@ -849,7 +597,7 @@ impl PhoneMedia {
     /// address, else the latched source if any.
     fn rtp_peer(&self) -> Option<SocketAddr> {
         let sdp = self.sdp_remote?;
-        Some(self.latched.map_or(sdp, |l| l.addr))
+        Some(self.source.addr().unwrap_or(sdp))
     }
 
     fn rtp_destination(&self) -> Option<SocketAddr> {
@@ -877,50 +625,16 @@ impl PhoneMedia {
         if !self.latch {
             return self.known_remote == Some(from);
         }
-        let Some(current) = &mut self.latched else {
-            self.latch_to(now, from);
-            return true;
-        };
-        if current.addr == from {
-            current.last = now;
-            current.packets = current.packets.saturating_add(1);
-            self.candidate = None;
-            return true;
-        }
-        let quiet = now.saturating_duration_since(current.last) >= RELATCH_QUIET;
-        let candidate = match &mut self.candidate {
-            Some(c) if c.addr == from && now.saturating_duration_since(c.last) <= CANDIDATE_GAP => {
-                c.packets += 1;
-                c.last = now;
-                *c
+        match self.source.offer(now, from) {
+            Offer::Current => true,
+            Offer::Latched => {
+                self.rtcp_source = None;
+                self.stats.latches += 1;
+                self.emit(MediaEvent::Latched(from));
+                true
             }
-            slot => {
-                let c = Source {
-                    addr: from,
-                    packets: 1,
-                    last: now,
-                };
-                *slot = Some(c);
-                c
-            }
-        };
-        if candidate.packets >= RELATCH_PACKETS && quiet {
-            self.latch_to(now, from);
-            return true;
+            Offer::Refused => false,
         }
-        false
-    }
-
-    fn latch_to(&mut self, now: Instant, addr: SocketAddr) {
-        self.latched = Some(Source {
-            addr,
-            packets: 1,
-            last: now,
-        });
-        self.candidate = None;
-        self.rtcp_source = None;
-        self.stats.latches += 1;
-        self.events.push_back(MediaEvent::Latched(addr));
     }
 
     /// The phone's packetization, from the payload size (G.711 and G.722 at 64 kbit/s
@@ -970,17 +684,25 @@ impl PhoneMedia {
         self.retired_concealed += old.stats().concealed;
     }
 
+    /// Queues an event for the owner; an owner that does not drain loses the oldest.
+    fn emit(&mut self, event: MediaEvent) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
     fn collect_dtmf(&mut self) {
         while let Some(ev) = self.dtmf_rx.poll_event() {
             self.stats.rx.dtmf_events += 1;
-            self.events.push_back(MediaEvent::Dtmf(ev.digit));
+            self.emit(MediaEvent::Dtmf(ev.digit));
         }
     }
 
     /// Advances every schedule to `now`.
     fn drive(&mut self, now: Instant) {
         if let Some(t) = self.timeout.handle_timeout(now) {
-            self.events.push_back(MediaEvent::Timeout {
+            self.emit(MediaEvent::Timeout {
                 after: t.silent_for,
                 before_first_packet: t.reason == MediaTimeoutReason::NoMedia,
             });
@@ -1020,97 +742,6 @@ impl PhoneMedia {
                 self.queue(Transmit { to, rtcp, bytes });
             }
         }
-    }
-
-    fn queue(&mut self, t: Transmit) {
-        if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
-            self.transmits.pop_front();
-            self.stats.tx.dropped += 1;
-        }
-        self.transmits.push_back(t);
-    }
-
-    /// One send tick at `at`; `mix_buf` holds the mixed frame. RFC 3551 section 4.1: the
-    /// first packet after a stretch without audio packets (start, hold, a DTMF event,
-    /// skipped ticks) has the marker bit. RFC 4733 section 2.5.1.2: no audio packet is
-    /// sent while an event is (the event takes the tick). Tests: `send_dtmf_*`,
-    /// `hold_stops_rtp_but_not_rtcp`, `a_late_owner_skips_ahead_instead_of_bursting`.
-    fn send_tick(&mut self, at: Instant, skipped: u64) {
-        if skipped > 0 {
-            self.tx_tick += skipped;
-            self.tx_marker = true;
-            self.stats.tx.ticks_skipped += skipped;
-        }
-        let ts = self
-            .tx_ts_base
-            .wrapping_add(self.tx_tick.wrapping_mul(self.ts_per_tick) as u32);
-        self.tx_tick += 1;
-        let dest = self.rtp_destination();
-
-        if self.dtmf_active.is_none()
-            && self.dtmf_wait == 0
-            && dest.is_some()
-            && let Some(digit) = self.dtmf_queue.pop_front()
-        {
-            self.dtmf_active = Some(OutgoingEvent {
-                packets: dtmf_send_sequence(&self.dtmf_tx, digit, self.dtmf_duration, ts),
-                next: 0,
-            });
-            self.stats.tx.dtmf_events += 1;
-        }
-        if let Some(event) = &mut self.dtmf_active {
-            let step = event.packets[event.next];
-            event.next += 1;
-            if event.next == event.packets.len() {
-                self.dtmf_active = None;
-                self.dtmf_wait = self.dtmf_gap_ticks;
-            }
-            self.tx_marker = true;
-            if let (Some(to), Some(pt)) = (dest, self.dtmf_payload_type) {
-                self.out.payload_type = pt;
-                self.out.marker = step.marker;
-                self.out.timestamp = step.timestamp;
-                self.out.payload.clear();
-                self.out.payload.extend_from_slice(&step.event.to_bytes());
-                self.stats.tx.dtmf_packets += 1;
-                self.emit_rtp(at, to);
-            }
-            return;
-        }
-        self.dtmf_wait = self.dtmf_wait.saturating_sub(1);
-
-        let Some(to) = dest else {
-            self.tx_marker = true;
-            return;
-        };
-        self.out.payload_type = self.payload_type;
-        self.out.marker = self.tx_marker;
-        self.tx_marker = false;
-        self.out.timestamp = ts;
-        self.out.payload.clear();
-        match self.codec {
-            PhoneCodec::G711(law) => law.encode(&self.mix_buf, &mut self.out.payload),
-            PhoneCodec::G722 => self.g722.encode(&self.mix_buf, &mut self.out.payload),
-        }
-        self.emit_rtp(at, to);
-    }
-
-    fn emit_rtp(&mut self, at: Instant, to: SocketAddr) {
-        self.out.seq = self.tx_seq;
-        let mut bytes = self.spare.pop().unwrap_or_default();
-        bytes.clear();
-        if self.out.write_to(&mut bytes).is_err() {
-            return;
-        }
-        self.tx_seq = self.tx_seq.next();
-        self.rtcp.on_rtp_sent(at, &self.out);
-        self.stats.tx.packets += 1;
-        self.stats.tx.bytes += bytes.len() as u64;
-        self.queue(Transmit {
-            to,
-            rtcp: false,
-            bytes,
-        });
     }
 
     /// One playout tick at `at`: make sure the FIFO holds the frame, popping the jitter
@@ -1187,7 +818,8 @@ impl PhoneMedia {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::dtmf::TelephoneEvent;
+    use crate::media::dtmf::{TelephoneEvent, dtmf_send_sequence};
+    use crate::media::g711::G711;
     use crate::media::g722::G722Decoder;
     use crate::media::rtcp::ReportBlock;
     use crate::media::rtcp::{RtcpPacket, build_receiver_report, parse_compound};
@@ -1860,6 +1492,29 @@ mod tests {
         let f = dominant_frequency(&out[b..b + 16_000], 16_000);
         assert!((f - 700.0).abs() < 1.0);
         assert_eq!(sim.m.stats().rx.ssrc_changes, 1);
+    }
+
+    #[test]
+    fn an_owner_that_never_drains_events_holds_only_the_newest() {
+        let t0 = Instant::now();
+        let mut m = PhoneMedia::new(config(PCMU), t0, SystemTime::UNIX_EPOCH);
+        // a phone that changes SSRC on every packet: one event each
+        for k in 0..200u32 {
+            let p = RtpPacket::new(0, SeqNo(k as u16), k * 160, Ssrc(1000 + k), vec![0xff; 160]);
+            let mut bytes = Vec::new();
+            p.write_to(&mut bytes).unwrap();
+            m.handle_rtp(t0 + ms(u64::from(k) * 20), phone_addr(), &bytes);
+        }
+        let events: Vec<MediaEvent> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert_eq!(events.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(
+            events.last(),
+            Some(&MediaEvent::SsrcChanged {
+                old: Ssrc(1198),
+                new: Ssrc(1199)
+            })
+        );
+        assert_eq!(m.stats().rx.ssrc_changes, 199);
     }
 
     #[test]

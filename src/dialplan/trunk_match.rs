@@ -90,8 +90,8 @@ pub fn match_inbound<'a>(
         }
         return InboundMatch::Trunk(t);
     }
-    // Design section 4: when a carrier fails over to its backup, its calls come from the
-    // backup's addresses; they are accepted under the primary trunk (its numbers, caller
+    // A carrier that fails over to its backup trunk sends its calls from the backup's
+    // addresses; they are accepted under the primary trunk (its numbers, caller
     // filter and auth), but only when no trunk takes them directly. Configuration
     // validation refuses two trunks that share a backup and could both take a call.
     for t in trunks {
@@ -188,8 +188,8 @@ mod tests {
         }
     }
 
-    /// Design section 4: calls from the backup's addresses are the primary trunk's, unless
-    /// a trunk takes them directly.
+    /// Calls from the backup's addresses are the primary trunk's, unless a trunk takes
+    /// them directly.
     #[test]
     fn backup_addresses_are_accepted_under_the_primary() {
         let mut primary = trunk("carrier", &["+15550100"], &["192.0.2.0/24"], &[]);
