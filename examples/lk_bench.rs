@@ -319,9 +319,53 @@ struct SenderCounters {
     last_unix: f64,
     first_tone_unix: f64,
     last_tone_unix: f64,
+    /// Samples of the frames without the tone since the last tone frame, and when the
+    /// first of them arrived: a hole once a tone frame follows them.
+    pending_miss: u64,
+    pending_at: f64,
+    /// Holes in the tone (frames without it between two frames with it): (Unix time of
+    /// the first missing frame, samples missing), at most `MAX_HOLES`, then only counted.
+    holes: Vec<(f64, u64)>,
+    holes_dropped: u64,
 }
 
+/// Holes kept per sender (a soak call is minutes long; more is a broken call anyway).
+const MAX_HOLES: usize = 500;
+
 impl SenderCounters {
+    /// Counts one decoded frame of `n` samples that arrived at `now`.
+    fn frame(&mut self, now: f64, n: u64, tone: bool) {
+        if self.frames == 0 {
+            self.first_unix = now;
+        }
+        self.samples += n;
+        self.frames += 1;
+        self.last_unix = now;
+        if !tone {
+            if self.tone_frames > 0 {
+                if self.pending_miss == 0 {
+                    self.pending_at = now;
+                }
+                self.pending_miss += n;
+            }
+            return;
+        }
+        if self.tone_frames == 0 {
+            self.first_tone_unix = now;
+        }
+        if self.pending_miss > 0 {
+            if self.holes.len() < MAX_HOLES {
+                self.holes.push((self.pending_at, self.pending_miss));
+            } else {
+                self.holes_dropped += 1;
+            }
+            self.pending_miss = 0;
+        }
+        self.tone_frames += 1;
+        self.tone_samples += n;
+        self.last_tone_unix = now;
+    }
+
     fn json(&self, room: &str, identity: &str) -> serde_json::Value {
         serde_json::json!({
             "room": room,
@@ -335,6 +379,8 @@ impl SenderCounters {
             "last_unix": self.last_unix,
             "first_tone_unix": self.first_tone_unix,
             "last_tone_unix": self.last_tone_unix,
+            "holes": self.holes.iter().map(|(t, n)| serde_json::json!([t, n])).collect::<Vec<_>>(),
+            "holes_dropped": self.holes_dropped,
         })
     }
 }
@@ -495,20 +541,7 @@ async fn open_room(args: &Args, server: Server, room: String, slots: Slots) -> R
                             .counters
                             .entry(f.participant_identity.clone())
                             .or_default();
-                        if e.frames == 0 {
-                            e.first_unix = now;
-                        }
-                        e.samples += n;
-                        e.frames += 1;
-                        e.last_unix = now;
-                        if tone {
-                            if e.tone_frames == 0 {
-                                e.first_tone_unix = now;
-                            }
-                            e.tone_frames += 1;
-                            e.tone_samples += n;
-                            e.last_tone_unix = now;
-                        }
+                        e.frame(now, n, tone);
                     }
                     if let Some(h) = &echo {
                         pending.extend_from_slice(&f.samples);

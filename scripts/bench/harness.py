@@ -131,6 +131,24 @@ def proc_rss(pid: int) -> float:
     return float("nan")
 
 
+def proc_wait(pid: int) -> float:
+    """Seconds the threads of a process spent runnable but waiting for a CPU (the run
+    queue, /proc/PID/task/*/schedstat), summed over its live threads; NaN if it is gone.
+    On a busy machine this is what a process lost to the others."""
+    total, seen = 0.0, False
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return float("nan")
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
+            seen = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return total if seen else float("nan")
+
+
 def machine_cpu() -> tuple[float, float, float]:
     """(busy, steal, total) CPU seconds of the whole machine since boot, all cores: busy is
     user + nice + system + irq + softirq; steal is time the hypervisor gave elsewhere."""

@@ -50,7 +50,7 @@ import soak_report as R  # noqa: E402
 from harness import (  # noqa: E402
     API_KEY, API_SECRET, LK_PORT, PROCS, PY, RL_HTTP, RL_RTP, RL_SIP, ROOMPEER, SIPP_MEDIA,
     SIPP_SIP, Infra, RoomSide, Roomline, http_json, loadavg, log, machine_cpu, machine_info, on_signal,
-    pcmu_tone_frames, phone_uac_scenario, proc_cpu, proc_fds, proc_rss, proc_threads,
+    pcmu_tone_frames, phone_uac_scenario, proc_cpu, proc_fds, proc_rss, proc_threads, proc_wait,
     read_csv_rows, read_pcap_stream, rtp_parse, tone_file, write_csv,
 )
 
@@ -493,12 +493,17 @@ class Soak:
         busy, steal, _total = machine_cpu()
         # CPU seconds / 100: the difference below comes out in cores, not % of one
         cur["machine_busy_cores"], cur["steal_cores"] = busy / 100, steal / 100
+        # run-queue waits, seconds / 10: the difference comes out in ms per second
+        for k, role in (("wait_ms_per_s", "cpu_pct"), ("lk_wait_ms_per_s", "lk_cpu_pct"),
+                        ("room_side_wait_ms_per_s", "room_side_cpu_pct")):
+            w = [proc_wait(p) for p in roles[role]]
+            cur[k] = sum(x for x in w if x == x) / 10
         row: dict[str, Any] = {}
         if self.cpu_prev:
             t_prev, prev = self.cpu_prev
             dt = now - t_prev
             for k, v in cur.items():
-                # listeners come and go: a negative difference is a process that ended
+                # listeners and threads come and go: a negative difference is one that ended
                 row[k] = round(max(0.0, 100 * (v - prev.get(k, v)) / dt), 2) if dt > 0 else ""
         self.cpu_prev = (now, cur)
         return row
@@ -520,7 +525,7 @@ class Soak:
             **cpu,
             "active": calls.get("active", ""), "rtp_ports": calls.get("rtp_ports_in_use", ""),
             "participants": calls.get("participants", ""), "tasks": calls.get("tasks", ""),
-            # not reported by the daemon yet: tokio's RuntimeMetrics::num_alive_tasks
+            # every task alive in the runtime (not only the call tasks)
             "alive_tasks": runtime.get("alive_tasks", ""),
             "endpoint_txs": float(txs.group(1)) if txs else "",
         }
@@ -747,6 +752,8 @@ class Soak:
             except (OSError, ValueError, IndexError):
                 j = {"ok": False}
             c = by_room.get(room, {})
+            if c.get("answered") is None:
+                continue  # a room joined ahead of a call that was never placed (the run ended)
             media = c.get("media_s") or 0
             hz = j.get("dominant_hz")
             ok = bool(j.get("ok")) and hz is not None and abs(hz - PHONE_HZ) <= 0.02 * PHONE_HZ \
@@ -798,7 +805,8 @@ def _read(p: Path) -> str:
 # ---- the report -------------------------------------------------------------------------------
 
 CPU_COLUMNS = ["cpu_pct", "lk_cpu_pct", "room_side_cpu_pct", "sipp_cpu_pct", "tcpdump_cpu_pct", "self_cpu_pct",
-               "listeners_cpu_pct", "machine_busy_cores", "steal_cores"]
+               "listeners_cpu_pct", "machine_busy_cores", "steal_cores", "wait_ms_per_s", "lk_wait_ms_per_s",
+               "room_side_wait_ms_per_s"]
 
 CALL_COLUMNS = ["direction", "id", "room", "identity", "ender", "hold_s", "started", "requested", "invited",
                 "answered", "setup_s", "hangup", "remote_bye", "room_ended", "ended", "media_s", "bport",
@@ -833,7 +841,7 @@ def build_report(out: Path, run: dict, samples: list[dict], calls: list[dict], w
     run.update(verdicts=verdicts, end=end)
     (out / "run.json").write_text(json.dumps(run, indent=1, default=str))
     if with_plot and samples:
-        R.plot(samples, ph, str(out / "soak.png"))
+        R.plot(samples, ph, str(out / "soak.png"), calls, run.get("t0_unix", 0.0))
     return text
 
 
@@ -841,6 +849,13 @@ def report_only(out: Path) -> int:
     run = json.loads((out / "run.json").read_text())
     samples = read_csv_rows(out / "samples.csv")
     calls = [{k: v for k, v in c.items() if v != ""} for c in read_csv_rows(out / "calls.csv")]
+    holes_csv = out / "holes.csv"
+    if holes_csv.exists():
+        by_call = {(c["direction"], str(c["id"])): c for c in calls}
+        for h in read_csv_rows(holes_csv):
+            c = by_call.get((h["call_direction"], str(h["id"])))
+            if c is not None:
+                c.setdefault(f"{h['audio']}_holes", []).append((float(h["unix"]), float(h["missing_s"])))
     for c in calls:  # the outcome again, with the rules of this version
         c["reason"] = R.outcome(c) or ""
     build_report(out, run, samples, calls)
@@ -906,6 +921,9 @@ def main() -> int:
         s.capture.join(timeout=10)
     dropped = re.search(r"(\d+) packets dropped by kernel", _read(s.raw / "tcpdump.log"))
     write_csv(out / "calls.csv", [{k: _cell(c.get(k)) for k in CALL_COLUMNS} for c in calls])
+    write_csv(out / "holes.csv", [{"call_direction": c["direction"], "id": c["id"], "audio": d,
+                                   "unix": round(t, 3), "missing_s": round(m, 3)}
+                                  for c in calls for d in ("up", "down") for t, m in c.get(f"{d}_holes") or []])
     run = {
         "args": {**{k: getattr(a, k) for k in ("calls", "minutes", "hold_min", "hold_max", "outbound_share",
                                                "room_ends", "sample_every", "warmup", "idle", "after",

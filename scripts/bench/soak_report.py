@@ -29,6 +29,11 @@ LINGER_S = 20.0
 # A new RTP segment starts after this much silence on one flow (or a new SSRC).
 SEGMENT_GAP_S = 2.0
 FRAME_S = 0.02
+# Holes (stretches without the tone between two tone frames) kept per call and direction.
+MAX_HOLES = 500
+# Hole sizes the report counts apart, seconds: one or two frames (a late or lost packet),
+# up to 100 ms, up to 500 ms, longer (an outage).
+HOLE_CLASSES = [(0.045, "<= 40 ms"), (0.105, "<= 100 ms"), (0.505, "<= 500 ms"), (float("inf"), "> 500 ms")]
 
 # ---- sipp's files -------------------------------------------------------------------------
 
@@ -119,13 +124,16 @@ class DownFlows:
         if s is None:
             s = {"bport": bport, "dport": dport, "ssrc": ssrc, "first": t, "last": t, "packets": 0,
                  "seq0": seq, "seq_last": seq, "seq_ext": 0, "tone": 0, "first_tone": None,
-                 "last_tone": None}
+                 "last_tone": None, "pending": 0, "pending_at": None, "holes": []}
             self.open[key] = s
         # extended sequence numbers (wrap-around at 65536)
         delta = (seq - s["seq_last"]) & 0xFFFF
         if delta < 0x8000:
             s["seq_ext"] += delta
             s["seq_last"] = seq
+            if delta > 1 and s["tone"]:
+                # packets the bridge never sent (or the capture dropped): missing frames
+                self._miss(s, t, delta - 1)
         s["last"] = t
         s["packets"] += 1
         if tone:
@@ -133,10 +141,24 @@ class DownFlows:
             if s["first_tone"] is None:
                 s["first_tone"] = t
             s["last_tone"] = t
+            if s["pending"]:
+                if len(s["holes"]) < MAX_HOLES:
+                    s["holes"].append((s["pending_at"], s["pending"] * FRAME_S))
+                s["pending"], s["pending_at"] = 0, None
+        elif s["tone"]:
+            self._miss(s, t, 1)
+
+    @staticmethod
+    def _miss(s: dict, t: float, frames: int) -> None:
+        """Frames without the tone after the first one with it: a hole once the tone
+        comes back (what follows the last tone frame is the call's end, not a hole)."""
+        if not s["pending"]:
+            s["pending_at"] = t
+        s["pending"] += frames
 
     @staticmethod
     def _close(s: dict) -> dict:
-        d = {k: v for k, v in s.items() if k not in ("seq0", "seq_last", "seq_ext")}
+        d = {k: v for k, v in s.items() if k not in ("seq0", "seq_last", "seq_ext", "pending", "pending_at")}
         d["seq_span"] = s["seq_ext"] + 1
         return d
 
@@ -166,6 +188,7 @@ def down_audio(call: dict, segments: list[dict], dport: int) -> dict:
         "down_tone_frames": sum(s["tone"] for s in mine),
         "down_first_tone": min(s["first_tone"] for s in tones) if tones else None,
         "down_last_tone": max(s["last_tone"] for s in tones) if tones else None,
+        "down_holes": sorted(h for s in mine for h in s.get("holes", [])),
     }
 
 
@@ -249,6 +272,7 @@ def up_audio(sender: Optional[dict]) -> dict:
         "up_first_tone": sender["first_tone_unix"] if sender["tone_frames"] else None,
         "up_last_tone": sender["last_tone_unix"] if sender["tone_frames"] else None,
         "up_frame_s": (sender["samples"] / sender["frames"] / rate) if sender["frames"] else FRAME_S,
+        "up_holes": [(float(t), n / rate) for t, n in sender.get("holes", [])],
     }
 
 
@@ -322,6 +346,86 @@ def outcome(c: dict) -> Optional[str]:
     if c.get("lingered"):
         return f"participant still in the room {LINGER_S:.0f} s after the call"
     return None
+
+
+# ---- audio loss over time -------------------------------------------------------------------
+
+def media_span(c: dict) -> Optional[tuple[float, float]]:
+    """(answer, hang-up) of a call in Unix time, or None."""
+    if c.get("answered") is None:
+        return None
+    end = c.get("hangup") or c.get("remote_bye") or c.get("ended")
+    return (float(c["answered"]), float(end)) if end else None
+
+
+# Run-queue waits sampled (ms per second, all threads of the process): Roomline,
+# livekit-server, the room side.
+WAIT_COLUMNS = ["wait_ms_per_s", "lk_wait_ms_per_s", "room_side_wait_ms_per_s"]
+
+
+def loss_timeline(calls: list[dict], samples: list[dict], t0_unix: float, bucket_s: float = 60.0) -> list[dict]:
+    """Audio loss per `bucket_s` of the run, both directions: the call media time in the
+    bucket, the tone missing in holes that began in it (share of that media time), the
+    holes longer than 100 ms, and over the bucket's samples the machine's mean 1-minute load
+    average and busy cores and the processes' run-queue waits (WAIT_COLUMNS). Buckets
+    without call media are left out."""
+    rows: dict[int, dict] = {}
+
+    def row(i: int) -> dict:
+        return rows.setdefault(i, {"t0_min": i * bucket_s / 60, "media_s": 0.0, "up_missing_s": 0.0,
+                                   "down_missing_s": 0.0, "up_long": 0, "down_long": 0})
+    for c in calls:
+        span = media_span(c)
+        if span is None:
+            continue
+        a, b = span[0] - t0_unix, span[1] - t0_unix
+        i = int(a // bucket_s)
+        while i * bucket_s < b:
+            lo, hi = max(a, i * bucket_s), min(b, (i + 1) * bucket_s)
+            if hi > lo:
+                row(i)["media_s"] += hi - lo
+            i += 1
+        for d in ("up", "down"):
+            for t, miss in c.get(f"{d}_holes") or []:
+                r = row(int((float(t) - t0_unix) // bucket_s))
+                r[f"{d}_missing_s"] += float(miss)
+                r[f"{d}_long"] += int(float(miss) > 0.105)
+    for i, r in rows.items():
+        inside = [s for s in samples if i * bucket_s <= float(s["t_s"]) < (i + 1) * bucket_s]
+        loads = [float(s["load1"]) for s in inside if _num(s.get("load1")) is not None]
+        busy = [float(s["machine_busy_cores"]) for s in inside if _num(s.get("machine_busy_cores")) is not None]
+        r["load1"] = float(np.mean(loads)) if loads else float("nan")
+        r["busy_cores"] = float(np.mean(busy)) if busy else float("nan")
+        for k in WAIT_COLUMNS:
+            w = [float(s[k]) for s in inside if _num(s.get(k)) is not None]
+            r[k] = float(np.mean(w)) if w else float("nan")
+        for d in ("up", "down"):
+            r[f"{d}_loss"] = r[f"{d}_missing_s"] / r["media_s"] if r["media_s"] > 0 else float("nan")
+    return [rows[i] for i in sorted(rows) if rows[i]["media_s"] > 0]
+
+
+def correlation(xs: list[float], ys: list[float]) -> float:
+    """Pearson's r of the pairs where both are numbers (NaN with fewer than 4, or no spread)."""
+    pts = [(x, y) for x, y in zip(xs, ys) if not (math.isnan(x) or math.isnan(y))]
+    if len(pts) < 4:
+        return float("nan")
+    a = np.asarray(pts, dtype=float)
+    if np.ptp(a[:, 0]) == 0 or np.ptp(a[:, 1]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[:, 0], a[:, 1])[0, 1])
+
+
+def hole_classes(calls: list[dict], d: str) -> list[tuple[str, int, float]]:
+    """(size class, holes, tone missing in them, s) of one direction over all calls."""
+    out = [[label, 0, 0.0] for _, label in HOLE_CLASSES]
+    for c in calls:
+        for _t, miss in c.get(f"{d}_holes") or []:
+            for k, (limit, _label) in enumerate(HOLE_CLASSES):
+                if float(miss) <= limit:
+                    out[k][1] += 1
+                    out[k][2] += float(miss)
+                    break
+    return [(a, b, c) for a, b, c in out]
 
 
 # ---- resources ------------------------------------------------------------------------------
@@ -665,6 +769,7 @@ def write_report(info: dict, args: dict, calls: list[dict], samples: list[dict],
         L.append(f"\nThe capture dropped {extra['pcap_dropped']} packets (tcpdump's count): room->phone loss "
                  "includes them.")
     L.append("")
+    L += loss_section(calls, samples, extra.get("t0_unix", 0.0))
 
     L.append("## Machine and versions\n")
     L.append(f"- {info.get('cores', '?')} cores, {info.get('cpu_model', '?')}, {info.get('mem_gib', '?')} GiB, "
@@ -680,7 +785,9 @@ def write_report(info: dict, args: dict, calls: list[dict], samples: list[dict],
                  f"{_f(cpu.get('tcpdump_cpu_pct'))}, this tool {_f(cpu.get('self_cpu_pct'))}, Python SDK listeners "
                  f"{_f(cpu.get('listeners_cpu_pct'))}; the whole machine {_f(cpu.get('machine_busy_cores'), 2)} of "
                  f"{info.get('cores', '?')} cores busy (steal {_f(cpu.get('steal_cores'), 2)}): what is left is other "
-                 "work on the machine")
+                 "work on the machine. Time runnable but waiting for a CPU (run queue), ms per second, all threads: "
+                 f"Roomline {_f(cpu.get('wait_ms_per_s'), 0)}, livekit-server {_f(cpu.get('lk_wait_ms_per_s'), 0)}, "
+                 f"room side {_f(cpu.get('room_side_wait_ms_per_s'), 0)}")
     L.append(f"- Run: {_f(extra.get('runtime_s', 0) / 60, 1)} min in all (idle baseline, calls, drain, after)\n")
 
     L.append("## Method\n")
@@ -707,7 +814,59 @@ def write_report(info: dict, args: dict, calls: list[dict], samples: list[dict],
     return "\n".join(L)
 
 
-def plot(samples: list[dict], phases: dict, path: str) -> None:
+def loss_section(calls: list[dict], samples: list[dict], t0_unix: float) -> list[str]:
+    """report.md's "Where the audio was lost": hole sizes, and loss against the machine's
+    load over the run."""
+    L = ["### Where the audio was lost\n",
+         "A *hole* is a stretch without the tone between two frames with it, inside one call (room -> phone: "
+         "packets without 440 Hz or missing sequence numbers; phone -> room: decoded frames without 1 kHz). "
+         "Short holes are single late or lost packets (jitter buffer concealment); holes over 500 ms are "
+         "outages.\n",
+         "| direction | " + " | ".join(f"holes {label}" for _, label in HOLE_CLASSES) + " | tone missing in holes |",
+         "|---|" + "---|" * len(HOLE_CLASSES) + "---|"]
+    for d, label in (("up", "phone -> room"), ("down", "room -> phone")):
+        cl = hole_classes(calls, d)
+        L.append(f"| {label} | " + " | ".join(f"{n} ({_f(miss, 1)} s)" for _, n, miss in cl)
+                 + f" | {_f(sum(m for _, _, m in cl), 1)} s |")
+    tl = loss_timeline(calls, samples, t0_unix)
+    if len(tl) >= 2:
+        load = [r["load1"] for r in tl]
+        wait = [r["wait_ms_per_s"] for r in tl]
+        r_up = correlation(load, [r["up_loss"] for r in tl])
+        r_down = correlation(load, [r["down_loss"] for r in tl])
+        w_up = correlation(wait, [r["up_loss"] for r in tl])
+        w_down = correlation(wait, [r["down_loss"] for r in tl])
+        L.append(f"\nPer minute of the run (plot, last panel), Pearson r of the loss against the machine's 1-minute "
+                 f"load average: {_f(r_up, 2)} (phone -> room), {_f(r_down, 2)} (room -> phone); against the time "
+                 f"Roomline's threads waited for a CPU (run queue, `/proc/PID/task/*/schedstat`): {_f(w_up, 2)}, "
+                 f"{_f(w_down, 2)}; over {len(tl)} minutes with calls. The minutes with the most loss, and the "
+                 "quietest:\n")
+        L.append("| minute | call media, s | loss phone -> room | loss room -> phone | holes > 100 ms (up / down) "
+                 "| load average | busy cores | waited for a CPU, ms/s: Roomline / livekit-server / room side |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        worst = sorted(tl, key=lambda r: -(r["up_missing_s"] + r["down_missing_s"]))[:8]
+        best = [r for r in sorted(tl, key=lambda r: r["up_missing_s"] + r["down_missing_s"])
+                if r not in worst and r["media_s"] >= 0.5 * max(x["media_s"] for x in tl)][:3]
+        for r in sorted(worst + best, key=lambda r: r["t0_min"]):
+            L.append(f"| {r['t0_min']:.0f} | {r['media_s']:.0f} | {_f(100 * r['up_loss'], 3)} % | "
+                     f"{_f(100 * r['down_loss'], 3)} % | {r['up_long']} / {r['down_long']} | {_f(r['load1'], 2)} | "
+                     f"{_f(r['busy_cores'], 2)} | {_f(r['wait_ms_per_s'], 0)} / {_f(r['lk_wait_ms_per_s'], 0)} / "
+                     f"{_f(r['room_side_wait_ms_per_s'], 0)} |")
+        quiet = [r for r in tl if r["load1"] <= np.nanmedian(load)]
+        busy = [r for r in tl if r["load1"] > np.nanmedian(load)]
+        if quiet and busy:
+            def share(rs: list[dict], d: str) -> float:
+                m = sum(r["media_s"] for r in rs)
+                return 100 * sum(r[f"{d}_missing_s"] for r in rs) / m if m else float("nan")
+            L.append(f"\nMinutes with the load average at or below its median ({_f(float(np.nanmedian(load)), 2)}): "
+                     f"loss {_f(share(quiet, 'up'), 3)} % phone -> room, {_f(share(quiet, 'down'), 3)} % room -> phone; "
+                     f"above it: {_f(share(busy, 'up'), 3)} %, {_f(share(busy, 'down'), 3)} %.")
+    L.append("")
+    return L
+
+
+def plot(samples: list[dict], phases: dict, path: str, calls: Optional[list[dict]] = None,
+         t0_unix: float = 0.0) -> None:
     """soak.png: calls and counts, RSS, fds and threads, load, over the run."""
     import matplotlib
     matplotlib.use("Agg")
@@ -718,7 +877,7 @@ def plot(samples: list[dict], phases: dict, path: str) -> None:
     def col(k: str) -> list[float]:
         return [(_num(s.get(k)) if _num(s.get(k)) is not None else float("nan")) for s in samples]
 
-    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(11, 13.5), sharex=True)
     for ax in axes:
         if phases.get("steady_t1"):
             ax.axvspan(phases["steady_t0"] / 60, phases["steady_t1"] / 60, color="0.93", zorder=0)
@@ -750,6 +909,18 @@ def plot(samples: list[dict], phases: dict, path: str) -> None:
     axes[3].legend(fontsize=7.5, loc="upper left")
     ax2.legend(fontsize=7.5, loc="upper right")
     axes[3].set_title("CPU and machine load")
-    axes[3].set_xlabel("minutes since the start (dotted: first call, last new call, last call ended)")
+    tl = loss_timeline(calls or [], samples, t0_unix)
+    if tl:
+        tm = [r["t0_min"] + 0.5 for r in tl]
+        axes[4].step(tm, [100 * r["up_loss"] for r in tl], "C0-", where="mid", lw=1, label="phone -> room")
+        axes[4].step(tm, [100 * r["down_loss"] for r in tl], "C1-", where="mid", lw=1, label="room -> phone")
+        ax4 = axes[4].twinx()
+        ax4.plot(t, col("load1"), "C3-", lw=0.8, alpha=0.6, label="machine load average (1 min)")
+        ax4.set_ylabel("load average")
+        ax4.legend(fontsize=7.5, loc="upper right")
+    axes[4].set_ylabel("tone missing, %")
+    axes[4].legend(fontsize=7.5, loc="upper left")
+    axes[4].set_title("Audio loss per minute (holes in the tone, share of the call media time)")
+    axes[4].set_xlabel("minutes since the start (dotted: first call, last new call, last call ended)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

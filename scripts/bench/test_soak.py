@@ -128,6 +128,62 @@ class Audio(unittest.TestCase):
         self.assertEqual((d["down_packets"], d["down_seq_span"], d["down_tone_frames"]), (98, 100, 88))
         self.assertEqual(R.down_audio(call, segs, 41000)["down_packets"], 0)
 
+    def test_flow_holes(self) -> None:
+        f = R.DownFlows()
+        t = 100.0
+        # silence before the first tone frame and after the last is no hole; inside: three
+        # frames without the tone, then two lost packets, then one frame without it
+        tone = [False] * 5 + [True] * 20 + [False] * 3 + [True] * 20 + [None, None] + [True] * 10 \
+            + [False] + [True] * 5 + [False] * 10
+        for i, x in enumerate(tone):
+            if x is not None:
+                f.add(t + 0.02 * i, 20004, 40000, 7, i, x)
+        (seg,) = f.segments()
+        holes = seg["holes"]
+        self.assertEqual(len(holes), 3)
+        self.assertAlmostEqual(holes[0][0], t + 0.02 * 25)
+        self.assertAlmostEqual(holes[0][1], 0.06)
+        self.assertAlmostEqual(holes[1][0], t + 0.02 * 50)  # the packet after the lost ones
+        self.assertAlmostEqual(holes[1][1], 0.04)
+        self.assertAlmostEqual(holes[2][1], 0.02)
+        d = R.down_audio({"bport": 20004, "answered": t, "ended": t + 2}, [seg], 40000)
+        self.assertEqual(len(d["down_holes"]), 3)
+
+    def test_up_holes(self) -> None:
+        u = R.up_audio({"rate": 16000, "samples": 1600, "frames": 10, "tone_frames": 8, "tone_samples": 1280,
+                        "first_tone_unix": 1.0, "last_tone_unix": 2.0, "holes": [[1.5, 320]]})
+        self.assertEqual(u["up_holes"], [(1.5, 0.02)])
+
+    def test_loss_timeline(self) -> None:
+        t0 = 1000.0
+        calls = [
+            # minute 0 (from 30 s) and 1 (to 90 s): 60 s of media; a 0.6 s hole at 70 s
+            {"answered": t0 + 30, "hangup": t0 + 90, "up_holes": [(t0 + 70, 0.6)],
+             "down_holes": [(t0 + 40, 0.02), (t0 + 41, 0.02)]},
+            # minute 1 only, no holes
+            {"answered": t0 + 60, "remote_bye": t0 + 120},
+            {"reason": "SIP 503"},  # never answered: no media
+        ]
+        smp = [{"t_s": float(t), "load1": 1.0 if t < 60 else 3.0, "machine_busy_cores": 1.0}
+               for t in range(0, 120, 5)]
+        tl = R.loss_timeline(calls, smp, t0)
+        self.assertEqual([r["t0_min"] for r in tl], [0, 1])
+        self.assertAlmostEqual(tl[0]["media_s"], 30)
+        self.assertAlmostEqual(tl[1]["media_s"], 90)
+        self.assertAlmostEqual(tl[0]["down_loss"], 0.04 / 30)
+        self.assertAlmostEqual(tl[1]["up_loss"], 0.6 / 90)
+        self.assertEqual((tl[1]["up_long"], tl[0]["down_long"]), (1, 0))
+        self.assertEqual((tl[0]["load1"], tl[1]["load1"]), (1.0, 3.0))
+        self.assertEqual([(n, round(m, 2)) for _, n, m in R.hole_classes(calls, "down")],
+                         [(2, 0.04), (0, 0), (0, 0), (0, 0)])
+        self.assertEqual([n for _, n, _ in R.hole_classes(calls, "up")], [0, 0, 0, 1])
+
+    def test_correlation(self) -> None:
+        self.assertAlmostEqual(R.correlation([1, 2, 3, 4], [2, 4, 6, 8]), 1.0)
+        self.assertAlmostEqual(R.correlation([1, 2, 3, 4, float("nan")], [4, 3, 2, 1, 9]), -1.0)
+        self.assertTrue(math.isnan(R.correlation([1, 2, 3], [1, 2, 3])))
+        self.assertTrue(math.isnan(R.correlation([1, 1, 1, 1], [1, 2, 3, 4])))
+
     def test_figures(self) -> None:
         c = {"answered": 100.0, "media_s": 10.0,
              "down_first_tone": 100.5, "down_last_tone": 109.98, "down_tone_frames": 450,
@@ -274,6 +330,7 @@ class Report(unittest.TestCase):
         self.assertIn("noisy", text)
         self.assertIn("| SIP 503 | 1 | 0 |", text)
         self.assertIn("Resources over the steady part:** no growth", text)
+        self.assertIn("### Where the audio was lost", text)
 
 
 class Scenario(unittest.TestCase):
