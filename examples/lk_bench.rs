@@ -35,7 +35,9 @@
 //!   `window`, this process's CPU and RSS), `quit` (or end of input: leave and exit).
 //!   For `scripts/soak` (calls that come and go) also `join ROOM` (event `joined` or
 //!   `join_failed`) and `close ROOM` (event `closed`: leave it, with who is still there
-//!   and what each sender that did not leave sent); the list FILE may be empty. Each remote participant is also
+//!   and what each sender that did not leave sent); the list FILE may be empty. Event
+//!   `publish_lag` (at most once a second): the tone ticker ran late (`late_ms`, worst in
+//!   that second) or participants' queues refused frames (`refused`). Each remote participant is also
 //!   counted on its own, from the first frame heard: event `participant_joined` when one
 //!   arrives, `left` when it goes (samples, frames, 1 kHz frames, first/last arrival as
 //!   Unix time).
@@ -328,6 +330,10 @@ struct SenderCounters {
     holes: Vec<(f64, u64)>,
     holes_dropped: u64,
 }
+
+/// The room side's tone ticker reports a second in which it ran this late (or a
+/// participant's queue refused a frame): event `publish_lag`.
+const PUBLISH_LATE: Duration = Duration::from_millis(60);
 
 /// Holes kept per sender (a soak call is minutes long; more is a broken call anyway).
 const MAX_HOLES: usize = 500;
@@ -650,8 +656,12 @@ async fn rooms_mode(args: &Args) {
             let mut ticker = tokio::time::interval(Duration::from_millis(20));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut n = 0u64;
+            // how the publishing keeps up, reported once a second when it did not: the
+            // ticker's worst lateness and the frames a participant's queue refused
+            let (mut late_max, mut refused, mut since) = (Duration::ZERO, 0u64, Instant::now());
             loop {
-                ticker.tick().await;
+                let due = ticker.tick().await;
+                late_max = late_max.max(tokio::time::Instant::now().saturating_duration_since(due));
                 let frame = tone_frame_at(
                     hz,
                     f64::from(ROOM_RATE.hz()),
@@ -661,9 +671,22 @@ async fn rooms_mode(args: &Args) {
                 // only where someone else is in the room: a room joined ahead of its call
                 // costs no encoding until the call's participant arrives
                 for s in slots.lock().unwrap().iter() {
-                    if !s.senders.lock().unwrap().present.is_empty() {
-                        let _ = s.handle.push_audio(&frame);
+                    if !s.senders.lock().unwrap().present.is_empty()
+                        && s.handle.push_audio(&frame).is_err()
+                    {
+                        refused += 1;
                     }
+                }
+                if since.elapsed() >= Duration::from_secs(1) {
+                    if late_max >= PUBLISH_LATE || refused > 0 {
+                        emit(serde_json::json!({
+                            "event": "publish_lag",
+                            "unix": unix_now(),
+                            "late_ms": late_max.as_millis() as u64,
+                            "refused": refused,
+                        }));
+                    }
+                    (late_max, refused, since) = (Duration::ZERO, 0, Instant::now());
                 }
             }
         });

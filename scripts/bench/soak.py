@@ -203,8 +203,8 @@ class Capture(threading.Thread):
             rtp = rtp_parse(pl)
             if rtp is None or rtp[0] != 0:
                 continue
-            _pt, seq, _ts, ssrc, payload = rtp
-            batch.append((t, sp, dp, ssrc, seq, payload))
+            _pt, seq, ts, ssrc, payload = rtp
+            batch.append((t, sp, dp, ssrc, seq, payload, ts))
             if len(batch) >= 200 or time.monotonic() - last_flush > 0.5:
                 self._flush(batch)
                 batch = []
@@ -219,7 +219,7 @@ class Capture(threading.Thread):
         with self.lock:
             for b in batch:
                 tone = bool(tones[id(b)]) if id(b) in tones else bool(pcmu_tone_frames(b[5], ROOM_HZ).any())
-                self.flows.add(b[0], b[1], b[2], b[3], b[4], tone)
+                self.flows.add(b[0], b[1], b[2], b[3], b[4], tone, b[6])
             self.packets += len(batch)
             self.flows.expire(batch[-1][0])
 
@@ -261,6 +261,7 @@ class Soak:
         self.sipp_pids: list[int] = []
         self.phases: dict[str, float] = {}
         self.listener_results: list[dict] = []
+        self.room_lag: list[dict] = []              # the room side's publish_lag events
         self.capture: Optional[Capture] = None
         self.rl: Optional[Roomline] = None
         self.room_side: Optional[RoomSide] = None
@@ -295,6 +296,9 @@ class Soak:
                     self.senders.setdefault(room, s)
             if any(sip(i) for i in ev.get("present", [])):
                 self.lingered.add(room)
+        elif kind == "publish_lag":
+            self.room_lag.append({"unix": ev.get("unix", time.time()), "late_ms": ev.get("late_ms", 0),
+                                  "refused": ev.get("refused", 0)})
         elif kind == "room_lost" and not (st and st["closing"]):
             log(f"room side lost {room}: {ev.get('reason')}")
 
@@ -855,7 +859,10 @@ def report_only(out: Path) -> int:
         for h in read_csv_rows(holes_csv):
             c = by_call.get((h["call_direction"], str(h["id"])))
             if c is not None:
-                c.setdefault(f"{h['audio']}_holes", []).append((float(h["unix"]), float(h["missing_s"])))
+                c.setdefault(f"{h['audio']}_holes", []).append(
+                    (float(h["unix"]), float(h["missing_s"]), h.get("kind") or "silence"))
+    lag_csv = out / "room_side_lag.csv"
+    run.setdefault("extra", {})["room_lag"] = read_csv_rows(lag_csv) if lag_csv.exists() else []
     for c in calls:  # the outcome again, with the rules of this version
         c["reason"] = R.outcome(c) or ""
     build_report(out, run, samples, calls)
@@ -922,15 +929,16 @@ def main() -> int:
     dropped = re.search(r"(\d+) packets dropped by kernel", _read(s.raw / "tcpdump.log"))
     write_csv(out / "calls.csv", [{k: _cell(c.get(k)) for k in CALL_COLUMNS} for c in calls])
     write_csv(out / "holes.csv", [{"call_direction": c["direction"], "id": c["id"], "audio": d,
-                                   "unix": round(t, 3), "missing_s": round(m, 3)}
-                                  for c in calls for d in ("up", "down") for t, m in c.get(f"{d}_holes") or []])
+                                   "unix": round(t, 3), "missing_s": round(m, 3), "kind": k}
+                                  for c in calls for d in ("up", "down") for t, m, k in c.get(f"{d}_holes") or []])
+    write_csv(out / "room_side_lag.csv", s.room_lag)
     run = {
         "args": {**{k: getattr(a, k) for k in ("calls", "minutes", "hold_min", "hold_max", "outbound_share",
                                                "room_ends", "sample_every", "warmup", "idle", "after",
                                                "listen_every", "rate", "seed", "cmdline")},
                  "calls_in": s.calls_in, "calls_out": s.calls_out},
         "info": info, "phases": s.phases, "t0_unix": s.t0,
-        "extra": {"runtime_s": time.time() - t_begin, "listeners": s.listener_results,
+        "extra": {"runtime_s": time.time() - t_begin, "listeners": s.listener_results, "room_lag": s.room_lag,
                   "pcap_dropped": int(dropped.group(1)) if dropped else 0,
                   "pcap_packets": s.capture.packets if s.capture else 0},
     }

@@ -29,6 +29,7 @@ LINGER_S = 20.0
 # A new RTP segment starts after this much silence on one flow (or a new SSRC).
 SEGMENT_GAP_S = 2.0
 FRAME_S = 0.02
+FRAME_TS = 160  # RTP timestamp units of a 20 ms PCMU frame
 # Holes (stretches without the tone between two tone frames) kept per call and direction.
 MAX_HOLES = 500
 # Hole sizes the report counts apart, seconds: one or two frames (a late or lost packet),
@@ -115,7 +116,8 @@ class DownFlows:
         self.open: dict[tuple[int, int, int], dict] = {}
         self.done: list[dict] = []
 
-    def add(self, t: float, bport: int, dport: int, ssrc: int, seq: int, tone: bool) -> None:
+    def add(self, t: float, bport: int, dport: int, ssrc: int, seq: int, tone: bool,
+            ts: Optional[int] = None) -> None:
         key = (bport, dport, ssrc)
         s = self.open.get(key)
         if s is not None and t - s["last"] > SEGMENT_GAP_S:
@@ -124,7 +126,7 @@ class DownFlows:
         if s is None:
             s = {"bport": bport, "dport": dport, "ssrc": ssrc, "first": t, "last": t, "packets": 0,
                  "seq0": seq, "seq_last": seq, "seq_ext": 0, "tone": 0, "first_tone": None,
-                 "last_tone": None, "pending": 0, "pending_at": None, "holes": []}
+                 "last_tone": None, "pending": {}, "pending_at": None, "holes": [], "ts_last": ts}
             self.open[key] = s
         # extended sequence numbers (wrap-around at 65536)
         delta = (seq - s["seq_last"]) & 0xFFFF
@@ -133,7 +135,16 @@ class DownFlows:
             s["seq_last"] = seq
             if delta > 1 and s["tone"]:
                 # packets the bridge never sent (or the capture dropped): missing frames
-                self._miss(s, t, delta - 1)
+                self._miss(s, t, delta - 1, "lost")
+            if ts is not None and s["ts_last"] is not None and delta > 0:
+                # the bridge skips send ticks when it runs late (the RTP timestamp jumps by
+                # more than a frame per packet): time the phone got no audio for
+                step = (ts - s["ts_last"]) & 0xFFFFFFFF
+                skipped = round(step / FRAME_TS) - delta
+                if 0 < skipped < 50 * 60 and s["tone"]:
+                    self._miss(s, t, skipped, "skipped")
+            if ts is not None:
+                s["ts_last"] = ts
         s["last"] = t
         s["packets"] += 1
         if tone:
@@ -143,22 +154,27 @@ class DownFlows:
             s["last_tone"] = t
             if s["pending"]:
                 if len(s["holes"]) < MAX_HOLES:
-                    s["holes"].append((s["pending_at"], s["pending"] * FRAME_S))
-                s["pending"], s["pending_at"] = 0, None
+                    # a hole's kind is what most of it was
+                    kind = max(s["pending"], key=s["pending"].get)
+                    s["holes"].append((s["pending_at"], sum(s["pending"].values()) * FRAME_S, kind))
+                s["pending"], s["pending_at"] = {}, None
         elif s["tone"]:
-            self._miss(s, t, 1)
+            self._miss(s, t, 1, "silence")
 
     @staticmethod
-    def _miss(s: dict, t: float, frames: int) -> None:
+    def _miss(s: dict, t: float, frames: int, kind: str) -> None:
         """Frames without the tone after the first one with it: a hole once the tone
-        comes back (what follows the last tone frame is the call's end, not a hole)."""
+        comes back (what follows the last tone frame is the call's end, not a hole).
+        kind: `silence` (packets sent without the room's tone: its audio did not reach
+        the bridge in time), `lost` (sequence numbers missing), `skipped` (send ticks the
+        bridge skipped: it ran late)."""
         if not s["pending"]:
             s["pending_at"] = t
-        s["pending"] += frames
+        s["pending"][kind] = s["pending"].get(kind, 0) + frames
 
     @staticmethod
     def _close(s: dict) -> dict:
-        d = {k: v for k, v in s.items() if k not in ("seq0", "seq_last", "seq_ext", "pending", "pending_at")}
+        d = {k: v for k, v in s.items() if k not in ("seq0", "seq_last", "seq_ext", "pending", "pending_at", "ts_last")}
         d["seq_span"] = s["seq_ext"] + 1
         return d
 
@@ -272,7 +288,7 @@ def up_audio(sender: Optional[dict]) -> dict:
         "up_first_tone": sender["first_tone_unix"] if sender["tone_frames"] else None,
         "up_last_tone": sender["last_tone_unix"] if sender["tone_frames"] else None,
         "up_frame_s": (sender["samples"] / sender["frames"] / rate) if sender["frames"] else FRAME_S,
-        "up_holes": [(float(t), n / rate) for t, n in sender.get("holes", [])],
+        "up_holes": [(float(t), n / rate, "silence") for t, n in sender.get("holes", [])],
     }
 
 
@@ -386,7 +402,7 @@ def loss_timeline(calls: list[dict], samples: list[dict], t0_unix: float, bucket
                 row(i)["media_s"] += hi - lo
             i += 1
         for d in ("up", "down"):
-            for t, miss in c.get(f"{d}_holes") or []:
+            for t, miss, *_kind in c.get(f"{d}_holes") or []:
                 r = row(int((float(t) - t0_unix) // bucket_s))
                 r[f"{d}_missing_s"] += float(miss)
                 r[f"{d}_long"] += int(float(miss) > 0.105)
@@ -419,7 +435,7 @@ def hole_classes(calls: list[dict], d: str) -> list[tuple[str, int, float]]:
     """(size class, holes, tone missing in them, s) of one direction over all calls."""
     out = [[label, 0, 0.0] for _, label in HOLE_CLASSES]
     for c in calls:
-        for _t, miss in c.get(f"{d}_holes") or []:
+        for _t, miss, *_kind in c.get(f"{d}_holes") or []:
             for k, (limit, _label) in enumerate(HOLE_CLASSES):
                 if float(miss) <= limit:
                     out[k][1] += 1
@@ -769,7 +785,7 @@ def write_report(info: dict, args: dict, calls: list[dict], samples: list[dict],
         L.append(f"\nThe capture dropped {extra['pcap_dropped']} packets (tcpdump's count): room->phone loss "
                  "includes them.")
     L.append("")
-    L += loss_section(calls, samples, extra.get("t0_unix", 0.0))
+    L += loss_section(calls, samples, extra.get("t0_unix", 0.0), extra.get("room_lag") or [])
 
     L.append("## Machine and versions\n")
     L.append(f"- {info.get('cores', '?')} cores, {info.get('cpu_model', '?')}, {info.get('mem_gib', '?')} GiB, "
@@ -814,9 +830,35 @@ def write_report(info: dict, args: dict, calls: list[dict], samples: list[dict],
     return "\n".join(L)
 
 
-def loss_section(calls: list[dict], samples: list[dict], t0_unix: float) -> list[str]:
-    """report.md's "Where the audio was lost": hole sizes, and loss against the machine's
-    load over the run."""
+def hole_kinds(calls: list[dict], d: str) -> dict[str, float]:
+    """Seconds of tone missing in one direction's holes, by kind."""
+    out: dict[str, float] = {}
+    for c in calls:
+        for _t, miss, *kind in c.get(f"{d}_holes") or []:
+            k = kind[0] if kind else "silence"
+            out[k] = out.get(k, 0.0) + float(miss)
+    return out
+
+
+def near_lag(calls: list[dict], d: str, lags: list[dict], min_s: float = 0.105, within_s: float = 2.0) -> tuple[int, int]:
+    """(holes longer than min_s, how many began within within_s of a second in which the
+    room side's publishing lagged)."""
+    times = sorted(float(x["unix"]) for x in lags)
+    n = near = 0
+    for c in calls:
+        for t, miss, *_k in c.get(f"{d}_holes") or []:
+            if float(miss) <= min_s:
+                continue
+            n += 1
+            i = int(np.searchsorted(times, float(t) - within_s))
+            if i < len(times) and times[i] <= float(t) + within_s:
+                near += 1
+    return n, near
+
+
+def loss_section(calls: list[dict], samples: list[dict], t0_unix: float, lags: list[dict]) -> list[str]:
+    """report.md's "Where the audio was lost": hole sizes and kinds, the room side's own
+    lag, and loss against the machine's load over the run."""
     L = ["### Where the audio was lost\n",
          "A *hole* is a stretch without the tone between two frames with it, inside one call (room -> phone: "
          "packets without 440 Hz or missing sequence numbers; phone -> room: decoded frames without 1 kHz). "
@@ -828,7 +870,27 @@ def loss_section(calls: list[dict], samples: list[dict], t0_unix: float) -> list
         cl = hole_classes(calls, d)
         L.append(f"| {label} | " + " | ".join(f"{n} ({_f(miss, 1)} s)" for _, n, miss in cl)
                  + f" | {_f(sum(m for _, _, m in cl), 1)} s |")
+    kinds = hole_kinds(calls, "down")
+    L.append(f"\nRoom -> phone by cause: {_f(kinds.get('silence', 0.0), 1)} s in packets the bridge sent on time "
+             f"without the room's tone (the room's audio had not reached it), {_f(kinds.get('skipped', 0.0), 1)} s in "
+             f"send ticks the bridge skipped (it ran late: the RTP timestamp jumps), {_f(kinds.get('lost', 0.0), 1)} s "
+             "in missing sequence numbers (not sent, or dropped by the capture).")
+    late = [x for x in lags if float(x.get("late_ms") or 0) > 0]
+    refused = sum(int(x.get("refused") or 0) for x in lags)
+    n_dn, near_dn = near_lag(calls, "down", lags)
+    n_up, near_up = near_lag(calls, "up", lags)
+    L.append(f"\nThe room side itself (one process publishing the 440 Hz into every room from one 20 ms ticker) "
+             f"ran 60 ms or more late in {len(late)} seconds of the run (worst "
+             f"{max((int(x['late_ms']) for x in late), default=0)} ms), and its participants' queues refused "
+             f"{refused} frames. Of the holes over 100 ms, {near_dn} of {n_dn} room -> phone and {near_up} of {n_up} "
+             "phone -> room began within 2 s of such a second (their cause is then on the room side's machine, "
+             "not in the bridge).")
     tl = loss_timeline(calls, samples, t0_unix)
+    lag_by_min: dict[int, list[float]] = {}
+    for x in lags:
+        m = lag_by_min.setdefault(int((float(x["unix"]) - t0_unix) // 60), [0, 0])
+        m[0] += 1 if float(x.get("late_ms") or 0) >= 60 else 0
+        m[1] += int(x.get("refused") or 0)
     if len(tl) >= 2:
         load = [r["load1"] for r in tl]
         wait = [r["wait_ms_per_s"] for r in tl]
@@ -842,8 +904,9 @@ def loss_section(calls: list[dict], samples: list[dict], t0_unix: float) -> list
                  f"{_f(w_down, 2)}; over {len(tl)} minutes with calls. The minutes with the most loss, and the "
                  "quietest:\n")
         L.append("| minute | call media, s | loss phone -> room | loss room -> phone | holes > 100 ms (up / down) "
-                 "| load average | busy cores | waited for a CPU, ms/s: Roomline / livekit-server / room side |")
-        L.append("|---|---|---|---|---|---|---|---|")
+                 "| load average | busy cores | waited for a CPU, ms/s: Roomline / livekit-server / room side "
+                 "| room side late, s / refused frames |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
         worst = sorted(tl, key=lambda r: -(r["up_missing_s"] + r["down_missing_s"]))[:8]
         best = [r for r in sorted(tl, key=lambda r: r["up_missing_s"] + r["down_missing_s"])
                 if r not in worst and r["media_s"] >= 0.5 * max(x["media_s"] for x in tl)][:3]
@@ -851,7 +914,8 @@ def loss_section(calls: list[dict], samples: list[dict], t0_unix: float) -> list
             L.append(f"| {r['t0_min']:.0f} | {r['media_s']:.0f} | {_f(100 * r['up_loss'], 3)} % | "
                      f"{_f(100 * r['down_loss'], 3)} % | {r['up_long']} / {r['down_long']} | {_f(r['load1'], 2)} | "
                      f"{_f(r['busy_cores'], 2)} | {_f(r['wait_ms_per_s'], 0)} / {_f(r['lk_wait_ms_per_s'], 0)} / "
-                     f"{_f(r['room_side_wait_ms_per_s'], 0)} |")
+                     f"{_f(r['room_side_wait_ms_per_s'], 0)} | "
+                     f"{lag_by_min.get(round(r['t0_min']), [0, 0])[0]} / {lag_by_min.get(round(r['t0_min']), [0, 0])[1]} |")
         quiet = [r for r in tl if r["load1"] <= np.nanmedian(load)]
         busy = [r for r in tl if r["load1"] > np.nanmedian(load)]
         if quiet and busy:

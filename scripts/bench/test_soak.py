@@ -143,23 +143,45 @@ class Audio(unittest.TestCase):
         self.assertEqual(len(holes), 3)
         self.assertAlmostEqual(holes[0][0], t + 0.02 * 25)
         self.assertAlmostEqual(holes[0][1], 0.06)
+        self.assertEqual(holes[0][2], "silence")
         self.assertAlmostEqual(holes[1][0], t + 0.02 * 50)  # the packet after the lost ones
         self.assertAlmostEqual(holes[1][1], 0.04)
+        self.assertEqual(holes[1][2], "lost")
         self.assertAlmostEqual(holes[2][1], 0.02)
         d = R.down_audio({"bport": 20004, "answered": t, "ended": t + 2}, [seg], 40000)
         self.assertEqual(len(d["down_holes"]), 3)
 
+    def test_skipped_ticks(self) -> None:
+        # the bridge ran late once: 5 ticks skipped (timestamp +6 frames, sequence +1)
+        f = R.DownFlows()
+        ts = 1000
+        for i in range(40):
+            if i == 20:
+                ts += 5 * R.FRAME_TS
+            f.add(100.0 + 0.02 * i, 20004, 40000, 7, i, True, ts)
+            ts += R.FRAME_TS
+        (seg,) = f.segments()
+        self.assertEqual(len(seg["holes"]), 1)
+        self.assertAlmostEqual(seg["holes"][0][1], 0.1)
+        self.assertEqual(seg["holes"][0][2], "skipped")
+        self.assertEqual(R.hole_kinds([{"down_holes": seg["holes"]}], "down"), {"skipped": 0.1})
+
+    def test_near_lag(self) -> None:
+        calls = [{"down_holes": [(100.0, 0.5, "silence"), (200.0, 0.5, "silence"), (300.0, 0.02, "silence")]}]
+        self.assertEqual(R.near_lag(calls, "down", [{"unix": 101.5, "late_ms": 300, "refused": 0}]), (2, 1))
+        self.assertEqual(R.near_lag(calls, "down", []), (2, 0))
+
     def test_up_holes(self) -> None:
         u = R.up_audio({"rate": 16000, "samples": 1600, "frames": 10, "tone_frames": 8, "tone_samples": 1280,
                         "first_tone_unix": 1.0, "last_tone_unix": 2.0, "holes": [[1.5, 320]]})
-        self.assertEqual(u["up_holes"], [(1.5, 0.02)])
+        self.assertEqual(u["up_holes"], [(1.5, 0.02, "silence")])
 
     def test_loss_timeline(self) -> None:
         t0 = 1000.0
         calls = [
             # minute 0 (from 30 s) and 1 (to 90 s): 60 s of media; a 0.6 s hole at 70 s
-            {"answered": t0 + 30, "hangup": t0 + 90, "up_holes": [(t0 + 70, 0.6)],
-             "down_holes": [(t0 + 40, 0.02), (t0 + 41, 0.02)]},
+            {"answered": t0 + 30, "hangup": t0 + 90, "up_holes": [(t0 + 70, 0.6, "silence")],
+             "down_holes": [(t0 + 40, 0.02, "silence"), (t0 + 41, 0.02, "lost")]},
             # minute 1 only, no holes
             {"answered": t0 + 60, "remote_bye": t0 + 120},
             {"reason": "SIP 503"},  # never answered: no media
