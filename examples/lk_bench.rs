@@ -329,6 +329,13 @@ struct SenderCounters {
     /// the first missing frame, samples missing), at most `MAX_HOLES`, then only counted.
     holes: Vec<(f64, u64)>,
     holes_dropped: u64,
+    /// Samples that did not arrive: once a second from the first tone frame, the lowest
+    /// deficit (wall time since the first tone frame times the rate, minus the samples
+    /// received since) seen in that second, as (Unix time, samples). Late frames that
+    /// arrive in a burst pull it back; frames that never came keep it up.
+    deficit: Vec<(f64, i64)>,
+    deficit_second: Option<(f64, i64)>,
+    received_since_tone: u64,
 }
 
 /// The room side's tone ticker reports a second in which it ran this late (or a
@@ -339,6 +346,26 @@ const PUBLISH_LATE: Duration = Duration::from_millis(60);
 const MAX_HOLES: usize = 500;
 
 impl SenderCounters {
+    /// After the first tone frame: counts `n` samples that arrived at `now` into the
+    /// per-second lowest deficit (at most `MAX_HOLES` seconds kept).
+    fn track_deficit(&mut self, now: f64, n: u64) {
+        let rate = f64::from(ROOM_RATE.hz());
+        // the deficit before this frame: it covers the time up to its arrival
+        let d = ((now - self.first_tone_unix) * rate) as i64 - self.received_since_tone as i64;
+        self.received_since_tone += n;
+        match &mut self.deficit_second {
+            Some((start, low)) if now - *start < 1.0 => *low = (*low).min(d),
+            slot => {
+                if let Some(done) = slot.take()
+                    && self.deficit.len() < MAX_HOLES
+                {
+                    self.deficit.push(done);
+                }
+                *slot = Some((now, d));
+            }
+        }
+    }
+
     /// Counts one decoded frame of `n` samples that arrived at `now`.
     fn frame(&mut self, now: f64, n: u64, tone: bool) {
         if self.frames == 0 {
@@ -349,6 +376,7 @@ impl SenderCounters {
         self.last_unix = now;
         if !tone {
             if self.tone_frames > 0 {
+                self.track_deficit(now, n);
                 if self.pending_miss == 0 {
                     self.pending_at = now;
                 }
@@ -359,6 +387,7 @@ impl SenderCounters {
         if self.tone_frames == 0 {
             self.first_tone_unix = now;
         }
+        self.track_deficit(now, n);
         if self.pending_miss > 0 {
             if self.holes.len() < MAX_HOLES {
                 self.holes.push((self.pending_at, self.pending_miss));
@@ -387,6 +416,8 @@ impl SenderCounters {
             "last_tone_unix": self.last_tone_unix,
             "holes": self.holes.iter().map(|(t, n)| serde_json::json!([t, n])).collect::<Vec<_>>(),
             "holes_dropped": self.holes_dropped,
+            "deficit": self.deficit.iter().chain(self.deficit_second.iter())
+                .map(|(t, d)| serde_json::json!([t, d])).collect::<Vec<_>>(),
         })
     }
 }

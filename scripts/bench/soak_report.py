@@ -288,8 +288,29 @@ def up_audio(sender: Optional[dict]) -> dict:
         "up_first_tone": sender["first_tone_unix"] if sender["tone_frames"] else None,
         "up_last_tone": sender["last_tone_unix"] if sender["tone_frames"] else None,
         "up_frame_s": (sender["samples"] / sender["frames"] / rate) if sender["frames"] else FRAME_S,
-        "up_holes": [(float(t), n / rate, "silence") for t, n in sender.get("holes", [])],
+        "up_holes": sorted([(float(t), n / rate, "silence") for t, n in sender.get("holes", [])]
+                           + not_received(sender.get("deficit", []), rate)),
     }
+
+
+def not_received(deficit: list, rate: float) -> list[tuple[float, float, str]]:
+    """Holes of audio that never arrived, from lk_bench's per-second lowest deficit
+    ((Unix time, samples short of wall time since the first tone frame)): what stays
+    missing is the lower envelope seen from the end (a later burst of late frames pulls the
+    deficit back down, lost frames keep it up); each rise of that envelope by more than
+    10 ms is a hole of kind `not received`."""
+    pts = [(float(t), float(d)) for t, d in deficit]
+    env, low = [], float("inf")
+    for t, d in reversed(pts):
+        low = min(low, d)
+        env.append((t, low))
+    env.reverse()
+    out, prev = [], 0.0
+    for t, e in env:
+        if e - prev > 0.01 * rate:
+            out.append((t, (e - prev) / rate, "not received"))
+        prev = max(prev, e)
+    return out
 
 
 def audio_figures(c: dict) -> dict:
@@ -870,6 +891,10 @@ def loss_section(calls: list[dict], samples: list[dict], t0_unix: float, lags: l
         cl = hole_classes(calls, d)
         L.append(f"| {label} | " + " | ".join(f"{n} ({_f(miss, 1)} s)" for _, n, miss in cl)
                  + f" | {_f(sum(m for _, _, m in cl), 1)} s |")
+    up_kinds = hole_kinds(calls, "up")
+    L.append(f"\nPhone -> room by cause: {_f(up_kinds.get('silence', 0.0), 1)} s in frames the room side decoded "
+             f"without the phone's tone, {_f(up_kinds.get('not received', 0.0), 1)} s of frames that never reached the "
+             "room side (published late or lost: the lower envelope of its arrival deficit).")
     kinds = hole_kinds(calls, "down")
     L.append(f"\nRoom -> phone by cause: {_f(kinds.get('silence', 0.0), 1)} s in packets the bridge sent on time "
              f"without the room's tone (the room's audio had not reached it), {_f(kinds.get('skipped', 0.0), 1)} s in "

@@ -176,6 +176,20 @@ class Audio(unittest.TestCase):
                         "first_tone_unix": 1.0, "last_tone_unix": 2.0, "holes": [[1.5, 320]]})
         self.assertEqual(u["up_holes"], [(1.5, 0.02, "silence")])
 
+    def test_not_received(self) -> None:
+        # 1 s points: late frames at 3 s (back by 4 s), 0.5 s lost at 6 s, then steady
+        rate = 16000
+        d = [(1.0, 0), (2.0, 160), (3.0, 8000), (4.0, 160), (5.0, 0), (6.0, 8000), (7.0, 8160), (8.0, 8000)]
+        holes = R.not_received(d, rate)
+        self.assertEqual(len(holes), 1)
+        self.assertEqual(holes[0][0], 6.0)
+        self.assertAlmostEqual(holes[0][1], 0.5)
+        self.assertEqual(holes[0][2], "not received")
+        self.assertEqual(R.not_received([], rate), [])
+        u = R.up_audio({"rate": rate, "samples": 1600, "frames": 10, "tone_frames": 8, "tone_samples": 1280,
+                        "first_tone_unix": 1.0, "last_tone_unix": 9.0, "holes": [[1.5, 320]], "deficit": d})
+        self.assertEqual([h[2] for h in u["up_holes"]], ["silence", "not received"])
+
     def test_loss_timeline(self) -> None:
         t0 = 1000.0
         calls = [
