@@ -131,6 +131,20 @@ def proc_rss(pid: int) -> float:
     return float("nan")
 
 
+def proc_rss_parts(pid: int) -> tuple[float, float]:
+    """(RssAnon, RssFile) in MiB: the heap and stacks, and the mapped files' pages (the
+    binary's code as it gets touched); NaN if gone."""
+    parts = {"RssAnon:": float("nan"), "RssFile:": float("nan")}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k = line.split(":", 1)[0] + ":"
+            if k in parts:
+                parts[k] = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return parts["RssAnon:"], parts["RssFile:"]
+
+
 def proc_wait(pid: int) -> float:
     """Seconds the threads of a process spent runnable but waiting for a CPU (the run
     queue, /proc/PID/task/*/schedstat), summed over its live threads; NaN if it is gone.

@@ -51,6 +51,7 @@ from harness import (  # noqa: E402
     API_KEY, API_SECRET, LK_PORT, PROCS, PY, RL_HTTP, RL_RTP, RL_SIP, ROOMPEER, SIPP_MEDIA,
     SIPP_SIP, Infra, RoomSide, Roomline, http_json, loadavg, log, machine_cpu, machine_info, on_signal,
     pcmu_tone_frames, phone_uac_scenario, proc_cpu, proc_fds, proc_rss, proc_threads, proc_wait,
+    proc_rss_parts,
     read_csv_rows, read_pcap_stream, rtp_parse, tone_file, write_csv,
 )
 
@@ -525,7 +526,8 @@ class Soak:
         row: dict[str, Any] = {
             "t_s": round(now - self.t0, 2), "unix": round(now, 3), "phase": self.phase,
             "phones_up": self.phones_up(),
-            "rss_mib": round(proc_rss(pid), 2), "fds": proc_fds(pid), "threads": proc_threads(pid),
+            "rss_mib": round(proc_rss(pid), 2), "rss_anon_mib": round(proc_rss_parts(pid)[0], 2),
+            "rss_file_mib": round(proc_rss_parts(pid)[1], 2), "fds": proc_fds(pid), "threads": proc_threads(pid),
             **cpu,
             "active": calls.get("active", ""), "rtp_ports": calls.get("rtp_ports_in_use", ""),
             "participants": calls.get("participants", ""), "tasks": calls.get("tasks", ""),

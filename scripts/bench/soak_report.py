@@ -473,6 +473,8 @@ def hole_classes(calls: list[dict], d: str) -> list[tuple[str, int, float]]:
 # at constant load.
 RESOURCES: list[tuple[str, str, Any]] = [
     ("rss_mib", "RSS, MiB", lambda m: max(2.0, 0.02 * m)),
+    ("rss_anon_mib", "of which anonymous (heap, stacks), MiB", lambda m: max(2.0, 0.02 * m)),
+    ("rss_file_mib", "of which file pages (the binary's code as it is touched), MiB", lambda m: max(2.0, 0.02 * m)),
     ("fds", "open file descriptors", lambda m: max(3.0, 0.02 * m)),
     ("threads", "threads", lambda m: 2.0),
     ("tasks", "call tasks (/health/detailed)", lambda m: 1.0),
@@ -983,7 +985,10 @@ def plot(samples: list[dict], phases: dict, path: str, calls: Optional[list[dict
     a.set_ylabel("count")
     a.set_title("Calls (grey: the steady part the fit uses)")
     a.legend(fontsize=7.5, loc="upper right", ncol=2)
-    axes[1].plot(t, col("rss_mib"), "C0-", lw=1)
+    axes[1].plot(t, col("rss_mib"), "C0-", lw=1, label="RSS")
+    axes[1].plot(t, col("rss_anon_mib"), "C1-", lw=1, label="anonymous (heap, stacks)")
+    axes[1].plot(t, col("rss_file_mib"), "C2-", lw=1, label="file pages (code)")
+    axes[1].legend(fontsize=7.5, loc="upper left")
     axes[1].set_ylabel("RSS, MiB")
     axes[1].set_title("Roomline memory")
     axes[2].plot(t, col("fds"), "C0-", lw=1, label="open file descriptors")

@@ -293,7 +293,9 @@ class Resources(unittest.TestCase):
 
         def flat(t: float, i: int) -> dict:
             up = 40 + (i % 3) - 1
-            return {"rss_mib": 60 + rng.normal(0, 0.5), "fds": 200 + 3 * up, "threads": 6,
+            anon, code = 45 + rng.normal(0, 0.5), 15 + rng.normal(0, 0.1)
+            return {"rss_mib": anon + code, "rss_anon_mib": anon, "rss_file_mib": code,
+                    "fds": 200 + 3 * up, "threads": 6,
                     "tasks": up, "active": up, "rtp_ports": 2 * up, "participants": up, "lk_sip": up,
                     "endpoint_txs": 0}
 
@@ -303,13 +305,16 @@ class Resources(unittest.TestCase):
 
         def leaky(t: float, i: int) -> dict:
             d = flat(t, i)
-            d["rss_mib"] += t / 60  # 1 MiB a minute
+            d["rss_mib"] += t / 60  # 1 MiB a minute, on the heap
+            d["rss_anon_mib"] += t / 60
             d["participants"] += int(t // 120)  # one more every 2 minutes
             return d
 
         v = {x["resource"]: x for x in R.resource_verdicts(samples(10, 5, leaky), 60, 600)}
         self.assertEqual(v["rss_mib"]["verdict"], "GREW")
         self.assertAlmostEqual(v["rss_mib"]["slope_per_h"], 60, delta=3)
+        self.assertEqual(v["rss_anon_mib"]["verdict"], "GREW")
+        self.assertEqual(v["rss_file_mib"]["verdict"], "no growth")
         self.assertEqual(v["participants"]["verdict"], "GREW")
         self.assertEqual(v["active"]["verdict"], "no growth")
         self.assertEqual(v["fds"]["verdict"], "no growth")
