@@ -24,9 +24,6 @@ use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::sdp::{self, Codec, Local, Negotiated, Rejection};
 
-/// The codecs Roomline offers and accepts on the phone leg, preferred first when we offer.
-pub const PHONE_CODECS: &[Codec] = &[Codec::G722, Codec::Pcmu, Codec::Pcma];
-
 /// The one latch rule (symmetric RTP, RFC 4961): RTP goes where the phone's packets come
 /// from unless its SDP names a public address that is also where its signalling comes
 /// from (then only that address is listened to). A private, loopback or foreign address
@@ -62,6 +59,8 @@ pub struct MediaLeg {
     pub local: Local,
     /// Our current SDP (offer or answer).
     pub sdp: String,
+    /// The trunk's codecs, preferred first: all we offer and accept.
+    codecs: Vec<Codec>,
     setup: MediaSetup,
     /// DTMF digits sent to the phone (RFC 4733), for the summary line.
     pub dtmf_out: u64,
@@ -76,6 +75,7 @@ impl MediaLeg {
             _ports: bound.guard,
             pm: None,
             negotiated: None,
+            codecs: local.codecs.clone(),
             local,
             sdp: String::new(),
             setup,
@@ -94,16 +94,26 @@ impl MediaLeg {
         self.negotiated.as_ref().map(|n| n.codec)
     }
 
+    /// The room side's rate: 16 kHz for the wideband codecs (G.722, Opus), else 8 kHz.
     pub fn rate(&self) -> SampleRate {
         match self.codec() {
-            Some(Codec::G722) => SampleRate::Hz16000,
+            Some(Codec::G722 | Codec::Opus) => SampleRate::Hz16000,
             _ => SampleRate::Hz8000,
         }
     }
 
-    /// Our first offer: every codec we take, preferred first.
+    /// Another trunk's codecs (an outbound call failing over): before anything is
+    /// negotiated, our offer becomes theirs.
+    pub fn set_codecs(&mut self, codecs: &[Codec]) {
+        if self.negotiated.is_none() && self.codecs != codecs {
+            self.codecs = codecs.to_vec();
+            self.first_offer();
+        }
+    }
+
+    /// Our first offer: every codec the trunk takes, preferred first.
     pub fn first_offer(&mut self) -> String {
-        self.local.codecs = PHONE_CODECS.to_vec();
+        self.local.codecs = self.codecs.clone();
         self.sdp = sdp::offer(&self.local);
         self.sdp.clone()
     }
@@ -123,7 +133,7 @@ impl MediaLeg {
                 local.codecs = vec![n.codec];
                 local.session_version += 1;
             }
-            None => local.codecs = PHONE_CODECS.to_vec(),
+            None => local.codecs = self.codecs.clone(),
         }
         let (negotiated, answer) = sdp::answer(&offer, &local)?;
         tracing::debug!(direction = ?negotiated.direction, remote = ?negotiated.remote_rtp,
@@ -159,7 +169,10 @@ impl MediaLeg {
     /// with `start`, a pipeline starts if there is none.
     fn apply(&mut self, now: Instant, negotiated: Negotiated, start: bool) {
         let restart = self.negotiated.as_ref().is_none_or(|n| {
-            n.codec != negotiated.codec || n.payload_type != negotiated.payload_type
+            n.codec != negotiated.codec
+                || n.payload_type != negotiated.payload_type
+                || n.recv_payload_type != negotiated.recv_payload_type
+                || n.opus != negotiated.opus
         });
         if let Some(pm) = self.pm.as_mut()
             && !restart

@@ -331,7 +331,11 @@ impl OutboundCall {
             signalling: flow.remote.ip(),
         };
         match self.shell.media.as_mut() {
-            Some(m) => m.set_setup(setup),
+            Some(m) => {
+                m.set_setup(setup);
+                // a backup trunk may take other codecs: the new INVITE offers its own
+                m.set_codecs(&target.codecs);
+            }
             None => {
                 let b = bound
                     .take()
@@ -342,7 +346,7 @@ impl OutboundCall {
                     .rtp_public_ip
                     .unwrap_or_else(|| self.shell.ctx.endpoint.advertised(&flow).ip());
                 let local = Local {
-                    codecs: super::bridge::PHONE_CODECS.to_vec(),
+                    codecs: target.codecs.clone(),
                     address: sdp_ip,
                     rtp_port: b.guard.pair().rtp,
                     session_id: rand::random_range(1..u32::MAX as u64),
