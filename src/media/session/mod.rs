@@ -920,6 +920,8 @@ mod tests {
     /// A simulated phone sending a tone in RTP packets of `ptime_ms`.
     struct Phone {
         codec: PhoneCodec,
+        /// The payload type its audio goes on (the codec's own by default).
+        pt: u8,
         ptime_ms: u32,
         ssrc: u32,
         seq: u16,
@@ -935,6 +937,7 @@ mod tests {
         fn new(codec: PhoneCodec, ptime_ms: u32, freq: f64) -> Self {
             Phone {
                 codec,
+                pt: codec.payload_type(),
                 ptime_ms,
                 ssrc: 0xdee0_ee8f,
                 seq: 65_500,
@@ -967,12 +970,12 @@ mod tests {
             }
             self.payloads.push(payload.clone());
             let advance = self.codec.rtp_clock_rate() / 1000 * self.ptime_ms;
-            self.rtp(self.codec.payload_type(), payload, advance)
+            self.rtp(self.pt, payload, advance)
         }
 
         fn rtp(&mut self, pt: u8, payload: Vec<u8>, advance: u32) -> Vec<u8> {
             let mut p = RtpPacket::new(pt, SeqNo(self.seq), self.ts, Ssrc(self.ssrc), payload);
-            p.marker = self.payloads.len() == 1 && pt == self.codec.payload_type();
+            p.marker = self.payloads.len() == 1 && pt == self.pt;
             self.seq = self.seq.wrapping_add(1);
             self.ts = self.ts.wrapping_add(advance);
             p.to_bytes().expect("valid packet")
@@ -1421,6 +1424,25 @@ mod tests {
         assert_eq!(heard.len(), 50 * 320);
         let f = dominant_frequency(&heard[4000..], 16_000);
         assert!((f - 440.0).abs() < 1.0, "{f} Hz");
+    }
+
+    /// PCMU on a dynamic payload type (RFC 3551 allows it): decoded, not concealed.
+    #[test]
+    fn a_static_codec_on_a_dynamic_payload_type_is_decoded() {
+        let mut c = config(PCMU);
+        c.payload_type = 112;
+        c.recv_payload_type = 112;
+        let mut sim = Sim::new(c);
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        phone.pt = 112;
+        sim.stream(&mut phone, phone_addr(), 3, 50);
+        sim.run_until(sim.at(1200));
+        // every packet decoded in order (only the fade after the stream's end is concealed)
+        assert_continuous(&sim, &phone.reference(), 1000.0);
+        assert_eq!(
+            sim.m.stats().rx.concealed_frames,
+            u64::from(DEFAULT_FADE_FRAMES)
+        );
     }
 
     /// An Opus phone (dynamic payload type 111, 48 kHz clock): its 6 kHz tone (beyond
