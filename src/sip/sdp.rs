@@ -435,6 +435,9 @@ pub struct Negotiated {
     pub dtmf_payload_type: Option<u8>,
     /// The telephone-event payload type the peer sends with.
     pub recv_dtmf_payload_type: Option<u8>,
+    /// The telephone-event clock (the codec's, unless the peer offered events only on
+    /// another: then event durations count on that one).
+    pub dtmf_clock_rate: u32,
     /// Where to send RTP (None: the remote is on hold with 0.0.0.0 or a zero port).
     pub remote_rtp: Option<SocketAddr>,
     pub remote_rtcp: Option<SocketAddr>,
@@ -510,12 +513,19 @@ fn formats_in(m: &MediaSection) -> Vec<Format> {
         .collect()
 }
 
-/// The telephone-event of a section on `codec`'s clock (RFC 4733 section 2.1).
-fn events_for(formats: &[Format], codec: Codec) -> Option<u8> {
-    formats
-        .iter()
-        .find(|f| f.event_clock == Some(codec.clock_rate()))
-        .map(|f| f.pt)
+/// The telephone-event of a section and its clock: the one on `codec`'s clock (RFC 4733
+/// section 2.1), else the first offered on another (common with Opus: baresip 1.0 and
+/// many PBXs offer only `telephone-event/8000`; its durations then count at 8000).
+fn events_for(formats: &[Format], codec: Codec) -> Option<(u8, u32)> {
+    let events = || {
+        formats
+            .iter()
+            .filter_map(|f| Some((f.pt, f.event_clock?)))
+            .filter(|(_, clock)| (8_000..=48_000).contains(clock))
+    };
+    events()
+        .find(|(_, clock)| *clock == codec.clock_rate())
+        .or_else(|| events().next())
 }
 
 /// The peer's Opus parameters for payload type `pt` of `m`.
@@ -559,7 +569,8 @@ pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Reject
         }) else {
             continue;
         };
-        let dtmf = events_for(&offered, codec);
+        let events = events_for(&offered, codec);
+        let dtmf = events.map(|(pt, _)| pt);
         let addr = m.connection.or(offer.connection);
         let on_hold_addr = addr.is_none_or(|a| a.is_unspecified());
         let remote_rtp = (!on_hold_addr).then(|| SocketAddr::new(addr.expect("checked"), m.port));
@@ -591,6 +602,7 @@ pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Reject
                 recv_payload_type: pt,
                 dtmf_payload_type: dtmf,
                 recv_dtmf_payload_type: dtmf,
+                dtmf_clock_rate: events.map_or(codec.clock_rate(), |(_, c)| c),
                 remote_rtp: remote_rtp.filter(|_| direction.sends()),
                 remote_rtcp,
                 ptime_ms: m.ptime.unwrap_or(20),
@@ -631,7 +643,7 @@ pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Reject
             sdp.push_str("\r\n");
             write_format(&mut sdp, neg.payload_type, neg.codec);
             if let Some(d) = neg.dtmf_payload_type {
-                write_events(&mut sdp, d, neg.codec.clock_rate());
+                write_events(&mut sdp, d, neg.dtmf_clock_rate);
             }
             write_tail(
                 &mut sdp,
@@ -768,7 +780,9 @@ pub fn read_answer(answer_sdp: &Sdp, local: &Local) -> Result<Negotiated, Reject
         .unwrap_or(Direction::SendRecv)
         .answer();
     let remote_rtp = addr.map(|a| SocketAddr::new(a, m.port));
-    let dtmf = events_for(&answered, codec);
+    let events = events_for(&answered, codec);
+    let dtmf = events.map(|(pt, _)| pt);
+    let dtmf_clock_rate = events.map_or(codec.clock_rate(), |(_, c)| c);
     Ok(Negotiated {
         codec,
         payload_type: pt,
@@ -778,9 +792,10 @@ pub fn read_answer(answer_sdp: &Sdp, local: &Local) -> Result<Negotiated, Reject
         recv_dtmf_payload_type: dtmf.and_then(|_| {
             offered_events(&local.codecs)
                 .into_iter()
-                .find(|(_, clock)| *clock == codec.clock_rate())
+                .find(|(_, clock)| *clock == dtmf_clock_rate)
                 .map(|(pt, _)| pt)
         }),
+        dtmf_clock_rate,
         remote_rtp: remote_rtp.filter(|_| direction.sends()),
         remote_rtcp: if m.rtcp_mux {
             remote_rtp
@@ -976,18 +991,31 @@ mod tests {
 
     #[test]
     fn telephone_event_follows_the_codec_clock() {
-        // Opus with only telephone-event/8000: no RFC 4733 (the clocks differ)
+        // Opus with only telephone-event/8000 (baresip 1.0, many PBXs): taken, durations
+        // at 8000
         let offer =
             parse(&BARESIP_OPUS.replace("telephone-event/48000", "telephone-event/8000")).unwrap();
         let (n, sdp) = answer(&offer, &local(&Codec::ALL)).unwrap();
-        assert_eq!((n.codec, n.dtmf_payload_type), (Codec::Opus, None));
-        assert!(!sdp.contains("telephone-event"), "{sdp}");
+        assert_eq!(
+            (n.codec, n.dtmf_payload_type, n.dtmf_clock_rate),
+            (Codec::Opus, Some(101), 8_000)
+        );
+        assert!(
+            sdp.contains("a=rtpmap:101 telephone-event/8000\r\n"),
+            "{sdp}"
+        );
         // both clocks offered, PCMU chosen: the 8000 one
         let text = "v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0 111 110 101\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:101 telephone-event/8000\r\n";
         let (n, _) = answer(&parse(text).unwrap(), &local(&Codec::ALL)).unwrap();
-        assert_eq!((n.codec, n.dtmf_payload_type), (Codec::Pcmu, Some(101)));
+        assert_eq!(
+            (n.codec, n.dtmf_payload_type, n.dtmf_clock_rate),
+            (Codec::Pcmu, Some(101), 8_000)
+        );
         let (n, _) = answer(&parse(text).unwrap(), &local(&[Codec::Opus])).unwrap();
-        assert_eq!((n.codec, n.dtmf_payload_type), (Codec::Opus, Some(110)));
+        assert_eq!(
+            (n.codec, n.dtmf_payload_type, n.dtmf_clock_rate),
+            (Codec::Opus, Some(110), 48_000)
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct PhoneMediaConfig {
     pub dtmf_payload_type: Option<u8>,
     /// The telephone-event payload type the phone sends with.
     pub recv_dtmf_payload_type: Option<u8>,
+    /// The telephone-event clock: the codec's RTP clock, unless SDP gave events only on
+    /// another (event durations then count on it; timestamps stay the stream's).
+    pub dtmf_clock_rate: u32,
     /// With Opus: what the phone's fmtp asks of our encoder.
     pub opus: OpusParams,
     /// The phone's `a=maxptime`: we never send longer packets.
@@ -64,6 +67,7 @@ impl PhoneMediaConfig {
             recv_payload_type: codec.payload_type(),
             dtmf_payload_type: None,
             recv_dtmf_payload_type: None,
+            dtmf_clock_rate: codec.rtp_clock_rate(),
             opus: OpusParams::default(),
             maxptime: None,
             ptime: PHONE_FRAME,
@@ -93,6 +97,7 @@ impl PhoneMediaConfig {
         config.recv_payload_type = negotiated.recv_payload_type;
         config.dtmf_payload_type = negotiated.dtmf_payload_type;
         config.recv_dtmf_payload_type = negotiated.recv_dtmf_payload_type;
+        config.dtmf_clock_rate = negotiated.dtmf_clock_rate;
         config.opus = negotiated.opus.unwrap_or_default();
         config.maxptime = negotiated
             .maxptime_ms

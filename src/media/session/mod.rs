@@ -268,9 +268,10 @@ impl PhoneMedia {
         if config.direction != Direction::SendRecv {
             timeout.pause();
         }
-        // RFC 4733 section 2.1: events on the audio codec's clock (8000, Opus 48000)
+        // RFC 4733 section 2.1: events on the audio codec's clock (8000, Opus 48000), or
+        // the one SDP gave them
         let dtmf_tx = DtmfSenderConfig {
-            clock_rate,
+            clock_rate: config.dtmf_clock_rate,
             packet_interval: send_ptime,
             ..DtmfSenderConfig::default()
         };
@@ -306,7 +307,7 @@ impl PhoneMedia {
             decoder: PlayoutDecoder::new(codec, samples_in(rx_frame, rate), DEFAULT_FADE_FRAMES)
                 .with_payload_types([payload_type, config.recv_payload_type & 0x7f]),
             dtmf_rx: DtmfReceiver::new(DtmfReceiverConfig {
-                clock_rate,
+                clock_rate: config.dtmf_clock_rate,
                 ..DtmfReceiverConfig::default()
             }),
             loss: LossCounter::default(),
