@@ -318,6 +318,7 @@ pub fn disconnect_outcome(reason: DisconnectReason) -> Outcome {
         DisconnectReason::Server { reason, .. } if reason == "PARTICIPANT_REMOVED" => {
             Outcome::ParticipantRemoved
         }
+        DisconnectReason::Unreachable { .. } => Outcome::LiveKitUnreachable(reason.to_string()),
         other => Outcome::LiveKitLeft(other.to_string()),
     }
 }

@@ -299,6 +299,7 @@ impl InboundCall {
         o.sample_rate = self.sample_rate();
         o.agents = plan.agents.clone();
         o.join_timeout = Duration::from_secs(10);
+        o.reconnect_window = lk.reconnect_window;
         o
     }
 

@@ -60,6 +60,8 @@ pub struct LiveKitConfig {
     pub url: String,
     pub api_key: String,
     pub api_secret: Secret,
+    /// How long a call rides out a lost connection to LiveKit (`livekit.reconnect_window`).
+    pub reconnect_window: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -33,6 +33,7 @@ pub struct LiveKit {
     pub url: Option<Spanned<String>>,
     pub api_key: Option<Spanned<String>>,
     pub api_secret: Option<Spanned<String>>,
+    pub reconnect_window: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -302,6 +302,7 @@ impl OutboundCall {
             }));
         o.sample_rate = SampleRate::Hz8000;
         o.join_timeout = Duration::from_secs(10);
+        o.reconnect_window = lk.reconnect_window;
         o
     }
     /// One try through one trunk: Ok once answered.
