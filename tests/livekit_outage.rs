@@ -159,6 +159,14 @@ fn phone_talks(rtp: &RtpPeer, to: SocketAddr, stop: &AtomicBool) {
     }
 }
 
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A room participant (`room-<tag>`) that connects (retrying while LiveKit is not
 /// there), publishes 440 Hz for `seconds` and records the phone.
 fn room_side(lk: &LiveKitServer, room: &str, tag: &str, seconds: u32) -> JoinHandle<PeerRun> {
@@ -226,12 +234,22 @@ fn heard_both_ways(
 ) -> (Duration, Duration) {
     let run = peer.join().unwrap();
     let report = run.expect_ok().clone();
-    let room_hz = run.f64("dominant_hz");
+    let room_hz = report["dominant_hz"].as_f64().unwrap_or_else(|| {
+        panic!(
+            "the room heard nothing from the phone: {report}\n{}",
+            run.describe()
+        )
+    });
     assert!(
         within(room_hz, PHONE_HZ, 0.02),
         "the room heard {room_hz} Hz from the phone: {report}"
     );
-    let heard_unix = run.f64("tone_heard_unix");
+    let heard_unix = report["tone_heard_unix"].as_f64().unwrap_or_else(|| {
+        panic!(
+            "the room never heard {PHONE_HZ} Hz from the phone: {report}\n{}",
+            run.describe()
+        )
+    });
     let room_heard_after = Duration::from_secs_f64((heard_unix - since_unix).max(0.0));
     let pkts = rtp.received();
     let at = first_tone_at_phone(&pkts, since, ROOM_HZ).unwrap_or_else(|| {
@@ -276,6 +294,8 @@ fn rides_out(down: Duration, how: Down) {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| phone_talks(&rtp, daemon, &stop));
+        // the phone stops talking however this ends (a panic too: the scope waits)
+        let _quiet = StopOnDrop(&stop);
         // before: audio both ways
         let before = room_side(&lk, &room, "before", 4);
         let (t, t_unix) = (Instant::now(), unix_now());
@@ -316,7 +336,6 @@ fn rides_out(down: Duration, how: Down) {
             "the phone got a BYE:\n{}",
             sipp.messages_so_far()
         );
-        stop.store(true, Ordering::Relaxed);
     });
     assert_eq!(
         rl.metric("roomline_livekit_reconnects_total{result=\"rejoined\"}"),

@@ -81,6 +81,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 import warnings
 import wave
 from typing import Any, Optional
@@ -663,7 +664,20 @@ async def cmd_exchange(args: argparse.Namespace) -> dict[str, Any]:
         if participant.identity == args.from_identity:
             rec.start(track, participant.identity, publication.sid)
 
+    # wait for the server to answer HTTP before the first connect: a Room whose connect
+    # failed can leave the SDK's process without audio for the next one
     t0 = time.monotonic()
+    http = args.url.replace("wss://", "https://").replace("ws://", "http://")
+    while True:
+        try:
+            with urllib.request.urlopen(http, timeout=1) as r:
+                if r.status == 200:
+                    break
+        except Exception:
+            pass
+        if time.monotonic() - t0 > args.wait_timeout:
+            raise PeerError(f"{http} did not answer within {args.wait_timeout:.0f}s")
+        await asyncio.sleep(0.05)
     attempts = 0
     while True:
         room = rtc.Room()
