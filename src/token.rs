@@ -80,6 +80,7 @@ mod tests {
             api_key: "devkey".into(),
             api_secret: Secret::new("secret"),
             reconnect_window: crate::livekit::DEFAULT_RECONNECT_WINDOW,
+            hold_tone: false,
         }
     }
 

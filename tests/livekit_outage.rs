@@ -6,8 +6,9 @@
 //!
 //! What is asserted is what the people on the call notice: the call is not hung up, and
 //! after LiveKit is back each side hears the other's tone again (by frequency), soon
-//! after the server is ready; or, when LiveKit stays away longer than
-//! `livekit.reconnect_window`, the phone gets a BYE whose Reason says so.
+//! after the server is ready (meanwhile silence, or the hold tone when configured); or,
+//! when LiveKit stays away longer than `livekit.reconnect_window`, the phone gets a BYE
+//! whose Reason says so.
 //!
 //! The issue's figure is "a tone crosses both ways again within 2 s of LiveKit being
 //! ready". The assertion allows [`BACK_WITHIN`] (2 s + 3 s): the room side is a Python
@@ -39,6 +40,8 @@ use common::{PeerRun, within};
 const CALLER: &str = "+15551230077";
 const PHONE_HZ: f64 = 1000.0;
 const ROOM_HZ: f64 = 440.0;
+/// `livekit.hold_tone`'s beep (`call::prompt::HOLD`).
+const HOLD_HZ: f64 = 620.0;
 /// How soon after LiveKit is ready each side must hear the other's tone again: the
 /// issue's 2 s, plus 3 s for the Python peer's own reconnect and the machine's load.
 const BACK_WITHIN: Duration = Duration::from_secs(5);
@@ -284,11 +287,15 @@ enum Down {
 /// A call is up with audio both ways; LiveKit goes away for `down` and comes back
 /// empty; the call is still up and both sides hear each other again soon after
 /// LiveKit is ready.
-fn rides_out(down: Duration, how: Down) {
+fn rides_out(down: Duration, how: Down, hold_tone: bool) {
     let _media = media_lock();
     let mut lk = LiveKitServer::start();
     let room = format!("outage-{}", down.as_secs());
-    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan(&room)));
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .livekit_extra(&format!("  hold_tone: {hold_tone}\n"))
+            .dialplan("main", &plan(&room)),
+    );
     let rtp = RtpPeer::bind();
     let (sipp, daemon) = call(&rl, &rtp);
     let stop = AtomicBool::new(false);
@@ -322,6 +329,26 @@ fn rides_out(down: Duration, how: Down) {
             "LiveKit {how:?}, ready again after {:.2?}",
             ready.duration_since(went)
         );
+        // meanwhile the phone heard silence, or the hold tone when configured
+        let outage: Vec<Rtp> = rtp
+            .received()
+            .into_iter()
+            .filter(|p| p.at >= went && p.at < ready)
+            .collect();
+        let hold = first_tone_at_phone(&outage, went, HOLD_HZ);
+        assert_eq!(
+            hold.is_some(),
+            hold_tone,
+            "hold tone configured: {hold_tone}; heard at {:?} ({} packets during the outage)",
+            hold.map(|at| at.duration_since(went)),
+            outage.len()
+        );
+        if !hold_tone {
+            assert!(
+                outage.iter().all(|p| roomline::ulaw_is_silent(&p.payload)),
+                "the phone heard something other than silence during the outage"
+            );
+        }
         let (to_room, to_phone) = heard_both_ways(&rtp, after, ready, ready_unix);
         eprintln!(
             "after LiveKit was ready: the room heard the phone after {to_room:.2?}, the phone heard the room after {to_phone:.2?}"
@@ -360,13 +387,14 @@ fn rides_out(down: Duration, how: Down) {
 /// end 1.5 s in with `cause=16`).
 #[test]
 fn call_rides_out_livekit_killed_for_3s() {
-    rides_out(Duration::from_secs(3), Down::Killed);
+    rides_out(Duration::from_secs(3), Down::Killed, false);
 }
 
-/// LiveKit shut down (SERVER_SHUTDOWN to every participant) and back 15 s later.
+/// LiveKit shut down (SERVER_SHUTDOWN to every participant) and back 15 s later; the
+/// phone hears the hold tone meanwhile (`livekit.hold_tone: true`).
 #[test]
 fn call_rides_out_livekit_restarted_after_15s() {
-    rides_out(Duration::from_secs(15), Down::Stopped);
+    rides_out(Duration::from_secs(15), Down::Stopped, true);
 }
 
 /// LiveKit gone for longer than `livekit.reconnect_window` (4 s here): the phone gets a

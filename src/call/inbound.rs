@@ -234,6 +234,7 @@ impl InboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            hold_tone: self.shell.cfg.livekit.hold_tone,
         };
         let mut media = MediaLeg::new(bound, local, setup);
         match &self.offer {

@@ -22,6 +22,8 @@ pub const AUTH_NONCE_TTL: Duration = Duration::from_secs(300);
 
 /// `livekit.reconnect_window`: longer than a LiveKit restart.
 pub const RECONNECT_WINDOW: Duration = crate::livekit::DEFAULT_RECONNECT_WINDOW;
+/// `livekit.hold_tone`: silence while a call rides out an outage.
+pub const HOLD_TONE: bool = false;
 /// The longest `livekit.reconnect_window` (a phone kept in silence longer is no call).
 pub const RECONNECT_WINDOW_MAX: Duration = Duration::from_secs(600);
 

@@ -330,6 +330,7 @@ impl OutboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            hold_tone: self.shell.cfg.livekit.hold_tone,
         };
         match self.shell.media.as_mut() {
             Some(m) => m.set_setup(setup),

@@ -136,6 +136,9 @@ fn livekit_settings(
         api_key,
         api_secret: Secret::new(secret?.0),
         reconnect_window,
+        hold_tone: l
+            .and_then(|l| l.value.hold_tone.as_ref())
+            .map_or(defaults::HOLD_TONE, |b| b.value),
     })
 }
 
