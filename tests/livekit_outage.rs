@@ -64,6 +64,50 @@ fn unix_now() -> f64 {
 /// The phone: INVITE (PCMU, media at `sdp_port`), ACK, then it waits up to 3 minutes
 /// for the daemon's BYE and answers it.
 fn uac_await_bye(sdp_port: u16) -> String {
+    uac(
+        sdp_port,
+        r#"  <recv request="BYE" timeout="180000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Content-Length: 0
+    ]]>
+  </send>"#,
+    )
+}
+
+/// The phone hangs up `after_ms` after its ACK: BYE, then the 200 (within 10 s).
+fn uac_hangs_up(sdp_port: u16, after_ms: u64) -> String {
+    uac(
+        sdp_port,
+        &format!(
+            r#"  <pause milliseconds="{after_ms}"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200" timeout="10000"/>"#
+        ),
+    )
+}
+
+/// INVITE, the answer, ACK, then `end`.
+fn uac(sdp_port: u16, end: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="uac">
@@ -85,19 +129,7 @@ fn uac_await_bye(sdp_port: u16) -> String {
       Content-Length: 0
     ]]>
   </send>
-  <recv request="BYE" timeout="180000"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Content-Length: 0
-    ]]>
-  </send>
+{end}
 </scenario>
 "#,
         invite = invite(CALLER, &sdp_port.to_string())
@@ -110,9 +142,13 @@ fn plan(room: &str) -> String {
 
 /// A call from sipp whose media is `rtp`: returns sipp and the daemon's RTP address.
 fn call(rl: &Roomline, rtp: &RtpPeer) -> (Sipp, SocketAddr) {
+    call_with(rl, &uac_await_bye(rtp.port()))
+}
+
+fn call_with(rl: &Roomline, scenario: &str) -> (Sipp, SocketAddr) {
     let mut args = sipp_args(&rl.sip_addr(), false);
     args.extend(["-s".into(), "+15550177".into()]);
-    let sipp = Sipp::spawn(Some(&uac_await_bye(rtp.port())), &args);
+    let sipp = Sipp::spawn(Some(scenario), &args);
     let deadline = Instant::now() + Duration::from_secs(30);
     let answer = loop {
         if let Some(m) = sipp.received_so_far().into_iter().find(|m| {
@@ -439,6 +475,30 @@ fn call_ends_with_cause_38_when_livekit_stays_away_past_the_window() {
     assert_eq!(
         rl.metric("roomline_livekit_reconnects_total{result=\"gave_up\"}"),
         Some(1.0)
+    );
+    rl.assert_no_leaks(Duration::from_secs(10));
+}
+
+/// The phone hangs up while LiveKit is away (default 30 s window): its BYE gets 200
+/// at once, the call ends as the caller's hangup, and nothing is left behind.
+#[test]
+fn phone_hangs_up_during_an_outage() {
+    let mut lk = LiveKitServer::start();
+    let room = "outage-hangup";
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan(room)));
+    let rtp = RtpPeer::bind();
+    let (sipp, _daemon) = call_with(&rl, &uac_hangs_up(rtp.port(), 4000));
+    wait_participant(&lk, room, &sip_identity(CALLER));
+    lk.kill();
+    let run = sipp.wait(Duration::from_secs(30));
+    run.expect_success();
+    assert_eq!(
+        rl.metric(
+            "roomline_calls_total{direction=\"inbound\",trunk=\"local\",outcome=\"caller_hangup\"}"
+        ),
+        Some(1.0),
+        "{}",
+        rl.log_tail(40)
     );
     rl.assert_no_leaks(Duration::from_secs(10));
 }
