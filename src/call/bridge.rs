@@ -21,9 +21,9 @@ use crate::livekit::{DisconnectReason, ParticipantEvent, ParticipantHandle, Samp
 use crate::media::dtmf::DtmfDigit;
 use crate::media::rtp::Ssrc;
 use crate::media::sdes::{SdesOffer, SrtpKeys};
-use crate::media::srtp::SrtpSuite;
 use crate::media::session::{MediaEvent, MediaStats, PhoneMedia, PhoneMediaConfig};
 use crate::media::socket::{self, PortGuard, RtpSockets};
+use crate::media::srtp::SrtpSuite;
 use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::sdp::{self, Codec, Local, Negotiated, Rejection};
@@ -174,6 +174,12 @@ impl MediaLeg {
 
     /// The keys negotiation agreed on: a running pipeline rekeys what changed.
     fn set_keys(&mut self, keys: Option<SrtpKeys>) {
+        if let (Some(new), Some(old)) = (keys.as_ref(), self.srtp.as_ref())
+            && new != old
+        {
+            tracing::debug!(suite = %new.suite(), local = new.local != old.local,
+                remote = new.remote != old.remote, "SRTP rekeyed");
+        }
         if let (Some(k), Some(pm)) = (keys.as_ref(), self.pm.as_mut()) {
             pm.set_srtp(k);
         }
@@ -193,7 +199,8 @@ impl MediaLeg {
         let m = sdp::answered_section(&parsed).expect("read_answer found it");
         // no open offer but keys in use: the 2xx repeating a 183's answer, or an answer to
         // our re-offer of the session as it is
-        let offered = (self.sdes_offer.clone()).or_else(|| self.srtp.as_ref().map(SdesOffer::current));
+        let offered =
+            (self.sdes_offer.clone()).or_else(|| self.srtp.as_ref().map(SdesOffer::current));
         let keys = encryption::read_answer(self.setup.encryption, offered.as_ref(), m)?;
         if keys.is_none() && self.srtp.is_some() {
             return Err(Rejection {

@@ -78,9 +78,9 @@ pub fn read_answer(
 ) -> Result<Option<SrtpKeys>, Rejection> {
     let secure = is_rtp_savp(&m.proto) || !m.crypto.0.is_empty();
     match (secure, offered) {
-        (false, _) if policy == MediaEncryption::Require => Err(refuse(
-            "the answer has plain RTP, this call requires SRTP",
-        )),
+        (false, _) if policy == MediaEncryption::Require => {
+            Err(refuse("the answer has plain RTP, this call requires SRTP"))
+        }
         (false, _) => Ok(None),
         (true, None) => Err(refuse("the answer has SRTP, which we did not offer")),
         (true, Some(o)) => o
@@ -139,7 +139,9 @@ mod tests {
             (vec![], "without a=crypto"),
             (vec!["1 AES_CM_128_HMAC_SHA1_80".to_string()], "malformed"),
             (
-                vec!["1 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkw".into()],
+                vec![
+                    "1 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkw".into(),
+                ],
                 "no supported crypto suite",
             ),
             (
@@ -151,7 +153,11 @@ mod tests {
             let m = section("RTP/SAVP", &crypto);
             let r = answer_section(MediaEncryption::Require, None, &m).unwrap_err();
             assert!(r.text.contains(why), "{why}: {}", r.text);
-            assert!(!r.text.contains("inline:"), "no key in a Warning: {}", r.text);
+            assert!(
+                !r.text.contains("inline:"),
+                "no key in a Warning: {}",
+                r.text
+            );
         }
     }
 
@@ -191,7 +197,10 @@ mod tests {
         let (theirs, value) = sdes::answer(&m.crypto.values(), &SUITES).unwrap();
         let answer = section("RTP/SAVP", &[value]);
         let k = read_answer(Allow, Some(&ours), &answer).unwrap().unwrap();
-        assert_eq!((k.local.clone(), k.remote.clone()), (theirs.remote, theirs.local));
+        assert_eq!(
+            (k.local.clone(), k.remote.clone()),
+            (theirs.remote, theirs.local)
+        );
         let plain = section("RTP/AVP", &[]);
         assert_eq!(read_answer(Allow, Some(&ours), &plain), Ok(None));
         assert!(read_answer(Require, Some(&ours), &plain).is_err());

@@ -375,8 +375,7 @@ pub fn plain_only(m: &MediaSection) -> Result<Option<String>, Rejection> {
     if is_rtp_savp(&m.proto) {
         return Err(Rejection {
             warning_code: 305,
-            text: "Incompatible media format: SRTP (RTP/SAVP) is not enabled on this trunk"
-                .into(),
+            text: "Incompatible media format: SRTP (RTP/SAVP) is not enabled on this trunk".into(),
         });
     }
     Ok(None)
@@ -620,11 +619,10 @@ pub fn answered_section(answer_sdp: &Sdp) -> Option<&MediaSection> {
 /// Reads the answer to our `offer`: the answerer must pick one of the codecs we offered.
 /// `srtp` says whether the accepted section has SRTP (its keys are the caller's business).
 pub fn read_answer(answer_sdp: &Sdp, local: &Local) -> Result<Negotiated, Rejection> {
-    let m = answered_section(answer_sdp)
-        .ok_or_else(|| Rejection {
-            warning_code: 304,
-            text: "the answer accepted no audio stream".into(),
-        })?;
+    let m = answered_section(answer_sdp).ok_or_else(|| Rejection {
+        warning_code: 304,
+        text: "the answer accepted no audio stream".into(),
+    })?;
     let offered = codecs_in(m);
     let (pt, codec) = offered
         .iter()

@@ -1,0 +1,432 @@
+//! Secure trunks from the wire: SRTP (SDES) on the phone leg with TLS signalling, against a
+//! real SRTP implementation (pjsip's, PyPI `pjsua2-python`, tests/peers/phone.py, with
+//! SRTP mandatory) as the phone calling in and as the carrier called out, audio both ways
+//! checked by frequency in each suite pjsua2 has; the `media_encryption` policy matrix
+//! with sipp offers (plain, SRTP, broken or missing `a=crypto`, unknown suite, short key);
+//! the API's `require` through LiveKit's Python SDK; a renewed certificate served while an
+//! SRTP call over TLS keeps its audio.
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests drive real processes on the wall clock"
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::livekit::LiveKitServer;
+use common::pki::Pki;
+use common::roomline::{Roomline, Setup, free_port, roompeer_bg, wait_participants};
+use common::{PeerRun, run_roompeer, within};
+
+const CALLER: &str = "+15551230000";
+
+/// Audio tests take the CPU they measure with; one at a time.
+static MEDIA: Mutex<()> = Mutex::new(());
+
+fn media_lock() -> MutexGuard<'static, ()> {
+    MEDIA.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The SDES suites pjsua2 (PyPI pjsua2-python 2.15.1) speaks with us. Its libsrtp is
+/// built without AES-GCM: it refuses `AEAD_AES_128_GCM` itself
+/// (`pjsua2_has_no_gcm_so_gcm_is_tested_against_our_own_context`), so GCM end to end is
+/// tested with our own SRTP context as the phone's.
+const SUITES: [&str; 2] = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"];
+
+fn tone_wav(dir: &Path, hz: u32, seconds: u32) -> PathBuf {
+    let path = dir.join(format!("tone{hz}.wav"));
+    let st = Command::new("sox")
+        .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
+        .arg(&path)
+        .args([
+            "synth",
+            &seconds.to_string(),
+            "sine",
+            &hz.to_string(),
+            "vol",
+            "0.5",
+        ])
+        .status()
+        .expect("sox");
+    assert!(st.success());
+    path
+}
+
+/// A room listener recording `from_identity` and a publisher of `room_hz`, both in the
+/// room before the call.
+fn room_side(
+    lk: &LiveKitServer,
+    room: &str,
+    from_identity: &str,
+    room_hz: u32,
+    seconds: u32,
+) -> (JoinHandle<PeerRun>, JoinHandle<PeerRun>) {
+    let listener = roompeer_bg(
+        lk,
+        "listen",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "listener",
+            "--seconds",
+            &(seconds + 20).to_string(),
+            "--from-identity",
+            from_identity,
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    let publisher = roompeer_bg(
+        lk,
+        "publish-tone",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "agent",
+            "--freq",
+            &room_hz.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+            "--frame-ms",
+            "20",
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    wait_participants(lk, room, Duration::from_secs(30), |ps| {
+        ps.iter().any(|p| p["identity"] == "listener")
+            && ps.iter().any(|p| p["identity"] == "agent")
+    });
+    (listener, publisher)
+}
+
+/// The phone heard `room_hz` (its recording), the room heard `phone_hz`, for at least
+/// `min_s` seconds each.
+fn assert_audio_both_ways(
+    what: &str,
+    heard: &Path,
+    listener: JoinHandle<PeerRun>,
+    phone_hz: u32,
+    room_hz: u32,
+    min_s: f64,
+) {
+    let analysis = run_roompeer(
+        ["analyze-wav".to_string(), heard.display().to_string()],
+        Duration::from_secs(60),
+    );
+    let a = analysis.expect_ok().clone();
+    let hz = analysis.f64("dominant_hz");
+    assert!(
+        within(hz, f64::from(room_hz), 0.02),
+        "{what}: the phone heard {hz} Hz: {a}"
+    );
+    assert!(
+        analysis.f64("nonsilent_seconds") >= min_s,
+        "{what}: the phone heard too little of the room's tone: {a}"
+    );
+    let room = listener.join().unwrap();
+    let r = room.expect_ok().clone();
+    let hz = room.f64("dominant_hz");
+    assert!(
+        within(hz, f64::from(phone_hz), 0.02),
+        "{what}: the room heard {hz} Hz: {r}"
+    );
+    assert!(
+        room.f64("frames_nonsilent") >= min_s * 50.0,
+        "{what}: too little of the phone's tone reached the room: {r}"
+    );
+}
+
+/// The daemon's summary line of the `nth` call (from 0) to `called`.
+fn summary_line(rl: &Roomline, called: &str, nth: usize) -> String {
+    let needle = format!("called={called}");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(l) = rl
+            .log()
+            .lines()
+            .filter(|l| l.contains("call ended") && l.contains(&needle))
+            .nth(nth)
+        {
+            return l.to_string();
+        }
+        assert!(
+            Instant::now() < until,
+            "no summary line for {called}:\n{}",
+            rl.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The daemon's TLS listener lines, its certificate and key from `pki` for 127.0.0.1.
+fn tls_listener(pki: &Pki, name: &str, port: u16) -> String {
+    let (cert, key) = pki.leaf(name, "localhost", "DNS:localhost,IP:127.0.0.1");
+    format!(
+        "    - transport: tls\n      address: 127.0.0.1:{port}\n      cert: {}\n      key: {}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+fn phone_args(base: &[&str], extra: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    v.extend(extra.iter().cloned());
+    v
+}
+
+/// No `inline:` key of these SDPs is anywhere in the daemon's log.
+fn assert_no_key_in_log(rl: &Roomline, sdps: &[&str]) {
+    let log = rl.log();
+    for sdp in sdps {
+        for line in sdp.lines().filter(|l| l.starts_with("a=crypto:")) {
+            let key = line
+                .split("inline:")
+                .nth(1)
+                .and_then(|k| k.split(['|', ' ']).next())
+                .unwrap_or("");
+            assert!(
+                key.len() > 20 && !log.contains(key),
+                "an SRTP key reached the log: {line}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A real SRTP phone calling in, over TLS
+// ---------------------------------------------------------------------------------------
+
+/// pjsua2 with SRTP mandatory calls over TLS (verifying the daemon's certificate) into a
+/// trunk that requires SRTP, once per suite; 1 kHz from the phone reaches the room and
+/// 440 Hz from the room reaches the phone; the summary line names the suite, and the key
+/// is in no log line (the daemon logs at debug).
+#[test]
+fn pjsua2_calls_in_over_tls_with_srtp_in_each_suite() {
+    let _media = media_lock();
+    let lk = LiveKitServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "rl");
+    let port = free_port();
+    let mut plan = String::from("rules:\n");
+    for (i, _) in SUITES.iter().enumerate() {
+        plan += &format!(
+            "  - name: s{i}\n    match:\n      called: \"+1555010{i}\"\n    room: srtp-in-{i}\n"
+        );
+    }
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk(
+                "local",
+                "inbound:\n  allowed_addresses: [127.0.0.1/32]\nmedia_encryption: require\n",
+            )
+            .dialplan("main", &plan)
+            .sip_extra(&tls_listener(&pki, "served", port)),
+    );
+    let play = tone_wav(dir.path(), 1000, 14);
+    for (i, suite) in SUITES.iter().enumerate() {
+        let room = format!("srtp-in-{i}");
+        let called = format!("+1555010{i}");
+        let heard = dir.path().join(format!("heard-{i}.wav"));
+        // the first call rekeys mid-call: pjsua's re-INVITE carries new keys
+        let rekey = i == 0;
+        let (listener, publisher) = room_side(&lk, &room, &format!("sip_{CALLER}"), 440, 10);
+        let run = common::run_phone(
+            phone_args(
+                &[
+                    "call",
+                    &format!("sip:{called}@127.0.0.1:{port};transport=tls"),
+                    "--codec",
+                    "PCMU",
+                    "--from-user",
+                    CALLER,
+                    "--seconds",
+                    "6",
+                    "--transport",
+                    "tls",
+                    "--srtp",
+                    "mandatory",
+                    "--srtp-suite",
+                    suite,
+                ],
+                &[
+                    "--ca".into(),
+                    pki.ca_cert.display().to_string(),
+                    "--play".into(),
+                    play.display().to_string(),
+                    "--record".into(),
+                    heard.display().to_string(),
+                    "--reinvite-after".into(),
+                    if rekey { "2.5" } else { "0" }.into(),
+                ],
+            ),
+            Duration::from_secs(60),
+        );
+        let report = run.expect_ok().clone();
+        let reoffer = report["reinvite_sdp"].as_str().unwrap_or("").to_string();
+        if rekey {
+            let key = |sdp: &str| {
+                sdp.split("inline:")
+                    .nth(1)
+                    .map(|k| k.chars().take(40).collect::<String>())
+            };
+            assert!(
+                key(&reoffer).is_some()
+                    && key(&reoffer) != key(report["local_sdp"].as_str().unwrap_or("")),
+                "the re-INVITE carries a new key: {reoffer}"
+            );
+            rl.wait_log("SRTP rekeyed", Duration::from_secs(5));
+        }
+        let offer = report["local_sdp"].as_str().unwrap_or("").to_string();
+        assert!(
+            offer.contains("RTP/SAVP") && offer.contains(&format!("a=crypto:1 {suite} ")),
+            "{suite}: the phone offered SRTP with {suite}: {offer}"
+        );
+        assert_audio_both_ways(suite, &heard, listener, 1000, 440, 4.0);
+        let _ = publisher.join();
+        let line = summary_line(&rl, &called, 0);
+        assert!(line.contains(&format!("srtp=\"{suite}\"")), "{line}");
+        assert!(line.contains("srtp_failed=0"), "{line}");
+        assert_no_key_in_log(&rl, &[&offer, &reoffer]);
+    }
+    let m = rl
+        .metric("roomline_calls_media_encryption_total{direction=\"inbound\",encryption=\"AES_CM_128_HMAC_SHA1_80\"}")
+        .unwrap_or(0.0);
+    assert_eq!(m, 1.0, "one inbound call per suite in the metric");
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+// ---------------------------------------------------------------------------------------
+// A real SRTP carrier called out, over TLS, through the API
+// ---------------------------------------------------------------------------------------
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+fn wait_tcp(port: u16) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "nothing listens on TCP {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CreateSIPParticipant through LiveKit's Python SDK (tests/peers/sipclient.py).
+fn create_participant(rl: &Roomline, lk: &LiveKitServer, req: &serde_json::Value) -> PeerRun {
+    let script = common::repo_root().join("tests/peers/sipclient.py");
+    let args: Vec<String> = vec![
+        "create".into(),
+        "--url".into(),
+        format!("http://127.0.0.1:{}", rl.http_port),
+        "--request".into(),
+        req.to_string(),
+        "--api-key".into(),
+        lk.api_key().into(),
+        "--api-secret".into(),
+        lk.api_secret().into(),
+    ];
+    common::run_peer(
+        &common::python(),
+        &[script.as_os_str()],
+        &args,
+        Duration::from_secs(90),
+    )
+}
+
+/// The API asks for `require` on a trunk whose own policy is `disable`: the call offers
+/// only RTP/SAVP, to pjsua2 answering over TLS (its certificate checked against the
+/// trunk's `ca_file` for 127.0.0.1) with SRTP mandatory; audio both ways in each suite
+/// (the carrier picks the suite from our offer).
+#[test]
+fn api_require_calls_a_pjsua2_carrier_over_tls_with_srtp_in_each_suite() {
+    let _media = media_lock();
+    let lk = LiveKitServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "carrier");
+    let (cert, key) = pki.leaf("carrier", "carrier", "IP:127.0.0.1");
+    let port = free_port();
+    let rl = Roomline::start(Setup::new(&lk).trunk(
+        "carrier",
+        &format!(
+            "outbound:\n  address: sips:127.0.0.1:{port}\n  ca_file: {}\nmedia_encryption: disable\n",
+            pki.ca_cert.display()
+        ),
+    ));
+    let play = tone_wav(dir.path(), 1000, 14);
+    for (i, suite) in SUITES.iter().enumerate() {
+        let room = format!("srtp-out-{i}");
+        let heard = dir.path().join(format!("carrier-heard-{i}.wav"));
+        let (listener, publisher) = room_side(&lk, &room, "carrier-phone", 440, 10);
+        let args = phone_args(
+            &[
+                "answer",
+                "--codec",
+                "PCMU",
+                "--seconds",
+                "6",
+                "--transport",
+                "tls",
+                "--srtp",
+                "mandatory",
+                "--srtp-suite",
+                suite,
+            ],
+            &[
+                "--local-port".into(),
+                port.to_string(),
+                "--cert".into(),
+                cert.display().to_string(),
+                "--key".into(),
+                key.display().to_string(),
+                "--play".into(),
+                play.display().to_string(),
+                "--record".into(),
+                heard.display().to_string(),
+            ],
+        );
+        let phone = std::thread::spawn(move || common::run_phone(args, Duration::from_secs(60)));
+        wait_tcp(port);
+        let created = create_participant(
+            &rl,
+            &lk,
+            &serde_json::json!({
+                "sip_trunk_id": "carrier",
+                "sip_call_to": "+15557770000",
+                "room_name": room,
+                "participant_identity": "carrier-phone",
+                "wait_until_answered": true,
+                "media_encryption": "SIP_MEDIA_ENCRYPT_REQUIRE",
+            }),
+        );
+        assert!(created.is_ok(), "{suite}: {}", created.describe());
+        let run = phone.join().unwrap();
+        let report = run.expect_ok().clone();
+        let invite = report["invite"].as_str().unwrap_or("").to_string();
+        assert!(
+            invite.contains("m=audio")
+                && invite.contains("RTP/SAVP")
+                && !invite.contains("RTP/AVP "),
+            "{suite}: only SRTP offered: {invite}"
+        );
+        for s in [
+            "AES_CM_128_HMAC_SHA1_80",
+            "AEAD_AES_128_GCM",
+            "AES_CM_128_HMAC_SHA1_32",
+        ] {
+            assert!(invite.contains(s), "{suite}: we offer {s}: {invite}");
+        }
+        assert_audio_both_ways(suite, &heard, listener, 1000, 440, 4.0);
+        let _ = publisher.join();
+        let line = summary_line(&rl, "+15557770000", i);
+        assert!(line.contains(&format!("srtp=\"{suite}\"")), "{line}");
+        assert!(line.contains("direction=\"outbound\""), "{line}");
+        assert_no_key_in_log(&rl, &[&invite]);
+    }
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
