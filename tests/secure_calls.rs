@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
 use common::pki::Pki;
-use common::roomline::{Roomline, Setup, free_port, roompeer_bg, wait_participants};
+use common::roomline::{
+    self, Roomline, Setup, free_port, roompeer_bg, sipp_args, wait_participants,
+};
+use common::uac::{non_2xx_ack, uac_answered_then_bye};
 use common::{PeerRun, run_roompeer, within};
 
 const CALLER: &str = "+15551230000";
@@ -428,5 +431,159 @@ fn api_require_calls_a_pjsua2_carrier_over_tls_with_srtp_in_each_suite() {
         assert!(line.contains("direction=\"outbound\""), "{line}");
         assert_no_key_in_log(&rl, &[&invite]);
     }
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
+
+// ---------------------------------------------------------------------------------------
+// The policy matrix on the wire (sipp offers)
+// ---------------------------------------------------------------------------------------
+
+/// A 30-octet key||salt (AES_CM_128 suites) in base64.
+const KEY30: &str = "MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkw";
+
+/// A sipp scenario of `common::uac` with its offer turned into `proto` with these
+/// `a=crypto` values.
+fn with_offer(scenario: &str, proto: &str, crypto: &[&str]) -> String {
+    let lines: String = crypto
+        .iter()
+        .map(|c| format!("      a=crypto:{c}\n"))
+        .collect();
+    scenario
+        .replace(
+            "m=audio [media_port] RTP/AVP 0 101",
+            &format!("m=audio [media_port] {proto} 0 101"),
+        )
+        .replace(
+            "      a=fmtp:101 0-15\n",
+            &format!("      a=fmtp:101 0-15\n{lines}"),
+        )
+}
+
+/// A UAC whose INVITE is refused with 488 (after optional 100/180), then ACKs.
+fn refused_488(proto: &str, crypto: &[&str]) -> String {
+    let invite = with_offer(&common::uac::invite(CALLER, "[media_port]"), proto, crypto);
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="uac-488">
+{invite}
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="488"/>
+{ack}
+</scenario>
+"#,
+        ack = non_2xx_ack(CALLER, 4)
+    )
+}
+
+fn call_args(rl: &Roomline, called: &str) -> Vec<String> {
+    let mut args = sipp_args(&rl.sip_addr(), false);
+    args.extend(["-s".into(), called.into(), "-mi".into(), "127.0.0.1".into()]);
+    args.extend(["-mp".into(), roomline::free_media_port().to_string()]);
+    args
+}
+
+/// `media_encryption` on the wire, one trunk per policy (told apart by the number
+/// called): a plain offer to `require` and an SRTP offer to `disable` get 488 with a
+/// Warning that says why; `allow` takes either (SRTP answered with RTP/SAVP and our own
+/// key under the offer's tag); a missing or broken `a=crypto`, an unknown suite and a key
+/// of the wrong length get 488 with a Warning naming the problem and never the key.
+/// Nothing is left behind, and no offered key reaches the log.
+#[test]
+fn the_media_encryption_policy_matrix_on_the_wire() {
+    let lk = LiveKitServer::start();
+    let trunk = |number: &str, policy: &str| {
+        format!(
+            "inbound:\n  numbers: [\"{number}\"]\n  allowed_addresses: [127.0.0.1/32]\nmedia_encryption: {policy}\n"
+        )
+    };
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk("local", &trunk("+15550201", "disable"))
+            .trunk("allowing", &trunk("+15550202", "allow"))
+            .trunk("requiring", &trunk("+15550203", "require"))
+            .dialplan(
+                "main",
+                "rules:\n  - name: all\n    match: {}\n    room: srtp-policy\n",
+            ),
+    );
+    let good = format!("1 AES_CM_128_HMAC_SHA1_80 inline:{KEY30}");
+    let refused = |called: &str, proto: &str, crypto: &[&str], why: &str| {
+        let run = roomline::sipp(
+            Some(&refused_488(proto, crypto)),
+            &call_args(&rl, called),
+            Duration::from_secs(30),
+        );
+        run.expect_success();
+        let resp = run.first_received("SIP/2.0 488");
+        let warning = roomline::header(&resp, "Warning").unwrap_or("");
+        assert!(
+            warning.starts_with("305 ") || warning.starts_with("306 "),
+            "{called} {proto} {crypto:?}: {resp}"
+        );
+        assert!(
+            warning.contains(why),
+            "{called} {proto} {crypto:?}: the Warning says {why:?}: {warning}"
+        );
+        assert!(!warning.contains(KEY30), "no key in a Warning: {warning}");
+    };
+    // plain to require, SRTP to disable
+    refused("+15550203", "RTP/AVP", &[], "requires SRTP");
+    refused(
+        "+15550201",
+        "RTP/SAVP",
+        &[&good],
+        "media_encryption is disable",
+    );
+    // what a broken SRTP offer gets
+    refused("+15550203", "RTP/SAVP", &[], "without a=crypto");
+    refused(
+        "+15550203",
+        "RTP/SAVP",
+        &["1 AES_CM_128_HMAC_SHA1_80 inline"],
+        "malformed",
+    );
+    refused(
+        "+15550203",
+        "RTP/SAVP",
+        &[&format!("1 F8_128_HMAC_SHA1_80 inline:{KEY30}")],
+        "no supported crypto suite",
+    );
+    refused(
+        "+15550202",
+        "RTP/SAVP",
+        &["1 AES_CM_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5MDEyMzQ1Njc4OQ=="],
+        "expected 30",
+    );
+    // allow takes either
+    let answered = |proto: &str, crypto: &[&str]| {
+        let scenario = with_offer(&uac_answered_then_bye(CALLER, 1000), proto, crypto);
+        let run = roomline::sipp(
+            Some(&scenario),
+            &call_args(&rl, "+15550202"),
+            Duration::from_secs(40),
+        );
+        run.expect_success();
+        run.first_received("SIP/2.0 200")
+    };
+    let plain = answered("RTP/AVP", &[]);
+    assert!(
+        plain.contains("RTP/AVP") && !plain.contains("a=crypto"),
+        "{plain}"
+    );
+    let srtp = answered("RTP/SAVP", &[&good]);
+    assert!(srtp.contains("RTP/SAVP"), "{srtp}");
+    let crypto = srtp
+        .lines()
+        .find(|l| l.starts_with("a=crypto:"))
+        .unwrap_or_else(|| panic!("no a=crypto in the answer: {srtp}"));
+    assert!(
+        crypto.starts_with("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:") && !crypto.contains(KEY30),
+        "our own key under the offer's tag: {crypto}"
+    );
+    let log = rl.log();
+    assert!(!log.contains(KEY30), "an offered key reached the log");
+    let ours = crypto.split("inline:").nth(1).unwrap_or("").trim();
+    assert!(!log.contains(ours), "our key reached the log");
     rl.assert_no_leaks(Duration::from_secs(20));
 }
