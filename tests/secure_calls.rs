@@ -587,3 +587,107 @@ fn the_media_encryption_policy_matrix_on_the_wire() {
     assert!(!log.contains(ours), "our key reached the log");
     rl.assert_no_leaks(Duration::from_secs(20));
 }
+
+// ---------------------------------------------------------------------------------------
+// Certificate renewal under a running SRTP call
+// ---------------------------------------------------------------------------------------
+
+/// A renewed certificate is served after SIGHUP while a call set up over TLS + SRTP
+/// before it keeps its audio both ways: pjsua2's call runs 9 s with the reload in its
+/// first seconds, and both sides hear the other's tone for most of it.
+#[test]
+fn a_renewed_certificate_is_served_while_an_srtp_call_over_tls_keeps_its_audio() {
+    let _media = media_lock();
+    let lk = LiveKitServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "rl");
+    let (old_cert, old_key) = pki.leaf("old", "localhost", "DNS:localhost,IP:127.0.0.1");
+    let (new_cert, new_key) = pki.leaf("new", "localhost", "DNS:localhost,IP:127.0.0.1");
+    let install = |cert: &Path, key: &Path| {
+        for (from, to) in [(cert, "served.pem"), (key, "served.key")] {
+            let tmp = dir.path().join(format!("{to}.new"));
+            std::fs::copy(from, &tmp).unwrap();
+            std::fs::rename(&tmp, dir.path().join(to)).unwrap();
+        }
+    };
+    install(&old_cert, &old_key);
+    let port = free_port();
+    let rl = Roomline::start(
+        Setup::new(&lk)
+            .trunk(
+                "local",
+                "inbound:\n  allowed_addresses: [127.0.0.1/32]\nmedia_encryption: require\n",
+            )
+            .dialplan(
+                "main",
+                "rules:\n  - name: all\n    match: {}\n    room: srtp-renewal\n",
+            )
+            .sip_extra(&format!(
+                "    - transport: tls\n      address: 127.0.0.1:{port}\n      cert: {}\n      key: {}\n",
+                dir.path().join("served.pem").display(),
+                dir.path().join("served.key").display()
+            )),
+    );
+    let at = format!("127.0.0.1:{port}");
+    let new_fp = common::pki::fingerprint_of_file(&new_cert);
+    assert_eq!(
+        common::pki::served_fingerprint(&at),
+        common::pki::fingerprint_of_file(&old_cert)
+    );
+    let play = tone_wav(dir.path(), 1000, 16);
+    let heard = dir.path().join("heard.wav");
+    let (listener, publisher) = room_side(&lk, "srtp-renewal", &format!("sip_{CALLER}"), 440, 13);
+    let args = phone_args(
+        &[
+            "call",
+            &format!("sip:+15550100@127.0.0.1:{port};transport=tls"),
+            "--codec",
+            "PCMU",
+            "--from-user",
+            CALLER,
+            "--seconds",
+            "9",
+            "--transport",
+            "tls",
+            "--srtp",
+            "mandatory",
+        ],
+        &[
+            "--ca".into(),
+            pki.ca_cert.display().to_string(),
+            "--play".into(),
+            play.display().to_string(),
+            "--record".into(),
+            heard.display().to_string(),
+        ],
+    );
+    let phone = std::thread::spawn(move || common::run_phone(args, Duration::from_secs(60)));
+    // the call is up: renew and reload
+    rl.wait_log("inbound call answered", Duration::from_secs(30));
+    let loaded = |rl: &Roomline| rl.log().matches("TLS certificate loaded").count();
+    let before = loaded(&rl);
+    install(&new_cert, &new_key);
+    rl.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(10);
+    while loaded(&rl) == before {
+        assert!(Instant::now() < until, "no reload:\n{}", rl.log_tail(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        common::pki::served_fingerprint(&at),
+        new_fp,
+        "the renewed certificate"
+    );
+    let run = phone.join().unwrap();
+    let report = run.expect_ok().clone();
+    assert!(
+        report["connected_s"].as_f64().unwrap_or(0.0) >= 8.5,
+        "the call stayed up: {report}"
+    );
+    // the reload came within the call's first seconds: 7 s of tone means it went on
+    assert_audio_both_ways("after the reload", &heard, listener, 1000, 440, 7.0);
+    let _ = publisher.join();
+    let line = summary_line(&rl, "+15550100", 0);
+    assert!(line.contains("srtp=\"AES_CM_128_HMAC_SHA1_80\""), "{line}");
+    rl.assert_no_leaks(Duration::from_secs(20));
+}
