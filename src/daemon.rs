@@ -130,6 +130,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
                 rtp_public_ip: cfg.rtp.public_ip.or(cfg.sip.public_ip),
                 participants: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 trunk_states: Some(trunk_states.clone()),
+                srtp_calls: Arc::default(),
             },
             invites,
         )
