@@ -115,6 +115,9 @@ pub struct HttpConfig {
 pub struct LimitsConfig {
     pub max_concurrent_calls: u32,
     pub max_calls_per_second: u32,
+    /// Admitted calls per second from one source address: at most `max_calls_per_second`
+    /// (its default).
+    pub max_calls_per_second_per_source: u32,
     pub drain_timeout: Duration,
 }
 

@@ -76,6 +76,7 @@ pub struct Http {
 pub struct Limits {
     pub max_concurrent_calls: Option<Spanned<u32>>,
     pub max_calls_per_second: Option<Spanned<u32>>,
+    pub max_calls_per_second_per_source: Option<Spanned<u32>>,
     pub drain_timeout: Option<Spanned<String>>,
 }
 
