@@ -369,6 +369,7 @@ impl InboundCall {
         self.respond(200, headers, sdp);
         let t = now();
         self.shell.answered_at = Some(t);
+        super::recover::journal_call(&mut self.shell);
         if let Some(m) = self.shell.media.as_mut() {
             m.start_pipeline(t);
         }

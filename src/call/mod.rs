@@ -16,6 +16,7 @@ pub mod leg;
 pub mod outbound;
 pub mod outcome;
 pub mod prompt;
+pub mod recover;
 pub mod shell;
 pub mod transfer;
 
@@ -57,6 +58,8 @@ pub struct CallContext {
     pub participants: Arc<AtomicUsize>,
     /// Trunk health (OPTIONS) for failover ordering.
     pub trunk_states: Option<watch::Receiver<crate::trunk::monitor::States>>,
+    /// The journal of active calls (None: no state directory).
+    pub journal: Option<crate::journal::Journal>,
 }
 
 /// Counts of what calls hold, for health, metrics and tests.

@@ -96,6 +96,8 @@ pub struct Shell {
     buf: Vec<u8>,
     /// The sample rate last asked of the participant.
     room_rate: Option<SampleRate>,
+    /// The call's key in the journal once it is written there (`recover`).
+    pub journaled: Option<String>,
 }
 
 async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
@@ -144,6 +146,7 @@ impl Shell {
             frame: Vec::new(),
             buf: vec![0u8; 2048],
             room_rate: None,
+            journaled: None,
         }
     }
 
@@ -167,6 +170,7 @@ impl Shell {
     pub fn set_room(&mut self, room: Room) {
         self.room_rate = Some(room.handle.sample_rate());
         self.room = Some(room);
+        super::recover::journal_call(self);
     }
 
     /// Waits until something happens or `deadline`, and handles what both directions
@@ -453,6 +457,9 @@ impl Shell {
         self.flush();
         if let Some(room) = self.room.take() {
             room.leave(&outcome).await;
+        }
+        if let (Some(j), Some(key)) = (&self.ctx.journal, self.journaled.take()) {
+            j.down(&key);
         }
         let stats = self.media.as_ref().and_then(MediaLeg::stats);
         let codec = self

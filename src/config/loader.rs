@@ -38,10 +38,20 @@ pub fn load_with_env(
     };
     let trunks: Vec<Parsed<raw::Trunk>> = parse_dir(&trunks_dir, &mut errors);
     let dialplans: Vec<Parsed<raw::Dialplan>> = parse_dir(&dialplans_dir, &mut errors);
+    // the state directory: the file's `state_dir`, else the first of systemd's
+    // STATE_DIRECTORY (colon-separated), else none (no journal)
+    let state_dir = match daemon.as_ref().and_then(|d| d.value.state_dir.as_ref()) {
+        Some(s) => Some(base.join(&s.value)),
+        None => env(defaults::STATE_DIRECTORY_ENV)
+            .and_then(|v| v.split(':').next().map(str::to_string))
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from),
+    };
     let files = SourceFiles {
         config: path.to_path_buf(),
         trunks_dir,
         dialplans_dir,
+        state_dir,
     };
     let result = validate::validate(daemon, trunks, dialplans, files.clone(), env, &mut errors);
     match result {

@@ -52,6 +52,9 @@ pub struct SourceFiles {
     pub config: PathBuf,
     pub trunks_dir: PathBuf,
     pub dialplans_dir: PathBuf,
+    /// Where the journal of active calls lives (`state_dir`, else systemd's
+    /// `STATE_DIRECTORY`); None: no journal.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]

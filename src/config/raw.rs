@@ -24,6 +24,7 @@ pub struct Daemon {
     pub limits: Option<Spanned<Limits>>,
     pub logging: Option<Spanned<Logging>>,
     pub trunks_dir: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
     pub dialplans_dir: Option<Spanned<String>>,
 }
 

@@ -653,6 +653,7 @@ impl OutboundCall {
         }
         let t = now();
         self.shell.answered_at = Some(t);
+        crate::call::recover::journal_call(&mut self.shell);
         self.early = false;
         self.dialtone = None;
         let trunk = self
