@@ -93,6 +93,7 @@ pub async fn run(
         events,
     } = inv;
     let called = endpoint::called_number(&invite);
+    let source = invite.flow.remote.ip();
     let caller = invite
         .from()
         .and_then(|f| f.uri().ok())
@@ -124,6 +125,10 @@ pub async fn run(
         Ok(()) => call.main_loop().await,
         Err(o) => o,
     };
+    if matches!(outcome, Outcome::PinFailed) {
+        // a wrong PIN costs nothing: the call's calls-per-second token goes back
+        call.shell.ctx.endpoint.refund_call(source);
+    }
     let (rule, room) = call
         .plan
         .as_ref()

@@ -17,6 +17,7 @@ pub mod leg;
 pub mod outbound;
 pub mod outcome;
 pub mod prompt;
+pub mod recover;
 pub mod shell;
 pub mod transfer;
 
@@ -60,6 +61,8 @@ pub struct CallContext {
     pub trunk_states: Option<watch::Receiver<crate::trunk::monitor::States>>,
     /// Answered calls whose phone media is SRTP, by suite (`srtp::SUITES` order).
     pub srtp_calls: Arc<[AtomicUsize; 3]>,
+    /// The journal of active calls (None: no state directory).
+    pub journal: Option<crate::journal::Journal>,
 }
 
 /// Answered calls whose phone media is SRTP, by suite, for /health/detailed (plain RTP

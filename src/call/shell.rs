@@ -99,6 +99,8 @@ pub struct Shell {
     buf: Vec<u8>,
     /// The sample rate last asked of the participant.
     room_rate: Option<SampleRate>,
+    /// The call's key in the journal once it is written there (`recover`).
+    pub journaled: Option<String>,
 }
 
 async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
@@ -148,15 +150,18 @@ impl Shell {
             frame: Vec::new(),
             buf: vec![0u8; 2048],
             room_rate: None,
+            journaled: None,
         }
     }
 
-    /// The call is answered at `t`: its media encryption counts in /health/detailed.
+    /// The call is answered at `t`: its media encryption counts in /health/detailed and it
+    /// enters the journal of active calls (ended by the next start after a crash).
     pub fn answered(&mut self, t: Instant) {
         self.answered_at = Some(t);
         if let Some(suite) = self.media.as_ref().and_then(MediaLeg::srtp_suite) {
             self.srtp_guard = Some(super::SrtpGuard::new(self.ctx.srtp_calls.clone(), suite));
         }
+        super::recover::journal_call(self);
     }
 
     /// Who we are on `flow` (Contact, Via, agent) for the leg.
@@ -179,6 +184,7 @@ impl Shell {
     pub fn set_room(&mut self, room: Room) {
         self.room_rate = Some(room.handle.sample_rate());
         self.room = Some(room);
+        super::recover::journal_call(self);
     }
 
     /// Waits until something happens or `deadline`, and handles what both directions
@@ -465,6 +471,9 @@ impl Shell {
         self.flush();
         if let Some(room) = self.room.take() {
             room.leave(&outcome).await;
+        }
+        if let (Some(j), Some(key)) = (&self.ctx.journal, self.journaled.take()) {
+            j.down(&key);
         }
         let stats = self.media.as_ref().and_then(MediaLeg::stats);
         let codec = self

@@ -97,7 +97,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         CALLS_REFUSED,
-        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, no_trunk, overload)."
+        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, source_call_rate, no_trunk, overload)."
     );
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
     metrics::describe_counter!(
