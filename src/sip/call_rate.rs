@@ -132,6 +132,12 @@ impl CallRate {
         s.seen = now;
         s.cap.refill(cap_rate, cap_rate, now);
         s.share.refill(share_rate, share_rate.max(1.0), now);
+        // the global allowance first: with the default cap (equal to the global rate) a
+        // lone source that spends the allowance is refused for the global rate, the limit
+        // the operator set; the cap names the source only while others left tokens
+        if self.global.tokens < 1.0 {
+            return Err(RateRefusal::Global);
+        }
         if s.cap.tokens < 1.0 {
             return Err(RateRefusal::Source);
         }
@@ -256,7 +262,8 @@ mod tests {
         let mut r = CallRate::new(2, t0);
         assert!(r.allow(ip(1), 2, 2, t0).is_ok());
         assert!(r.allow(ip(1), 2, 2, t0).is_ok());
-        assert_eq!(r.allow(ip(1), 2, 2, t0), Err(RateRefusal::Source));
+        // a lone source at the default cap (the global rate) meets the global limit
+        assert_eq!(r.allow(ip(1), 2, 2, t0), Err(RateRefusal::Global));
         r.refund(ip(1), 2);
         assert!(r.allow(ip(1), 2, 2, t0).is_ok());
     }
