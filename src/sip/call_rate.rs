@@ -104,6 +104,11 @@ impl CallRate {
         let rate = f64::from(rate.max(1));
         let cap_rate = f64::from(per_source.max(1)).min(rate);
         self.global.refill(rate, rate, now);
+        // forget idle sources before this one is looked up: a source idle long enough is
+        // forgotten here and starts afresh below
+        if now.saturating_duration_since(self.counted) >= Duration::from_secs(1) {
+            self.count_active(now);
+        }
         if !self.sources.contains_key(&source) {
             while self.sources.len() >= MAX_SOURCES {
                 match self.order.pop_front() {
@@ -123,9 +128,6 @@ impl CallRate {
             );
             self.order.push_back(source);
             self.active += 1;
-        }
-        if now.saturating_duration_since(self.counted) >= Duration::from_secs(1) {
-            self.count_active(now);
         }
         let share_rate = rate / self.active.max(1) as f64;
         let s = self.sources.get_mut(&source).expect("inserted above");
@@ -254,6 +256,21 @@ mod tests {
         let refusals: Vec<_> = (0..20).map(|_| r.allow(ip(3), 50, 10, t0)).collect();
         assert_eq!(refusals.iter().filter(|r| r.is_ok()).count(), 10);
         assert_eq!(refusals[15], Err(RateRefusal::Source));
+    }
+
+    /// A source that calls again after it was idle long enough to be forgotten is a new
+    /// source (the forgetting once ran after the lookup and the endpoint task panicked).
+    #[test]
+    fn call_rate_a_source_calls_again_after_it_was_forgotten() {
+        let t0 = Instant::now();
+        let mut r = CallRate::new(5, t0);
+        assert!(r.allow(ip(1), 5, 5, t0).is_ok());
+        for secs in [11, 30, 100] {
+            let t = t0 + Duration::from_secs(secs);
+            assert!(r.allow(ip(1), 5, 5, t).is_ok());
+            assert!(r.allow(ip(2), 5, 5, t).is_ok());
+        }
+        assert!(r.tracked() <= 2);
     }
 
     #[test]
