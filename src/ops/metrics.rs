@@ -24,6 +24,7 @@ pub const CALLS_ACTIVE: &str = "roomline_calls_active";
 pub const CALLS_TOTAL: &str = "roomline_calls_total";
 pub const CALL_SETUP_SECONDS: &str = "roomline_call_setup_seconds";
 pub const CALL_DURATION_SECONDS: &str = "roomline_call_duration_seconds";
+pub const CALLS_MEDIA_ENCRYPTION: &str = "roomline_calls_media_encryption_total";
 pub const LIVEKIT_JOIN_SECONDS: &str = "roomline_livekit_join_seconds";
 pub const LIVEKIT_RECONNECTS: &str = "roomline_livekit_reconnects_total";
 pub const RTP_PACKETS: &str = "roomline_rtp_packets_total";
@@ -97,12 +98,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         CALLS_REFUSED,
-        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, no_trunk, overload)."
+        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, source_call_rate, no_trunk, overload)."
     );
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
     metrics::describe_counter!(
         CALLS_TOTAL,
         "Calls ended, by direction (inbound, outbound), trunk and outcome."
+    );
+    metrics::describe_counter!(
+        CALLS_MEDIA_ENCRYPTION,
+        "Answered calls ended, by direction and the phone leg's media encryption (none, or the SRTP suite)."
     );
     metrics::describe_histogram!(
         CALL_SETUP_SECONDS,

@@ -36,6 +36,8 @@ pub(super) struct Target {
     /// The trunk's header options (2xx headers to attributes, attributes to INVITE
     /// headers).
     pub(super) mapping: HeaderMapping,
+    /// The trunk's `media_encryption`.
+    pub(super) encryption: crate::config::MediaEncryption,
 }
 
 impl Target {
@@ -55,6 +57,7 @@ impl Target {
             headers: o.headers.clone(),
             early_media: o.early_media,
             mapping: o.mapping.clone(),
+            encryption: t.media_encryption,
         })
     }
 
