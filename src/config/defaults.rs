@@ -24,7 +24,7 @@ pub const SOURCE_REQUESTS_BURST: u32 = 200;
 pub const AUTH_NONCE_TTL: Duration = Duration::from_secs(300);
 
 /// `livekit.reconnect_window`: longer than a LiveKit restart.
-pub const RECONNECT_WINDOW: Duration = crate::livekit::DEFAULT_RECONNECT_WINDOW;
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
 /// `livekit.hold_tone`: silence while a call rides out an outage.
 pub const HOLD_TONE: bool = false;
 /// The longest `livekit.reconnect_window` (a phone kept in silence longer is no call).

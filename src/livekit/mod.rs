@@ -64,9 +64,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use audio::{opus_complexity, opus_encoder};
 pub use signal::JoinError;
 
-/// The default of [`JoinOptions::reconnect_window`] (and `livekit.reconnect_window`):
+/// The default of [`JoinOptions::reconnect_window`]: `livekit.reconnect_window`'s,
 /// longer than a LiveKit restart takes.
-pub const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_RECONNECT_WINDOW: Duration = crate::config::defaults::RECONNECT_WINDOW;
 
 /// Phone-side sample rates the participant encodes from and decodes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
