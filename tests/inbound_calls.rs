@@ -1128,6 +1128,7 @@ fn unreachable_livekit_gets_503_with_retry_after() {
         dialplans: Vec::new(),
         sip_extra: String::new(),
         rtp_extra: String::new(),
+        livekit_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
         logging: String::new(),

@@ -231,6 +231,7 @@ fn offline_setup() -> Setup {
         dialplans: Vec::new(),
         sip_extra: String::new(),
         rtp_extra: String::new(),
+        livekit_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
         logging: String::new(),

@@ -15,6 +15,7 @@ use super::attributes::{self, CallStatus};
 use super::encryption;
 use super::leg::Offers;
 use super::outcome::Outcome;
+use super::prompt::{self, Prompt};
 use crate::clock::now;
 use crate::config::MediaEncryption;
 use crate::livekit::{DisconnectReason, ParticipantEvent, ParticipantHandle, SampleRate};
@@ -54,9 +55,16 @@ pub struct MediaSetup {
     pub timeouts: MediaTimeoutConfig,
     /// Where the peer's signalling comes from (the latch rule).
     pub signalling: IpAddr,
+    /// Play `prompt::HOLD` to the phone while LiveKit is out of reach
+    /// (`livekit.hold_tone`); silence otherwise.
+    pub hold_tone: bool,
     /// The call's SRTP policy (the trunk's, or stricter from the API).
     pub encryption: MediaEncryption,
 }
+
+/// The mixer track of the hold tone, and its owner (never a room participant's).
+const HOLD_TRACK: &str = "hold";
+const HOLD_OWNER: &str = "\u{0}roomline-hold";
 
 /// The phone's RTP: sockets, ports, SDP offer/answer, and (once media flows) the
 /// pipeline.
@@ -77,6 +85,8 @@ pub struct MediaLeg {
     pub dtmf_out: u64,
     frames_seen: u64,
     next_sample: u64,
+    /// Playing while the participant reconnects.
+    hold: Option<Prompt>,
 }
 
 impl MediaLeg {
@@ -94,6 +104,20 @@ impl MediaLeg {
             dtmf_out: 0,
             frames_seen: 0,
             next_sample: 50,
+            hold: None,
+        }
+    }
+
+    /// LiveKit is out of reach (`true`) or back: the hold tone starts or stops.
+    fn hold(&mut self, on: bool) {
+        if on {
+            if self.setup.hold_tone && self.hold.is_none() {
+                self.hold = Some(Prompt::new(prompt::HOLD, self.rate().hz()));
+            }
+        } else if self.hold.take().is_some()
+            && let Some(pm) = self.pm.as_mut()
+        {
+            pm.remove_track(HOLD_TRACK);
         }
     }
 
@@ -401,6 +425,7 @@ pub fn disconnect_outcome(reason: DisconnectReason) -> Outcome {
         DisconnectReason::Server { reason, .. } if reason == "PARTICIPANT_REMOVED" => {
             Outcome::ParticipantRemoved
         }
+        DisconnectReason::Unreachable { .. } => Outcome::LiveKitUnreachable(reason.to_string()),
         other => Outcome::LiveKitLeft(other.to_string()),
     }
 }
@@ -427,7 +452,20 @@ pub fn on_room_event(media: Option<&mut MediaLeg>, ev: Option<ParticipantEvent>)
                 m.send_dtmf(now(), d, "rtp");
             }
         }
+        ParticipantEvent::Reconnecting { .. } => {
+            if let Some(m) = media {
+                m.hold(true);
+            }
+        }
+        ParticipantEvent::Reconnected { .. } => {
+            if let Some(m) = media {
+                m.hold(false);
+            }
+        }
         ParticipantEvent::Disconnected(reason) => {
+            if let Some(m) = media {
+                m.hold(false);
+            }
             return RoomSignal::Ended(disconnect_outcome(reason));
         }
         _ => {}
@@ -465,6 +503,10 @@ pub fn drive_media(
     while pm.poll_phone_frame_into(t, frame).is_some() {
         frames += 1;
         on_frame(pm);
+        // the hold tone plays at the phone's frame pace
+        if let Some(hold) = media.hold.as_mut() {
+            pm.push_room_audio(HOLD_TRACK, HOLD_OWNER, &hold.next_frame_looped());
+        }
         if forward && let Some(room) = room {
             let _ = room.handle.push_audio(frame);
         }

@@ -239,6 +239,7 @@ impl InboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            hold_tone: self.shell.cfg.livekit.hold_tone,
             encryption: self
                 .shell
                 .cfg
@@ -311,6 +312,7 @@ impl InboundCall {
         o.sample_rate = self.sample_rate();
         o.agents = plan.agents.clone();
         o.join_timeout = Duration::from_secs(10);
+        o.reconnect_window = lk.reconnect_window;
         o
     }
 

@@ -63,6 +63,10 @@ pub struct LiveKitConfig {
     pub url: String,
     pub api_key: String,
     pub api_secret: Secret,
+    /// How long a call rides out a lost connection to LiveKit (`livekit.reconnect_window`).
+    pub reconnect_window: Duration,
+    /// Beep to the phone while riding out an outage (`livekit.hold_tone`), or silence.
+    pub hold_tone: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -34,6 +34,8 @@ pub struct LiveKit {
     pub url: Option<Spanned<String>>,
     pub api_key: Option<Spanned<String>>,
     pub api_secret: Option<Spanned<String>>,
+    pub reconnect_window: Option<Spanned<String>>,
+    pub hold_tone: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -26,6 +26,7 @@ pub const CALL_SETUP_SECONDS: &str = "roomline_call_setup_seconds";
 pub const CALL_DURATION_SECONDS: &str = "roomline_call_duration_seconds";
 pub const CALLS_MEDIA_ENCRYPTION: &str = "roomline_calls_media_encryption_total";
 pub const LIVEKIT_JOIN_SECONDS: &str = "roomline_livekit_join_seconds";
+pub const LIVEKIT_RECONNECTS: &str = "roomline_livekit_reconnects_total";
 pub const RTP_PACKETS: &str = "roomline_rtp_packets_total";
 pub const RTP_LOST: &str = "roomline_rtp_lost_packets_total";
 pub const RTP_JITTER_SECONDS: &str = "roomline_rtp_jitter_seconds";
@@ -119,6 +120,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_histogram!(
         LIVEKIT_JOIN_SECONDS,
         "Time to join the LiveKit room as a participant."
+    );
+    metrics::describe_counter!(
+        LIVEKIT_RECONNECTS,
+        "Broken LiveKit sessions of calls (LiveKit restarting, the network to it down), by result: resumed or rejoined (the call rode it out), gave_up (the reconnect window passed; the call ended as livekit_unreachable)."
     );
     metrics::describe_counter!(
         RTP_PACKETS,

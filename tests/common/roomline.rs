@@ -98,6 +98,8 @@ pub struct Setup {
     pub sip_extra: String,
     /// Extra lines of the `rtp:` section.
     pub rtp_extra: String,
+    /// Extra lines of the `livekit:` section (indented two spaces).
+    pub livekit_extra: String,
     /// Lines of the `limits:` section.
     pub limits: String,
     /// `LOG_LEVEL` for the daemon.
@@ -125,6 +127,7 @@ impl Setup {
             dialplans: Vec::new(),
             sip_extra: String::new(),
             rtp_extra: String::new(),
+            livekit_extra: String::new(),
             limits: String::new(),
             log_level: "info,roomline=debug".into(),
             logging: String::new(),
@@ -158,6 +161,11 @@ impl Setup {
 
     pub fn sip_extra(mut self, lines: &str) -> Setup {
         self.sip_extra.push_str(lines);
+        self
+    }
+
+    pub fn livekit_extra(mut self, lines: &str) -> Setup {
+        self.livekit_extra.push_str(lines);
         self
     }
 
@@ -261,7 +269,7 @@ impl Roomline {
             format!("logging:\n{}", setup.logging)
         };
         let yaml = format!(
-            "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n\
+            "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n{}\
              sip:\n  listeners:\n    - transport: udp\n      address: {ip}:{sip_port}\n\
              \x20   - transport: tcp\n      address: {ip}:{sip_port}\n{}\
              rtp:\n  port_range: {}-{}\n{}\
@@ -269,6 +277,7 @@ impl Roomline {
             setup.livekit_url,
             setup.api_key,
             setup.api_secret,
+            setup.livekit_extra,
             setup.sip_extra,
             rtp_ports.0,
             rtp_ports.1,

@@ -302,6 +302,7 @@ impl OutboundCall {
             }));
         o.sample_rate = SampleRate::Hz8000;
         o.join_timeout = Duration::from_secs(10);
+        o.reconnect_window = lk.reconnect_window;
         o
     }
     /// One try through one trunk: Ok once answered.
@@ -329,6 +330,7 @@ impl OutboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            hold_tone: self.shell.cfg.livekit.hold_tone,
             encryption: self
                 .req
                 .media_encryption

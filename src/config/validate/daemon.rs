@@ -116,10 +116,29 @@ fn livekit_settings(
         cx.err(key_origin, "LiveKit API key has leading or trailing spaces");
         return None;
     }
+    let window_raw = l.and_then(|l| l.value.reconnect_window.as_ref());
+    let reconnect_window = cx.duration_or(file, window_raw, defaults::RECONNECT_WINDOW)?;
+    if let Some(raw) = window_raw
+        && reconnect_window > defaults::RECONNECT_WINDOW_MAX
+    {
+        cx.err_at(
+            file,
+            raw,
+            format!(
+                "reconnect_window must be at most {}s",
+                defaults::RECONNECT_WINDOW_MAX.as_secs()
+            ),
+        );
+        return None;
+    }
     Some(LiveKitConfig {
         url,
         api_key,
         api_secret: Secret::new(secret?.0),
+        reconnect_window,
+        hold_tone: l
+            .and_then(|l| l.value.hold_tone.as_ref())
+            .map_or(defaults::HOLD_TONE, |b| b.value),
     })
 }
 
