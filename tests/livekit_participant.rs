@@ -327,11 +327,19 @@ async fn rust_publishes_tone_python_measures_it() {
         run.describe()
     );
     assert!(
-        received <= expected + 10.0,
+        received <= max_nonsilent(expected),
         "{received} non-silent frames for {expected} sent\n{}",
         run.describe()
     );
     assert_eq!(report["from_identity"], "sip_pub");
+}
+
+/// The most non-silent 10 ms frames a receiver may record for `expected` sent: a tenth
+/// more. The Python SDK's jitter buffer (WebRTC's NetEq) stretches audio with concealment
+/// when packets arrive late, as they do on a loaded machine (315 for 300 sent was seen at
+/// load 10); audio sent twice would double the count.
+fn max_nonsilent(expected: f64) -> f64 {
+    expected * 1.1
 }
 
 /// A Python SDK participant publishes 440 Hz; the Rust participant subscribes and
@@ -1081,7 +1089,7 @@ fn assert_tone_heard(run: &common::PeerRun, track_sid: &str, tone_frames: usize)
         run.describe()
     );
     assert!(
-        received >= 0.9 * expected && received <= expected + 10.0,
+        received >= 0.9 * expected && received <= max_nonsilent(expected),
         "{received} non-silent 10 ms frames for {expected} sent\n{}",
         run.describe()
     );
