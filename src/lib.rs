@@ -35,6 +35,7 @@ pub mod diagnose;
 pub mod dialplan;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod journal;
 pub mod livekit;
 pub mod logging;
 pub mod media;

@@ -79,6 +79,8 @@ mod tests {
             url: "ws://127.0.0.1:7880".into(),
             api_key: "devkey".into(),
             api_secret: Secret::new("secret"),
+            reconnect_window: crate::livekit::DEFAULT_RECONNECT_WINDOW,
+            hold_tone: false,
         }
     }
 

@@ -1128,6 +1128,7 @@ fn unreachable_livekit_gets_503_with_retry_after() {
         dialplans: Vec::new(),
         sip_extra: String::new(),
         rtp_extra: String::new(),
+        livekit_extra: String::new(),
         limits: String::new(),
         log_level: "info,roomline=debug".into(),
         logging: String::new(),
@@ -1336,7 +1337,8 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
 }
 
 /// The summary line of each call at LOG_LEVEL=info: "call ended" with the outcome and
-/// the status (an answered call hung up by the caller, a call no rule routes), and
+/// the status for an answered call hung up by the caller, "request refused" with the
+/// reason and status for a call no rule routes, and
 /// phone numbers only in redacted form: neither the caller's full number nor the called
 /// one appears anywhere in the log.
 #[test]
@@ -1366,11 +1368,23 @@ fn call_summary_is_logged_at_info_without_full_numbers() {
     rl.assert_no_leaks(Duration::from_secs(10));
     let log = rl.log();
     let ended: Vec<&str> = log.lines().filter(|l| l.contains("call ended")).collect();
-    assert_eq!(ended.len(), 2, "{log}");
-    for (line, words) in ended.iter().zip([
-        ["outcome=caller_hangup", "status=200", "answered=true"],
-        ["outcome=no_route", "status=404", "answered=false"],
-    ]) {
+    assert_eq!(ended.len(), 1, "{log}");
+    // the call no rule routes is refused by the endpoint: one "request refused" line
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    for (line, words) in [
+        (
+            ended[0],
+            &["outcome=caller_hangup", "status=200", "answered=true"][..],
+        ),
+        (
+            refused[0],
+            &["reason=no_route", "status=404", "count=1"][..],
+        ),
+    ] {
         assert!(line.contains(" INFO "), "{line}");
         for w in words {
             assert!(line.contains(w), "{w} missing in {line}");

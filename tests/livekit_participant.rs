@@ -327,11 +327,19 @@ async fn rust_publishes_tone_python_measures_it() {
         run.describe()
     );
     assert!(
-        received <= expected + 10.0,
+        received <= max_nonsilent(expected),
         "{received} non-silent frames for {expected} sent\n{}",
         run.describe()
     );
     assert_eq!(report["from_identity"], "sip_pub");
+}
+
+/// The most non-silent 10 ms frames a receiver may record for `expected` sent: a tenth
+/// more. The Python SDK's jitter buffer (WebRTC's NetEq) stretches audio with concealment
+/// when packets arrive late, as they do on a loaded machine (315 for 300 sent was seen at
+/// load 10); audio sent twice would double the count.
+fn max_nonsilent(expected: f64) -> f64 {
+    expected * 1.1
 }
 
 /// A Python SDK participant publishes 440 Hz; the Rust participant subscribes and
@@ -660,9 +668,10 @@ async fn server_removal_and_room_deletion_end_the_participant_with_the_reason() 
 }
 
 /// SignalRequest.simulate server_leave: a leave SERVER_SHUTDOWN with action DISCONNECT
-/// ends the participant with that reason; nothing tries to reconnect.
+/// is a server going away for a restart, not the end of the call: the participant
+/// joins again (new sid, same identity), with the attributes it had set since its join.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_leave_with_disconnect_is_not_recovered() {
+async fn server_shutdown_leave_is_ridden_out_by_a_rejoin() {
     init_logs();
     let server = LiveKitServer::start();
     let room = unique_room("lk-srvleave");
@@ -670,33 +679,54 @@ async fn server_leave_with_disconnect_is_not_recovered() {
         Participant::join(opts(&server, &room, "sip_srvleave", SampleRate::Hz8000))
             .await
             .expect("join");
+    let first_sid = handle.sid();
+    handle
+        .set_attributes([("call.state".to_string(), "talking".to_string())].into())
+        .await
+        .expect("attributes");
     handle
         .simulate(Simulate::ServerLeave)
         .await
         .expect("simulate");
     let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let reason = loop {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(ParticipantEvent::Disconnected(r))) => break r,
+            Ok(Some(ParticipantEvent::Reconnected { resumed, sid, .. })) => {
+                assert!(!resumed, "a shutdown is followed by a new join");
+                assert_ne!(sid, first_sid);
+                break;
+            }
+            Ok(Some(ParticipantEvent::Disconnected(r))) => {
+                panic!("ended ({r}) instead of joining again; events {seen:?}")
+            }
             Ok(Some(ev)) => seen.push(ev),
-            Ok(None) => panic!("events ended without Disconnected"),
-            Err(_) => panic!("no Disconnected within 10 s; events {seen:?}"),
+            Ok(None) => panic!("events ended"),
+            Err(_) => panic!("not back within 20 s; events {seen:?}"),
         }
-    };
-    assert_eq!(
-        reason,
-        DisconnectReason::Server {
-            reason: "SERVER_SHUTDOWN".into(),
-            action: "DISCONNECT".into()
-        }
-    );
+    }
     assert!(
-        !seen
-            .iter()
-            .any(|e| matches!(e, ParticipantEvent::Reconnecting { .. })),
-        "tried to reconnect: {seen:?}"
+        seen.iter()
+            .any(|e| matches!(e, ParticipantEvent::Reconnecting { full: true, .. })),
+        "{seen:?}"
     );
+    // the server sees the new session with the attributes set before the shutdown
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ps = common::roomline::list_participants(&server, &room);
+        let me = ps.iter().find(|p| p["identity"] == "sip_srvleave");
+        if me.is_some_and(|p| p["sid"] == handle.sid().as_str()) {
+            let me = me.unwrap();
+            assert_eq!(me["attributes"]["call.state"], "talking", "{me}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the room: {ps:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    handle
+        .leave(LeaveReason::ClientInitiated)
+        .await
+        .expect("leave");
 }
 
 /// Drains events until the terminal one; panics if it does not come within 10 s.
@@ -1059,7 +1089,7 @@ fn assert_tone_heard(run: &common::PeerRun, track_sid: &str, tone_frames: usize)
         run.describe()
     );
     assert!(
-        received >= 0.9 * expected && received <= expected + 10.0,
+        received >= 0.9 * expected && received <= max_nonsilent(expected),
         "{received} non-silent 10 ms frames for {expected} sent\n{}",
         run.describe()
     );
@@ -1151,7 +1181,7 @@ async fn lost_signalling_is_resumed_and_audio_flows_again() {
     .await;
     eprintln!("{ev:?}; backlog {:?}", events.backlog);
     assert!(
-        matches!(&ev, ParticipantEvent::Reconnected { sid: s, resumed: true } if *s == sid),
+        matches!(&ev, ParticipantEvent::Reconnected { sid: s, resumed: true, .. } if *s == sid),
         "{ev:?}"
     );
     assert!(
@@ -1254,7 +1284,7 @@ async fn node_failure_leads_to_a_full_rejoin_and_audio_flows_again() {
     )
     .await;
     eprintln!("{ev:?}; backlog {:?}", events.backlog);
-    let ParticipantEvent::Reconnected { sid, resumed } = ev else {
+    let ParticipantEvent::Reconnected { sid, resumed, .. } = ev else {
         unreachable!()
     };
     assert!(!resumed, "node failure cannot be resumed");

@@ -1211,6 +1211,95 @@ def report_only(out: Path) -> int:
     return 0
 
 
+def run_srtp(a: argparse.Namespace, infra: Infra, rl: "Roomline", n: int, out: Path) -> dict:
+    """CPU of Roomline per call with SRTP on the phone leg next to plain RTP, same daemon,
+    same N: examples/srtp_phones places N calls (plain, then SDES-SRTP with
+    AES_CM_128_HMAC_SHA1_80, twice each, alternating), each sending a 1 kHz PCMU tone;
+    Roomline answers, joins one room per call (nobody else in it: Opus encode, no decode)
+    and sends its own RTP/SRTP back. The CPU is Roomline's over the window once all calls
+    are up. sipp cannot speak SRTP, hence our own release-built sender."""
+    tag = f"srtp-n{n}"
+    work = out / "raw" / tag
+    work.mkdir(parents=True, exist_ok=True)
+    phones = Path(a.srtp_phones)
+    res: dict[str, Any] = {"n": n, "window_s": a.seconds, "rate_cps": a.rate, "rounds": []}
+    infra.start_livekit(tag)
+    try:
+        cfg = rl.write_config(
+            rl.dir.parent / "roomline-srtp-config",
+            {"local": "inbound:\n  allowed_addresses: [127.0.0.1/32]\nmedia_encryption: allow\n"},
+            {"bench": "rules:\n  - name: bench\n    room: bench_{called}\n"},
+        )
+        rl.start(tag, config=cfg)
+        ramp = n / a.rate
+        for k, mode in enumerate(["plain", "srtp", "plain", "srtp"]):
+            argv = [str(phones), "--target", f"127.0.0.1:{RL_SIP}", "--calls", str(n),
+                    "--rate", str(a.rate), "--hold", str(a.seconds + 6)]
+            if mode == "srtp":
+                argv.append("--srtp")
+            report = work / f"{mode}-{k}.json"
+            p = PROCS.start(argv, log_path=work / f"{mode}-{k}.log", stdout=open(report, "wb"))
+            time.sleep(ramp + 3)
+            pid = rl.pids()[0]
+            c0, t0 = proc_cpu(pid), time.time()
+            time.sleep(a.seconds)
+            c1, t1 = proc_cpu(pid), time.time()
+            try:
+                p.wait(timeout=a.seconds + ramp + 60)
+            except subprocess.TimeoutExpired:
+                log(f"{tag}: srtp_phones did not finish")
+            PROCS.stop(p)
+            try:
+                j = json.loads(report.read_text().strip().splitlines()[-1])
+            except (OSError, ValueError, IndexError):
+                j = {}
+            cores = (c1 - c0) / (t1 - t0)
+            row = {"mode": mode, "cpu_cores": cores, "cpu_pct_per_call": 100 * cores / n, **j}
+            res["rounds"].append(row)
+            log(f"{tag} {mode}: {100 * cores:.1f} % of a core, {row['cpu_pct_per_call']:.3f} %/call; {j}")
+            time.sleep(3)
+    finally:
+        rl.stop()
+        infra.stop_livekit()
+    for mode in ("plain", "srtp"):
+        xs = [r["cpu_pct_per_call"] for r in res["rounds"] if r["mode"] == mode]
+        res[f"{mode}_pct_per_call"] = float(np.mean(xs)) if xs else float("nan")
+    res["srtp_extra_pct_per_call"] = res["srtp_pct_per_call"] - res["plain_pct_per_call"]
+    return res
+
+
+def srtp_report(res: dict, micro: str) -> str:
+    """The report's section on SRTP."""
+    if not res:
+        return ""
+    lines = [
+        "",
+        "## SRTP on the phone leg",
+        "",
+        f"N = {res['n']} calls into Roomline, {res['window_s']:.0f} s window, rounds alternating "
+        "(same daemon, trunk `media_encryption: allow`). Sender: `examples/srtp_phones` "
+        "(release build; SDES `AES_CM_128_HMAC_SHA1_80`, Roomline's own `media::srtp` on the "
+        "phone side too), one PCMU 1 kHz stream per call both ways; nobody else in the rooms.",
+        "",
+        "| round | mode | Roomline CPU (% of a core) | % of a core per call | answered | RTP sent | received | SRTP failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(res["rounds"], 1):
+        lines.append(f"| {i} | {r['mode']} | {100 * r['cpu_cores']:.2f} | {r['cpu_pct_per_call']:.4f} | "
+                     f"{r.get('answered', '?')} | {r.get('rtp_sent', '?')} | {r.get('rtp_received', '?')} | "
+                     f"{r.get('srtp_failed', '?')} |")
+    lines += [
+        "",
+        f"Mean per call: plain {res['plain_pct_per_call']:.4f} %, SRTP {res['srtp_pct_per_call']:.4f} % "
+        f"of a core; SRTP adds {res['srtp_extra_pct_per_call']:+.4f} % of a core per call "
+        "(the difference of two whole-process figures: it is within their noise when small).",
+    ]
+    if micro.strip():
+        lines += ["", "`cargo bench --bench srtp` (protect/unprotect of one 20 ms PCMU packet):", "",
+                  "```", micro.strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench.py")
     p.add_argument("outdir")
@@ -1225,8 +1314,11 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=20)
     p.add_argument("--bridges", default="roomline livekit-sip")
     p.add_argument("--registrations", default="100 1000")
-    p.add_argument("--skip", default="", help="any of: load latency daemon")
+    p.add_argument("--skip", default="", help="any of: load profile latency daemon srtp")
     p.add_argument("--media-bench", default="")
+    p.add_argument("--srtp-bench", default="", help="cargo bench --bench srtp output")
+    p.add_argument("--srtp-phones", default="", help="examples/srtp_phones (release)")
+    p.add_argument("--srtp-n", type=int, default=20, help="calls of the SRTP figure (0: none)")
     p.add_argument("--profile-n", type=int, default=50,
                    help="N of the extra run profiled with perf (0: none)")
     p.add_argument("--netns-ip", default="")
@@ -1261,6 +1353,7 @@ def main() -> int:
     lat: dict = {}
     dm: dict = {}
     profiles: dict = {}
+    srtp: dict = {}
     media = Path(a.media_bench).read_text() if a.media_bench and Path(a.media_bench).exists() else ""
     info = machine_info(a.livekit_server, {b.name: b.version for b in bridges})
     log(f"machine: {info['cores']} x {info['cpu_model']}; bridges: {info['bridges']}")
@@ -1309,6 +1402,12 @@ def main() -> int:
         if "daemon" not in skip and "roomline" in a.bridges:
             dm = run_daemon_figures(a, infra, rl, ls, out)
             (out / "daemon.json").write_text(json.dumps(dm, indent=1))
+        if "srtp" not in skip and a.srtp_phones and a.srtp_n > 0 and "roomline" in a.bridges:
+            try:
+                srtp = run_srtp(a, infra, rl, a.srtp_n, out)
+                (out / "srtp.json").write_text(json.dumps(srtp, indent=1))
+            except Exception as e:  # noqa: BLE001 - a broken run is a result too
+                log(f"srtp: {e}")
     finally:
         PROCS.stop_all()
     runtime = time.time() - a.started_at if a.started_at else time.monotonic() - t_begin
@@ -1324,6 +1423,10 @@ def main() -> int:
         "limits": [[b, n, why] for (b, n), why in limits.items()],
     }, indent=1))
     write_report(a, out, info, rows, limits, lat, dm, media, runtime, profiles)
+    micro = Path(a.srtp_bench).read_text() if a.srtp_bench and Path(a.srtp_bench).exists() else ""
+    if srtp:
+        with open(out / "report.md", "a") as f:
+            f.write(srtp_report(srtp, micro))
     log(f"done in {runtime / 60:.1f} min: {out / 'report.md'}")
     print((out / "report.md").read_text())
     return 0

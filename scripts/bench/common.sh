@@ -6,8 +6,9 @@
 #   harness_packages PKG...   Debian packages (installed if missing), then
 #                             scripts/install-test-deps (livekit-server, the Python venv),
 #                             then matplotlib into that venv
-#   harness_build             release build of roomline and examples/lk_bench into
-#                             $CARGO_TARGET_DIR (default REPO/target); sets ROOMLINE, LK_BENCH
+#   harness_build             release build of roomline, examples/lk_bench and
+#                             examples/srtp_phones into $CARGO_TARGET_DIR (default
+#                             REPO/target); sets ROOMLINE, LK_BENCH, SRTP_PHONES
 #   harness_netns_up NAME IP IF
 #                             a namespace with loopback and one veth pair whose both ends
 #                             are inside it (IP/32 on IF, no route out), IPv6 off, ephemeral
@@ -37,11 +38,12 @@ harness_packages() {
 }
 
 harness_build() {
-    say "building Roomline (release) and examples/lk_bench"
-    (cd "$REPO" && cargo build --release --locked --bin roomline --example lk_bench >&2)
+    say "building Roomline (release), examples/lk_bench and examples/srtp_phones"
+    (cd "$REPO" && cargo build --release --locked --bin roomline --example lk_bench --example srtp_phones >&2)
     local target="${CARGO_TARGET_DIR:-$REPO/target}"
     ROOMLINE="$target/release/roomline"
     LK_BENCH="$target/release/examples/lk_bench"
+    SRTP_PHONES="$target/release/examples/srtp_phones"
 }
 
 harness_netns_up() {

@@ -20,6 +20,9 @@ pub enum Outcome {
     RoomHangup,
     /// LiveKit ended the participant for another reason (text from the server).
     LiveKitLeft(String),
+    /// The connection to LiveKit was lost and nothing brought it back within
+    /// `livekit.reconnect_window` (what happened).
+    LiveKitUnreachable(String),
     /// A dialplan rule rejects the call with this status.
     Rejected { status: u16, reason: Option<String> },
     /// No dialplan rule matched.
@@ -69,6 +72,7 @@ impl Outcome {
             Outcome::ParticipantRemoved => 486,
             Outcome::RoomHangup => 487,
             Outcome::LiveKitLeft(_) => 480,
+            Outcome::LiveKitUnreachable(_) => 503,
             Outcome::Rejected { status, .. } => *status,
             Outcome::NoRoute => 404,
             Outcome::NoCommonCodec(_) => 488,
@@ -126,6 +130,9 @@ impl Outcome {
             Outcome::SessionExpired => (102, "session timer expired"),
             Outcome::DialogGone => (41, "dialog lost"),
             Outcome::LiveKitLeft(_) => (16, "left the room"),
+            // Q.850 38 "network out of order": the network (here LiveKit) failed for
+            // longer than a moment; not a clearing either side asked for
+            Outcome::LiveKitUnreachable(_) => (38, "LiveKit unreachable"),
             Outcome::MediaTimeout => (102, "media timeout"),
             Outcome::NoAck => (102, "no ACK"),
             Outcome::PinFailed => (21, "wrong PIN"),
@@ -156,6 +163,7 @@ impl Outcome {
             Outcome::ParticipantRemoved => "participant_removed",
             Outcome::RoomHangup => "room_hangup",
             Outcome::LiveKitLeft(_) => "livekit_left",
+            Outcome::LiveKitUnreachable(_) => "livekit_unreachable",
             Outcome::Rejected { .. } => "rejected",
             Outcome::NoRoute => "no_route",
             Outcome::NoCommonCodec(_) => "no_codec",
@@ -207,6 +215,7 @@ impl fmt::Display for Outcome {
             Outcome::BadSdp(w) => write!(f, "bad SDP ({w})"),
             Outcome::LiveKitUnavailable(w) => write!(f, "LiveKit unavailable ({w})"),
             Outcome::LiveKitLeft(w) => write!(f, "left the room ({w})"),
+            Outcome::LiveKitUnreachable(w) => write!(f, "LiveKit unreachable ({w})"),
             Outcome::Internal(w) => write!(f, "internal error ({w})"),
             other => f.write_str(other.label()),
         }
@@ -265,6 +274,14 @@ mod tests {
             vec![("Min-SE", "120".to_string())]
         );
         assert_eq!(Outcome::IntervalTooSmall(120).status(), 422);
+        // a LiveKit outage longer than the window is a network failure, not a clearing
+        let lost = Outcome::LiveKitUnreachable("x".into());
+        assert_eq!(
+            lost.reason_header(),
+            "Q.850;cause=38;text=\"LiveKit unreachable\""
+        );
+        assert_eq!(lost.label(), "livekit_unreachable");
+        assert!(!lost.completed());
         assert_eq!(
             Outcome::SessionExpired.reason_header(),
             "Q.850;cause=102;text=\"session timer expired\""

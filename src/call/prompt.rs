@@ -40,6 +40,11 @@ pub const RINGBACK: &[Segment] = &[
     tone(0.0, 4000),
 ];
 
+/// What the phone hears while the call rides out a LiveKit outage
+/// (`livekit.hold_tone`): a short 620 Hz beep every 4 s, far from any tone a test or a
+/// carrier uses.
+pub const HOLD: &[Segment] = &[tone(620.0, 250), tone(0.0, 3750)];
+
 /// Plays segments frame by frame.
 #[derive(Debug, Clone)]
 pub struct Prompt {
@@ -77,6 +82,14 @@ impl Prompt {
         }
     }
 
+    /// The next 20 ms frame, starting over at the end.
+    pub fn next_frame_looped(&mut self) -> Vec<i16> {
+        if self.pos >= self.samples.len() {
+            self.pos = 0;
+        }
+        self.next_frame().unwrap_or_default()
+    }
+
     /// The next 20 ms frame (padded with silence at the end), or None when done.
     pub fn next_frame(&mut self) -> Option<Vec<i16>> {
         if self.pos >= self.samples.len() {
@@ -109,5 +122,13 @@ mod tests {
         assert!(peak > 7000 && peak < 9000, "about -12 dBFS: {peak}");
         let mut w = Prompt::new(PIN_WRONG, 16000);
         assert_eq!(w.next_frame().unwrap().len(), 320);
+        // the hold tone goes round: 4 s is 200 frames, the beep is the first 250 ms
+        let mut h = Prompt::new(HOLD, 8000);
+        let loud: Vec<bool> = (0..400)
+            .map(|_| h.next_frame_looped().iter().any(|s| s.abs() > 1000))
+            .collect();
+        // 250 ms is 12.5 frames: 13 with sound
+        assert_eq!(loud.iter().filter(|l| **l).count(), 2 * 13, "{loud:?}");
+        assert!(loud[0] && loud[200] && !loud[100]);
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::attributes::CallStatus;
 use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
+use super::encryption;
 use super::leg::{Leg, LegEvent, Local, Offers};
 use super::outcome::Outcome;
 use super::transfer::{self, Done};
@@ -89,6 +90,8 @@ pub struct Shell {
     pub seq: u64,
     pub started: Instant,
     pub answered_at: Option<Instant>,
+    /// Counts the call under its SRTP suite in /health/detailed once answered.
+    srtp_guard: Option<super::SrtpGuard>,
     /// Keys the caller pressed (RTP and INFO), oldest first, for the direction to use.
     pub digits: VecDeque<char>,
     pub dtmf_in: u64,
@@ -96,6 +99,8 @@ pub struct Shell {
     buf: Vec<u8>,
     /// The sample rate last asked of the participant.
     room_rate: Option<SampleRate>,
+    /// The call's key in the journal once it is written there (`recover`).
+    pub journaled: Option<String>,
 }
 
 async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
@@ -139,12 +144,64 @@ impl Shell {
             seq,
             started,
             answered_at: None,
+            srtp_guard: None,
             digits: VecDeque::new(),
             dtmf_in: 0,
             frame: Vec::new(),
             buf: vec![0u8; 2048],
             room_rate: None,
+            journaled: None,
         }
+    }
+
+    /// The call is answered at `t`: its media encryption counts in /health/detailed and it
+    /// enters the journal of active calls (ended by the next start after a crash).
+    pub fn answered(&mut self, t: Instant) {
+        self.answered_at = Some(t);
+        if let Some(suite) = self.media.as_ref().and_then(MediaLeg::srtp_suite) {
+            self.srtp_guard = Some(super::SrtpGuard::new(self.ctx.srtp_calls.clone(), suite));
+        }
+        self.journal();
+    }
+
+    /// Writes (or rewrites) the call's journal entry, once it is answered.
+    pub fn journal(&mut self) {
+        let Some(journal) = self.ctx.journal.clone() else {
+            return;
+        };
+        if self.answered_at.is_none() {
+            return;
+        }
+        let Some(leg) = self.leg.as_ref() else {
+            return;
+        };
+        let Some(d) = leg.dialog() else {
+            return;
+        };
+        let flow = leg.flow();
+        let (room, identity) = self
+            .room
+            .as_ref()
+            .map(|r| (r.handle.room().to_string(), r.handle.identity().to_string()))
+            .unwrap_or_default();
+        let key = format!("{};{}", d.call_id, d.local_tag);
+        journal.up(crate::journal::Entry {
+            key: key.clone(),
+            call_id: d.call_id.clone(),
+            local_tag: d.local_tag.clone(),
+            remote_tag: d.remote_tag.clone(),
+            local: d.local.clone(),
+            remote: d.remote.clone(),
+            remote_target: d.remote_target.clone(),
+            route_set: d.route_set.clone(),
+            local_cseq: d.local_cseq,
+            remote_cseq: d.remote_cseq,
+            transport: flow.transport.as_str().to_string(),
+            remote_addr: flow.remote.to_string(),
+            room,
+            identity,
+        });
+        self.journaled = Some(key);
     }
 
     /// Who we are on `flow` (Contact, Via, agent) for the leg.
@@ -167,6 +224,7 @@ impl Shell {
     pub fn set_room(&mut self, room: Room) {
         self.room_rate = Some(room.handle.sample_rate());
         self.room = Some(room);
+        self.journal();
     }
 
     /// Waits until something happens or `deadline`, and handles what both directions
@@ -454,6 +512,9 @@ impl Shell {
         if let Some(room) = self.room.take() {
             room.leave(&outcome).await;
         }
+        if let (Some(j), Some(key)) = (&self.ctx.journal, self.journaled.take()) {
+            j.down(&key);
+        }
         let stats = self.media.as_ref().and_then(MediaLeg::stats);
         let codec = self
             .media
@@ -461,8 +522,11 @@ impl Shell {
             .and_then(MediaLeg::codec)
             .map_or("none", |c| c.name());
         let dtmf_out = self.media.as_ref().map_or(0, |m| m.dtmf_out);
+        let srtp = encryption::label(self.media.as_ref().and_then(MediaLeg::srtp_suite));
+        let srtp_failed = stats.as_ref().map_or(0, |s| s.rx.srtp_failed);
         // sockets closed, ports back to the pool
         self.media = None;
+        self.srtp_guard = None;
         self.active.release();
         let answered = self.answered_at.is_some();
         let duration = self
@@ -478,6 +542,8 @@ impl Shell {
             if let Some(s) = &stats {
                 bridge::record_media_metrics(s, codec);
             }
+            metrics::counter!(m::CALLS_MEDIA_ENCRYPTION, "direction" => summary.direction, "encryption" => srtp)
+                .increment(1);
         }
         let (rx_packets, rx_lost, tx_packets, tx_lost, jitter_ms) = stats
             .as_ref()
@@ -502,6 +568,8 @@ impl Shell {
             caller = %Phone(summary.caller),
             called = %Phone(summary.called),
             codec,
+            srtp,
+            srtp_failed,
             answered,
             duration_s = format!("{:.1}", duration.as_secs_f64()),
             outcome = %outcome,

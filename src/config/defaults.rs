@@ -7,6 +7,9 @@ use std::time::Duration;
 pub const CONFIG_PATH: &str = "/etc/roomline/roomline.yaml";
 pub const TRUNKS_DIR: &str = "trunks";
 pub const DIALPLANS_DIR: &str = "dialplans";
+/// Where `state_dir` comes from when the file does not set it: systemd's
+/// `StateDirectory=roomline` sets this variable (to /var/lib/roomline).
+pub const STATE_DIRECTORY_ENV: &str = "STATE_DIRECTORY";
 
 pub const SIP_LISTENERS: &[(&str, &str)] = &[("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060")];
 pub const SIP_USER_AGENT: &str = concat!("Roomline/", env!("CARGO_PKG_VERSION"));
@@ -20,6 +23,13 @@ pub const SOURCE_REQUESTS_PER_SECOND: u32 = 100;
 pub const SOURCE_REQUESTS_BURST: u32 = 200;
 /// How long a digest nonce we issue stays good (`sip.auth_nonce_ttl`).
 pub const AUTH_NONCE_TTL: Duration = Duration::from_secs(300);
+
+/// `livekit.reconnect_window`: longer than a LiveKit restart.
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(30);
+/// `livekit.hold_tone`: silence while a call rides out an outage.
+pub const HOLD_TONE: bool = false;
+/// The longest `livekit.reconnect_window` (a phone kept in silence longer is no call).
+pub const RECONNECT_WINDOW_MAX: Duration = Duration::from_secs(600);
 
 pub const RTP_PORT_RANGE: &str = "10000-20000";
 pub const MEDIA_TIMEOUT: Duration = Duration::from_secs(15);

@@ -24,6 +24,7 @@ pub struct Daemon {
     pub limits: Option<Spanned<Limits>>,
     pub logging: Option<Spanned<Logging>>,
     pub trunks_dir: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
     pub dialplans_dir: Option<Spanned<String>>,
 }
 
@@ -33,6 +34,8 @@ pub struct LiveKit {
     pub url: Option<Spanned<String>>,
     pub api_key: Option<Spanned<String>>,
     pub api_secret: Option<Spanned<String>>,
+    pub reconnect_window: Option<Spanned<String>>,
+    pub hold_tone: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +79,7 @@ pub struct Http {
 pub struct Limits {
     pub max_concurrent_calls: Option<Spanned<u32>>,
     pub max_calls_per_second: Option<Spanned<u32>>,
+    pub max_calls_per_second_per_source: Option<Spanned<u32>>,
     pub drain_timeout: Option<Spanned<String>>,
 }
 

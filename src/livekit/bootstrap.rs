@@ -47,6 +47,7 @@ pub(super) async fn join(
         subscriber = %subscriber.local_addr(), "joined LiveKit room");
 
     let join_timeout = opts.join_timeout;
+    let lifecycle = Lifecycle::new(started, keepalive, opts.reconnect_window);
     let session = Session::new(Parts {
         opts,
         token,
@@ -57,7 +58,7 @@ pub(super) async fn join(
         publish,
         local_sid: local.sid.clone(),
         local_identity: local.identity.clone(),
-        lifecycle: Lifecycle::new(started, keepalive),
+        lifecycle,
         sid_tx,
         rate_tx,
         cmd_rx,

@@ -1,9 +1,17 @@
 //! The participant's lifecycle, sans-IO: joining, live (the signalling keep-alive, and a
 //! grace period after a peer connection drops, since the server closes the peers of a
 //! removed participant at about the moment it sends the reason), recovery (a resume
-//! first unless the server asked for a new join or refused the resume, then up to
-//! [`REJOIN_ATTEMPTS`] full rejoins with backoff; at most [`MAX_RECOVERIES`] recoveries
-//! a minute) and the end (our leave, or gone with a reason).
+//! first unless the server asked for a new join or refused the resume, then full
+//! rejoins with backoff until the reconnect window has passed since the session broke;
+//! at most [`MAX_RECOVERIES`] recoveries a minute) and the end (our leave, or gone with
+//! a reason).
+//!
+//! The reconnect window (`livekit.reconnect_window`) is what lets a call ride out a
+//! LiveKit restart: the server going away (its socket closes, or it says
+//! `SERVER_SHUTDOWN`) starts an outage; rejoins follow at [`REJOIN_BACKOFF`], doubling
+//! up to [`REJOIN_BACKOFF_MAX`] (short, so the call is back soon after the server is),
+//! the last one at the window's end. If that fails too, the participant ends with
+//! [`DisconnectReason::Unreachable`].
 //!
 //! The session (`session.rs`) feeds it what happened with [`Lifecycle::handle_input`],
 //! calls [`Lifecycle::handle_timeout`] at [`Lifecycle::poll_timeout`], and carries out
@@ -26,10 +34,19 @@ pub(super) const PEER_CLOSED_GRACE: Duration = Duration::from_secs(2);
 /// More recoveries than this within [`RECOVERY_WINDOW`] end the participant.
 pub(super) const MAX_RECOVERIES: usize = 5;
 pub(super) const RECOVERY_WINDOW: Duration = Duration::from_secs(60);
-/// Full rejoin attempts per recovery; before attempt n (n >= 2) we wait
-/// `REJOIN_BACKOFF * 2^(n-2)`.
-pub(super) const REJOIN_ATTEMPTS: u32 = 3;
+/// Before rejoin attempt n (n >= 2) we wait `REJOIN_BACKOFF * 2^(n-2)`, at most
+/// [`REJOIN_BACKOFF_MAX`], and never past the end of the reconnect window.
 pub(super) const REJOIN_BACKOFF: Duration = Duration::from_millis(500);
+pub(super) const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The leave reason of a server that is stopping: its rooms come back elsewhere or
+/// after its restart, so it starts an outage, whatever the leave's action says.
+pub(super) const SERVER_SHUTDOWN: &str = "SERVER_SHUTDOWN";
+
+/// The wait before rejoin `attempt` (>= 2).
+pub(super) fn rejoin_backoff(attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(2).min(8);
+    (REJOIN_BACKOFF * (1 << doublings)).min(REJOIN_BACKOFF_MAX)
+}
 
 /// The keep-alive the server asked for in its JoinResponse (`ping_interval`,
 /// `ping_timeout`, in seconds; bounded here).
@@ -123,10 +140,11 @@ pub(super) enum Output {
     Reconnecting { full: bool, reason: String },
     /// Resume the session, then report `Recovered` or `RecoveryFailed`.
     Resume(ResumeReason),
-    /// Join again as a new participant (attempt 1 ..= [`REJOIN_ATTEMPTS`]), then report.
+    /// Join again as a new participant (attempt 1, 2, ...), then report.
     Rejoin { attempt: u32 },
-    /// Tell the handle (`ParticipantEvent::Reconnected`).
-    Reconnected { resumed: bool },
+    /// Tell the handle (`ParticipantEvent::Reconnected`); the session was broken for
+    /// `down_for`.
+    Reconnected { resumed: bool, down_for: Duration },
     /// Send the LeaveRequest and wait for the server to close (`End` follows).
     SendLeave(LeaveReason),
     /// The participant is gone: tear down and report this reason. Nothing follows.
@@ -166,6 +184,10 @@ struct PeerDown {
 pub(super) struct Lifecycle {
     state: State,
     keepalive: Keepalive,
+    /// How long after the session broke rejoins go on (`livekit.reconnect_window`).
+    window: Duration,
+    /// When the session being recovered broke.
+    broken_at: Option<Instant>,
     next_ping: Instant,
     last_signal: Instant,
     peer_down: Option<PeerDown>,
@@ -178,11 +200,14 @@ pub(super) struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// A participant whose signalling connected at `now` (state `Joining`).
-    pub(super) fn new(now: Instant, keepalive: Keepalive) -> Lifecycle {
+    /// A participant whose signalling connected at `now` (state `Joining`); a broken
+    /// session is recovered for at most `window`.
+    pub(super) fn new(now: Instant, keepalive: Keepalive, window: Duration) -> Lifecycle {
         Lifecycle {
             state: State::Joining,
             keepalive,
+            window,
+            broken_at: None,
             next_ping: now + keepalive.interval,
             last_signal: now,
             peer_down: None,
@@ -330,6 +355,7 @@ impl Lifecycle {
                     action: action.name().to_string(),
                 };
                 match action {
+                    _ if why.is_server_shutdown() => self.recover(now, None, why),
                     LeaveAction::Disconnect => self.end(why),
                     LeaveAction::Resume => self.recover(now, Some(ResumeReason::Unknown), why),
                     LeaveAction::Reconnect => self.recover(now, None, why),
@@ -358,6 +384,7 @@ impl Lifecycle {
             return;
         }
         self.recoveries.push_back(now);
+        self.broken_at = Some(now);
         tracing::info!(%reason, full = resume.is_none(), "recovering the LiveKit session");
         self.peer_down = None;
         self.out.push_back(Output::Reconnecting {
@@ -390,9 +417,14 @@ impl Lifecycle {
         self.state = State::Live;
         self.peer_down = None;
         self.recovering = None;
+        let down_for = self
+            .broken_at
+            .take()
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         self.last_signal = now;
         self.next_ping = now + self.keepalive.interval;
-        self.out.push_back(Output::Reconnected { resumed });
+        self.out
+            .push_back(Output::Reconnected { resumed, down_for });
     }
 
     fn recovery_failed(&mut self, now: Instant, e: RecoveryError) {
@@ -416,22 +448,27 @@ impl Lifecycle {
                 self.out.push_back(Output::Rejoin { attempt: 1 });
             }
             State::Rejoining { attempt } => {
-                tracing::info!(%why, attempt, "rejoin failed");
+                tracing::debug!(%why, attempt, "rejoin failed");
                 self.last_failure = why;
-                if attempt < REJOIN_ATTEMPTS {
+                let broken_at = self.broken_at.unwrap_or(now);
+                let give_up_at = broken_at + self.window;
+                if now < give_up_at {
                     self.state = State::RejoinBackoff {
                         attempt: attempt + 1,
-                        at: now + REJOIN_BACKOFF * (1 << (attempt - 1)),
+                        at: (now + rejoin_backoff(attempt + 1)).min(give_up_at),
                     };
                 } else {
-                    let reason = match self.recovering.take() {
-                        Some(DisconnectReason::SignalLost(why)) => DisconnectReason::SignalLost(
-                            format!("{why}; rejoining failed: {}", self.last_failure),
-                        ),
-                        Some(other) => other,
-                        None => DisconnectReason::SignalLost(self.last_failure.clone()),
+                    let down_for = now.saturating_duration_since(broken_at);
+                    let broke = match self.recovering.take() {
+                        Some(reason) => reason.to_string(),
+                        None => String::new(),
                     };
-                    self.end(reason);
+                    tracing::warn!(%broke, last_failure = %self.last_failure, attempts = attempt,
+                        down_s = down_for.as_secs(), "LiveKit unreachable for the whole reconnect window; giving up");
+                    self.end(DisconnectReason::Unreachable {
+                        down_for,
+                        why: format!("{broke}; last rejoin failed: {}", self.last_failure),
+                    });
                 }
             }
             _ => {}
@@ -441,6 +478,7 @@ impl Lifecycle {
     fn end(&mut self, reason: DisconnectReason) {
         self.state = State::Ended;
         self.peer_down = None;
+        self.broken_at = None;
         self.out.push_back(Output::End(reason));
     }
 }
@@ -458,13 +496,14 @@ mod tests {
         interval: Duration::from_secs(5),
         timeout: Duration::from_secs(15),
     };
+    const WINDOW: Duration = Duration::from_secs(10);
 
     fn drain(l: &mut Lifecycle) -> Vec<Output> {
         std::iter::from_fn(|| l.poll_output()).collect()
     }
 
     fn live(t0: Instant) -> Lifecycle {
-        let mut l = Lifecycle::new(t0, KEEPALIVE);
+        let mut l = Lifecycle::new(t0, KEEPALIVE, WINDOW);
         l.handle_input(t0, Input::Active);
         assert_eq!(l.state(), State::Live);
         l
@@ -501,7 +540,13 @@ mod tests {
         assert_eq!(l.state(), State::Resuming);
         assert_eq!(l.poll_timeout(), None);
         l.handle_input(t0 + ms(26_000), Input::Recovered { keepalive: None });
-        assert_eq!(drain(&mut l), [Output::Reconnected { resumed: true }]);
+        assert_eq!(
+            drain(&mut l),
+            [Output::Reconnected {
+                resumed: true,
+                down_for: ms(1000)
+            }]
+        );
         assert_eq!(l.poll_timeout(), Some(t0 + ms(31_000)));
     }
 
@@ -553,7 +598,18 @@ mod tests {
     }
 
     #[test]
-    fn lifecycle_falls_back_to_rejoins_with_backoff_then_gives_up() {
+    fn rejoin_backoff_doubles_up_to_its_cap() {
+        assert_eq!(rejoin_backoff(2), ms(500));
+        assert_eq!(rejoin_backoff(3), ms(1000));
+        assert_eq!(rejoin_backoff(4), REJOIN_BACKOFF_MAX);
+        assert_eq!(rejoin_backoff(u32::MAX), REJOIN_BACKOFF_MAX);
+    }
+
+    /// The server is gone: resume refused, then rejoins at 0.5 s, then every 1 s, the
+    /// last at the end of the window; that failing too ends the participant as
+    /// unreachable, with how long and why.
+    #[test]
+    fn lifecycle_rejoins_with_backoff_until_the_window_passes() {
         let t0 = Instant::now();
         let mut l = live(t0);
         l.handle_input(t0, Input::SignalLost("reset".into()));
@@ -572,32 +628,117 @@ mod tests {
                 Output::Rejoin { attempt: 1 }
             ]
         );
-        l.handle_input(
-            t0 + ms(200),
-            Input::RecoveryFailed(RecoveryError::Retry("a".into())),
-        );
-        assert_eq!(l.poll_timeout(), Some(t0 + ms(700)));
-        l.handle_timeout(t0 + ms(700));
-        assert_eq!(drain(&mut l), [Output::Rejoin { attempt: 2 }]);
-        l.handle_input(
-            t0 + ms(800),
-            Input::RecoveryFailed(RecoveryError::Retry("b".into())),
-        );
-        assert_eq!(l.poll_timeout(), Some(t0 + ms(1800)));
-        l.handle_timeout(t0 + ms(1800));
-        assert_eq!(drain(&mut l), [Output::Rejoin { attempt: 3 }]);
-        l.handle_input(
-            t0 + ms(1900),
-            Input::RecoveryFailed(RecoveryError::Retry("c".into())),
+        let mut now = t0 + ms(200);
+        let mut attempts = vec![(1, ms(100))];
+        loop {
+            l.handle_input(
+                now,
+                Input::RecoveryFailed(RecoveryError::Retry("no".into())),
+            );
+            if l.is_ended() {
+                break;
+            }
+            let at = l.poll_timeout().expect("the next attempt");
+            l.handle_timeout(at - Duration::from_nanos(1));
+            assert!(drain(&mut l).is_empty());
+            l.handle_timeout(at);
+            let [Output::Rejoin { attempt }] = drain(&mut l)[..] else {
+                panic!("no rejoin at {at:?}");
+            };
+            attempts.push((attempt, at.duration_since(t0)));
+            now = at + ms(100);
+        }
+        // 0.1 s, then each failure (100 ms after its attempt) + backoff
+        assert_eq!(
+            attempts,
+            [
+                (1, ms(100)),
+                (2, ms(700)),
+                (3, ms(1800)),
+                (4, ms(2900)),
+                (5, ms(4000)),
+                (6, ms(5100)),
+                (7, ms(6200)),
+                (8, ms(7300)),
+                (9, ms(8400)),
+                (10, ms(9500)),
+                (11, ms(10_000)),
+            ]
         );
         assert_eq!(
             drain(&mut l),
-            [Output::End(DisconnectReason::SignalLost(
-                "reset; rejoining failed: c".into()
-            ))]
+            [Output::End(DisconnectReason::Unreachable {
+                down_for: ms(10_100),
+                why: "signalling lost: reset; last rejoin failed: no".into()
+            })]
         );
-        assert!(l.is_ended());
         assert_eq!(l.poll_timeout(), None);
+    }
+
+    /// LiveKit back within the window: the next rejoin works and the call goes on;
+    /// the next outage has a whole window again.
+    #[test]
+    fn lifecycle_rides_out_an_outage_shorter_than_the_window() {
+        let t0 = Instant::now();
+        let mut l = live(t0);
+        l.handle_input(t0, Input::SignalLost("reset".into()));
+        l.handle_input(t0, Input::RecoveryFailed(RecoveryError::Retry("a".into())));
+        let mut now = t0;
+        while now < t0 + ms(8000) {
+            l.handle_input(now, Input::RecoveryFailed(RecoveryError::Retry("b".into())));
+            now = l.poll_timeout().unwrap();
+            l.handle_timeout(now);
+        }
+        drain(&mut l);
+        l.handle_input(
+            now + ms(50),
+            Input::Recovered {
+                keepalive: Some(KEEPALIVE),
+            },
+        );
+        assert_eq!(
+            drain(&mut l),
+            [Output::Reconnected {
+                resumed: false,
+                down_for: (now + ms(50)).duration_since(t0)
+            }]
+        );
+        assert_eq!(l.state(), State::Live);
+        let t1 = now + ms(1000);
+        l.handle_input(t1, Input::SignalLost("again".into()));
+        l.handle_input(t1, Input::RecoveryFailed(RecoveryError::Retry("a".into())));
+        l.handle_input(
+            t1 + ms(9000),
+            Input::RecoveryFailed(RecoveryError::Retry("b".into())),
+        );
+        assert!(!l.is_ended(), "a new outage has its own window");
+        assert_eq!(l.poll_timeout(), Some(t1 + ms(9500)));
+    }
+
+    /// A server that shuts down (a restart, a rolling upgrade) says SERVER_SHUTDOWN
+    /// with action DISCONNECT: that starts an outage, not the end.
+    #[test]
+    fn lifecycle_rejoins_after_a_server_shutdown() {
+        let t0 = Instant::now();
+        let mut l = live(t0);
+        l.handle_input(
+            t0,
+            Input::ServerLeave {
+                reason: SERVER_SHUTDOWN.into(),
+                action: LeaveAction::Disconnect,
+            },
+        );
+        let out = drain(&mut l);
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    Output::Reconnecting { full: true, .. },
+                    Output::Rejoin { attempt: 1 }
+                ]
+            ),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -613,8 +754,14 @@ mod tests {
         let mut l = live(t0);
         l.handle_input(t0, leave(LeaveAction::Reconnect));
         assert_eq!(drain(&mut l)[1], Output::Rejoin { attempt: 1 });
-        l.handle_input(t0, Input::Recovered { keepalive: None });
-        assert_eq!(drain(&mut l), [Output::Reconnected { resumed: false }]);
+        l.handle_input(t0 + ms(300), Input::Recovered { keepalive: None });
+        assert_eq!(
+            drain(&mut l),
+            [Output::Reconnected {
+                resumed: false,
+                down_for: ms(300)
+            }]
+        );
         // a resume refused for good ends with the server's reason
         let mut l = live(t0);
         l.handle_input(t0, Input::SignalLost("x".into()));
@@ -630,7 +777,7 @@ mod tests {
     #[test]
     fn lifecycle_failures_while_joining_end_the_join_and_leave_is_sent_when_connected() {
         let t0 = Instant::now();
-        let mut l = Lifecycle::new(t0, KEEPALIVE);
+        let mut l = Lifecycle::new(t0, KEEPALIVE, WINDOW);
         l.handle_input(t0, Input::SignalLost("x".into()));
         assert_eq!(
             drain(&mut l),
@@ -742,6 +889,8 @@ mod tests {
         in_recovery: bool,
         last_attempt: u32,
         rejoin_failed_at: Option<Instant>,
+        /// When the recovery under way started.
+        broken_at: Option<Instant>,
         /// Outputs seen, by kind (the test checks it reached every kind).
         seen: std::collections::BTreeMap<&'static str, u32>,
     }
@@ -754,11 +903,12 @@ mod tests {
                     Output::Ping => "ping",
                     Output::Reconnecting { .. } => "reconnecting",
                     Output::Resume(_) => "resume",
-                    Output::Rejoin { attempt: 3 } => "rejoin 3",
+                    Output::Rejoin { attempt: 3.. } => "rejoin 3+",
                     Output::Rejoin { .. } => "rejoin",
-                    Output::Reconnected { resumed: true } => "resumed",
+                    Output::Reconnected { resumed: true, .. } => "resumed",
                     Output::Reconnected { .. } => "rejoined",
                     Output::SendLeave(_) => "leave",
+                    Output::End(DisconnectReason::Unreachable { .. }) => "unreachable",
                     Output::End(_) => "end",
                 };
                 *self.seen.entry(kind).or_default() += 1;
@@ -769,6 +919,7 @@ mod tests {
                         assert!(!self.in_recovery, "seed {seed}: resume while recovering");
                         self.announced = false;
                         self.starts.push(now);
+                        self.broken_at = Some(now);
                         self.in_recovery = true;
                         self.last_attempt = 0;
                     }
@@ -778,26 +929,42 @@ mod tests {
                             self.announced = false;
                             if !self.in_recovery {
                                 self.starts.push(now);
+                                self.broken_at = Some(now);
                                 self.in_recovery = true;
                             }
                         } else {
                             assert_eq!(attempt, self.last_attempt + 1, "seed {seed}");
                             let failed = self.rejoin_failed_at.expect("a failed attempt");
                             assert!(
-                                now.duration_since(failed) >= REJOIN_BACKOFF * (1 << (attempt - 2)),
+                                now.duration_since(failed) >= rejoin_backoff(attempt)
+                                    || now >= self.broken_at.expect("broken") + WINDOW,
                                 "seed {seed}: no backoff before attempt {attempt}"
                             );
                         }
-                        assert!(attempt <= REJOIN_ATTEMPTS, "seed {seed}");
                         self.last_attempt = attempt;
                     }
-                    Output::Reconnected { .. } => {
+                    Output::Reconnected { down_for, .. } => {
+                        let broken = self.broken_at.take().expect("a recovery");
+                        assert_eq!(down_for, now.duration_since(broken), "seed {seed}");
                         self.last_attempt = 0;
                         self.in_recovery = false;
+                    }
+                    Output::End(DisconnectReason::Unreachable { down_for, .. }) => {
+                        let broken = self.broken_at.expect("a recovery");
+                        assert!(now >= broken + WINDOW, "seed {seed}: gave up early");
+                        assert_eq!(down_for, now.duration_since(broken), "seed {seed}");
+                        self.ended = true;
                     }
                     Output::End(_) => self.ended = true,
                     Output::Ping | Output::SendLeave(_) => {}
                 }
+            }
+            if let State::RejoinBackoff { at, .. } = l.state {
+                let broken = l.broken_at.expect("broken");
+                assert!(
+                    at <= broken + WINDOW,
+                    "seed {seed}: a rejoin planned after the window"
+                );
             }
             if self.ended {
                 assert!(l.is_ended(), "seed {seed}");
@@ -821,16 +988,18 @@ mod tests {
     /// something changes at it); exactly one `End`, and nothing after it; every recovery
     /// (`Resume`, or `Rejoin` attempt 1 after `Reconnecting{full: true}` without a
     /// resume) is announced by `Reconnecting`; at most `MAX_RECOVERIES` recoveries start
-    /// in any `RECOVERY_WINDOW`; rejoin attempts count up from 1 to at most
-    /// `REJOIN_ATTEMPTS`, each no earlier than its backoff; and once the session stops succeeding
-    /// (every later step fails), the machine ends within a bound on its timers alone.
+    /// in any `RECOVERY_WINDOW`; rejoin attempts count up from 1, each no earlier than
+    /// its backoff (or at the window's end), none planned past the window; the outage's
+    /// length in `Reconnected` and `Unreachable` is right, and `Unreachable` never
+    /// comes before the window has passed; and once the session stops succeeding (every
+    /// later step fails), the machine ends within a bound on its timers alone.
     #[test]
     fn random_events_lifecycle() {
         let mut seen = std::collections::BTreeMap::new();
         for seed in 1..=2000u64 {
             let mut rng = XorShift::new(seed);
             let t0 = Instant::now();
-            let mut l = Lifecycle::new(t0, KEEPALIVE);
+            let mut l = Lifecycle::new(t0, KEEPALIVE, WINDOW);
             let mut now = t0;
             let mut obs = Observer::default();
             for _ in 0..rng.below(60) {
@@ -879,8 +1048,9 @@ mod tests {
             }
             // From here on the network is gone: the server never answers, every step
             // fails. The machine must end on its own within keep-alive timeout + one
-            // interval + the rejoin backoffs (plus one resume per budget slot at most).
-            let bound = now + KEEPALIVE.timeout + KEEPALIVE.interval * 2 + ms(5000);
+            // interval + the reconnect window (plus a resume and a backoff).
+            let bound =
+                now + KEEPALIVE.timeout + KEEPALIVE.interval * 2 + WINDOW + REJOIN_BACKOFF_MAX;
             while !l.is_ended() {
                 if matches!(l.state(), State::Resuming | State::Rejoining { .. }) {
                     if matches!(l.state(), State::Rejoining { .. }) {
@@ -911,11 +1081,12 @@ mod tests {
             "reconnecting",
             "resume",
             "rejoin",
-            "rejoin 3",
+            "rejoin 3+",
             "resumed",
             "rejoined",
             "leave",
             "end",
+            "unreachable",
         ] {
             assert!(seen.get(kind).is_some_and(|n| *n >= 20), "{kind}: {seen:?}");
         }

@@ -31,10 +31,12 @@
 //!
 //! Losing the signalling connection (or a peer connection) does not end the call: the
 //! task resumes the session (`reconnect=1`, ICE restarts, `sync_state`) and, if the
-//! server refuses that or asks for it (leave with action RECONNECT), joins again as a
-//! new participant (new sid; the track is published and remote tracks subscribed again).
-//! The handle keeps working throughout; only a leave with action DISCONNECT, or
-//! recovery failing, ends the participant.
+//! server refuses that or asks for it (leave with action RECONNECT, or a server
+//! shutting down), joins again as a new participant (same identity and attributes, new
+//! sid; the track is published and remote tracks subscribed again), with backoff, for
+//! up to `reconnect_window` (a LiveKit restart). The handle keeps working throughout
+//! (audio pushed meanwhile is dropped); only a leave with action DISCONNECT, or the
+//! window passing, ends the participant.
 
 mod audio;
 mod bootstrap;
@@ -61,6 +63,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use audio::{opus_complexity, opus_encoder};
 pub use signal::JoinError;
+
+/// The default of [`JoinOptions::reconnect_window`]: `livekit.reconnect_window`'s,
+/// longer than a LiveKit restart takes.
+pub const DEFAULT_RECONNECT_WINDOW: Duration = crate::config::defaults::RECONNECT_WINDOW;
 
 /// Phone-side sample rates the participant encodes from and decodes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +111,10 @@ pub struct JoinOptions {
     pub join_timeout: Duration,
     /// Token lifetime.
     pub token_ttl: Duration,
+    /// How long after the session broke (LiveKit restarting, the network to it down)
+    /// the participant keeps trying to resume or rejoin before it ends with
+    /// [`DisconnectReason::Unreachable`].
+    pub reconnect_window: Duration,
     /// Agents to dispatch to the room (name, metadata), through the token's room
     /// configuration.
     pub agents: Vec<(String, Option<String>)>,
@@ -151,6 +161,7 @@ impl JoinOptions {
             track_name: "phone".into(),
             join_timeout: Duration::from_secs(20),
             token_ttl: Duration::from_secs(24 * 3600),
+            reconnect_window: DEFAULT_RECONNECT_WINDOW,
             agents: Vec::new(),
         }
     }
@@ -232,8 +243,18 @@ pub enum DisconnectReason {
     SignalLost(String),
     /// A peer connection failed (ICE/DTLS).
     PeerFailed(String),
+    /// The session broke (the server went away, or the network to it) and no resume or
+    /// rejoin worked within the reconnect window: LiveKit was out of reach `down_for`.
+    Unreachable { down_for: Duration, why: String },
     /// The handle and every clone of it were dropped.
     HandleDropped,
+}
+
+impl DisconnectReason {
+    /// The server said it is shutting down (`SERVER_SHUTDOWN`): a restart, not an end.
+    pub(crate) fn is_server_shutdown(&self) -> bool {
+        matches!(self, Self::Server { reason, .. } if reason == lifecycle::SERVER_SHUTDOWN)
+    }
 }
 
 impl fmt::Display for DisconnectReason {
@@ -243,6 +264,9 @@ impl fmt::Display for DisconnectReason {
             Self::Server { reason, action } => write!(f, "server: {reason} ({action})"),
             Self::SignalLost(why) => write!(f, "signalling lost: {why}"),
             Self::PeerFailed(why) => write!(f, "peer connection failed: {why}"),
+            Self::Unreachable { down_for, why } => {
+                write!(f, "LiveKit unreachable for {}s: {why}", down_for.as_secs())
+            }
             Self::HandleDropped => write!(f, "handle dropped"),
         }
     }
@@ -308,6 +332,8 @@ pub enum ParticipantEvent {
     Reconnected {
         sid: String,
         resumed: bool,
+        /// How long the session was broken.
+        down_for: Duration,
     },
     /// Terminal: nothing follows.
     Disconnected(DisconnectReason),
@@ -495,6 +521,18 @@ impl ParticipantHandle {
     }
 }
 
+/// The HTTP(S) base of the LiveKit server for a `ws(s)://` or `http(s)://` URL.
+pub fn http_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        url.to_string()
+    }
+}
+
 /// RFC 4733 event code of a DTMF digit (`0-9`, `*`, `#`, `A-D`, either case).
 pub fn dtmf_code(digit: char) -> Option<u32> {
     crate::media::dtmf::DtmfDigit::from_char(digit).map(|d| u32::from(d.event_code()))
@@ -517,6 +555,16 @@ impl Participant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn livekit_base_urls() {
+        assert_eq!(http_base("ws://127.0.0.1:7880"), "http://127.0.0.1:7880");
+        assert_eq!(http_base("wss://lk.example.com/"), "https://lk.example.com");
+        assert_eq!(
+            http_base("https://lk.example.com"),
+            "https://lk.example.com"
+        );
+    }
 
     #[test]
     fn dtmf_codes_follow_rfc4733() {

@@ -10,6 +10,7 @@
 //! resume or rejoin is due it carries that out (`recovery.rs`); at the end it tears down
 //! and reports why.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -197,20 +198,31 @@ impl Session {
                         let result = self.rejoin(attempt).await;
                         self.lifecycle.handle_input(now(), result);
                     }
-                    Output::Reconnected { resumed } => {
-                        if resumed {
-                            tracing::info!(sid = %self.local_sid, "LiveKit session resumed");
+                    Output::Reconnected { resumed, down_for } => {
+                        let down_ms = down_for.as_millis() as u64;
+                        let result = if resumed {
+                            tracing::info!(sid = %self.local_sid, down_ms, "LiveKit session resumed");
+                            "resumed"
                         } else {
-                            tracing::info!(sid = %self.local_sid, "joined the LiveKit room again");
-                        }
+                            tracing::info!(sid = %self.local_sid, down_ms, "joined the LiveKit room again");
+                            "rejoined"
+                        };
+                        metrics::counter!(m::LIVEKIT_RECONNECTS, "result" => result).increment(1);
                         self.emit(ParticipantEvent::Reconnected {
                             sid: self.local_sid.clone(),
                             resumed,
+                            down_for,
                         })
                         .await;
                     }
                     Output::SendLeave(reason) => self.send_leave(reason).await,
-                    Output::End(reason) => return self.finish(reason).await,
+                    Output::End(reason) => {
+                        if matches!(reason, DisconnectReason::Unreachable { .. }) {
+                            metrics::counter!(m::LIVEKIT_RECONNECTS, "result" => "gave_up")
+                                .increment(1);
+                        }
+                        return self.finish(reason).await;
+                    }
                 }
             }
             if self.lifecycle.is_connected() {
@@ -218,10 +230,64 @@ impl Session {
                     self.lifecycle.handle_input(now(), e.input());
                 }
             } else if let Some(at) = self.lifecycle.poll_timeout() {
-                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-                self.lifecycle.handle_timeout(now());
+                self.wait_offline(at).await;
             }
         }
+    }
+
+    /// Between rejoin attempts: waits until `at`, taking the handle's commands
+    /// meanwhile (audio and data are dropped; attributes are kept for the rejoin's
+    /// token; a leave ends the participant now).
+    async fn wait_offline(&mut self, at: Instant) {
+        let deadline = tokio::time::Instant::from_std(at);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.lifecycle.handle_timeout(now());
+                    return;
+                }
+                cmd = self.cmd_rx.recv() => match cmd {
+                    None => {
+                        self.lifecycle.handle_input(now(), Input::Leave(LeaveReason::ClientInitiated));
+                        return;
+                    }
+                    Some(Command::Leave { reason, done }) => {
+                        self.leave_done = Some(done);
+                        self.lifecycle.handle_input(now(), Input::Leave(reason));
+                        return;
+                    }
+                    Some(Command::SetAttributes(attributes)) => self.remember_attributes(&attributes),
+                    Some(Command::SetSampleRate(rate)) => self.set_rate(rate),
+                    Some(Command::Audio(_) | Command::Dtmf { .. } | Command::Data { .. } | Command::Simulate(_)) => {}
+                },
+            }
+        }
+    }
+
+    /// Attributes set since the join: a rejoin's token carries them (an empty value
+    /// deletes a key, as the server does).
+    fn remember_attributes(&mut self, attributes: &HashMap<String, String>) {
+        for (k, v) in attributes {
+            if v.is_empty() {
+                self.opts.attributes.remove(k);
+            } else {
+                self.opts.attributes.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    fn set_rate(&mut self, rate: SampleRate) {
+        if rate != self.rate {
+            match self.publish.set_rate(rate) {
+                Ok(()) => {
+                    self.rate = rate;
+                    self.receiver.set_rate(rate);
+                    tracing::debug!(rate = rate.hz(), "phone sample rate changed");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot change the sample rate"),
+            }
+        }
+        let _ = self.rate_tx.send(self.rate);
     }
 
     /// Handles a JoinResponse (the first, or a rejoin's): known participants and their
@@ -389,6 +455,7 @@ impl Session {
                 self.process_rtc_events(Role::Publisher, events).await
             }
             Command::SetAttributes(attributes) => {
+                self.remember_attributes(&attributes);
                 self.request_id += 1;
                 let req = Req::UpdateMetadata(proto::UpdateParticipantMetadata {
                     attributes,
@@ -424,17 +491,7 @@ impl Session {
             }
             Command::Simulate(scenario) => self.simulate(scenario).await,
             Command::SetSampleRate(rate) => {
-                if rate != self.rate {
-                    match self.publish.set_rate(rate) {
-                        Ok(()) => {
-                            self.rate = rate;
-                            self.receiver.set_rate(rate);
-                            tracing::debug!(rate = rate.hz(), "phone sample rate changed");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot change the sample rate"),
-                    }
-                }
-                let _ = self.rate_tx.send(self.rate);
+                self.set_rate(rate);
                 Ok(())
             }
         }

@@ -24,7 +24,9 @@ pub const CALLS_ACTIVE: &str = "roomline_calls_active";
 pub const CALLS_TOTAL: &str = "roomline_calls_total";
 pub const CALL_SETUP_SECONDS: &str = "roomline_call_setup_seconds";
 pub const CALL_DURATION_SECONDS: &str = "roomline_call_duration_seconds";
+pub const CALLS_MEDIA_ENCRYPTION: &str = "roomline_calls_media_encryption_total";
 pub const LIVEKIT_JOIN_SECONDS: &str = "roomline_livekit_join_seconds";
+pub const LIVEKIT_RECONNECTS: &str = "roomline_livekit_reconnects_total";
 pub const RTP_PACKETS: &str = "roomline_rtp_packets_total";
 pub const RTP_LOST: &str = "roomline_rtp_lost_packets_total";
 pub const RTP_JITTER_SECONDS: &str = "roomline_rtp_jitter_seconds";
@@ -96,12 +98,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         CALLS_REFUSED,
-        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, no_trunk, overload)."
+        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, source_call_rate, no_trunk, overload)."
     );
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
     metrics::describe_counter!(
         CALLS_TOTAL,
         "Calls ended, by direction (inbound, outbound), trunk and outcome."
+    );
+    metrics::describe_counter!(
+        CALLS_MEDIA_ENCRYPTION,
+        "Answered calls ended, by direction and the phone leg's media encryption (none, or the SRTP suite)."
     );
     metrics::describe_histogram!(
         CALL_SETUP_SECONDS,
@@ -114,6 +120,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_histogram!(
         LIVEKIT_JOIN_SECONDS,
         "Time to join the LiveKit room as a participant."
+    );
+    metrics::describe_counter!(
+        LIVEKIT_RECONNECTS,
+        "Broken LiveKit sessions of calls (LiveKit restarting, the network to it down), by result: resumed or rejoined (the call rode it out), gave_up (the reconnect window passed; the call ended as livekit_unreachable)."
     );
     metrics::describe_counter!(
         RTP_PACKETS,

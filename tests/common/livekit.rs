@@ -20,7 +20,6 @@
 //! with the server log after the test.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -97,6 +96,10 @@ pub struct LiveKitServer {
     log_path: PathBuf,
     /// Temp dir holding the log (and cwd of the server). `None` once kept.
     dir: Option<tempfile::TempDir>,
+    /// The `--config-body` it runs with (a restart uses it again).
+    config: String,
+    /// Where this process's part of the (appended) log starts.
+    log_start: usize,
     stopped: bool,
 }
 
@@ -142,31 +145,7 @@ impl LiveKitServer {
             .tempdir()
             .expect("create temp dir for livekit-server");
         let log_path = dir.path().join("livekit-server.log");
-        let log = File::create(&log_path).expect("create livekit-server log");
-        let log_err = log.try_clone().expect("clone log file handle");
-        let mut cmd = Command::new(bin);
-        cmd.args(["--dev", "--bind", "127.0.0.1", "--node-ip", "127.0.0.1"])
-            .arg("--config-body")
-            .arg(&config)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        // the server reads these from the environment; don't let the caller's leak in
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("LIVEKIT_")
-                || matches!(
-                    &*key,
-                    "NODE_IP" | "UDP_PORT" | "REDIS_HOST" | "REDIS_PASSWORD"
-                )
-            {
-                cmd.env_remove(&*key);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = spawn(bin, &config, dir.path(), &log_path);
         // From here on, Drop stops the process, also if waiting panics.
         let mut server = LiveKitServer {
             pid: child.id(),
@@ -176,6 +155,8 @@ impl LiveKitServer {
             rtc_udp_port,
             log_path,
             dir: Some(dir),
+            config,
+            log_start: 0,
             stopped: false,
         };
         server.wait_ready()?;
@@ -188,7 +169,10 @@ impl LiveKitServer {
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.stopped = true;
                 let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-                if log.contains("address already in use") {
+                if log
+                    .get(self.log_start..)
+                    .is_some_and(|l| l.contains("address already in use"))
+                {
                     return Err(StartError::AddrInUse);
                 }
                 panic!(
@@ -330,6 +314,47 @@ impl LiveKitServer {
     }
 }
 
+impl LiveKitServer {
+    /// Kills the server now (SIGKILL, as a crash or an OOM kill would) and reaps it.
+    pub fn kill(&mut self) {
+        if !self.stopped {
+            self.stopped = true;
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts the stopped (or killed) server again: same ports, keys and config, the
+    /// log appended; returns when it is ready (as [`start`](Self::start) waits). The
+    /// new process knows no rooms.
+    pub fn start_again(&mut self) -> Instant {
+        assert!(self.stopped, "start_again: the server is still running");
+        let bin = server_binary();
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("the server's temp dir")
+            .path()
+            .to_path_buf();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.log_start = std::fs::metadata(&self.log_path).map_or(0, |m| m.len() as usize);
+            self.child = spawn(&bin, &self.config, &dir, &self.log_path);
+            self.pid = self.child.id();
+            self.stopped = false;
+            match self.wait_ready() {
+                Ok(()) => return Instant::now(),
+                // a port of the old process not free yet: try again shortly
+                Err(StartError::AddrInUse) if Instant::now() < deadline => {
+                    eprintln!("livekit-server: a port is still taken; starting again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(StartError::AddrInUse) => panic!("livekit-server: ports taken on restart"),
+            }
+        }
+    }
+}
+
 impl Drop for LiveKitServer {
     fn drop(&mut self) {
         let graceful = self.stop();
@@ -353,6 +378,38 @@ impl Drop for LiveKitServer {
             eprintln!("livekit-server log kept in {}", dir.keep().display());
         }
     }
+}
+
+/// Starts livekit-server with `config` in `dir`, its output appended to `log_path`.
+fn spawn(bin: &Path, config: &str, dir: &Path, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open livekit-server log");
+    let log_err = log.try_clone().expect("clone log file handle");
+    let mut cmd = Command::new(bin);
+    cmd.args(["--dev", "--bind", "127.0.0.1", "--node-ip", "127.0.0.1"])
+        .arg("--config-body")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    // the server reads these from the environment; don't let the caller's leak in
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("LIVEKIT_")
+            || matches!(
+                &*key,
+                "NODE_IP" | "UDP_PORT" | "REDIS_HOST" | "REDIS_PASSWORD"
+            )
+        {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 /// One plain HTTP/1.0 `GET /` to 127.0.0.1:port; true on status 200.

@@ -98,6 +98,8 @@ pub struct Setup {
     pub sip_extra: String,
     /// Extra lines of the `rtp:` section.
     pub rtp_extra: String,
+    /// Extra lines of the `livekit:` section (indented two spaces).
+    pub livekit_extra: String,
     /// Lines of the `limits:` section.
     pub limits: String,
     /// `LOG_LEVEL` for the daemon.
@@ -125,6 +127,7 @@ impl Setup {
             dialplans: Vec::new(),
             sip_extra: String::new(),
             rtp_extra: String::new(),
+            livekit_extra: String::new(),
             limits: String::new(),
             log_level: "info,roomline=debug".into(),
             logging: String::new(),
@@ -158,6 +161,11 @@ impl Setup {
 
     pub fn sip_extra(mut self, lines: &str) -> Setup {
         self.sip_extra.push_str(lines);
+        self
+    }
+
+    pub fn livekit_extra(mut self, lines: &str) -> Setup {
+        self.livekit_extra.push_str(lines);
         self
     }
 
@@ -195,6 +203,39 @@ pub struct Roomline {
     pub rtp_ports: (u16, u16),
     log: PathBuf,
     config: PathBuf,
+    log_level: String,
+    env: Vec<(String, String)>,
+}
+
+/// Starts `roomline run` on `config`, its stderr to `log` (appended to with `append`).
+fn spawn_daemon(
+    config: &Path,
+    log: &Path,
+    log_level: &str,
+    env: &[(String, String)],
+    append: bool,
+) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(log)
+        .unwrap();
+    Command::new(daemon_binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("LIVEKIT_URL")
+        .env_remove("LIVEKIT_API_KEY")
+        .env_remove("LIVEKIT_API_SECRET")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("STATE_DIRECTORY")
+        .env("LOG_LEVEL", log_level)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start roomline")
 }
 
 impl Roomline {
@@ -228,7 +269,7 @@ impl Roomline {
             format!("logging:\n{}", setup.logging)
         };
         let yaml = format!(
-            "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n\
+            "livekit:\n  url: {}\n  api_key: {}\n  api_secret: {}\n{}\
              sip:\n  listeners:\n    - transport: udp\n      address: {ip}:{sip_port}\n\
              \x20   - transport: tcp\n      address: {ip}:{sip_port}\n{}\
              rtp:\n  port_range: {}-{}\n{}\
@@ -236,6 +277,7 @@ impl Roomline {
             setup.livekit_url,
             setup.api_key,
             setup.api_secret,
+            setup.livekit_extra,
             setup.sip_extra,
             rtp_ports.0,
             rtp_ports.1,
@@ -245,21 +287,11 @@ impl Roomline {
         std::fs::write(&config, &yaml).unwrap();
         let ip = setup.bind_ip.clone();
         let log = dir.path().join("roomline.log");
-        let child = Command::new(daemon_binary())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("LIVEKIT_URL")
-            .env_remove("LIVEKIT_API_KEY")
-            .env_remove("LIVEKIT_API_SECRET")
-            .env_remove("NOTIFY_SOCKET")
-            .env("LOG_LEVEL", &setup.log_level)
-            .envs(setup.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("start roomline");
+        let child = spawn_daemon(&config, &log, &setup.log_level, &setup.env, false);
         let mut r = Roomline {
             child,
+            log_level: setup.log_level.clone(),
+            env: setup.env.clone(),
             dir,
             ip,
             sip_port,
@@ -385,6 +417,24 @@ impl Roomline {
 
     pub fn signal(&self, sig: &str) {
         assert!(super::send_signal(self.child.id(), sig), "kill -{sig}");
+    }
+
+    /// SIGKILLs the daemon (a crash: nothing is cleaned up) and starts it again on the same
+    /// configuration and ports, its log appended to the same file; returns once it is
+    /// healthy again.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_daemon(&self.config, &self.log, &self.log_level, &self.env, true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.get("/health").is_none_or(|(s, _)| s != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "roomline not ready again in 20 s:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits for the process to exit; its exit code.

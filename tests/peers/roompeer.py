@@ -81,6 +81,7 @@ import os
 import signal
 import sys
 import time
+import urllib.request
 import warnings
 import wave
 from typing import Any, Optional
@@ -629,6 +630,95 @@ async def cmd_listen(args: argparse.Namespace) -> dict[str, Any]:
         await disconnect(room, args.identity)
 
 
+def first_tone_at(rec: "Recorder", freq: float, window_s: float = 0.1) -> Optional[float]:
+    """Arrival time (time.monotonic) of the first `window_s` of the recording that is
+    not silent and whose dominant frequency is within 3 % of `freq`."""
+    win = int(SAMPLE_RATE * window_s)
+    buf: list[np.ndarray] = []
+    held = 0
+    for x, at in zip(rec.chunks, rec.arrivals):
+        buf.append(x)
+        held += x.size
+        if held < win:
+            continue
+        y = np.concatenate(buf)[-win:]
+        buf, held = [y], y.size
+        hz = dominant_frequency(y)
+        if rms(y) >= SILENCE_RMS and hz is not None and abs(hz - freq) <= 0.03 * freq:
+            return at
+    return None
+
+
+async def cmd_exchange(args: argparse.Namespace) -> dict[str, Any]:
+    """Connects (retrying while the server is not there yet), publishes a tone from
+    the start and records `--from-identity`'s audio: when a tone of `--expect-freq`
+    first arrived (Unix time), and what was heard."""
+    from livekit import rtc
+
+    check_tone_args(args)
+    rec = Recorder(args.identity)
+
+    def maybe_record(track: Any, publication: Any, participant: Any) -> None:
+        if track is None or track.kind != rtc.TrackKind.KIND_AUDIO or rec.active:
+            return
+        if participant.identity == args.from_identity:
+            rec.start(track, participant.identity, publication.sid)
+
+    # wait for the server to answer HTTP before the first connect: a Room whose connect
+    # failed can leave the SDK's process without audio for the next one
+    t0 = time.monotonic()
+    http = args.url.replace("wss://", "https://").replace("ws://", "http://")
+    while True:
+        try:
+            with urllib.request.urlopen(http, timeout=1) as r:
+                if r.status == 200:
+                    break
+        except Exception:
+            pass
+        if time.monotonic() - t0 > args.wait_timeout:
+            raise PeerError(f"{http} did not answer within {args.wait_timeout:.0f}s")
+        await asyncio.sleep(0.05)
+    attempts = 0
+    while True:
+        room = rtc.Room()
+        room.on("track_subscribed", maybe_record)
+        attempts += 1
+        try:
+            await connect(args, room, args.identity)
+            break
+        except PeerError as e:
+            if time.monotonic() - t0 > args.wait_timeout:
+                raise PeerError(f"{e} (after {attempts} attempts)") from None
+            await asyncio.sleep(0.1)
+    connected_unix = time.time()
+    try:
+        for p in room.remote_participants.values():
+            for pub in p.track_publications.values():
+                maybe_record(pub.track, pub, p)
+        source, publication = await publish_audio(room)
+        player = TonePlayer(source, args.freq, args.amplitude, args.frame_ms)
+        await player.tone(args.seconds, stop=GRACEFUL_STOP)
+        await rec.stop()
+        heard_at = first_tone_at(rec, args.expect_freq)
+        out = rec.report()
+        out.update(
+            {
+                "identity": args.identity,
+                "connect_attempts": attempts,
+                "connected_unix": round(connected_unix, 3),
+                "tone_heard_unix": (
+                    round(time.time() - (time.monotonic() - heard_at), 3)
+                    if heard_at is not None else None
+                ),
+                "tone_frames_10ms": player.tone_frames_sent * args.frame_ms // 10,
+            }
+        )
+        return out
+    finally:
+        await rec.stop()
+        await disconnect(room, args.identity)
+
+
 KIND_PREFIX = "PARTICIPANT_KIND_"
 
 
@@ -1147,6 +1237,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--from-identity", default=None, help="only record this participant's audio")
     sp.add_argument("--wav", default=None, help="also write the recording to this WAV file")
 
+    sp = sub.add_parser("exchange", help="publish a tone from the start and record a participant; "
+                        "connecting is retried until --wait-timeout (a server coming back)")
+    room_args(sp)
+    tone_args(sp)
+    sp.add_argument("--identity", required=True)
+    sp.add_argument("--from-identity", required=True, help="record this participant's audio")
+    sp.add_argument("--expect-freq", type=float, required=True,
+                    help="report when a tone of this frequency first arrived")
+
     sp = sub.add_parser("session", help="observe the room; optionally send DTMF and record audio")
     room_args(sp)
     sp.add_argument("--identity", required=True)
@@ -1209,6 +1308,7 @@ COMMANDS = {
     "tone-sequence": cmd_tone_sequence,
     "publish-tone": cmd_publish_tone,
     "listen": cmd_listen,
+    "exchange": cmd_exchange,
     "session": cmd_session,
     "analyze-wav": cmd_analyze_wav,
     "selftest": cmd_selftest,
@@ -1239,7 +1339,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    graceful = args.command in ("listen", "publish-tone", "session")
+    graceful = args.command in ("listen", "publish-tone", "session", "exchange")
 
     def on_signal() -> None:
         if graceful and not GRACEFUL_STOP.is_set():

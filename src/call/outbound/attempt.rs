@@ -38,6 +38,8 @@ pub(super) struct Target {
     pub(super) mapping: HeaderMapping,
     /// The trunk's phone codecs, preferred first.
     pub(super) codecs: Vec<crate::config::Codec>,
+    /// The trunk's `media_encryption`.
+    pub(super) encryption: crate::config::MediaEncryption,
 }
 
 impl Target {
@@ -58,6 +60,7 @@ impl Target {
             early_media: o.early_media,
             mapping: o.mapping.clone(),
             codecs: t.codecs.clone(),
+            encryption: t.media_encryption,
         })
     }
 

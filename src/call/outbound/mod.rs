@@ -302,6 +302,7 @@ impl OutboundCall {
             }));
         o.sample_rate = SampleRate::Hz8000;
         o.join_timeout = Duration::from_secs(10);
+        o.reconnect_window = lk.reconnect_window;
         o
     }
     /// One try through one trunk: Ok once answered.
@@ -329,12 +330,18 @@ impl OutboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            hold_tone: self.shell.cfg.livekit.hold_tone,
+            encryption: self
+                .req
+                .media_encryption
+                .map_or(target.encryption, |m| m.max(target.encryption)),
         };
         match self.shell.media.as_mut() {
+            // a new dialog: a new offer (fresh keys, this trunk's SRTP policy and codecs)
             Some(m) => {
                 m.set_setup(setup);
-                // a backup trunk may take other codecs: the new INVITE offers its own
                 m.set_codecs(&target.codecs);
+                m.first_offer();
             }
             None => {
                 let b = bound
@@ -656,7 +663,7 @@ impl OutboundCall {
             ));
         }
         let t = now();
-        self.shell.answered_at = Some(t);
+        self.shell.answered(t);
         self.early = false;
         self.dialtone = None;
         let trunk = self

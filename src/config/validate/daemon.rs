@@ -116,10 +116,29 @@ fn livekit_settings(
         cx.err(key_origin, "LiveKit API key has leading or trailing spaces");
         return None;
     }
+    let window_raw = l.and_then(|l| l.value.reconnect_window.as_ref());
+    let reconnect_window = cx.duration_or(file, window_raw, defaults::RECONNECT_WINDOW)?;
+    if let Some(raw) = window_raw
+        && reconnect_window > defaults::RECONNECT_WINDOW_MAX
+    {
+        cx.err_at(
+            file,
+            raw,
+            format!(
+                "reconnect_window must be at most {}s",
+                defaults::RECONNECT_WINDOW_MAX.as_secs()
+            ),
+        );
+        return None;
+    }
     Some(LiveKitConfig {
         url,
         api_key,
         api_secret: Secret::new(secret?.0),
+        reconnect_window,
+        hold_tone: l
+            .and_then(|l| l.value.hold_tone.as_ref())
+            .map_or(defaults::HOLD_TONE, |b| b.value),
     })
 }
 
@@ -334,6 +353,32 @@ fn limits_settings(
         defaults::MAX_CALLS_PER_SECOND,
         "max_calls_per_second",
     );
+    // one source never gets more than the whole rate: a larger value is a mistake to
+    // point at (no silent clamp), the default is the global rate
+    let per_source = l.and_then(|l| l.max_calls_per_second_per_source.as_ref());
+    let max_calls_per_second_per_source = match (per_source, max_calls_per_second) {
+        (Some(v), Some(global)) if v.value > global => {
+            cx.err_at(
+                file,
+                v,
+                format!(
+                    "max_calls_per_second_per_source ({}) must not exceed max_calls_per_second ({global})",
+                    v.value
+                ),
+            );
+            None
+        }
+        (Some(v), _) if v.value == 0 => {
+            cx.err_at(
+                file,
+                v,
+                "max_calls_per_second_per_source must be at least 1",
+            );
+            None
+        }
+        (Some(v), _) => Some(v.value),
+        (None, global) => global,
+    };
     let drain_timeout = cx.duration_or(
         file,
         l.and_then(|l| l.drain_timeout.as_ref()),
@@ -342,6 +387,7 @@ fn limits_settings(
     Some(LimitsConfig {
         max_concurrent_calls: max_concurrent_calls?,
         max_calls_per_second: max_calls_per_second?,
+        max_calls_per_second_per_source: max_calls_per_second_per_source?,
         drain_timeout: drain_timeout?,
     })
 }
