@@ -119,7 +119,7 @@ mod sdp_impl {
             return;
         };
         let local = Local {
-            codecs: vec![Codec::G722, Codec::Pcmu, Codec::Pcma],
+            codecs: Codec::ALL.to_vec(),
             address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             rtp_port: 10000,
             session_id: 1,

@@ -29,9 +29,6 @@ use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::sdp::{self, Codec, Local, Negotiated, Rejection};
 
-/// The codecs Roomline offers and accepts on the phone leg, preferred first when we offer.
-pub const PHONE_CODECS: &[Codec] = &[Codec::G722, Codec::Pcmu, Codec::Pcma];
-
 /// The one latch rule (symmetric RTP, RFC 4961): RTP goes where the phone's packets come
 /// from unless its SDP names a public address that is also where its signalling comes
 /// from (then only that address is listened to). A private, loopback or foreign address
@@ -76,6 +73,8 @@ pub struct MediaLeg {
     pub local: Local,
     /// Our current SDP (offer or answer).
     pub sdp: String,
+    /// The trunk's codecs, preferred first: all we offer and accept.
+    codecs: Vec<Codec>,
     setup: MediaSetup,
     /// The SRTP keys SDES agreed (`None`: plain RTP).
     srtp: Option<SrtpKeys>,
@@ -96,6 +95,7 @@ impl MediaLeg {
             _ports: bound.guard,
             pm: None,
             negotiated: None,
+            codecs: local.codecs.clone(),
             local,
             sdp: String::new(),
             setup,
@@ -130,11 +130,18 @@ impl MediaLeg {
         self.negotiated.as_ref().map(|n| n.codec)
     }
 
+    /// The room side's rate: 16 kHz for the wideband codecs (G.722, Opus), else 8 kHz.
     pub fn rate(&self) -> SampleRate {
         match self.codec() {
-            Some(Codec::G722) => SampleRate::Hz16000,
+            Some(Codec::G722 | Codec::Opus) => SampleRate::Hz16000,
             _ => SampleRate::Hz8000,
         }
+    }
+
+    /// Another trunk's codecs (an outbound call failing over): what the next offer
+    /// lists.
+    pub fn set_codecs(&mut self, codecs: &[Codec]) {
+        self.codecs = codecs.to_vec();
     }
 
     /// The SRTP suite the call's media uses (`None`: plain RTP).
@@ -142,10 +149,10 @@ impl MediaLeg {
         self.srtp.as_ref().map(SrtpKeys::suite)
     }
 
-    /// Our first offer: every codec we take, preferred first; RTP/SAVP with a key per
+    /// Our first offer: every codec the trunk takes, preferred first; RTP/SAVP with a key per
     /// suite unless the policy is `disable`.
     pub fn first_offer(&mut self) -> String {
-        self.local.codecs = PHONE_CODECS.to_vec();
+        self.local.codecs = self.codecs.clone();
         if self.srtp.take().is_some() {
             // an earlier attempt's keys: its early-media pipeline goes with them
             self.pm = None;
@@ -176,7 +183,7 @@ impl MediaLeg {
                 local.codecs = vec![n.codec];
                 local.session_version += 1;
             }
-            None => local.codecs = PHONE_CODECS.to_vec(),
+            None => local.codecs = self.codecs.clone(),
         }
         let (policy, current) = (self.setup.encryption, self.srtp.as_ref());
         let mut keys = None;
@@ -258,7 +265,10 @@ impl MediaLeg {
     /// with `start`, a pipeline starts if there is none.
     fn apply(&mut self, now: Instant, negotiated: Negotiated, start: bool) {
         let restart = self.negotiated.as_ref().is_none_or(|n| {
-            n.codec != negotiated.codec || n.payload_type != negotiated.payload_type
+            n.codec != negotiated.codec
+                || n.payload_type != negotiated.payload_type
+                || n.recv_payload_type != negotiated.recv_payload_type
+                || n.opus != negotiated.opus
         });
         if let Some(pm) = self.pm.as_mut()
             && !restart

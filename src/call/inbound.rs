@@ -225,8 +225,12 @@ impl InboundCall {
                 tracing::warn!(%call_id, error = %e, "no RTP ports");
                 Outcome::NoPorts
             })?;
+        let codecs = self.shell.cfg.trunk(&self.trunk).map_or_else(
+            || crate::config::defaults::CODECS.to_vec(),
+            |t| t.codecs.clone(),
+        );
         let local = Local {
-            codecs: super::bridge::PHONE_CODECS.to_vec(),
+            codecs,
             address: sdp_ip,
             rtp_port: bound.guard.pair().rtp,
             session_id: rand::random_range(1..u32::MAX as u64),

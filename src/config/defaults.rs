@@ -1,6 +1,7 @@
 //! Every default value of the configuration, in one place. The README's configuration
 //! reference lists the same values.
 
+use super::types::Codec;
 use std::time::Duration;
 
 pub const CONFIG_PATH: &str = "/etc/roomline/roomline.yaml";
@@ -50,6 +51,13 @@ pub const SESSION_TIMERS_ENABLED: bool = true;
 pub const SESSION_EXPIRES: Duration = Duration::from_secs(1800);
 pub const SESSION_MIN_SE: Duration = Duration::from_secs(90);
 pub const OUTBOUND_EARLY_MEDIA: bool = true;
+/// The phone-leg codecs of a trunk without a `codecs` list, preferred first when we
+/// offer (as answerer the offerer's order among them wins). Opus comes last: every peer
+/// that shares another codec with us keeps what it had before Opus existed here, and
+/// until passthrough (issue 19 part 2) an Opus phone costs an Opus decode and encode
+/// more than G.722 for the same 16 kHz audio in the room; a phone that offers Opus first
+/// (or only) gets it.
+pub const CODECS: &[Codec] = &[Codec::G722, Codec::Pcmu, Codec::Pcma, Codec::Opus];
 /// SRTP on a trunk's calls (`media_encryption`), LiveKit's default.
 pub const MEDIA_ENCRYPTION: &str = "disable";
 

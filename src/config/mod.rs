@@ -12,7 +12,7 @@ mod validate;
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use loader::{load, load_with_env};
 pub use types::{
-    IncludeHeaders, MediaEncryption, NumberPattern, PortRange, Secret, SipTarget, Template,
+    Codec, IncludeHeaders, MediaEncryption, NumberPattern, PortRange, Secret, SipTarget, Template,
     TemplateValues, TemplateVar, Transport,
 };
 
@@ -168,6 +168,8 @@ pub struct Trunk {
     pub backup: Option<String>,
     /// SRTP policy of this trunk's calls, both directions.
     pub media_encryption: MediaEncryption,
+    /// Phone-leg codecs offered and accepted, preferred first (never empty).
+    pub codecs: Vec<Codec>,
     /// RFC 4028 session timers on this trunk's calls, both directions.
     pub session_timers: SessionTimers,
 }

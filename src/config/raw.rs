@@ -99,6 +99,8 @@ pub struct Trunk {
     pub outbound: Option<Spanned<Outbound>>,
     pub backup: Option<Spanned<String>>,
     pub media_encryption: Option<Spanned<String>>,
+    /// Phone-leg codecs in preference order.
+    pub codecs: Option<Spanned<Vec<Spanned<String>>>>,
     pub session_timers: Option<Spanned<SessionTimers>>,
 }
 

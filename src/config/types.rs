@@ -190,6 +190,42 @@ pub fn parse_media_encryption(s: &str) -> Result<MediaEncryption, String> {
     }
 }
 
+/// A phone-leg codec a trunk may offer and accept (`codecs:` in a trunk file). The
+/// SDP side of it (payload types, rtpmap names, clock rates) is `sip::sdp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// Opus (RFC 7587), `opus/48000/2`, dynamic payload type.
+    Opus,
+    /// G.722 (16 kHz audio on an 8 kHz RTP clock), payload type 9.
+    G722,
+    /// G.711 mu-law, payload type 0.
+    Pcmu,
+    /// G.711 A-law, payload type 8.
+    Pcma,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 4] = [Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma];
+
+    /// The name in trunk files (`codecs: [opus, g722, pcmu, pcma]`).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Codec::Opus => "opus",
+            Codec::G722 => "g722",
+            Codec::Pcmu => "pcmu",
+            Codec::Pcma => "pcma",
+        }
+    }
+}
+
+/// A codec name of a trunk's `codecs` list, case-insensitive.
+pub fn parse_codec(s: &str) -> Result<Codec, String> {
+    Codec::ALL
+        .into_iter()
+        .find(|c| c.config_name().eq_ignore_ascii_case(s.trim()))
+        .ok_or_else(|| format!("unknown codec {s:?}: expected opus, g722, pcmu or pcma"))
+}
+
 /// Where an outbound trunk sends its requests: `host[:port]`, optionally written as a SIP
 /// URI `sip:host[:port][;transport=tcp]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -573,6 +609,21 @@ pub fn parse_log_filter(s: &str) -> Result<EnvFilter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codec_names() {
+        for c in Codec::ALL {
+            assert_eq!(parse_codec(c.config_name()), Ok(c));
+        }
+        assert_eq!(parse_codec("OPUS"), Ok(Codec::Opus));
+        assert_eq!(parse_codec("PCMU"), Ok(Codec::Pcmu));
+        assert!(
+            parse_codec("g729")
+                .unwrap_err()
+                .contains("expected opus, g722")
+        );
+        assert!(parse_codec("").is_err());
+    }
 
     #[test]
     fn media_encryption_names() {

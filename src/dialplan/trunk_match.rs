@@ -186,6 +186,7 @@ mod tests {
             backup: None,
             session_timers: Default::default(),
             media_encryption: Default::default(),
+            codecs: crate::config::defaults::CODECS.to_vec(),
         }
     }
 

@@ -11,23 +11,10 @@ pub(crate) const OPUS_CLOCK: u64 = 48_000;
 /// RTP ticks in 20 ms at the Opus clock.
 pub(crate) const TICKS_20MS: u64 = OPUS_CLOCK / 50;
 
-/// Opus encoder complexity (0-10) for the phone's audio toward the room, by phone rate.
-/// Chosen by `scripts/bench/opus_quality` (PESQ on spoken sentences through the phone
-/// leg and this encoder; libopus 1.6.1):
-/// - 8 kHz (PCMU, PCMA): 1. PESQ 3.94 against 3.99 at 5 and 4.01 at 10 (PCMU alone
-///   scores 4.04), for well under half the encoder's time: complexities 2-5 use SILK's
-///   delayed-decision quantizer with 2 states, which has no SIMD version.
-/// - 16 kHz (G.722): 6. PESQ 3.99 against 3.78 at 5 and 4.08 at 10, at the cost of 5
-///   (3 states run libopus's AVX2 quantizer); below 4 wideband speech loses 0.2-0.7.
-const OPUS_COMPLEXITY_NARROWBAND: i32 = 1;
-const OPUS_COMPLEXITY_WIDEBAND: i32 = 6;
-
-/// The complexity Roomline encodes at for a phone rate.
+/// The complexity Roomline encodes at for a phone rate (`media::opus::complexity_for`,
+/// where the measurements behind it are).
 pub fn opus_complexity(rate: SampleRate) -> i32 {
-    match rate {
-        SampleRate::Hz8000 => OPUS_COMPLEXITY_NARROWBAND,
-        SampleRate::Hz16000 => OPUS_COMPLEXITY_WIDEBAND,
-    }
+    crate::media::opus::complexity_for(rate.hz())
 }
 
 /// The encoder the phone's audio goes through toward the room, at `complexity`: VoIP
@@ -35,19 +22,16 @@ pub fn opus_complexity(rate: SampleRate) -> i32 {
 /// loss (helps on lossy uplinks), no DTX. Public for the benches and
 /// `examples/opus_quality`, which measure exactly this configuration.
 pub fn opus_encoder(rate_hz: u32, complexity: i32) -> Result<opus::Encoder, String> {
-    let mut enc = opus::Encoder::new(rate_hz, opus::Channels::Mono, opus::Application::Voip)
-        .map_err(|e| format!("opus encoder: {e}"))?;
-    let settings = [
-        enc.set_bitrate(opus::Bitrate::Bits(32_000)),
-        enc.set_inband_fec(true),
-        enc.set_packet_loss_perc(5),
-        enc.set_dtx(false),
-        enc.set_complexity(complexity),
-    ];
-    for r in settings {
-        r.map_err(|e| format!("opus encoder setting: {e}"))?;
-    }
-    Ok(enc)
+    crate::media::opus::encoder(&crate::media::opus::EncoderSettings {
+        rate_hz,
+        complexity,
+        bitrate: 32_000,
+        fec: true,
+        loss_percent: 5,
+        dtx: false,
+        cbr: false,
+        max_bandwidth: opus::Bandwidth::Fullband,
+    })
 }
 
 pub(crate) struct OpusEncoder {

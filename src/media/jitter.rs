@@ -504,6 +504,14 @@ impl JitterBuffer {
         out
     }
 
+    /// The packet the next `pop` plays, if it is already here: after a `Lost` slot, the
+    /// packet right behind the loss (whose Opus in-band FEC rebuilds the lost one).
+    #[must_use]
+    pub fn peek_next(&self) -> Option<&RtpPacket> {
+        let play = self.playing?;
+        self.packets.get(&play.next_seq).map(|b| &b.packet)
+    }
+
     /// Packets held.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -7,11 +7,14 @@
 //! and a fade is what both want; a real pause ends in silence after the fade. Before the
 //! first packet, output is silence. Packets whose payload type is not the stream's codec
 //! (telephone-events belong to `dtmf` before the jitter buffer) are concealed too.
-//! Opus on the room side has its own PLC; this is for the phone codecs.
+//! Opus phones are concealed by libopus: a lost packet from the in-band FEC of the one
+//! after it when that one is already here, else Opus's own concealment (which also fades
+//! out); an empty tick likewise, for `fade_frames`, then silence.
 
 use super::g711::G711;
 use super::g722::{G722_PAYLOAD_TYPE, G722Decoder};
 use super::jitter::Playout;
+use super::opus::PhoneDecoder;
 
 /// Frames over which a concealment fades out (60 ms at 20 ms frames).
 pub const DEFAULT_FADE_FRAMES: u32 = 3;
@@ -22,24 +25,37 @@ pub enum PhoneCodec {
     G711(G711),
     /// G.722 at 64 kbit/s (16 kHz audio, 8 kHz RTP clock).
     G722,
+    /// Opus (RFC 7587): 16 kHz audio here, 48 kHz RTP clock, dynamic payload type.
+    Opus,
 }
 
 impl PhoneCodec {
-    /// The static RTP payload type.
+    /// The static RTP payload type (Opus: the one we offer it on).
     #[must_use]
     pub fn payload_type(self) -> u8 {
         match self {
             PhoneCodec::G711(law) => law.payload_type(),
             PhoneCodec::G722 => G722_PAYLOAD_TYPE,
+            PhoneCodec::Opus => crate::sip::sdp::OFFER_OPUS_PT,
         }
     }
 
-    /// The audio sample rate (not the RTP clock rate, which is 8000 for all three).
+    /// The audio sample rate (not the RTP clock rate).
     #[must_use]
     pub fn sample_rate(self) -> u32 {
         match self {
             PhoneCodec::G711(_) => 8000,
             PhoneCodec::G722 => 16_000,
+            PhoneCodec::Opus => crate::sip::sdp::OPUS_PHONE_RATE,
+        }
+    }
+
+    /// The RTP clock rate: 8000, Opus 48000.
+    #[must_use]
+    pub fn rtp_clock_rate(self) -> u32 {
+        match self {
+            PhoneCodec::Opus => super::opus::OPUS_RTP_CLOCK,
+            _ => 8000,
         }
     }
 }
@@ -61,15 +77,20 @@ pub struct PlcStats {
     pub decoded: u64,
     pub concealed: u64,
     pub silence: u64,
-    /// Frames whose payload type was not the codec's (concealed).
+    /// Frames whose payload type was not the codec's, or that did not decode (concealed).
     pub foreign_payloads: u64,
+    /// Opus frames rebuilt from the next packet's in-band FEC (counted as concealed too).
+    pub fec_recovered: u64,
 }
 
 /// Decoder plus concealment for one phone stream. Tests: `plc_*`.
 #[derive(Debug)]
 pub struct PlayoutDecoder {
     codec: PhoneCodec,
+    /// The payload types that carry the codec (the two sides' SDP may name two).
+    payload_types: [u8; 2],
     g722: G722Decoder,
+    opus: Option<PhoneDecoder>,
     fade_frames: u32,
     frame_samples: usize,
     /// The last decoded frame.
@@ -87,7 +108,12 @@ impl PlayoutDecoder {
     pub fn new(codec: PhoneCodec, frame_samples: usize, fade_frames: u32) -> Self {
         PlayoutDecoder {
             codec,
+            payload_types: [codec.payload_type(); 2],
             g722: G722Decoder::new(),
+            opus: match codec {
+                PhoneCodec::Opus => PhoneDecoder::new(codec.sample_rate()).ok(),
+                _ => None,
+            },
             fade_frames: fade_frames.max(1),
             frame_samples: frame_samples.max(1),
             last: Vec::new(),
@@ -97,38 +123,79 @@ impl PlayoutDecoder {
         }
     }
 
+    /// The payload types the codec arrives on (the negotiated ones).
+    #[must_use]
+    pub fn with_payload_types(mut self, pts: [u8; 2]) -> Self {
+        self.payload_types = pts;
+        self
+    }
+
     /// The frame to play for one jitter-buffer tick. A decoded frame is as long as its
     /// packet's audio; a concealed one as long as the last decoded; silence is
     /// `frame_samples` long.
     pub fn play(&mut self, playout: &Playout) -> (FrameKind, &[i16]) {
+        self.play_before(playout, None)
+    }
+
+    /// `play`, knowing the payload of the packet that follows a `Lost` slot if it is
+    /// already buffered (Opus rebuilds the lost one from its in-band FEC).
+    pub fn play_before(&mut self, playout: &Playout, next: Option<&[u8]>) -> (FrameKind, &[i16]) {
         let kind = match playout {
-            Playout::Frame(frame) if frame.packet.payload_type == self.codec.payload_type() => {
+            Playout::Frame(frame) if self.payload_types.contains(&frame.packet.payload_type) => {
                 self.out.clear();
-                match self.codec {
-                    PhoneCodec::G711(law) => law.decode(&frame.packet.payload, &mut self.out),
-                    PhoneCodec::G722 => self.g722.decode(&frame.packet.payload, &mut self.out),
+                let ok = match (self.codec, self.opus.as_mut()) {
+                    (PhoneCodec::G711(law), _) => {
+                        law.decode(&frame.packet.payload, &mut self.out);
+                        true
+                    }
+                    (PhoneCodec::G722, _) => {
+                        self.g722.decode(&frame.packet.payload, &mut self.out);
+                        true
+                    }
+                    (PhoneCodec::Opus, Some(dec)) => {
+                        dec.decode(&frame.packet.payload, &mut self.out).is_ok()
+                    }
+                    (PhoneCodec::Opus, None) => false,
+                };
+                if ok && !self.out.is_empty() {
+                    self.last.clear();
+                    self.last.extend_from_slice(&self.out);
+                    self.run = 0;
+                    self.stats.decoded += 1;
+                    FrameKind::Decoded
+                } else {
+                    self.stats.foreign_payloads += 1;
+                    self.conceal(None)
                 }
-                self.last.clear();
-                self.last.extend_from_slice(&self.out);
-                self.run = 0;
-                self.stats.decoded += 1;
-                FrameKind::Decoded
             }
             Playout::Frame(_) => {
                 self.stats.foreign_payloads += 1;
-                self.conceal()
+                self.conceal(None)
             }
-            Playout::Lost { .. } | Playout::Empty => self.conceal(),
+            Playout::Lost { .. } => self.conceal(next),
+            Playout::Empty => self.conceal(None),
         };
         (kind, &self.out)
     }
 
-    fn conceal(&mut self) -> FrameKind {
+    fn conceal(&mut self, next: Option<&[u8]>) -> FrameKind {
         self.out.clear();
         if self.last.is_empty() || self.run >= self.fade_frames {
             self.out.resize(self.frame_samples, 0);
             self.stats.silence += 1;
             return FrameKind::Silence;
+        }
+        if let Some(dec) = self.opus.as_mut() {
+            dec.conceal(next, &mut self.out);
+            if next.is_some() {
+                // rebuilt from FEC: as good as decoded, the fade starts over
+                self.run = 0;
+                self.stats.fec_recovered += 1;
+            } else {
+                self.run += 1;
+            }
+            self.stats.concealed += 1;
+            return FrameKind::Concealed;
         }
         // Gain falls linearly from 1 to 0 across the whole fade, continuing from frame
         // to frame.
@@ -247,6 +314,7 @@ mod tests {
                 match codec {
                     PhoneCodec::G711(law) => law.encode(frame, &mut payload),
                     PhoneCodec::G722 => g722.encode(frame, &mut payload),
+                    PhoneCodec::Opus => unreachable!("Opus has tests of its own"),
                 }
                 let lost = k > 20 && rng.chance(5);
                 if !lost {

@@ -36,6 +36,8 @@ pub(super) struct Target {
     /// The trunk's header options (2xx headers to attributes, attributes to INVITE
     /// headers).
     pub(super) mapping: HeaderMapping,
+    /// The trunk's phone codecs, preferred first.
+    pub(super) codecs: Vec<crate::config::Codec>,
     /// The trunk's `media_encryption`.
     pub(super) encryption: crate::config::MediaEncryption,
 }
@@ -57,6 +59,7 @@ impl Target {
             headers: o.headers.clone(),
             early_media: o.early_media,
             mapping: o.mapping.clone(),
+            codecs: t.codecs.clone(),
             encryption: t.media_encryption,
         })
     }

@@ -337,9 +337,10 @@ impl OutboundCall {
                 .map_or(target.encryption, |m| m.max(target.encryption)),
         };
         match self.shell.media.as_mut() {
-            // a new dialog: a new offer (fresh keys, and this trunk's SRTP policy)
+            // a new dialog: a new offer (fresh keys, this trunk's SRTP policy and codecs)
             Some(m) => {
                 m.set_setup(setup);
+                m.set_codecs(&target.codecs);
                 m.first_offer();
             }
             None => {
@@ -352,7 +353,7 @@ impl OutboundCall {
                     .rtp_public_ip
                     .unwrap_or_else(|| self.shell.ctx.endpoint.advertised(&flow).ip());
                 let local = Local {
-                    codecs: super::bridge::PHONE_CODECS.to_vec(),
+                    codecs: target.codecs.clone(),
                     address: sdp_ip,
                     rtp_port: b.guard.pair().rtp,
                     session_id: rand::random_range(1..u32::MAX as u64),

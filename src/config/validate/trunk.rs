@@ -1,11 +1,11 @@
 //! Trunk files: each trunk's inbound and outbound sides with their credentials, its SRTP
-//! policy and session timers, names and
+//! policy, codec list and session timers, names and
 //! backups across the set, and the ambiguity check (no call may match two inbound trunks).
 
 use super::Ctx;
 use crate::config::error::Origin;
 use crate::config::raw::{self, Parsed, Spanned};
-use crate::config::types::{self, Secret, Transport, normalize_number};
+use crate::config::types::{self, Codec, Secret, Transport, normalize_number};
 use crate::config::{
     Credentials, DigestAlgorithm, HeaderMapping, InboundTrunk, MediaEncryption, OutboundTrunk,
     RegisterConfig, SessionTimers, Trunk, defaults,
@@ -548,6 +548,9 @@ pub(super) fn trunk_set(
         let Some(session_timers) = session_timers(cx, file, v.session_timers.as_ref()) else {
             continue;
         };
+        let Some(codecs) = codecs(cx, file, v.codecs.as_ref()) else {
+            continue;
+        };
         let trunk = Trunk {
             name,
             file: file.clone(),
@@ -555,6 +558,7 @@ pub(super) fn trunk_set(
             outbound: outb.flatten(),
             backup: v.backup.as_ref().map(|b| b.value.clone()),
             media_encryption,
+            codecs,
             session_timers,
         };
         trunks.push((trunk, p));
@@ -598,6 +602,43 @@ pub(super) fn trunk_set(
     let mut out: Vec<Trunk> = trunks.into_iter().map(|(t, _)| t).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     (out, names)
+}
+
+/// `codecs: [opus, g722, pcmu, pcma]`: known names, each once, at least one; the
+/// default list without the key.
+fn codecs(
+    cx: &mut Ctx<'_>,
+    file: &Path,
+    list: Option<&Spanned<Vec<Spanned<String>>>>,
+) -> Option<Vec<Codec>> {
+    let Some(list) = list else {
+        return Some(defaults::CODECS.to_vec());
+    };
+    if list.value.is_empty() {
+        cx.err_at(
+            file,
+            list,
+            "codecs must name at least one of opus, g722, pcmu, pcma",
+        );
+        return None;
+    }
+    let mut out: Vec<Codec> = Vec::new();
+    let mut ok = true;
+    for name in &list.value {
+        match cx.parse(file, name, types::parse_codec) {
+            Some(c) if out.contains(&c) => {
+                cx.err_at(
+                    file,
+                    name,
+                    format!("codec {:?} is listed twice", name.value),
+                );
+                ok = false;
+            }
+            Some(c) => out.push(c),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 fn parsed_name_exists(parsed: &[Parsed<raw::Trunk>], name: &str) -> bool {

@@ -7,7 +7,7 @@ use crate::media::plc::PhoneCodec;
 use crate::media::rtp::Ssrc;
 use crate::media::sdes::SrtpKeys;
 use crate::media::timeout::MediaTimeoutConfig;
-use crate::sip::sdp::{Codec, Direction, Negotiated};
+use crate::sip::sdp::{Codec, Direction, Negotiated, OpusParams};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,10 +16,21 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PhoneMediaConfig {
     pub codec: PhoneCodec,
-    /// The codec's negotiated payload type.
+    /// The codec's negotiated payload type (we send with it).
     pub payload_type: u8,
-    /// The RFC 4733 telephone-event payload type, if negotiated.
+    /// The payload type the phone sends the codec with (our SDP's; usually the same).
+    pub recv_payload_type: u8,
+    /// The RFC 4733 telephone-event payload type, if negotiated (at the codec's clock).
     pub dtmf_payload_type: Option<u8>,
+    /// The telephone-event payload type the phone sends with.
+    pub recv_dtmf_payload_type: Option<u8>,
+    /// The telephone-event clock: the codec's RTP clock, unless SDP gave events only on
+    /// another (event durations then count on it; timestamps stay the stream's).
+    pub dtmf_clock_rate: u32,
+    /// With Opus: what the phone's fmtp asks of our encoder.
+    pub opus: OpusParams,
+    /// The phone's `a=maxptime`: we never send longer packets.
+    pub maxptime: Option<Duration>,
     /// The negotiated packetization (`a=ptime`). We send at it when it is 10-60 ms in
     /// 10 ms steps, else at 20 ms; it is also the first guess of the phone's, which is
     /// then read from the packets.
@@ -49,14 +60,20 @@ pub struct PhoneMediaConfig {
 }
 
 impl PhoneMediaConfig {
-    /// Defaults: the codec's static payload type, no telephone-event, 20 ms, no remote,
+    /// Defaults: the codec's static payload type (Opus: ours), both ways, no
+    /// telephone-event, Opus's RFC defaults, no maxptime, 20 ms, no remote,
     /// `SendRecv`, no rtcp-mux, no latching, the default timeouts, a CNAME from the SSRC.
     #[must_use]
     pub fn new(codec: PhoneCodec, local_ssrc: Ssrc, local_identity: impl Into<String>) -> Self {
         PhoneMediaConfig {
             codec,
             payload_type: codec.payload_type(),
+            recv_payload_type: codec.payload_type(),
             dtmf_payload_type: None,
+            recv_dtmf_payload_type: None,
+            dtmf_clock_rate: codec.rtp_clock_rate(),
+            opus: OpusParams::default(),
+            maxptime: None,
             ptime: PHONE_FRAME,
             remote_rtp: None,
             direction: Direction::SendRecv,
@@ -82,7 +99,14 @@ impl PhoneMediaConfig {
         let mut config =
             PhoneMediaConfig::new(phone_codec(negotiated.codec), local_ssrc, local_identity);
         config.payload_type = negotiated.payload_type;
+        config.recv_payload_type = negotiated.recv_payload_type;
         config.dtmf_payload_type = negotiated.dtmf_payload_type;
+        config.recv_dtmf_payload_type = negotiated.recv_dtmf_payload_type;
+        config.dtmf_clock_rate = negotiated.dtmf_clock_rate;
+        config.opus = negotiated.opus.unwrap_or_default();
+        config.maxptime = negotiated
+            .maxptime_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
         config.ptime = Duration::from_millis(u64::from(negotiated.ptime_ms));
         config.remote_rtp = negotiated.remote_rtp;
         config.direction = negotiated.direction;
@@ -98,5 +122,6 @@ pub fn phone_codec(codec: Codec) -> PhoneCodec {
         Codec::Pcmu => PhoneCodec::G711(G711::Pcmu),
         Codec::Pcma => PhoneCodec::G711(G711::Pcma),
         Codec::G722 => PhoneCodec::G722,
+        Codec::Opus => PhoneCodec::Opus,
     }
 }

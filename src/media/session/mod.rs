@@ -57,12 +57,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::dtmf::{
-    DtmfDigit, DtmfReceiver, DtmfReceiverConfig, DtmfSenderConfig, TELEPHONE_EVENT_CLOCK_RATE,
-};
+use super::dtmf::{DtmfDigit, DtmfReceiver, DtmfReceiverConfig, DtmfSenderConfig};
 use super::g722::{G722_RTP_CLOCK_RATE, G722Encoder};
 use super::jitter::{JitterBuffer, JitterConfig, JitterStats};
 use super::mixer::{Mixer, MixerConfig, MixerError};
+use super::opus::{PhoneEncoder, packet_duration};
 use super::plc::{DEFAULT_FADE_FRAMES, PhoneCodec, PlayoutDecoder};
 use super::rtcp::{NtpTime, RtcpSession};
 use super::rtp::{RtpPacket, SeqNo, Ssrc, is_rtcp};
@@ -73,8 +72,9 @@ pub use super::plc::FrameKind;
 
 /// The frame toward the room: always 20 ms (160 samples at 8 kHz, 320 at 16 kHz).
 pub const PHONE_FRAME: Duration = Duration::from_millis(20);
-/// The RTP clock of every phone codec (G.722 included, RFC 3551 section 4.5.2).
-/// Test: `g722_room_audio_is_sent_on_the_8khz_rtp_clock`.
+/// The RTP clock of G.711 and G.722 (RFC 3551 section 4.5.2); Opus runs on 48 kHz
+/// (`PhoneCodec::rtp_clock_rate`), and so do its telephone-events.
+/// Tests: `g722_room_audio_is_sent_on_the_8khz_rtp_clock`, `opus_*`.
 pub const RTP_CLOCK_RATE: u32 = G722_RTP_CLOCK_RATE;
 /// Comfort noise (RFC 3389), payload type 13: accepted from the phone and played as the
 /// silence it stands for. Test: `pcmu_tone_from_the_phone_comes_out_in_continuous_frames`.
@@ -116,8 +116,12 @@ enum Payload {
 #[derive(Debug)]
 pub struct PhoneMedia {
     codec: PhoneCodec,
+    /// The codec's RTP clock (8000, Opus 48000), which telephone-events share.
+    clock_rate: u32,
     payload_type: u8,
+    recv_payload_type: u8,
     dtmf_payload_type: Option<u8>,
+    recv_dtmf_payload_type: Option<u8>,
     latch: bool,
     rtcp_mux: bool,
     direction: Direction,
@@ -152,6 +156,7 @@ pub struct PhoneMedia {
     retired_late: u64,
     retired_discarded: u64,
     retired_concealed: u64,
+    retired_fec: u64,
 
     // Room -> phone.
     send_ptime: Duration,
@@ -159,6 +164,7 @@ pub struct PhoneMedia {
     mixer: Mixer,
     mix_buf: Vec<i16>,
     g722: G722Encoder,
+    opus: Option<PhoneEncoder>,
     out: RtpPacket,
     tx_seq: SeqNo,
     tx_ts_base: u32,
@@ -193,19 +199,25 @@ fn samples_in(d: Duration, rate: u32) -> usize {
     (d.as_micros() * u128::from(rate) / 1_000_000) as usize
 }
 
-fn send_ptime(ptime: Duration) -> Duration {
+/// Our packetization: the SDP's when it is 10-60 ms in 10 ms steps (Opus: a frame size
+/// it has, 10, 20, 40 or 60 ms) and within the phone's maxptime, else 20 ms.
+fn send_ptime(ptime: Duration, codec: PhoneCodec, maxptime: Option<Duration>) -> Duration {
     let ms = ptime.as_millis();
     let whole = ptime.subsec_nanos().is_multiple_of(1_000_000);
-    if whole && (10..=60).contains(&ms) && ms.is_multiple_of(10) {
+    let sizes_ok = match codec {
+        PhoneCodec::Opus => matches!(ms, 10 | 20 | 40 | 60),
+        _ => (10..=60).contains(&ms) && ms.is_multiple_of(10),
+    };
+    if whole && sizes_ok && maxptime.is_none_or(|m| ptime <= m) {
         ptime
     } else {
         PHONE_FRAME
     }
 }
 
-fn jitter_for(frame: Duration) -> JitterBuffer {
+fn jitter_for(frame: Duration, clock_rate: u32) -> JitterBuffer {
     JitterBuffer::new(JitterConfig {
-        clock_rate: RTP_CLOCK_RATE,
+        clock_rate,
         frame,
         ..JitterConfig::default()
     })
@@ -223,13 +235,14 @@ impl PhoneMedia {
     pub fn new(config: PhoneMediaConfig, now: Instant, wall: SystemTime) -> Self {
         let codec = config.codec;
         let rate = codec.sample_rate();
+        let clock_rate = codec.rtp_clock_rate();
         let frame_samples = samples_in(PHONE_FRAME, rate);
         let rx_frame = if (10..=120).contains(&config.ptime.as_millis()) {
             config.ptime
         } else {
             PHONE_FRAME
         };
-        let send_ptime = send_ptime(config.ptime);
+        let send_ptime = send_ptime(config.ptime, codec, config.maxptime);
         let mixer = Mixer::new(
             MixerConfig {
                 sample_rate: rate,
@@ -259,16 +272,28 @@ impl PhoneMedia {
         if config.direction != Direction::SendRecv {
             timeout.pause();
         }
+        // RFC 4733 section 2.1: events on the audio codec's clock (8000, Opus 48000), or
+        // the one SDP gave them
         let dtmf_tx = DtmfSenderConfig {
-            clock_rate: TELEPHONE_EVENT_CLOCK_RATE,
+            clock_rate: config.dtmf_clock_rate,
             packet_interval: send_ptime,
             ..DtmfSenderConfig::default()
         };
         let remote = usable(config.remote_rtp);
+        let opus = match codec {
+            PhoneCodec::Opus => PhoneEncoder::new(rate, &config.opus).ok(),
+            _ => None,
+        };
         PhoneMedia {
             codec,
+            clock_rate,
             payload_type,
+            recv_payload_type: config.recv_payload_type & 0x7f,
             dtmf_payload_type: config.dtmf_payload_type.map(|pt| pt & 0x7f),
+            recv_dtmf_payload_type: config
+                .recv_dtmf_payload_type
+                .or(config.dtmf_payload_type)
+                .map(|pt| pt & 0x7f),
             latch: config.latch,
             rtcp_mux: config.rtcp_mux,
             direction: config.direction,
@@ -282,9 +307,13 @@ impl PhoneMedia {
             rx_ssrc: None,
             rx_frame,
             ptime_pending: None,
-            jitter: jitter_for(rx_frame),
-            decoder: PlayoutDecoder::new(codec, samples_in(rx_frame, rate), DEFAULT_FADE_FRAMES),
-            dtmf_rx: DtmfReceiver::new(DtmfReceiverConfig::default()),
+            jitter: jitter_for(rx_frame, clock_rate),
+            decoder: PlayoutDecoder::new(codec, samples_in(rx_frame, rate), DEFAULT_FADE_FRAMES)
+                .with_payload_types([payload_type, config.recv_payload_type & 0x7f]),
+            dtmf_rx: DtmfReceiver::new(DtmfReceiverConfig {
+                clock_rate: config.dtmf_clock_rate,
+                ..DtmfReceiverConfig::default()
+            }),
             loss: LossCounter::default(),
             fifo: VecDeque::with_capacity(frame_samples * (MAX_READY_FRAMES + 8)),
             segments: VecDeque::with_capacity(MAX_READY_FRAMES + 8),
@@ -293,11 +322,13 @@ impl PhoneMedia {
             retired_late: 0,
             retired_discarded: 0,
             retired_concealed: 0,
-            ts_per_tick: samples_in(send_ptime, RTP_CLOCK_RATE) as u64,
+            retired_fec: 0,
+            ts_per_tick: samples_in(send_ptime, clock_rate) as u64,
             send_ptime,
             mixer,
             mix_buf,
             g722: G722Encoder::new(),
+            opus,
             out,
             tx_seq: SeqNo(seed as u16),
             tx_ts_base: (seed >> 32) as u32,
@@ -314,7 +345,7 @@ impl PhoneMedia {
             dtmf_wait: 0,
             transmits: VecDeque::with_capacity(8),
             spare: Vec::with_capacity(MAX_SPARE_BUFFERS),
-            rtcp: RtcpSession::new(config.local_ssrc, config.cname, RTP_CLOCK_RATE, now),
+            rtcp: RtcpSession::new(config.local_ssrc, config.cname, clock_rate, now),
             timeout,
             events: VecDeque::new(),
             stats: MediaStats::default(),
@@ -348,9 +379,10 @@ impl PhoneMedia {
             self.stats.rx.invalid += 1;
             return;
         };
-        let kind = if packet.payload_type == self.payload_type {
+        let pt = packet.payload_type;
+        let kind = if pt == self.recv_payload_type || pt == self.payload_type {
             Payload::Audio
-        } else if Some(packet.payload_type) == self.dtmf_payload_type {
+        } else if Some(pt) == self.recv_dtmf_payload_type || Some(pt) == self.dtmf_payload_type {
             Payload::Event
         } else if packet.payload_type == COMFORT_NOISE_PAYLOAD_TYPE {
             Payload::ComfortNoise
@@ -398,7 +430,7 @@ impl PhoneMedia {
                     });
                 }
                 self.rx_ssrc = Some(packet.ssrc);
-                self.observe_packetization(packet.payload.len());
+                self.observe_packetization(&packet.payload);
                 self.jitter.push(now, packet);
             }
         }
@@ -581,11 +613,12 @@ impl PhoneMedia {
         s.rx.late = self.retired_late + j.too_late;
         s.rx.discarded = self.retired_discarded + jitter_discards(j);
         s.rx.concealed_frames = self.retired_concealed + self.decoder.stats().concealed;
+        s.rx.fec_frames = self.retired_fec + self.decoder.stats().fec_recovered;
         let r = self.rtcp.stats();
         s.tx.lost = r.remote_cumulative_lost.map(i64::from);
         s.tx.jitter_ms = r
             .remote_jitter
-            .map(|j| f64::from(j) * 1000.0 / f64::from(RTP_CLOCK_RATE));
+            .map(|j| f64::from(j) * 1000.0 / f64::from(self.clock_rate));
         s.rtt = r.rtt;
         s.rtcp_sent = r.reports_sent;
         s
@@ -680,18 +713,26 @@ impl PhoneMedia {
         }
     }
 
-    /// The phone's packetization, from the payload size (G.711 and G.722 at 64 kbit/s
-    /// both carry 8 octets per ms). A new size is taken at once before any audio, else
-    /// after `PTIME_CONFIRM_PACKETS` packets in a row.
-    fn observe_packetization(&mut self, payload_len: usize) {
-        if !payload_len.is_multiple_of(8) {
+    /// The phone's packetization, from the payload: its size for G.711 and G.722 (both
+    /// carry 8 octets per ms at 64 kbit/s), its TOC for Opus (RFC 6716 section 3.1). A
+    /// new size is taken at once before any audio, else after `PTIME_CONFIRM_PACKETS`
+    /// packets in a row.
+    fn observe_packetization(&mut self, payload: &[u8]) {
+        let frame = match self.codec {
+            PhoneCodec::Opus => match packet_duration(payload) {
+                Some(d) if d.subsec_nanos().is_multiple_of(1_000_000) => d,
+                _ => return,
+            },
+            _ => {
+                if !payload.len().is_multiple_of(8) {
+                    return;
+                }
+                Duration::from_millis((payload.len() / 8) as u64)
+            }
+        };
+        if !(10..=120).contains(&frame.as_millis()) {
             return;
         }
-        let ms = (payload_len / 8) as u64;
-        if !(10..=120).contains(&ms) {
-            return;
-        }
-        let frame = Duration::from_millis(ms);
         if frame == self.rx_frame {
             self.ptime_pending = None;
             return;
@@ -707,7 +748,7 @@ impl PhoneMedia {
             n >= PTIME_CONFIRM_PACKETS
         };
         if confirmed {
-            let old = std::mem::replace(&mut self.jitter, jitter_for(frame));
+            let old = std::mem::replace(&mut self.jitter, jitter_for(frame, self.clock_rate));
             let s = old.stats();
             self.retired_late += s.too_late;
             self.retired_discarded += jitter_discards(s) + old.len() as u64;
@@ -722,9 +763,11 @@ impl PhoneMedia {
             self.codec,
             samples_in(self.rx_frame, self.codec.sample_rate()),
             DEFAULT_FADE_FRAMES,
-        );
+        )
+        .with_payload_types([self.payload_type, self.recv_payload_type]);
         let old = std::mem::replace(&mut self.decoder, fresh);
         self.retired_concealed += old.stats().concealed;
+        self.retired_fec += old.stats().fec_recovered;
     }
 
     /// Queues an event for the owner; an owner that does not drain loses the oldest.
@@ -800,7 +843,13 @@ impl PhoneMedia {
                 break;
             }
             let playout = self.jitter.pop(at);
-            let (kind, samples) = self.decoder.play(&playout);
+            let next = match playout {
+                super::jitter::Playout::Lost { .. } => {
+                    self.jitter.peek_next().map(|p| p.payload.as_slice())
+                }
+                _ => None,
+            };
+            let (kind, samples) = self.decoder.play_before(&playout, next);
             self.fifo.extend(samples.iter().copied());
             let len = samples.len();
             self.push_segment(len, kind);
@@ -901,10 +950,12 @@ mod tests {
     fn decode(codec: PhoneCodec, payloads: &[Vec<u8>]) -> Vec<i16> {
         let mut out = Vec::new();
         let mut g722 = G722Decoder::new();
+        let mut opus = crate::media::opus::PhoneDecoder::new(16_000).expect("decoder");
         for p in payloads {
             match codec {
                 PhoneCodec::G711(law) => law.decode(p, &mut out),
                 PhoneCodec::G722 => g722.decode(p, &mut out),
+                PhoneCodec::Opus => opus.decode(p, &mut out).expect("valid Opus"),
             }
         }
         out
@@ -913,6 +964,8 @@ mod tests {
     /// A simulated phone sending a tone in RTP packets of `ptime_ms`.
     struct Phone {
         codec: PhoneCodec,
+        /// The payload type its audio goes on (the codec's own by default).
+        pt: u8,
         ptime_ms: u32,
         ssrc: u32,
         seq: u16,
@@ -920,6 +973,7 @@ mod tests {
         freq: f64,
         sent_samples: usize,
         g722: G722Encoder,
+        opus: Option<crate::media::opus::PhoneEncoder>,
         payloads: Vec<Vec<u8>>,
     }
 
@@ -927,6 +981,7 @@ mod tests {
         fn new(codec: PhoneCodec, ptime_ms: u32, freq: f64) -> Self {
             Phone {
                 codec,
+                pt: codec.payload_type(),
                 ptime_ms,
                 ssrc: 0xdee0_ee8f,
                 seq: 65_500,
@@ -934,6 +989,10 @@ mod tests {
                 freq,
                 sent_samples: 0,
                 g722: G722Encoder::new(),
+                opus: (codec == PhoneCodec::Opus).then(|| {
+                    let p = crate::sip::sdp::OpusParams::parse("useinbandfec=1");
+                    crate::media::opus::PhoneEncoder::new(16_000, &p).expect("encoder")
+                }),
                 payloads: Vec::new(),
             }
         }
@@ -948,14 +1007,19 @@ mod tests {
             match self.codec {
                 PhoneCodec::G711(law) => law.encode(&pcm, &mut payload),
                 PhoneCodec::G722 => self.g722.encode(&pcm, &mut payload),
+                PhoneCodec::Opus => {
+                    let enc = self.opus.as_mut().expect("an Opus phone has its encoder");
+                    assert!(enc.encode(&pcm, &mut payload));
+                }
             }
             self.payloads.push(payload.clone());
-            self.rtp(self.codec.payload_type(), payload, 8 * self.ptime_ms)
+            let advance = self.codec.rtp_clock_rate() / 1000 * self.ptime_ms;
+            self.rtp(self.pt, payload, advance)
         }
 
         fn rtp(&mut self, pt: u8, payload: Vec<u8>, advance: u32) -> Vec<u8> {
             let mut p = RtpPacket::new(pt, SeqNo(self.seq), self.ts, Ssrc(self.ssrc), payload);
-            p.marker = self.payloads.len() == 1 && pt == self.codec.payload_type();
+            p.marker = self.payloads.len() == 1 && pt == self.pt;
             self.seq = self.seq.wrapping_add(1);
             self.ts = self.ts.wrapping_add(advance);
             p.to_bytes().expect("valid packet")
@@ -1404,6 +1468,141 @@ mod tests {
         assert_eq!(heard.len(), 50 * 320);
         let f = dominant_frequency(&heard[4000..], 16_000);
         assert!((f - 440.0).abs() < 1.0, "{f} Hz");
+    }
+
+    /// PCMU on a dynamic payload type (RFC 3551 allows it): decoded, not concealed.
+    #[test]
+    fn a_static_codec_on_a_dynamic_payload_type_is_decoded() {
+        let mut c = config(PCMU);
+        c.payload_type = 112;
+        c.recv_payload_type = 112;
+        let mut sim = Sim::new(c);
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        phone.pt = 112;
+        sim.stream(&mut phone, phone_addr(), 3, 50);
+        sim.run_until(sim.at(1200));
+        // every packet decoded in order (only the fade after the stream's end is concealed)
+        assert_continuous(&sim, &phone.reference(), 1000.0);
+        assert_eq!(
+            sim.m.stats().rx.concealed_frames,
+            u64::from(DEFAULT_FADE_FRAMES)
+        );
+    }
+
+    /// An Opus phone (dynamic payload type 111, 48 kHz clock): its 6 kHz tone (beyond
+    /// G.711) comes out of the leg as continuous 16 kHz frames.
+    #[test]
+    fn opus_tone_from_the_phone_comes_out_at_16khz() {
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        let mut phone = Phone::new(PhoneCodec::Opus, 20, 6000.0);
+        sim.stream(&mut phone, phone_addr(), 3, 100);
+        sim.run_until(sim.at(2200));
+        assert_eq!(sim.frames.len(), 110);
+        assert!(sim.frames.iter().all(|f| f.samples.len() == 320));
+        let s = sim.samples();
+        let f = dominant_frequency(&s[320 * 20..320 * 90], 16_000);
+        assert!((f - 6000.0).abs() < 20.0, "{f} Hz");
+        assert_eq!(sim.m.receive_ptime(), ms(20));
+        // 40 ms Opus packets are read from the TOC
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        let mut phone = Phone::new(PhoneCodec::Opus, 40, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 3, 50);
+        sim.run_until(sim.at(2200));
+        assert_eq!(sim.m.receive_ptime(), ms(40));
+        let s = sim.samples();
+        let f = dominant_frequency(&s[320 * 20..320 * 90], 16_000);
+        assert!((f - 1000.0).abs() < 5.0, "{f} Hz");
+    }
+
+    /// A lost Opus packet is rebuilt from the in-band FEC of the one after it.
+    #[test]
+    fn opus_loss_is_concealed_from_the_next_packets_fec() {
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        let mut phone = Phone::new(PhoneCodec::Opus, 20, 440.0);
+        for k in 0..100u64 {
+            let p = phone.packet();
+            if k % 10 != 5 {
+                sim.deliver(3 + 20 * k, phone_addr(), p);
+            }
+        }
+        sim.run_until(sim.at(2400));
+        let st = sim.m.stats();
+        assert!(st.rx.fec_frames >= 8, "{st:?}");
+        let s = sim.samples();
+        let f = dominant_frequency(&s[320 * 20..320 * 90], 16_000);
+        assert!((f - 440.0).abs() < 2.0, "{f} Hz");
+    }
+
+    /// Room audio toward an Opus phone: 20 ms packets on the 48 kHz clock with the
+    /// negotiated payload type, a 5 kHz tone intact; DTX (the phone's `usedtx=1`) sends
+    /// nothing for silence and marks the next talkspurt.
+    #[test]
+    fn opus_room_audio_is_sent_on_the_48khz_clock() {
+        let mut c = config(PhoneCodec::Opus);
+        c.payload_type = 96;
+        c.recv_payload_type = 96;
+        let mut sim = Sim::new(c);
+        sim.add_track("TR_alice", "alice", 5000.0);
+        sim.run_until(sim.at(1000));
+        let rtp = sim.rtp();
+        assert!(rtp.len() >= 49, "{}", rtp.len());
+        for w in rtp.windows(2) {
+            assert_eq!(w[1].2.timestamp, w[0].2.timestamp.wrapping_add(960));
+            assert_eq!(w[1].2.payload_type, 96);
+        }
+        let payloads: Vec<Vec<u8>> = rtp.iter().map(|(_, _, p)| p.payload.clone()).collect();
+        let heard = decode(PhoneCodec::Opus, &payloads);
+        let f = dominant_frequency(&heard[4000..], 16_000);
+        assert!((f - 5000.0).abs() < 20.0, "{f} Hz");
+
+        let mut c = config(PhoneCodec::Opus);
+        c.opus = crate::sip::sdp::OpusParams::parse("usedtx=1");
+        let mut sim = Sim::new(c);
+        sim.run_until(sim.at(2000));
+        let st = sim.m.stats();
+        assert!(st.tx.dtx_frames > 50, "{st:?}");
+        assert!(
+            sim.rtp().len() < 30,
+            "{} packets of silence",
+            sim.rtp().len()
+        );
+    }
+
+    /// RFC 4733 with Opus: telephone-events on the 48 kHz clock, both ways.
+    #[test]
+    fn opus_dtmf_runs_on_the_48khz_clock() {
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        sim.m
+            .send_dtmf(sim.now, DtmfDigit::from_char('5').unwrap())
+            .unwrap();
+        sim.run_until(sim.at(600));
+        let events: Vec<RtpPacket> = sim
+            .rtp()
+            .into_iter()
+            .map(|(_, _, p)| p)
+            .filter(|p| p.payload_type == DTMF_PT)
+            .collect();
+        let last = events.last().expect("event packets");
+        let duration = u16::from_be_bytes([last.payload[2], last.payload[3]]);
+        assert_eq!(duration, 4800, "100 ms at 48 kHz");
+        // the phone's digit at 48 kHz is heard
+        let cfg = DtmfSenderConfig {
+            clock_rate: 48_000,
+            ..DtmfSenderConfig::default()
+        };
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        let steps = dtmf_send_sequence(&cfg, DtmfDigit::from_char('7').unwrap(), ms(100), 4242);
+        for (i, st) in steps.iter().enumerate() {
+            let p = st.to_rtp(DTMF_PT, SeqNo(100 + i as u16), Ssrc(9));
+            sim.deliver(10 + 20 * i as u64, phone_addr(), p.to_bytes().unwrap());
+        }
+        sim.run_until(sim.at(1000));
+        assert!(
+            sim.events()
+                .contains(&MediaEvent::Dtmf(DtmfDigit::from_char('7').unwrap())),
+            "{:?}",
+            sim.events()
+        );
     }
 
     #[test]

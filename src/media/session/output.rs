@@ -67,8 +67,10 @@ pub struct ReceiveStats {
     /// Packets the jitter buffer dropped otherwise: duplicates, overflow, delay
     /// adjustment, resynchronization, unconfirmed sequence jumps.
     pub discarded: u64,
-    /// Playout frames concealed (repeated with fade).
+    /// Playout frames concealed (repeated with fade; Opus: FEC or its concealment).
     pub concealed_frames: u64,
+    /// Of those, Opus frames rebuilt from the next packet's in-band FEC.
+    pub fec_frames: u64,
     /// Key presses reported.
     pub dtmf_events: u64,
     /// Datagrams that are not RTP, or carry a payload type not negotiated.
@@ -101,6 +103,8 @@ pub struct SendStats {
     /// did not drain them.
     pub ticks_skipped: u64,
     pub dropped: u64,
+    /// Opus frames not sent for DTX (silence the phone asked us not to send).
+    pub dtx_frames: u64,
 }
 
 /// Counters of one phone leg, for metrics and the per-call summary.

@@ -83,15 +83,25 @@ impl PhoneMedia {
             self.tx_marker = true;
             return;
         };
+        self.out.payload.clear();
+        match (self.codec, self.opus.as_mut()) {
+            (PhoneCodec::G711(law), _) => law.encode(&self.mix_buf, &mut self.out.payload),
+            (PhoneCodec::G722, _) => self.g722.encode(&self.mix_buf, &mut self.out.payload),
+            (PhoneCodec::Opus, Some(enc)) => {
+                if !enc.encode(&self.mix_buf, &mut self.out.payload) {
+                    // DTX (RFC 7587 section 4.2): nothing sent, the next talkspurt's
+                    // first packet has the marker bit
+                    self.tx_marker = true;
+                    self.stats.tx.dtx_frames += 1;
+                    return;
+                }
+            }
+            (PhoneCodec::Opus, None) => return,
+        }
         self.out.payload_type = self.payload_type;
         self.out.marker = self.tx_marker;
         self.tx_marker = false;
         self.out.timestamp = ts;
-        self.out.payload.clear();
-        match self.codec {
-            PhoneCodec::G711(law) => law.encode(&self.mix_buf, &mut self.out.payload),
-            PhoneCodec::G722 => self.g722.encode(&self.mix_buf, &mut self.out.payload),
-        }
         self.emit_rtp(at, to);
     }
 
