@@ -48,7 +48,7 @@ sys.path.insert(0, str(HERE))
 import latency  # noqa: E402
 import rtp_phone  # noqa: E402
 from harness import (  # noqa: E402
-    API_KEY, API_SECRET, LK_PORT, PROCS, PY, REDIS_PORT, RL_HTTP, ROOMPEER, SIPP_MEDIA,
+    API_KEY, API_SECRET, LK_PORT, PROCS, PY, REDIS_PORT, RL_HTTP, RL_SIP, ROOMPEER, SIPP_MEDIA,
     SIPP_SIP, Infra, RoomSide, Roomline, descendants, fmt, http_status, log, machine_cpu,
     machine_info, on_signal, pcmu_tone_frames, pct, phone_uac_scenario, proc_cpu, proc_rss,
     read_csv_rows, read_pcap, rtp_parse, tone_file, wait_until, write_csv,
