@@ -1913,7 +1913,7 @@ fn validate_config_script_for_ci_pipelines() {
         .lines()
         .filter(|l| l.starts_with("tests/broken/"))
         .collect();
-    assert_eq!(located.len(), 18, "{expected}");
+    assert_eq!(located.len(), 19, "{expected}");
     let annotations: Vec<&str> = out.lines().filter(|l| l.starts_with("::error ")).collect();
     assert_eq!(annotations.len(), located.len(), "{out}");
     for (l, a) in located.iter().zip(&annotations) {
