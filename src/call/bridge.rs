@@ -359,7 +359,7 @@ pub fn drive_media(
     live: bool,
     forward: bool,
     frame: &mut Vec<i16>,
-    mut on_frame: impl FnMut(&mut PhoneMedia),
+    mut on_frame: impl FnMut(&mut PhoneMedia, &[i16]),
 ) -> Vec<PhoneSignal> {
     let mut out = Vec::new();
     let Some(pm) = media.pm.as_mut() else {
@@ -381,7 +381,7 @@ pub fn drive_media(
     }
     while pm.poll_phone_frame_into(t, frame).is_some() {
         frames += 1;
-        on_frame(pm);
+        on_frame(pm, frame);
         if forward && let Some(room) = room {
             let _ = room.handle.push_audio(frame);
         }

@@ -326,7 +326,7 @@ impl Shell {
     pub fn drive_media(
         &mut self,
         mode: MediaMode,
-        on_frame: impl FnMut(&mut PhoneMedia),
+        on_frame: impl FnMut(&mut PhoneMedia, &[i16]),
     ) -> Result<(), Outcome> {
         let Some(m) = self.media.as_mut() else {
             return Ok(());

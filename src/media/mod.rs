@@ -14,6 +14,7 @@
 //! - `mixer`: room -> phone mixer: one input per remote track, caller-clocked 20 ms ticks,
 //!   own tracks excluded, starved inputs muted, soft-limited sum.
 //! - `plc`: phone -> room playout: G.711/G.722 decoding with repeat-and-fade concealment.
+//! - `tone`: tone measurement (Goertzel power, dominant frequency).
 //! - `timeout`: media timeout (no RTP for N s, longer before the first packet).
 //! - `ports`: RTP port pairs from the configured range, with a drain period before reuse.
 //! - `session`: `PhoneMedia`, the phone leg of one call composed from the cores above:
@@ -35,6 +36,7 @@ pub mod session;
 pub mod socket;
 pub mod srtp;
 pub mod timeout;
+pub mod tone;
 
 #[cfg(test)]
 pub(crate) mod test_signal;

@@ -24,22 +24,22 @@ use crate::sip::txkey::ClientKey;
 
 /// A trunk to try: its name and where to send.
 #[derive(Debug, Clone)]
-pub(super) struct Target {
-    pub(super) trunk: String,
-    pub(super) host: String,
-    pub(super) port: u16,
-    pub(super) transport: Transport,
-    pub(super) from_number: Option<String>,
-    pub(super) auth: Option<(String, String)>,
-    pub(super) headers: Vec<(String, String)>,
-    pub(super) early_media: bool,
+pub(crate) struct Target {
+    pub(crate) trunk: String,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) transport: Transport,
+    pub(crate) from_number: Option<String>,
+    pub(crate) auth: Option<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) early_media: bool,
     /// The trunk's header options (2xx headers to attributes, attributes to INVITE
     /// headers).
-    pub(super) mapping: HeaderMapping,
+    pub(crate) mapping: HeaderMapping,
 }
 
 impl Target {
-    pub(super) fn of(t: &Trunk) -> Option<Target> {
+    pub(crate) fn of(t: &Trunk) -> Option<Target> {
         let o = t.outbound.as_ref()?;
         let transport = o.target.transport.unwrap_or(o.transport);
         Some(Target {
@@ -58,7 +58,7 @@ impl Target {
         })
     }
 
-    pub(super) fn host_port(&self) -> String {
+    pub(crate) fn host_port(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -74,7 +74,7 @@ pub fn fails_over(status: u16) -> bool {
 }
 
 /// The first challenge of a 401/407 whose algorithm we support, SHA-256 preferred.
-pub(super) fn pick_challenge(resp: &Incoming) -> Option<(Challenge, bool)> {
+pub(crate) fn pick_challenge(resp: &Incoming) -> Option<(Challenge, bool)> {
     let proxy = resp.status() == 407;
     let name = if proxy {
         "Proxy-Authenticate"
@@ -94,33 +94,33 @@ pub(super) fn pick_challenge(resp: &Incoming) -> Option<(Challenge, bool)> {
 }
 
 /// One try through one trunk: the INVITE's client transaction and what a retry needs.
-pub(super) struct Attempt {
-    pub(super) target: Target,
-    pub(super) flow: Flow,
-    pub(super) from: String,
-    pub(super) to: String,
-    pub(super) ruri: String,
-    pub(super) cseq: u32,
+pub(crate) struct Attempt {
+    pub(crate) target: Target,
+    pub(crate) flow: Flow,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) ruri: String,
+    pub(crate) cseq: u32,
     /// The INVITE's transaction key (branch, method INVITE).
-    pub(super) key: ClientKey,
-    pub(super) tx: ClientInvite,
+    pub(crate) key: ClientKey,
+    pub(crate) tx: ClientInvite,
     /// The INVITE as sent (for CANCEL, and the ACK of a non-2xx).
-    pub(super) invite: Outgoing,
-    pub(super) authorization: Option<(bool, String)>,
-    pub(super) auth_tries: u32,
+    pub(crate) invite: Outgoing,
+    pub(crate) authorization: Option<(bool, String)>,
+    pub(crate) auth_tries: u32,
     /// The session timer of this trunk, and the interval the INVITE asks (raised by 422).
-    pub(super) timer: Settings,
-    pub(super) session_expires: u32,
-    pub(super) retries_422: u32,
-    pub(super) provisional: bool,
+    pub(crate) timer: Settings,
+    pub(crate) session_expires: u32,
+    pub(crate) retries_422: u32,
+    pub(crate) provisional: bool,
     /// Anything came back for this INVITE (even 100 Trying).
-    pub(super) responded: bool,
-    pub(super) sent_at: Instant,
-    pub(super) cancel: Option<(ClientKey, ClientNonInvite)>,
+    pub(crate) responded: bool,
+    pub(crate) sent_at: Instant,
+    pub(crate) cancel: Option<(ClientKey, ClientNonInvite)>,
 }
 
 impl Attempt {
-    pub(super) fn new(
+    pub(crate) fn new(
         target: Target,
         flow: Flow,
         from: String,
@@ -154,7 +154,7 @@ impl Attempt {
     /// (Re)sends the INVITE: a new CSeq and branch, its credentials if challenged,
     /// the session-timer request, the trunk's headers, then `extra` (the request's), then
     /// the trunk's `attributes_to_headers` from the participant's `attributes`.
-    pub(super) fn send_invite(
+    pub(crate) fn send_invite(
         &mut self,
         shell: &Shell,
         extra: &[(String, String)],
@@ -213,7 +213,7 @@ impl Attempt {
 
     /// The CANCEL of the INVITE (RFC 3261 section 9.1): its Request-URI, top Via, From,
     /// To, Call-ID and CSeq number.
-    pub(super) fn cancel_request(&self, call_id: &str) -> Outgoing {
+    pub(crate) fn cancel_request(&self, call_id: &str) -> Outgoing {
         let mut c = Outgoing::request("CANCEL", &self.ruri);
         if let Some(v) = self.invite.get("Via") {
             c.push("Via", v);
@@ -230,7 +230,7 @@ impl Attempt {
 
 /// The trunks to try for `trunk`: it, then its backup; a trunk known to be down
 /// (OPTIONS health) goes after one that is not.
-pub(super) fn targets(
+pub(crate) fn targets(
     cfg: &Config,
     trunk: &str,
     states: Option<&watch::Receiver<crate::trunk::monitor::States>>,
@@ -265,7 +265,7 @@ pub(super) fn targets(
 }
 
 /// A flow to `target`: its address resolved (3 s at most), over its transport.
-pub(super) async fn flow_to(transports: &Transports, target: &Target) -> Result<Flow, String> {
+pub(crate) async fn flow_to(transports: &Transports, target: &Target) -> Result<Flow, String> {
     let addr: SocketAddr = match target.host.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, target.port),
         Err(_) => tokio::time::timeout(

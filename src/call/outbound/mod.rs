@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-mod attempt;
+pub(crate) mod attempt;
 mod request;
 
 use attempt::{Attempt, Target, fails_over, pick_challenge};
@@ -479,7 +479,7 @@ impl OutboundCall {
                 forward: early,
                 timeout_ends: false,
             };
-            let _ = self.shell.drive_media(mode, |_| {});
+            let _ = self.shell.drive_media(mode, |_, _| {});
             self.shell.digits.clear();
         }
         if early {
@@ -787,7 +787,7 @@ impl OutboundCall {
                 return Outcome::MaxDuration;
             }
             self.drive_dtmf();
-            if let Err(o) = self.shell.drive_media(mode, |_| {}) {
+            if let Err(o) = self.shell.drive_media(mode, |_, _| {}) {
                 return o;
             }
             while let Some(d) = self.shell.digits.pop_front() {
