@@ -145,7 +145,10 @@ fn respond(
     }
     leg.respond_invite(now(), status, out);
     shell.flush();
-    report.note(now().saturating_duration_since(start), format!("-> {line}{with_sdp}"));
+    report.note(
+        now().saturating_duration_since(start),
+        format!("-> {line}{with_sdp}"),
+    );
 }
 
 /// From the INVITE to our 200: Ok once answered.

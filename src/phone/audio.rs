@@ -21,9 +21,14 @@ const MAX_RECORDED_SAMPLES: usize = 16_000 * 600;
 #[derive(Debug, Clone)]
 pub enum Source {
     Silence,
-    Tone { hz: f64 },
+    Tone {
+        hz: f64,
+    },
     /// Mono 16-bit samples at `rate`, played once, then silence.
-    Wav { samples: Vec<i16>, rate: u32 },
+    Wav {
+        samples: Vec<i16>,
+        rate: u32,
+    },
 }
 
 impl Source {
@@ -161,8 +166,8 @@ impl Recording {
         let mut blocks = Vec::new();
         if block > 0 {
             for (i, b) in self.samples.chunks_exact(block).enumerate() {
-                let rms = (b.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / b.len() as f64)
-                    .sqrt();
+                let rms =
+                    (b.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / b.len() as f64).sqrt();
                 let hz = (rms >= AUDIBLE_RMS).then(|| dominant_frequency(b, self.rate));
                 blocks.push(Block { index: i, hz });
             }
@@ -200,8 +205,7 @@ pub fn same_tone(hz: f64, want: f64) -> bool {
 impl Heard {
     /// Seconds of audible audio.
     pub fn audible_seconds(&self) -> f64 {
-        self.blocks.iter().filter(|b| b.hz.is_some()).count() as f64 * f64::from(BLOCK_MS)
-            / 1000.0
+        self.blocks.iter().filter(|b| b.hz.is_some()).count() as f64 * f64::from(BLOCK_MS) / 1000.0
     }
 
     /// The blocks near `want`, as a tone (None if none).
@@ -278,7 +282,10 @@ mod tests {
             rec.push(&b.next_frame().unwrap());
         }
         let t = rec.analyse().dominant().unwrap();
-        assert!((t.hz - 1000.0).abs() < 1.0 && (t.seconds - 1.0).abs() < 0.01, "{t:?}");
+        assert!(
+            (t.hz - 1000.0).abs() < 1.0 && (t.seconds - 1.0).abs() < 0.01,
+            "{t:?}"
+        );
         assert!(Recording::new(8000).analyse().dominant().is_none());
         assert!(Player::new(Source::Silence, 8000).next_frame().is_none());
     }

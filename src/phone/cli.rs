@@ -51,7 +51,12 @@ pub struct CallArgs {
     #[arg(long, requires = "password")]
     pub user: Option<String>,
     /// Digest password (or ROOMLINE_CALL_PASSWORD)
-    #[arg(long, env = "ROOMLINE_CALL_PASSWORD", hide_env_values = true, requires = "user")]
+    #[arg(
+        long,
+        env = "ROOMLINE_CALL_PASSWORD",
+        hide_env_values = true,
+        requires = "user"
+    )]
     pub password: Option<String>,
     /// Local IP to send from (default: any)
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
@@ -106,7 +111,10 @@ pub(crate) fn options(a: &CallArgs, cfg: Option<&Config>) -> Result<Options, Str
     let trunk = match (&a.trunk, cfg) {
         (Some(name), Some(cfg)) => Some(cfg.trunk(name).ok_or_else(|| {
             let names: Vec<&str> = cfg.trunks.iter().map(|t| t.name.as_str()).collect();
-            format!("--trunk {name:?}: no such trunk (configured: {})", names.join(", "))
+            format!(
+                "--trunk {name:?}: no such trunk (configured: {})",
+                names.join(", ")
+            )
         })?),
         (Some(_), None) => return Err("--trunk needs the configuration (--config)".into()),
         _ => None,
@@ -162,7 +170,11 @@ pub(crate) fn options(a: &CallArgs, cfg: Option<&Config>) -> Result<Options, Str
         .clone()
         .or_else(|| trunk_out.and_then(|o| o.from_number.clone()))
         .unwrap_or_else(|| "roomline-call".into());
-    if from.is_empty() || from.chars().any(|c| c.is_whitespace() || "<>@;\"".contains(c)) {
+    if from.is_empty()
+        || from
+            .chars()
+            .any(|c| c.is_whitespace() || "<>@;\"".contains(c))
+    {
         return Err(format!("--from {from:?}: expected a number or SIP user"));
     }
     Ok(Options {
@@ -178,7 +190,10 @@ pub(crate) fn options(a: &CallArgs, cfg: Option<&Config>) -> Result<Options, Str
         answer_after: a.answer_after,
         expect_tone: a.expect_tone,
         rtp_ports: a.rtp_ports,
-        ca_file: a.ca.clone().or_else(|| trunk_out.and_then(|o| o.ca_file.clone())),
+        ca_file: a
+            .ca
+            .clone()
+            .or_else(|| trunk_out.and_then(|o| o.ca_file.clone())),
     })
 }
 

@@ -253,8 +253,9 @@ fn on_response(
     a.responded = true;
     let to_tu = {
         let (invite, msg) = (&a.invite, &resp.msg);
-        a.tx
-            .on_response(resp.at, status, || build::ack_for_failure(invite, msg).to_bytes())
+        a.tx.on_response(resp.at, status, || {
+            build::ack_for_failure(invite, msg).to_bytes()
+        })
     };
     a.flow.drive(&mut a.tx, now());
     if !to_tu {
@@ -400,4 +401,3 @@ async fn cancel(
         }
     }
 }
-

@@ -92,8 +92,8 @@ pub(crate) fn parse_to(to: &str, trunk: Option<&Trunk>) -> Result<(Target, Strin
                 "--to {to:?}: with --trunk, give the number only (the trunk names the host)"
             ));
         }
-        let target = Target::of(t)
-            .ok_or_else(|| format!("trunk {:?} has no outbound side", t.name))?;
+        let target =
+            Target::of(t).ok_or_else(|| format!("trunk {:?} has no outbound side", t.name))?;
         return Ok((target, to.to_string()));
     }
     let expected = "expected a SIP URI such as sip:+15550100@127.0.0.1:5060 (or --trunk NAME)";

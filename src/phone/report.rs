@@ -213,7 +213,11 @@ mod tests {
         let mut failed = up(0);
         failed.failure = Some("403 Forbidden".into());
         assert_eq!(failed.verdict(), Verdict::CallFailed);
-        assert!(failed.render().contains("result: call failed: 403 Forbidden"));
+        assert!(
+            failed
+                .render()
+                .contains("result: call failed: 403 Forbidden")
+        );
 
         assert_eq!(up(0).verdict(), Verdict::AudioFailed);
         assert_eq!(up(100).verdict(), Verdict::Ok);
@@ -230,7 +234,10 @@ mod tests {
         assert!(ok.render().contains("heard:  440.0 Hz for 2.0 s"));
         ok.expect_tone = Some(1000.0);
         assert_eq!(ok.verdict(), Verdict::AudioFailed);
-        assert!(ok.render().contains("result: audio failed: 1000 Hz not heard"));
+        assert!(
+            ok.render()
+                .contains("result: audio failed: 1000 Hz not heard")
+        );
         assert_eq!(Verdict::AudioFailed.exit_code(), 3);
     }
 }

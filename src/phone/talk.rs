@@ -26,10 +26,10 @@ pub(super) async fn talk(
     start: Instant,
 ) -> Outcome {
     let rate = shell.media.as_ref().map_or(8000, |m| m.rate().hz());
-    report.codec = shell.media.as_ref().and_then(|m| {
-        m.codec()
-            .map(|c| format!("{}/{}", c.name(), m.rate().hz()))
-    });
+    report.codec = shell
+        .media
+        .as_ref()
+        .and_then(|m| m.codec().map(|c| format!("{}/{}", c.name(), m.rate().hz())));
     let mut player = Player::new(opts.source.clone(), rate);
     let mut recording = Recording::new(rate);
     let mut digits: VecDeque<char> = opts.dtmf.chars().collect();
