@@ -1893,7 +1893,7 @@ fn validate_config_script_for_ci_pipelines() {
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert_eq!(
         out.trim(),
-        "roomline.yaml: configuration is valid (3 trunks, 4 dialplan rules)"
+        "roomline.yaml: configuration is valid (4 trunks, 4 dialplan rules)"
     );
     let (code, out, err) = run_tool(&script, &["--github", "roomline.yaml"], &env);
     assert_eq!(code, Some(0), "{out}\n{err}");
