@@ -195,6 +195,24 @@ fn wrong_password_reports_the_403() {
     assert!(out.contains("-> INVITE (digest, user \"alice\")"), "{out}");
     assert!(out.contains("<- 403 Forbidden"), "{out}");
     assert!(out.contains("result: call failed: 403 Forbidden"), "{out}");
+    // `roomline diagnose --call` places the same call with the trunk's own credentials
+    let config = rl.config_path().display().to_string();
+    let (_, out, err) = roomline(
+        &args(&["diagnose", "--config", &config, "--call", CALLED]),
+        Duration::from_secs(60),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("test call to"))
+        .unwrap_or_else(|| panic!("no test call line:\n{out}\n{err}"));
+    assert!(
+        line.starts_with("ok   test call to +15****00: answered in"),
+        "{out}"
+    );
+    assert!(
+        line.contains("received") && !line.contains("received 0 "),
+        "{out}"
+    );
     // without credentials: the 401 itself is the failure
     let (code, out, _) = roomline(&args(&["call", "--to", &to]), Duration::from_secs(40));
     assert_eq!(code, Some(1), "{out}");
@@ -441,4 +459,123 @@ fn help_documents_the_exit_statuses() {
         text.contains("Exit 0 ok, 1 the call failed, 3 the audio failed"),
         "{text}"
     );
+}
+
+/// Phone to phone, no daemon: `--listen` with a TLS listener answers one call over TLS
+/// (`sips:`, our CA) and one through a configured trunk over TCP (`--trunk`, its
+/// from_number), each side hearing the other's tone.
+#[test]
+fn phone_to_phone_over_tls_and_through_a_trunk() {
+    let _media = MEDIA.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(dir.path(), "phone");
+    let (cert, key) = pki.leaf("answerer", "answerer", "IP:127.0.0.1");
+    let (udp_tcp, tls) = (free_port(), free_port());
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let answerer = std::thread::spawn(move || {
+        roomline(
+            &args(&[
+                "call",
+                "--listen",
+                &format!("127.0.0.1:{udp_tcp}"),
+                "--tls-listen",
+                &format!("127.0.0.1:{tls}"),
+                "--cert",
+                &cert_s,
+                "--key",
+                &key_s,
+                "--calls",
+                "2",
+                "--tone",
+                "660",
+                "--expect-tone",
+                "440",
+                "--duration",
+                "8s",
+                "--timeout",
+                "60s",
+                "--rtp-ports",
+                "41200-41399",
+            ]),
+            Duration::from_secs(120),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let ca = pki.ca_cert.display().to_string();
+    let (code, out, err) = roomline(
+        &args(&[
+            "call",
+            "--to",
+            &format!("sips:{CALLED}@127.0.0.1:{tls}"),
+            "--ca",
+            &ca,
+            "--tone",
+            "440",
+            "--expect-tone",
+            "660",
+            "--duration",
+            "3s",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "TLS call:\n{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "sips:{CALLED}@127.0.0.1:{tls};transport=tls (tls)"
+        )),
+        "{out}"
+    );
+    assert!(within(heard_hz(&out), 660.0, 0.02), "{out}");
+    // through a trunk of a configuration
+    std::fs::create_dir_all(dir.path().join("trunks")).unwrap();
+    std::fs::create_dir_all(dir.path().join("dialplans")).unwrap();
+    std::fs::write(
+        dir.path().join("roomline.yaml"),
+        "livekit:\n  url: ws://127.0.0.1:7880\n  api_key: k\n  api_secret: s\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("trunks/peer.yaml"),
+        format!("outbound:\n  address: 127.0.0.1:{udp_tcp}\n  transport: tcp\n  from_number: \"+15557654321\"\n"),
+    )
+    .unwrap();
+    let config = dir.path().join("roomline.yaml").display().to_string();
+    let (code, out, err) = roomline(
+        &args(&[
+            "call",
+            "--config",
+            &config,
+            "--trunk",
+            "peer",
+            "--to",
+            CALLED,
+            "--tone",
+            "440",
+            "--expect-tone",
+            "660",
+            "--duration",
+            "3s",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "trunk call:\n{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "sip:{CALLED}@127.0.0.1:{udp_tcp};transport=tcp (tcp)"
+        )),
+        "{out}"
+    );
+    let (code, out, err) = answerer.join().unwrap();
+    assert_eq!(code, Some(0), "answerer:\n{out}\n{err}");
+    assert_eq!(
+        out.matches("result: ok, expected tone heard").count(),
+        2,
+        "{out}"
+    );
+    assert!(out.contains("(tls)") && out.contains("(tcp)"), "{out}");
+    assert!(
+        out.contains("from sip:+15557654321@"),
+        "the trunk's from_number: {out}"
+    );
+    assert_eq!(out.matches("the peer hung up (BYE)").count(), 2, "{out}");
 }
