@@ -321,8 +321,8 @@ impl Shell {
         });
     }
 
-    /// Sends due RTP, moves the phone's frames to the room, collects its keys; a media
-    /// timeout ends the call when `mode` says so.
+    /// Sends due RTP, moves the phone's frames to the room (and shows each to
+    /// `on_frame`), collects its keys; a media timeout ends the call when `mode` says so.
     pub fn drive_media(
         &mut self,
         mode: MediaMode,
