@@ -31,9 +31,16 @@ pub(crate) async fn serve(
     let mut served = 0u32;
     while calls == 0 || served < calls {
         let inv = if served == 0 {
-            match tokio::time::timeout(phone.opts.timeout, phone.invites.recv()).await {
+            let mut stop = phone.shutdown.clone();
+            let first = async {
+                tokio::select! {
+                    inv = phone.invites.recv() => inv,
+                    _ = stop.wait_for(|s| *s) => None,
+                }
+            };
+            match tokio::time::timeout(phone.opts.timeout, first).await {
                 Ok(Some(inv)) => inv,
-                Ok(None) => return Err("the SIP endpoint stopped".into()),
+                Ok(None) => return Err("stopped before any call".into()),
                 Err(_) => {
                     return Err(format!(
                         "timeout: no call within {:.1} s",
@@ -42,9 +49,13 @@ pub(crate) async fn serve(
                 }
             }
         } else {
-            match phone.invites.recv().await {
-                Some(inv) => inv,
-                None => break,
+            let mut stop = phone.shutdown.clone();
+            tokio::select! {
+                inv = phone.invites.recv() => match inv {
+                    Some(inv) => inv,
+                    None => break,
+                },
+                _ = stop.wait_for(|s| *s) => break,
             }
         };
         served += 1;
@@ -98,16 +109,17 @@ async fn answer(phone: &Phone, inv: InboundInvite, seq: u64) -> CallReport {
     let local = shell.local_on(&invite.flow);
     shell.leg = Some(Leg::uas(&invite, local, phone.ctx.timers, settings));
     shell.events = Some(events);
-    let outcome = match ring(phone, &mut shell, offer, &mut report, start).await {
+    let (outcome, heard) = match ring(phone, &mut shell, offer, &mut report, start).await {
         Ok(()) => {
             report.answered_after = Some(now().saturating_duration_since(start));
-            talk::talk(&mut shell, &phone.opts, &mut report, start).await
+            let (o, heard) = talk::talk(&mut shell, &phone.opts, &mut report, start).await;
+            (o, Some(heard))
         }
         Err(o) => {
             if report.failure.is_none() {
                 report.failure = Some(format!("{o} ({} sent)", o.status()));
             }
-            o
+            (o, None)
         }
     };
     let summary = Summary {
@@ -120,6 +132,7 @@ async fn answer(phone: &Phone, inv: InboundInvite, seq: u64) -> CallReport {
         called: "",
     };
     shell.finish(outcome, summary).await;
+    talk::conclude(&mut report, heard, &phone.opts);
     report
 }
 

@@ -60,9 +60,12 @@ pub(crate) async fn place(phone: &Phone, target: Target, number: &str) -> CallRe
         1,
         start,
     );
-    let outcome = match dial(phone, &mut shell, target, number, &mut report, start).await {
-        Ok(()) => talk::talk(&mut shell, &phone.opts, &mut report, start).await,
-        Err(o) => o,
+    let (outcome, heard) = match dial(phone, &mut shell, target, number, &mut report, start).await {
+        Ok(()) => {
+            let (o, heard) = talk::talk(&mut shell, &phone.opts, &mut report, start).await;
+            (o, Some(heard))
+        }
+        Err(o) => (o, None),
     };
     let summary = Summary {
         direction: "outbound",
@@ -74,6 +77,7 @@ pub(crate) async fn place(phone: &Phone, target: Target, number: &str) -> CallRe
         called: number,
     };
     shell.finish(outcome, summary).await;
+    talk::conclude(&mut report, heard, &phone.opts);
     report
 }
 
@@ -172,7 +176,10 @@ async fn dial(
         }
         Err(o) => {
             if report.failure.is_none() {
-                report.failure = Some(o.to_string());
+                report.failure = Some(match o {
+                    Outcome::Shutdown => "interrupted before the answer".into(),
+                    _ => o.to_string(),
+                });
             }
             Err(o)
         }

@@ -224,8 +224,8 @@ pub(crate) struct Phone {
     pub ctx: Arc<CallContext>,
     pub cfg: Arc<Config>,
     pub invites: mpsc::Receiver<InboundInvite>,
+    /// Set on SIGINT or SIGTERM: the call in progress hangs up, listening stops.
     pub shutdown: watch::Receiver<bool>,
-    _shutdown_tx: watch::Sender<bool>,
     pub opts: Options,
 }
 
@@ -264,6 +264,23 @@ impl Phone {
         handle.transports.reload_tls(&cfg);
         tokio::spawn(endpoint.run());
         let (shutdown_tx, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
+            }
+            let _ = shutdown_tx.send(true);
+        });
         let ctx = Arc::new(CallContext {
             endpoint: handle,
             ports: Arc::new(std::sync::Mutex::new(PortPool::new(
@@ -280,7 +297,6 @@ impl Phone {
             cfg,
             invites,
             shutdown,
-            _shutdown_tx: shutdown_tx,
             opts,
         })
     }

@@ -17,14 +17,15 @@ const DTMF_FIRST: Duration = Duration::from_millis(1000);
 const DTMF_GAP: Duration = Duration::from_millis(250);
 const DTMF_PAUSE: Duration = Duration::from_millis(500);
 
-/// Runs the answered call until it ends: the outcome, with the report's media part
-/// filled in.
+/// Runs the answered call until it ends: the outcome and what was heard, with the
+/// report's SIP, RTP and DTMF parts filled in (`conclude` adds the rest once the call is
+/// hung up: the analysis takes a moment the BYE should not wait for).
 pub(super) async fn talk(
     shell: &mut Shell,
     opts: &Options,
     report: &mut CallReport,
     start: Instant,
-) -> Outcome {
+) -> (Outcome, Recording) {
     let rate = shell.media.as_ref().map_or(8000, |m| m.rate().hz());
     report.codec = shell
         .media
@@ -90,6 +91,10 @@ pub(super) async fn talk(
     report.talked = end.saturating_duration_since(up_at);
     report.ended = match &outcome {
         Outcome::RoomHangup => "we hung up".into(),
+        Outcome::Shutdown => {
+            report.note(end - start, "-> BYE (interrupted)");
+            "we hung up (interrupted)".into()
+        }
         Outcome::CallerHangup => {
             report.note(end - start, "<- BYE");
             "the peer hung up (BYE)".into()
@@ -104,13 +109,20 @@ pub(super) async fn talk(
         }
     };
     report.stats = shell.media.as_ref().and_then(|m| m.stats());
+    (outcome, recording)
+}
+
+/// What was heard, into the report (and the WAV file of `--record`).
+pub(super) fn conclude(report: &mut CallReport, recording: Option<Recording>, opts: &Options) {
+    let Some(recording) = recording else {
+        return;
+    };
     report.heard = recording.analyse();
     if let Some(path) = &opts.record {
         report.recorded = Some(
             recording
                 .write_wav(path)
-                .map(|()| format!("{} ({} Hz, mono)", path.display(), rate)),
+                .map(|()| format!("{} ({} Hz, mono)", path.display(), recording.rate)),
         );
     }
-    outcome
 }
