@@ -14,7 +14,7 @@ use super::report::CallReport;
 use super::{PHONE_TRUNK, Phone, talk};
 use crate::call::bridge::{MediaLeg, MediaSetup, PHONE_CODECS};
 use crate::call::leg::Leg;
-use crate::call::outbound::attempt::{self, Attempt, Target, pick_challenge};
+use crate::call::outbound::attempt::{self, Attempt, Challenged, Target};
 use crate::call::outcome::Outcome;
 use crate::call::shell::{self, Shell, Summary, Wake, now};
 use crate::config::Transport;
@@ -22,21 +22,10 @@ use crate::media::socket;
 use crate::media::timeout::MediaTimeoutConfig;
 use crate::sip::body;
 use crate::sip::build;
-use crate::sip::dialog::Dialog;
-use crate::sip::digest;
-use crate::sip::incoming::{Incoming, SipEvent};
+use crate::sip::incoming::Incoming;
 use crate::sip::sdp::Local;
-use crate::sip::session_timer as st;
-use crate::sip::transaction::{ClientInviteState, ClientNonInvite};
-use crate::sip::txkey::ClientKey;
+use crate::sip::transaction::ClientInviteState;
 use crate::sip::uri;
-
-/// Digest answers at most (the second only for a stale nonce).
-const MAX_AUTH_TRIES: u32 = 2;
-/// INVITEs re-sent after a 422.
-const MAX_422_RETRIES: u32 = 2;
-/// How long we wait for the INVITE's final response after our CANCEL.
-const CANCEL_WAIT: Duration = Duration::from_secs(3);
 
 /// How the INVITE ended.
 enum Dialled {
@@ -232,7 +221,7 @@ async fn ringing(
             };
             report.note(t - start, "timeout");
             if a.provisional {
-                cancel(phone, shell, a, report, start).await;
+                cancel(shell, a, report, start).await;
             }
             return Ok(Dialled::Failed(why));
         }
@@ -248,35 +237,15 @@ fn on_response(
     report: &mut CallReport,
     start: Instant,
 ) -> Option<Dialled> {
-    if resp.client_key() != a.key {
-        if let Some((k, tx)) = a.cancel.as_mut()
-            && *k == resp.client_key()
-        {
-            tx.on_response(resp.at, resp.status());
-        }
-        return None;
-    }
-    let status = resp.status();
-    a.responded = true;
-    let to_tu = {
-        let (invite, msg) = (&a.invite, &resp.msg);
-        a.tx.on_response(resp.at, status, || {
-            build::ack_for_failure(invite, msg).to_bytes()
-        })
-    };
-    a.flow.drive(&mut a.tx, now());
-    if !to_tu {
-        return None;
-    }
+    let status = a.take_response(&resp)?;
     let at = resp.at.saturating_duration_since(start);
     let sdp = body::sdp(&resp.msg);
     let with_sdp = if sdp.is_some() { " (SDP)" } else { "" };
-    report.note(at, format!("<- {status} {}{with_sdp}", resp.reason()));
+    let line = format!("{status} {}", resp.reason());
+    report.note(at, format!("<- {line}{with_sdp}"));
+    let none = HashMap::new();
     match status {
         100..=199 => {
-            if status > 100 {
-                a.provisional = true;
-            }
             if let (Some(sdp), Some(m)) = (sdp, shell.media.as_mut()) {
                 let _ = m.take_answer(now(), &sdp);
             }
@@ -284,49 +253,32 @@ fn on_response(
         }
         200..=299 => Some(answered(shell, a, &resp, sdp, report, start)),
         401 | 407 => {
-            let Some((user, pass)) = phone.opts.auth.clone().or_else(|| a.target.auth.clone())
-            else {
-                return Some(Dialled::Failed(format!(
-                    "{status} {}: credentials asked, none given (--user, --password)",
-                    resp.reason()
-                )));
-            };
-            match pick_challenge(&resp) {
-                Some((challenge, proxy))
-                    if (a.auth_tries == 0 || challenge.stale) && a.auth_tries < MAX_AUTH_TRIES =>
-                {
-                    a.auth_tries += 1;
-                    let cnonce = build::new_tag();
-                    let value =
-                        digest::answer(&challenge, "INVITE", &a.ruri, &user, &pass, &cnonce, 1);
-                    a.authorization = Some((proxy, value));
-                    a.send_invite(shell, &[], &HashMap::new());
+            let credentials = phone.opts.auth.clone().or_else(|| a.target.auth.clone());
+            match a.answer_challenge(shell, &resp, credentials.as_ref(), &[], &none) {
+                Challenged::Resent => {
+                    let user = credentials.map(|c| c.0).unwrap_or_default();
                     report.note(now() - start, format!("-> INVITE (digest, user {user:?})"));
                     None
                 }
-                Some(_) => Some(Dialled::Failed(format!(
-                    "{status} {}: our credentials were refused",
-                    resp.reason()
+                Challenged::Refused => Some(Dialled::Failed(format!(
+                    "{line}: our credentials were refused"
                 ))),
-                None => Some(Dialled::Failed(format!(
-                    "{status} {}: no digest challenge we support",
-                    resp.reason()
+                Challenged::NoCredentials => Some(Dialled::Failed(format!(
+                    "{line}: credentials asked, none given (--user, --password)"
+                ))),
+                Challenged::Unsupported => Some(Dialled::Failed(format!(
+                    "{line}: no digest challenge we support"
                 ))),
             }
         }
-        422 => match st::retry_after_422(a.session_expires, &resp.msg)
-            .filter(|_| a.retries_422 < MAX_422_RETRIES)
-        {
+        422 => match a.retry_422(shell, &resp, &[], &none) {
             Some(secs) => {
-                a.retries_422 += 1;
-                a.session_expires = secs;
-                a.send_invite(shell, &[], &HashMap::new());
                 report.note(now() - start, format!("-> INVITE (Session-Expires {secs})"));
                 None
             }
-            None => Some(Dialled::Failed(format!("{status} {}", resp.reason()))),
+            None => Some(Dialled::Failed(line)),
         },
-        _ => Some(Dialled::Failed(format!("{status} {}", resp.reason()))),
+        _ => Some(Dialled::Failed(line)),
     }
 }
 
@@ -340,16 +292,9 @@ fn answered(
     report: &mut CallReport,
     start: Instant,
 ) -> Dialled {
-    let call_id = shell.call_id();
-    let Some(leg) = shell.leg.as_mut() else {
-        return Dialled::Failed("no leg".into());
-    };
-    let dialog = match Dialog::uac(&call_id, &a.from, leg.local_tag(), a.cseq, &resp.msg) {
-        Ok(d) => d,
-        Err(e) => return Dialled::Failed(format!("unusable 2xx: {e}")),
-    };
-    leg.confirm_uac(now(), dialog, a.key.clone(), a.cseq, &resp.msg);
-    shell.flush();
+    if let Err(e) = a.confirm(shell, resp) {
+        return Dialled::Failed(format!("unusable 2xx: {e}"));
+    }
     report.note(now() - start, "-> ACK");
     shell.answered_at = Some(now());
     if let (Some(sdp), Some(m)) = (sdp, shell.media.as_mut())
@@ -363,48 +308,19 @@ fn answered(
     Dialled::Answered
 }
 
-/// CANCEL the ringing INVITE and wait briefly for its final response (ACKed by the
-/// transaction); a 2xx crossing it is left to the leg's end (no dialog: nothing to BYE).
-async fn cancel(
-    phone: &Phone,
-    shell: &mut Shell,
-    a: &mut Attempt,
-    report: &mut CallReport,
-    start: Instant,
-) {
-    let c = a.cancel_request(&shell.call_id());
-    let mut tx = ClientNonInvite::new(now(), a.flow.is_reliable(), phone.ctx.timers, c.to_bytes());
-    a.flow.drive(&mut tx, now());
-    a.cancel = Some((ClientKey::new(&a.key.branch, "CANCEL"), tx));
+/// CANCEL the ringing INVITE (`Attempt::cancel`); a 2xx that crossed it is confirmed
+/// (ACK) and the call is then hung up (BYE) as it ends.
+async fn cancel(shell: &mut Shell, a: &mut Attempt, report: &mut CallReport, start: Instant) {
     report.note(now() - start, "-> CANCEL");
-    let until = now() + CANCEL_WAIT;
-    while now() < until
-        && !matches!(
-            a.tx.state(),
-            ClientInviteState::Completed | ClientInviteState::Terminated
-        )
-    {
-        let wait = (now() + Duration::from_millis(50)).min(until);
-        if let Some(SipEvent::Response(resp)) = shell.next_sip(wait).await {
-            if resp.client_key() == a.key {
-                let status = resp.status();
-                let (invite, msg) = (&a.invite, &resp.msg);
-                a.tx.on_response(resp.at, status, || {
-                    build::ack_for_failure(invite, msg).to_bytes()
-                });
-                report.note(
-                    resp.at.saturating_duration_since(start),
-                    format!("<- {status} {}", resp.reason()),
-                );
-            } else if let Some((k, tx)) = a.cancel.as_mut()
-                && *k == resp.client_key()
-            {
-                tx.on_response(resp.at, resp.status());
-            }
-        }
-        a.flow.drive(&mut a.tx, now());
-        if let Some((_, tx)) = a.cancel.as_mut() {
-            a.flow.drive(tx, now());
-        }
+    let Some(resp) = a.cancel(shell).await else {
+        return;
+    };
+    let status = resp.status();
+    report.note(
+        resp.at.saturating_duration_since(start),
+        format!("<- {status} {}", resp.reason()),
+    );
+    if (200..300).contains(&status) && a.confirm(shell, &resp).is_ok() {
+        report.note(now() - start, "-> ACK");
     }
 }
