@@ -25,13 +25,22 @@
 //! ```
 //! * `rooms`: one participant (identity `room-side`, kind standard, 16 kHz) in each room
 //!   named in FILE (one a line), all in this process. Each publishes a `--tone-hz` tone
-//!   (one 20 ms ticker for all, catching up on missed ticks) and decodes every remote
+//!   while anyone else is in its room (one 20 ms ticker for all, catching up on missed
+//!   ticks) and decodes every remote
 //!   audio track; per room it counts the samples received and the 20 ms frames whose
 //!   energy is mostly at `--expect-hz` (Goertzel). With `--echo` it publishes what it
 //!   hears instead of a tone (the far end of a latency loop). Prints
 //!   `{"event":"ready",...}` once all have joined, then reads commands on stdin:
 //!   `window` (zero the counters), `report` (one JSON line: per-room counters since
 //!   `window`, this process's CPU and RSS), `quit` (or end of input: leave and exit).
+//!   For `scripts/soak` (calls that come and go) also `join ROOM` (event `joined` or
+//!   `join_failed`) and `close ROOM` (event `closed`: leave it, with who is still there
+//!   and what each sender that did not leave sent); the list FILE may be empty. Event
+//!   `publish_lag` (at most once a second): the tone ticker ran late (`late_ms`, worst in
+//!   that second) or participants' queues refused frames (`refused`). Each remote participant is also
+//!   counted on its own, from the first frame heard: event `participant_joined` when one
+//!   arrives, `left` when it goes (samples, frames, 1 kHz frames, first/last arrival as
+//!   Unix time).
 //! * `probe`: one participant that plays a 16 kHz mono s16le PATTERN (20 ms frames, in
 //!   real time) and records what the room sends back; writes `PREFIX.sent.s16` and
 //!   `PREFIX.recv.s16`, 16 kHz timelines from one start instant: each sent frame placed
@@ -48,6 +57,7 @@ use roomline::livekit::{
     JoinOptions, LeaveReason, Participant, ParticipantEvent, ParticipantHandle, SampleRate,
 };
 
+#[derive(Clone)]
 struct Args {
     url: String,
     key: String,
@@ -283,7 +293,7 @@ async fn main() {
     );
 }
 
-// ---- the room side of scripts/bench/run ---------------------------------------------
+// ---- the room side of scripts/bench/run and scripts/soak ------------------------------
 
 /// Rate of the room-side participants (PCM pushed and remote audio decoded).
 const ROOM_RATE: SampleRate = SampleRate::Hz16000;
@@ -296,6 +306,154 @@ struct RoomCounters {
     tone_frames: u64,
     /// Identities whose audio arrived since the window opened.
     from: std::collections::BTreeSet<String>,
+}
+
+/// What one remote participant sent, since it was first heard (never zeroed): reported
+/// when it leaves the room (`left`) or when the room is closed (`closed`). Times are Unix
+/// seconds of arrival.
+#[derive(Default, Clone)]
+struct SenderCounters {
+    samples: u64,
+    frames: u64,
+    tone_frames: u64,
+    tone_samples: u64,
+    first_unix: f64,
+    last_unix: f64,
+    first_tone_unix: f64,
+    last_tone_unix: f64,
+    /// Samples of the frames without the tone since the last tone frame, and when the
+    /// first of them arrived: a hole once a tone frame follows them.
+    pending_miss: u64,
+    pending_at: f64,
+    /// Holes in the tone (frames without it between two frames with it): (Unix time of
+    /// the first missing frame, samples missing), at most `MAX_HOLES`, then only counted.
+    holes: Vec<(f64, u64)>,
+    holes_dropped: u64,
+    /// Samples that did not arrive: once a second from the first tone frame, the lowest
+    /// deficit (wall time since the first tone frame times the rate, minus the samples
+    /// received since) seen in that second, as (Unix time, samples). Late frames that
+    /// arrive in a burst pull it back; frames that never came keep it up.
+    deficit: Vec<(f64, i64)>,
+    deficit_second: Option<(f64, i64)>,
+    received_since_tone: u64,
+}
+
+/// The room side's tone ticker reports a second in which it ran this late (or a
+/// participant's queue refused a frame): event `publish_lag`.
+const PUBLISH_LATE: Duration = Duration::from_millis(60);
+
+/// Holes kept per sender (a soak call is minutes long; more is a broken call anyway).
+const MAX_HOLES: usize = 500;
+
+impl SenderCounters {
+    /// After the first tone frame: counts `n` samples that arrived at `now` into the
+    /// per-second lowest deficit (at most `MAX_HOLES` seconds kept).
+    fn track_deficit(&mut self, now: f64, n: u64) {
+        let rate = f64::from(ROOM_RATE.hz());
+        // the deficit before this frame: it covers the time up to its arrival
+        let d = ((now - self.first_tone_unix) * rate) as i64 - self.received_since_tone as i64;
+        self.received_since_tone += n;
+        match &mut self.deficit_second {
+            Some((start, low)) if now - *start < 1.0 => *low = (*low).min(d),
+            slot => {
+                if let Some(done) = slot.take()
+                    && self.deficit.len() < MAX_HOLES
+                {
+                    self.deficit.push(done);
+                }
+                *slot = Some((now, d));
+            }
+        }
+    }
+
+    /// Counts one decoded frame of `n` samples that arrived at `now`.
+    fn frame(&mut self, now: f64, n: u64, tone: bool) {
+        if self.frames == 0 {
+            self.first_unix = now;
+        }
+        self.samples += n;
+        self.frames += 1;
+        self.last_unix = now;
+        if !tone {
+            if self.tone_frames > 0 {
+                self.track_deficit(now, n);
+                if self.pending_miss == 0 {
+                    self.pending_at = now;
+                }
+                self.pending_miss += n;
+            }
+            return;
+        }
+        if self.tone_frames == 0 {
+            self.first_tone_unix = now;
+        }
+        self.track_deficit(now, n);
+        if self.pending_miss > 0 {
+            if self.holes.len() < MAX_HOLES {
+                self.holes.push((self.pending_at, self.pending_miss));
+            } else {
+                self.holes_dropped += 1;
+            }
+            self.pending_miss = 0;
+        }
+        self.tone_frames += 1;
+        self.tone_samples += n;
+        self.last_tone_unix = now;
+    }
+
+    fn json(&self, room: &str, identity: &str) -> serde_json::Value {
+        serde_json::json!({
+            "room": room,
+            "identity": identity,
+            "rate": ROOM_RATE.hz(),
+            "samples": self.samples,
+            "frames": self.frames,
+            "tone_frames": self.tone_frames,
+            "tone_samples": self.tone_samples,
+            "first_unix": self.first_unix,
+            "last_unix": self.last_unix,
+            "first_tone_unix": self.first_tone_unix,
+            "last_tone_unix": self.last_tone_unix,
+            "holes": self.holes.iter().map(|(t, n)| serde_json::json!([t, n])).collect::<Vec<_>>(),
+            "holes_dropped": self.holes_dropped,
+            "deficit": self.deficit.iter().chain(self.deficit_second.iter())
+                .map(|(t, d)| serde_json::json!([t, d])).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Who is in a room besides us, and what each sender sent (until it leaves).
+#[derive(Default)]
+struct Senders {
+    counters: std::collections::BTreeMap<String, SenderCounters>,
+    present: std::collections::BTreeSet<String>,
+}
+
+/// One room the room side is in: the participant, the window counters and the
+/// per-sender counters.
+struct RoomSlot {
+    room: String,
+    handle: ParticipantHandle,
+    counters: std::sync::Arc<std::sync::Mutex<RoomCounters>>,
+    senders: std::sync::Arc<std::sync::Mutex<Senders>>,
+}
+
+/// The rooms joined so far, in join order (the tone ticker pushes to all of them).
+type Slots = std::sync::Arc<std::sync::Mutex<Vec<RoomSlot>>>;
+
+/// One JSON event line on stdout (the protocol scripts/bench reads).
+fn emit(v: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Goertzel: the fraction of a frame's energy at `hz` (1.0 for a pure tone there), and
@@ -384,8 +542,103 @@ async fn join_room_side(server: &Server, room: String, identity: &str) -> Result
     Err(last)
 }
 
-async fn rooms_mode(args: &Args) {
+/// Joins `room` and starts counting what arrives there; the slot is added to `slots`.
+async fn open_room(args: &Args, server: Server, room: String, slots: Slots) -> Result<(), String> {
     use std::sync::{Arc, Mutex};
+    let (handle, mut events) = join_room_side(&server, room.clone(), "room-side").await?;
+    let counters = Arc::new(Mutex::new(RoomCounters::default()));
+    let senders: Arc<Mutex<Senders>> = Arc::default();
+    let (cc, ss) = (counters.clone(), senders.clone());
+    let echo = args.echo.then(|| handle.clone());
+    let expect = args.expect_hz;
+    let name = room.clone();
+    tokio::spawn(async move {
+        let rate = f64::from(ROOM_RATE.hz());
+        let per = ROOM_RATE.samples_per_20ms();
+        let mut pending: Vec<i16> = Vec::new();
+        while let Some(ev) = events.recv().await {
+            match ev {
+                ParticipantEvent::AudioFrame(f) => {
+                    let (frac, rms) = tone_fraction(&f.samples, rate, expect);
+                    let tone = rms > 0.01 && frac > 0.5;
+                    let n = f.samples.len() as u64;
+                    {
+                        let mut c = cc.lock().unwrap();
+                        c.samples += n;
+                        c.frames += 1;
+                        c.tone_frames += u64::from(tone);
+                        if !c.from.contains(&f.participant_identity) {
+                            c.from.insert(f.participant_identity.clone());
+                        }
+                    }
+                    {
+                        let now = unix_now();
+                        let mut s = ss.lock().unwrap();
+                        let e = s
+                            .counters
+                            .entry(f.participant_identity.clone())
+                            .or_default();
+                        e.frame(now, n, tone);
+                    }
+                    if let Some(h) = &echo {
+                        pending.extend_from_slice(&f.samples);
+                        while pending.len() >= per {
+                            let _ = h.push_audio(&pending[..per]);
+                            pending.drain(..per);
+                        }
+                    }
+                }
+                ParticipantEvent::ParticipantJoined(p) => {
+                    ss.lock().unwrap().present.insert(p.identity.clone());
+                    emit(serde_json::json!({
+                        "event": "participant_joined",
+                        "room": name,
+                        "identity": p.identity,
+                        "kind": format!("{:?}", p.kind),
+                        "unix": unix_now(),
+                    }))
+                }
+                ParticipantEvent::ParticipantLeft { identity, .. } => {
+                    let c = {
+                        let mut s = ss.lock().unwrap();
+                        s.present.remove(&identity);
+                        s.counters.remove(&identity).unwrap_or_default()
+                    };
+                    let mut v = c.json(&name, &identity);
+                    v["event"] = "left".into();
+                    v["unix"] = unix_now().into();
+                    emit(v);
+                }
+                ParticipantEvent::Disconnected(r) => {
+                    eprintln!("lk_bench: a room-side participant left: {r}");
+                    emit(serde_json::json!({
+                        "event": "room_lost",
+                        "room": name,
+                        "reason": r.to_string(),
+                    }));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+    slots.lock().unwrap().push(RoomSlot {
+        room,
+        handle,
+        counters,
+        senders,
+    });
+    Ok(())
+}
+
+/// `--mode rooms`: the rooms of `--room-list` are joined before `ready`; then commands on
+/// stdin. `window`/`report` (scripts/bench/run's load windows) work on per-room counters;
+/// `join ROOM` and `close ROOM` (scripts/soak's churn) add a room (event `joined` or
+/// `join_failed`) and leave one (event `closed`, with the counters of every sender still
+/// there). Whenever a remote participant joins a room: event `participant_joined`; leaves:
+/// event `left` with what it sent (`SenderCounters`).
+async fn rooms_mode(args: &Args) {
+    use std::sync::Arc;
 
     let rooms: Vec<String> = std::fs::read_to_string(&args.room_list)
         .unwrap_or_else(|e| {
@@ -397,6 +650,8 @@ async fn rooms_mode(args: &Args) {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
+    let args = Arc::new(args.clone());
+    let slots: Slots = Arc::default();
     let t0 = Instant::now();
     // join with bounded concurrency, keeping the room order
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
@@ -404,83 +659,65 @@ async fn rooms_mode(args: &Args) {
     for room in &rooms {
         let sem = sem.clone();
         let room = room.clone();
-        let server = Server::of(args);
+        let args = args.clone();
         joins.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            join_room_side(&server, room, "room-side").await
+            let server = Server::of(&args);
+            let tmp: Slots = Arc::default();
+            open_room(&args, server, room, tmp.clone())
+                .await
+                .map(|()| tmp.lock().unwrap().pop().expect("joined slot"))
         }));
     }
-    let mut handles = Vec::new();
-    let mut counters: Vec<Arc<Mutex<RoomCounters>>> = Vec::new();
     for (room, j) in rooms.iter().zip(joins) {
-        let (handle, mut events) = match j.await.expect("join task") {
-            Ok(x) => x,
+        match j.await.expect("join task") {
+            Ok(slot) => slots.lock().unwrap().push(slot),
             Err(e) => {
                 println!("{{\"event\":\"error\",\"error\":{:?}}}", e);
                 eprintln!("lk_bench: could not join {room}: {e}");
                 std::process::exit(1);
             }
-        };
-        let c = Arc::new(Mutex::new(RoomCounters::default()));
-        let cc = c.clone();
-        let echo = args.echo.then(|| handle.clone());
-        let expect = args.expect_hz;
-        tokio::spawn(async move {
-            let rate = f64::from(ROOM_RATE.hz());
-            let per = ROOM_RATE.samples_per_20ms();
-            let mut pending: Vec<i16> = Vec::new();
-            while let Some(ev) = events.recv().await {
-                match ev {
-                    ParticipantEvent::AudioFrame(f) => {
-                        let (frac, rms) = tone_fraction(&f.samples, rate, expect);
-                        {
-                            let mut c = cc.lock().unwrap();
-                            c.samples += f.samples.len() as u64;
-                            c.frames += 1;
-                            if rms > 0.01 && frac > 0.5 {
-                                c.tone_frames += 1;
-                            }
-                            if !c.from.contains(&f.participant_identity) {
-                                c.from.insert(f.participant_identity.clone());
-                            }
-                        }
-                        if let Some(h) = &echo {
-                            pending.extend_from_slice(&f.samples);
-                            while pending.len() >= per {
-                                let _ = h.push_audio(&pending[..per]);
-                                pending.drain(..per);
-                            }
-                        }
-                    }
-                    ParticipantEvent::Disconnected(r) => {
-                        eprintln!("lk_bench: a room-side participant left: {r}");
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-        });
-        counters.push(c);
-        handles.push(handle);
+        }
     }
     let join_s = t0.elapsed().as_secs_f64();
     if !args.echo {
-        let hs = handles.clone();
+        let slots = slots.clone();
         let hz = args.tone_hz;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_millis(20));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut n = 0u64;
+            // how the publishing keeps up, reported once a second when it did not: the
+            // ticker's worst lateness and the frames a participant's queue refused
+            let (mut late_max, mut refused, mut since) = (Duration::ZERO, 0u64, Instant::now());
             loop {
-                ticker.tick().await;
+                let due = ticker.tick().await;
+                late_max = late_max.max(tokio::time::Instant::now().saturating_duration_since(due));
                 let frame = tone_frame_at(
                     hz,
                     f64::from(ROOM_RATE.hz()),
                     &mut n,
                     ROOM_RATE.samples_per_20ms(),
                 );
-                for h in &hs {
-                    let _ = h.push_audio(&frame);
+                // only where someone else is in the room: a room joined ahead of its call
+                // costs no encoding until the call's participant arrives
+                for s in slots.lock().unwrap().iter() {
+                    if !s.senders.lock().unwrap().present.is_empty()
+                        && s.handle.push_audio(&frame).is_err()
+                    {
+                        refused += 1;
+                    }
+                }
+                if since.elapsed() >= Duration::from_secs(1) {
+                    if late_max >= PUBLISH_LATE || refused > 0 {
+                        emit(serde_json::json!({
+                            "event": "publish_lag",
+                            "unix": unix_now(),
+                            "late_ms": late_max.as_millis() as u64,
+                            "refused": refused,
+                        }));
+                    }
+                    (late_max, refused, since) = (Duration::ZERO, 0, Instant::now());
                 }
             }
         });
@@ -505,10 +742,12 @@ async fn rooms_mode(args: &Args) {
         }
     });
     while let Some(line) = lines.recv().await {
-        match line.trim() {
+        let line = line.trim();
+        let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+        match cmd {
             "window" => {
-                for c in &counters {
-                    *c.lock().unwrap() = RoomCounters::default();
+                for s in slots.lock().unwrap().iter() {
+                    *s.counters.lock().unwrap() = RoomCounters::default();
                 }
                 window_start = Instant::now();
                 window_cpu = cpu_seconds();
@@ -516,14 +755,16 @@ async fn rooms_mode(args: &Args) {
             }
             "report" => {
                 let wall = window_start.elapsed().as_secs_f64();
-                let per_room: Vec<String> = rooms
+                let per_room: Vec<String> = slots
+                    .lock()
+                    .unwrap()
                     .iter()
-                    .zip(&counters)
-                    .map(|(room, c)| {
-                        let c = c.lock().unwrap();
+                    .map(|s| {
+                        let c = s.counters.lock().unwrap();
                         let from: Vec<String> = c.from.iter().map(|s| format!("{s:?}")).collect();
                         format!(
-                            "{{\"room\":{room:?},\"samples\":{},\"frames\":{},\"tone_frames\":{},\"from\":[{}]}}",
+                            "{{\"room\":{:?},\"samples\":{},\"frames\":{},\"tone_frames\":{},\"from\":[{}]}}",
+                            s.room,
                             c.samples,
                             c.frames,
                             c.tone_frames,
@@ -539,12 +780,63 @@ async fn rooms_mode(args: &Args) {
                     per_room.join(",")
                 );
             }
+            "join" if !arg.is_empty() => {
+                let (args, slots, sem) = (args.clone(), slots.clone(), sem.clone());
+                let room = arg.to_string();
+                tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    let t = Instant::now();
+                    let server = Server::of(&args);
+                    match open_room(&args, server, room.clone(), slots).await {
+                        Ok(()) => emit(serde_json::json!({
+                            "event": "joined",
+                            "room": room,
+                            "join_s": t.elapsed().as_secs_f64(),
+                        })),
+                        Err(e) => emit(serde_json::json!({
+                            "event": "join_failed",
+                            "room": room,
+                            "error": e,
+                        })),
+                    }
+                });
+            }
+            "close" if !arg.is_empty() => {
+                let slot = {
+                    let mut all = slots.lock().unwrap();
+                    all.iter()
+                        .position(|s| s.room == arg)
+                        .map(|i| all.remove(i))
+                };
+                let (senders, present): (Vec<serde_json::Value>, Vec<String>) = slot
+                    .as_ref()
+                    .map(|s| {
+                        let s = s.senders.lock().unwrap();
+                        (
+                            s.counters.iter().map(|(id, c)| c.json(arg, id)).collect(),
+                            s.present.iter().cloned().collect(),
+                        )
+                    })
+                    .unwrap_or_default();
+                emit(serde_json::json!({
+                    "event": "closed",
+                    "room": arg,
+                    "known": slot.is_some(),
+                    "senders": senders,
+                    "present": present,
+                }));
+                if let Some(s) = slot {
+                    tokio::spawn(async move { s.handle.leave(LeaveReason::ClientInitiated).await });
+                }
+            }
             "quit" => break,
             _ => {}
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
+    let handles: Vec<ParticipantHandle> =
+        slots.lock().unwrap().drain(..).map(|s| s.handle).collect();
     let leaves: Vec<_> = handles
         .into_iter()
         .map(|h| tokio::spawn(async move { h.leave(LeaveReason::ClientInitiated).await }))

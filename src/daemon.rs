@@ -10,7 +10,7 @@ use crate::media::ports::PortPool;
 use crate::ops::metrics as m;
 use crate::ops::watch::{Debounce, Fingerprint};
 use crate::ops::{self, Signal, Signals};
-use crate::sip::endpoint::Endpoint;
+use crate::sip::endpoint::{Endpoint, EndpointHandle};
 use crate::sip::transaction::Timers;
 use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
@@ -119,6 +119,8 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
         config_rx.clone(),
         trunks_stop_rx,
     );
+    // the journal of active calls: what a crash of the previous run left is ended now
+    let journal = open_journal(&config_rx.borrow(), &sip);
     let calls = {
         let cfg = config_rx.borrow().clone();
         let ports = PortPool::new(cfg.rtp.ports, PORT_DRAIN);
@@ -130,6 +132,8 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
                 rtp_public_ip: cfg.rtp.public_ip.or(cfg.sip.public_ip),
                 participants: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 trunk_states: Some(trunk_states.clone()),
+                srtp_calls: Arc::default(),
+                journal,
             },
             invites,
         )
@@ -329,4 +333,43 @@ fn reload(
             }
         }
     }
+}
+
+/// Opens the journal in the state directory (none configured: no journal) and ends the
+/// calls it still lists in the background. A journal that cannot be read is set aside
+/// and reported; a directory that cannot be written is reported: neither stops the start.
+fn open_journal(cfg: &Arc<Config>, sip: &EndpointHandle) -> Option<crate::journal::Journal> {
+    let Some(dir) = cfg.files.state_dir.as_ref() else {
+        tracing::info!("no state directory (state_dir, STATE_DIRECTORY): calls are not journaled");
+        return None;
+    };
+    let opened = match crate::journal::Journal::open(dir) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot open the call journal: calls are not journaled");
+            return None;
+        }
+    };
+    if let Some(aside) = &opened.set_aside {
+        tracing::warn!(moved_to = %aside.display(), "the call journal could not be read: set aside");
+    }
+    if opened.bad > 0 {
+        tracing::warn!(
+            records = opened.bad,
+            "call journal records skipped (torn or corrupt)"
+        );
+    }
+    if !opened.orphans.is_empty() {
+        tracing::warn!(
+            calls = opened.orphans.len(),
+            "calls left by a previous run: ending them"
+        );
+        tokio::spawn(call::recover::end_orphans(
+            sip.clone(),
+            cfg.clone(),
+            opened.journal.clone(),
+            opened.orphans,
+        ));
+    }
+    Some(opened.journal)
 }

@@ -37,6 +37,7 @@ pub mod diagnose;
 pub mod dialplan;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod journal;
 pub mod livekit;
 pub mod logging;
 pub mod media;

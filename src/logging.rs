@@ -1,11 +1,15 @@
-//! Logging: tracing subscriber setup (human or JSON, level from `LOG_LEVEL` or config)
-//! and `Phone`, the wrapper every phone number goes through before it reaches a log line.
+//! Logging: tracing subscriber setup (human or JSON, level from `LOG_LEVEL` or config;
+//! control characters escaped in every line, `SafeWriter`) and `Phone`, the wrapper every phone number goes through before it reaches a log line.
 
 use crate::config::LogFormat;
 use crate::config::types::parse_log_filter;
 use std::fmt;
-use std::io::IsTerminal;
+use std::io::{self, Write};
+use tracing::Subscriber;
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the global subscriber. `LOG_LEVEL`, when set, wins over `level`.
 /// Logs go to stderr (journald captures it under systemd).
@@ -15,16 +19,122 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
         _ => ("logging.level", level.to_string()),
     };
     let filter = parse_log_filter(&level).map_err(|e| format!("{source}: {e}"))?;
+    subscriber(filter, format, std::io::stderr)
+        .try_init()
+        .map_err(|e| e.to_string())
+}
+
+/// The one place log lines are formatted: human or JSON lines through [`SafeWriter`].
+/// No ANSI colours: their escape sequences are what the writer takes out.
+fn subscriber<W>(
+    filter: EnvFilter,
+    format: LogFormat,
+    writer: W,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(false)
         .with_target(true);
-    let res = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    match format {
+        LogFormat::Human => Box::new(
+            builder
+                .with_writer(SafeWriter {
+                    inner: writer,
+                    format,
+                })
+                .finish(),
+        ),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_writer(SafeWriter {
+                    inner: writer,
+                    format,
+                })
+                .finish(),
+        ),
+    }
+}
+
+/// Escapes what a log line must not carry raw: bytes from the wire (a SIP header with
+/// CR, LF, NUL or ESC) could otherwise end the line early, forge another, or drive the
+/// operator's terminal. Each formatted line arrives whole (tracing-subscriber writes an
+/// event in one piece) and goes on with its final newline only.
+pub struct SafeWriter<W> {
+    inner: W,
+    format: LogFormat,
+}
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for SafeWriter<W> {
+    type Writer = SafeLine<W::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        SafeLine {
+            inner: self.inner.make_writer(),
+            format: self.format,
+        }
+    }
+}
+
+/// One line's writer (see [`SafeWriter`]).
+pub struct SafeLine<W> {
+    inner: W,
+    format: LogFormat,
+}
+
+impl<W: Write> Write for SafeLine<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.inner
+            .write_all(escape_line(&text, self.format).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Characters a log line shows escaped: C0 and C1 controls and DEL (`char::is_control`),
+/// the Unicode line and paragraph separators, and the bidirectional overrides and
+/// isolates (which reorder what a terminal shows).
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `line` with every unsafe character escaped but a final newline. Human lines get
+/// `\n`, `\r`, `\t`, `\0` or `\u{..}`; JSON lines (serde_json already escapes the C0
+/// controls) get `\u00XX` for the rest, valid JSON since they only occur in strings.
+pub fn escape_line(line: &str, format: LogFormat) -> String {
+    let (body, newline) = match line.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (line, ""),
     };
-    res.map_err(|e| e.to_string())
+    if !body.chars().any(unsafe_char) {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in body.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+            continue;
+        }
+        match (format, c) {
+            (LogFormat::Human, '\n') => out.push_str("\\n"),
+            (LogFormat::Human, '\r') => out.push_str("\\r"),
+            (LogFormat::Human, '\t') => out.push_str("\\t"),
+            (LogFormat::Human, '\0') => out.push_str("\\0"),
+            (LogFormat::Human, c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            (LogFormat::Json, c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+        }
+    }
+    out.push_str(newline);
+    out
 }
 
 /// A phone number for a log line. Shown in full only when debug logging is on anywhere;
@@ -112,6 +222,84 @@ pub fn redact(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What hostile values look like in the log lines of `format`: three events, each a
+    /// line of its own, no raw control character anywhere.
+    fn log_hostile(format: LogFormat) -> String {
+        let out = Captured::default();
+        let writer = out.clone();
+        let sub = subscriber(EnvFilter::new("debug"), format, move || writer.clone());
+        let hostile = "x\r\nINFO forged: admin logged in\u{1b}[2J\u{0}\u{7f}\u{9b}\u{202e}";
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(header = %hostile, "received {}", hostile);
+            tracing::debug!(value = ?hostile, "debug value");
+            tracing::warn!("plain");
+        });
+        let bytes = out.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn log_lines_escape_control_characters_human() {
+        let text = log_hostile(LogFormat::Human);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            !lines.iter().any(|l| l.chars().any(unsafe_char)),
+            "{text:?}"
+        );
+        assert!(lines[0].contains("x\\r\\nINFO forged"), "{}", lines[0]);
+        // (tracing-subscriber writes ESC and DEL in a message as \x1b, \x7f itself)
+        assert!(
+            lines[0].contains("header=x\\r\\nINFO forged"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].ends_with("\\u{1b}[2J\\0\\u{7f}\\u{9b}\\u{202e}"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[2].ends_with("plain"), "{}", lines[2]);
+    }
+
+    #[test]
+    fn log_lines_escape_control_characters_json() {
+        let text = log_hostile(LogFormat::Json);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            !lines.iter().any(|l| l.chars().any(unsafe_char)),
+            "{text:?}"
+        );
+        let hostile = "x\r\nINFO forged: admin logged in\u{1b}[2J\u{0}\u{7f}\u{9b}\u{202e}";
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        // the value survives, escaped on the way and read back whole
+        assert_eq!(v["header"], hostile, "{}", lines[0]);
+        assert_eq!(v["message"], format!("received {hostile}"));
+    }
+
+    #[test]
+    fn escape_line_keeps_clean_lines_and_the_final_newline() {
+        assert_eq!(escape_line("a b\n", LogFormat::Human), "a b\n");
+        assert_eq!(escape_line("a\tb\n", LogFormat::Human), "a\\tb\n");
+        assert_eq!(escape_line("a\u{7f}\n", LogFormat::Json), "a\\u007f\n");
+        assert_eq!(escape_line("é ü 日本", LogFormat::Human), "é ü 日本");
+    }
 
     #[test]
     fn redaction_keeps_only_the_ends() {

@@ -343,6 +343,9 @@ fn changed_files_are_reloaded_without_a_signal_and_failures_are_visible() {
     let (_, v) = json_get(port, "/health/detailed");
     assert_eq!(v["last_reload"]["ok"], true);
     assert_eq!(v["last_reload"]["trigger"], "start");
+    // the runtime's tasks (endpoint, API server, watchers...): what the soak test follows
+    assert!(v["runtime"]["alive_tasks"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["runtime"]["workers"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["config"]["rules"].as_array().unwrap().len(), 4);
 
     // Break a trunk file: the watcher notices, refuses it, and says where.

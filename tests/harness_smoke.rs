@@ -1,6 +1,7 @@
 //! Smoke test of the test harness itself, with real peers and no Roomline code: a real
 //! livekit-server, the Python room peer (`tests/peers/roompeer.py`) and its audio oracle.
-//! If these fail, end-to-end tests built on the harness cannot be trusted.
+//! If these fail, end-to-end tests built on the harness cannot be trusted. Also the unit
+//! tests of the load tools' analysis (`scripts/soak`, `scripts/bench`), which need no peers.
 //!
 //! Needs `scripts/install-test-deps` to have been run (the tests panic, with that hint,
 //! when a tool is missing; they are never skipped).
@@ -250,4 +251,36 @@ fn listen_without_publisher_fails_cleanly() {
         "{}",
         run.describe()
     );
+}
+
+/// The soak tool's parsing and report logic (`scripts/bench/soak_report.py`: sipp's step
+/// and error logs, RTP segments, per-call outcomes, the drift fit and the end check) and
+/// the harness pieces it shares with the benchmark (the sipp phone scenario, the PCMU tone
+/// check), on made-up data: `scripts/bench/test_soak.py` (Python unittest, no peers).
+#[test]
+fn soak_tool_selftest() {
+    let out = Command::new(common::python())
+        .args(["-m", "unittest", "-v", "test_soak"])
+        .current_dir(common::repo_root().join("scripts").join("bench"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the soak tool's unit tests");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let ran: usize = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(ran >= 14, "only {ran} unit tests ran\n{text}");
 }

@@ -551,16 +551,19 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
             "--identity",
             "keypad",
             "--seconds",
-            "1",
+            "60",
             "--wait-for-identity",
             &identity,
             "--send-dtmf",
             "159#",
             "--dtmf-interval",
             "0.5",
+            // stays until the call's participant is gone: leaving right after the last
+            // publish_dtmf may take that digit along
+            "--until-left",
+            &identity,
         ],
     );
-    sender.join().unwrap().expect_ok();
     // wait until the last event has been closed (end bit) at the phone
     let deadline = Instant::now() + Duration::from_secs(10);
     let events = loop {
@@ -586,6 +589,13 @@ fn room_dtmf_reaches_the_phone_as_rfc4733_events() {
     remove_participant(&lk, room, &identity);
     let run = sipp.wait(Duration::from_secs(30));
     run.expect_success();
+    let keypad = sender.join().unwrap();
+    assert_eq!(
+        keypad.expect_ok()["ended_by"],
+        "conditions",
+        "{}",
+        keypad.describe()
+    );
     // the summary line counts the four digits sent to the phone (and none from it)
     let ended = rl.wait_log("call ended", Duration::from_secs(10));
     assert!(
@@ -1326,7 +1336,8 @@ fn participant_is_kind_sip_with_the_sip_attributes() {
 }
 
 /// The summary line of each call at LOG_LEVEL=info: "call ended" with the outcome and
-/// the status (an answered call hung up by the caller, a call no rule routes), and
+/// the status for an answered call hung up by the caller, "request refused" with the
+/// reason and status for a call no rule routes, and
 /// phone numbers only in redacted form: neither the caller's full number nor the called
 /// one appears anywhere in the log.
 #[test]
@@ -1356,11 +1367,23 @@ fn call_summary_is_logged_at_info_without_full_numbers() {
     rl.assert_no_leaks(Duration::from_secs(10));
     let log = rl.log();
     let ended: Vec<&str> = log.lines().filter(|l| l.contains("call ended")).collect();
-    assert_eq!(ended.len(), 2, "{log}");
-    for (line, words) in ended.iter().zip([
-        ["outcome=caller_hangup", "status=200", "answered=true"],
-        ["outcome=no_route", "status=404", "answered=false"],
-    ]) {
+    assert_eq!(ended.len(), 1, "{log}");
+    // the call no rule routes is refused by the endpoint: one "request refused" line
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    for (line, words) in [
+        (
+            ended[0],
+            &["outcome=caller_hangup", "status=200", "answered=true"][..],
+        ),
+        (
+            refused[0],
+            &["reason=no_route", "status=404", "count=1"][..],
+        ),
+    ] {
         assert!(line.contains(" INFO "), "{line}");
         for w in words {
             assert!(line.contains(w), "{w} missing in {line}");

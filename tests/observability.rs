@@ -60,7 +60,7 @@ fn two_calls(rl: &Roomline) -> String {
     refused.expect_success();
     rl.assert_no_leaks(Duration::from_secs(15));
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while rl.log().matches("call ended").count() < 2 {
+    while rl.log().matches("call ended").count() < 1 || !rl.log().contains("request refused") {
         assert!(
             std::time::Instant::now() < deadline,
             "two calls did not both end in the log:\n{}",
@@ -148,8 +148,19 @@ type Events = BTreeMap<(String, String), BTreeMap<String, String>>;
 fn lifecycle(events: impl Iterator<Item = (String, BTreeMap<String, String>)>) -> Events {
     let mut out = Events::new();
     for (message, fields) in events {
-        if ["inbound call", "inbound call answered", "call ended"].contains(&message.as_str()) {
-            let outcome = fields.get("outcome").cloned().unwrap_or_default();
+        if [
+            "inbound call",
+            "inbound call answered",
+            "call ended",
+            "request refused",
+        ]
+        .contains(&message.as_str())
+        {
+            let outcome = fields
+                .get("outcome")
+                .or_else(|| fields.get("reason"))
+                .cloned()
+                .unwrap_or_default();
             assert!(
                 out.insert((message.clone(), outcome), fields).is_none(),
                 "{message} logged twice"
@@ -207,9 +218,9 @@ fn json_log_lines_parse_and_carry_the_human_fields_with_numbers_masked() {
 
     let expect: Vec<(String, String)> = vec![
         ("call ended".into(), "caller_hangup".into()),
-        ("call ended".into(), "rejected 603 Decline".into()),
         ("inbound call".into(), String::new()),
         ("inbound call answered".into(), String::new()),
+        ("request refused".into(), "rejected".into()),
     ];
     let keys = |e: &Events| e.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&human), expect, "human log:\n{human_log}");
@@ -224,6 +235,7 @@ fn json_log_lines_parse_and_carry_the_human_fields_with_numbers_masked() {
         "jitter_ms",
         "rx_lost",
         "tx_lost",
+        "source",
     ];
     for (event, h) in &human {
         let j = &json[event];
@@ -237,7 +249,12 @@ fn json_log_lines_parse_and_carry_the_human_fields_with_numbers_masked() {
                 assert_eq!(hv, &j[k], "{k} of {event:?}: human {h:?}, JSON {j:?}");
             }
         }
-        for k in ["call_id", "trunk"] {
+        let wanted: &[&str] = if event.0 == "request refused" {
+            &["source", "detail"]
+        } else {
+            &["call_id", "trunk"]
+        };
+        for &k in wanted {
             assert!(
                 h.get(k).is_some_and(|v| !v.is_empty()),
                 "{event:?} has no {k}: {h:?}"
@@ -253,9 +270,11 @@ fn json_log_lines_parse_and_carry_the_human_fields_with_numbers_masked() {
     let ended = &json[&("call ended".to_string(), "caller_hangup".to_string())];
     assert_eq!(ended["answered"], "true", "{ended:?}");
     assert_eq!(ended["status"], "200", "{ended:?}");
-    let rejected = &json[&("call ended".to_string(), "rejected 603 Decline".to_string())];
-    assert_eq!(rejected["answered"], "false", "{rejected:?}");
+    // the dialplan's refusal names its rule
+    let rejected = &json[&("request refused".to_string(), "rejected".to_string())];
+    assert_eq!(rejected["detail"], "rule=blocked", "{rejected:?}");
     assert_eq!(rejected["status"], "603", "{rejected:?}");
+    assert_eq!(rejected["count"], "1", "{rejected:?}");
 
     assert_masked(&human_log, "human");
     assert_masked(&json_log, "JSON");

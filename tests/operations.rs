@@ -1281,18 +1281,18 @@ fn max_calls_per_second_refuses_a_burst_beyond_the_rate() {
 // Metrics
 // ---------------------------------------------------------------------------------------
 
-/// The metric families the README documents (its "Metrics" paragraph), each with its
-/// documented label names (`name{a,b}`).
+/// The metric families the README documents (the first column of its "Metrics" table),
+/// each with its documented label names (`name{a,b}`).
 fn documented_metrics() -> BTreeMap<String, BTreeSet<String>> {
     let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
     let start = readme
         .find("Metrics (labels are bounded")
-        .expect("the README's metrics paragraph");
-    let para = &readme[start..];
-    let para = &para[..para.find("\n\n").unwrap_or(para.len())];
-    para.split('`')
-        .skip(1)
-        .step_by(2)
+        .expect("the README's metrics table");
+    readme[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|row| row.split('`').nth(1))
         .filter(|m| m.starts_with("roomline_"))
         .map(|m| {
             let (name, labels) = m.split_once('{').unwrap_or((m, "}"));

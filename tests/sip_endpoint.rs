@@ -2837,7 +2837,11 @@ fn unmatched_invite_is_dropped_when_configured() {
         ua.recv(Duration::from_millis(1500)).is_none(),
         "nothing comes back"
     );
-    rl.wait_log("INVITE matches no trunk", Duration::from_secs(5));
+    let line = rl.wait_log("request refused", Duration::from_secs(5));
+    assert!(
+        line.contains("reason=no_trunk") && line.contains("status=none"),
+        "{line}"
+    );
 }
 
 /// A trunk's backup carrier may deliver its calls: calls from the backup's outbound

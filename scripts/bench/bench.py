@@ -17,29 +17,25 @@ Topology of one load run (bridge B, N calls), all on this machine:
   (one process, one participant per call's room, publishing 440 Hz and counting the
   1 kHz it hears) + two Python SDK listeners (tests/peers/roompeer.py) in sampled rooms.
 
-Every process started here is stopped here, by PID (also on SIGTERM/SIGINT).
+Every process started here is stopped here, by PID (also on SIGTERM/SIGINT). What this
+shares with the soak test (scripts/soak) lives in harness.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -48,116 +44,27 @@ from typing import Any, Optional
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import latency  # noqa: E402
 import rtp_phone  # noqa: E402
+from harness import (  # noqa: E402
+    API_KEY, API_SECRET, LK_PORT, PROCS, PY, REDIS_PORT, RL_HTTP, ROOMPEER, SIPP_MEDIA,
+    SIPP_SIP, Infra, RoomSide, Roomline, descendants, fmt, http_status, log, machine_cpu,
+    machine_info, on_signal, pcmu_tone_frames, pct, phone_uac_scenario, proc_cpu, proc_rss,
+    read_csv_rows, read_pcap, rtp_parse, tone_file, wait_until, write_csv,
+)
 
 warnings.filterwarnings("ignore", message=".*HMAC key.*")
 
-CLK = os.sysconf("SC_CLK_TCK")
-PY = sys.executable
-ROOMPEER = REPO / "tests" / "peers" / "roompeer.py"
-
-# Fixed ports: this runs in a private network namespace of its own.
-LK_PORT, LK_TCP, LK_UDP = 7880, 7881, 7882
-REDIS_PORT = 6379
-RL_SIP, RL_HTTP, RL_RTP = 5060, 8080, (20000, 29999)
+# Fixed ports of livekit-sip and the registrar (harness has the others).
 LS_SIP, LS_HEALTH, LS_PROM, LS_RTP = 5062, 8081, 8082, (30000, 39999)
-SIPP_SIP, SIPP_MEDIA = 5080, 40000
 REGISTRAR = 5090
-API_KEY, API_SECRET = "devkey", "secret"
 
 CALLED_BASE = 15550000000  # call i (1-based) dials 1555000000i and comes from 1444000000i
 CALLER_BASE = 14440000000
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---- processes ------------------------------------------------------------------------
-
-class Procs:
-    """Every child process, so that all of them are stopped by PID at the end."""
-
-    def __init__(self) -> None:
-        self.live: list[subprocess.Popen] = []
-
-    def start(self, argv: list[str], log_path: Optional[Path] = None, cwd: Optional[Path] = None,
-              env: Optional[dict] = None, stdin: Any = subprocess.DEVNULL,
-              stdout: Any = None) -> subprocess.Popen:
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-        p = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=stdin,
-            stdout=stdout if stdout is not None else out, stderr=out,
-        )
-        self.live.append(p)
-        return p
-
-    def stop(self, p: Optional[subprocess.Popen], sig: int = signal.SIGTERM,
-             timeout: float = 15.0) -> Optional[int]:
-        if p is None:
-            return None
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait(timeout=5)
-        if p in self.live:
-            self.live.remove(p)
-        return p.returncode
-
-    def stop_all(self) -> None:
-        for p in reversed(list(self.live)):
-            self.stop(p, timeout=5)
-
-
-PROCS = Procs()
-
-
-def _on_signal(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 # ---- /proc ------------------------------------------------------------------------------
-
-def proc_cpu(pid: int) -> float:
-    """user + system CPU seconds of a process (all its threads)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    f = stat.rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK
-
-
-def proc_rss(pid: int) -> float:
-    """VmRSS in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
-
-
-def machine_cpu() -> tuple[float, float, float]:
-    """(busy, steal, total) CPU seconds of the whole machine since boot, all cores: busy is
-    user + nice + system + irq + softirq; steal is time the hypervisor gave elsewhere."""
-    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    busy = f[0] + f[1] + f[2] + f[5] + f[6]
-    return busy / CLK, f[7] / CLK, sum(f[:8]) / CLK
-
 
 class Snapshot:
     """CPU seconds and RSS of named processes (a name may stand for several PIDs)."""
@@ -216,175 +123,7 @@ class Sampler(threading.Thread):
 
 # ---- small helpers ----------------------------------------------------------------------
 
-def http_status(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except Exception:
-        return 0
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while True:
-        if pred():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(step)
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if xs else float("nan")
-
-
-def fmt(x: Any, nd: int = 1) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it."""
-    kids: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-# ---- LiveKit server and Redis -----------------------------------------------------------
-
-class Infra:
-    def __init__(self, a: argparse.Namespace, raw: Path) -> None:
-        self.a, self.raw = a, raw
-        self.redis: Optional[subprocess.Popen] = None
-        self.lk: Optional[subprocess.Popen] = None
-
-    def start_redis(self) -> None:
-        self.redis = PROCS.start(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(REDIS_PORT), "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes"],
-            log_path=self.raw / "redis.log",
-        )
-        wait_until(lambda: _tcp_open(REDIS_PORT), 10, "redis")
-
-    def start_livekit(self, tag: str) -> None:
-        ips = ["127.0.0.1/32"] + ([f"{self.a.netns_ip}/32"] if self.a.netns_ip else [])
-        ifs = ["lo"] + ([self.a.netns_if] if self.a.netns_if else [])
-        body = (
-            f"port: {LK_PORT}\nrtc:\n  tcp_port: {LK_TCP}\n  udp_port: {LK_UDP}\n"
-            "  enable_loopback_candidate: true\n"
-            f"  interfaces:\n    includes: [{', '.join(ifs)}]\n"
-            f"  ips:\n    includes: [{', '.join(ips)}]\n"
-            f"redis:\n  address: 127.0.0.1:{REDIS_PORT}\n"
-            "logging:\n  level: info\n"
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
-        self.lk = PROCS.start(
-            [self.a.livekit_server, "--dev", "--bind", "127.0.0.1", "--node-ip", "127.0.0.1",
-             "--config-body", body],
-            log_path=self.raw / f"livekit-server-{tag}.log", env=env,
-        )
-        wait_until(lambda: http_status(f"http://127.0.0.1:{LK_PORT}/") == 200, 30, "livekit-server")
-        time.sleep(0.5)
-
-    def stop_livekit(self) -> None:
-        PROCS.stop(self.lk)
-        self.lk = None
-
-
-def _tcp_open(port: int) -> bool:
-    s = socket.socket()
-    s.settimeout(0.2)
-    try:
-        s.connect(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 # ---- the bridges --------------------------------------------------------------------------
-
-class Roomline:
-    name = "roomline"
-    sip_port = RL_SIP
-    rtp = RL_RTP
-
-    def __init__(self, a: argparse.Namespace, raw: Path) -> None:
-        self.a, self.raw = a, raw
-        self.dir = raw / "roomline-config"
-        self.p: Optional[subprocess.Popen] = None
-        self.version = subprocess.run([a.roomline, "--version"], capture_output=True,
-                                      text=True).stdout.strip()
-
-    def write_config(self, d: Path, trunks: dict[str, str], plans: dict[str, str],
-                     extra: str = "") -> Path:
-        if d.exists():
-            shutil.rmtree(d)
-        (d / "trunks").mkdir(parents=True)
-        (d / "dialplans").mkdir()
-        for n, y in trunks.items():
-            (d / "trunks" / f"{n}.yaml").write_text(y)
-        for n, y in plans.items():
-            (d / "dialplans" / f"{n}.yaml").write_text(y)
-        cfg = d / "roomline.yaml"
-        cfg.write_text(
-            f"livekit:\n  url: ws://127.0.0.1:{LK_PORT}\n  api_key: {API_KEY}\n  api_secret: {API_SECRET}\n"
-            f"sip:\n  listeners:\n    - transport: udp\n      address: 127.0.0.1:{RL_SIP}\n"
-            f"rtp:\n  port_range: {RL_RTP[0]}-{RL_RTP[1]}\n"
-            f"http:\n  listen: 127.0.0.1:{RL_HTTP}\n{extra}"
-        )
-        return cfg
-
-    def bench_config(self) -> Path:
-        return self.write_config(
-            self.dir,
-            {"local": "inbound:\n  allowed_addresses: [127.0.0.1/32]\n"},
-            {"bench": "rules:\n  - name: bench\n    room: bench_{called}\n"},
-        )
-
-    def ensure(self) -> None:
-        pass
-
-    def start(self, tag: str, config: Optional[Path] = None, env: Optional[dict] = None,
-              wait_ready: bool = True) -> subprocess.Popen:
-        cfg = config or self.bench_config()
-        e = {k: v for k, v in os.environ.items()
-             if not k.startswith("LIVEKIT_") and k != "NOTIFY_SOCKET"}
-        e["LOG_LEVEL"] = "info"
-        e.update(env or {})
-        self.p = PROCS.start([self.a.roomline, "run", "--config", str(cfg)],
-                             log_path=self.raw / f"roomline-{tag}.log", env=e)
-        if wait_ready:
-            wait_until(lambda: http_status(f"http://127.0.0.1:{RL_HTTP}/health/ready") == 200
-                       or self.p.poll() is not None, 30, "roomline /health/ready")
-            if self.p.poll() is not None:
-                raise RuntimeError(f"roomline exited ({self.p.returncode}); see {self.raw}/roomline-{tag}.log")
-        return self.p
-
-    def pids(self) -> list[int]:
-        return [self.p.pid] if self.p else []
-
-    def stop(self) -> None:
-        PROCS.stop(self.p, timeout=20)
-        self.p = None
-
 
 class LiveKitSip:
     name = "livekit-sip"
@@ -453,130 +192,7 @@ class LiveKitSip:
         self.p = None
 
 
-# ---- the room side ------------------------------------------------------------------------
-
-class RoomSide:
-    """examples/lk_bench in `rooms` mode: one participant per room, in one process."""
-
-    def __init__(self, a: argparse.Namespace, rooms: list[str], work: Path, echo: bool = False,
-                 tag: str = "rooms") -> None:
-        lst = work / f"{tag}.txt"
-        lst.write_text("\n".join(rooms) + "\n")
-        argv = [a.lk_bench, "--url", f"ws://127.0.0.1:{LK_PORT}", "--mode", "rooms",
-                "--room-list", str(lst), "--tone-hz", "440", "--expect-hz", "1000"]
-        if echo:
-            argv.append("--echo")
-        self.p = PROCS.start(argv, log_path=work / f"{tag}.err", stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE)
-        self.lines: list[dict] = []
-        self.cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.ready = self.wait_event("ready", timeout=60 + 0.5 * len(rooms))
-
-    def _read(self) -> None:
-        for raw in self.p.stdout:
-            try:
-                ev = json.loads(raw)
-            except ValueError:
-                continue
-            with self.cv:
-                self.lines.append(ev)
-                self.cv.notify_all()
-
-    def wait_event(self, name: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.cv:
-            while True:
-                for i, ev in enumerate(self.lines):
-                    if ev.get("event") == name:
-                        return self.lines.pop(i)
-                    if ev.get("event") == "error":
-                        raise RuntimeError(f"room side: {ev.get('error')}")
-                left = deadline - time.monotonic()
-                if left <= 0 or self.p.poll() is not None:
-                    raise RuntimeError(f"room side: no {name!r} event")
-                self.cv.wait(left)
-
-    def command(self, cmd: str, answer: Optional[str] = None, timeout: float = 30) -> Optional[dict]:
-        self.p.stdin.write((cmd + "\n").encode())
-        self.p.stdin.flush()
-        return self.wait_event(answer, timeout) if answer else None
-
-    def stop(self) -> None:
-        try:
-            self.command("quit")
-            self.p.stdin.close()
-            self.p.wait(timeout=30)
-        except Exception:
-            pass
-        PROCS.stop(self.p)
-
-
 # ---- sipp ---------------------------------------------------------------------------------
-
-UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!-- scripts/bench: one call; numbers from the injection file (field0 called, field1 caller) -->
-<scenario name="bench-uac">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[field1]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[field0]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:[field1]@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-      a=ptime:20
-      a=sendrecv
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rtd="true"/>
-  <send>
-    <![CDATA[
-      ACK sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[field1]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[field0]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: <sip:[field1]@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <nop><action><exec rtp_stream="{tone},-1,0"/></action></nop>
-  <pause milliseconds="{hold_ms}"/>
-  <nop><action><exec rtp_stream="pause"/></action></nop>
-  <send retrans="500">
-    <![CDATA[
-      BYE sip:[field0]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:[field1]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[field0]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Contact: <sip:[field1]@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
 
 REGISTRAR_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="bench-registrar">
@@ -637,63 +253,20 @@ def sipp_rtt_times(path: Path) -> list[float]:
 
 # ---- pcap ------------------------------------------------------------------------------
 
-def read_pcap(path: Path):
-    """Yields (time, src_port, dst_port, udp_payload) of the IPv4/UDP packets of a pcap
-    written by tcpdump on `lo` (Ethernet framing) or any (Linux cooked)."""
-    with open(path, "rb") as f:
-        gh = f.read(24)
-        if len(gh) < 24:
-            return
-        magic = struct.unpack("<I", gh[:4])[0]
-        endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-        nano = magic in (0xA1B23C4D, 0x4D3CB2A1)
-        linktype = struct.unpack(endian + "I", gh[20:24])[0]
-        l2 = {1: 14, 113: 16, 276: 20}.get(linktype, 14)
-        while True:
-            ph = f.read(16)
-            if len(ph) < 16:
-                return
-            sec, frac, incl, _orig = struct.unpack(endian + "IIII", ph)
-            data = f.read(incl)
-            t = sec + frac / (1e9 if nano else 1e6)
-            ip = data[l2:]
-            if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
-                continue
-            ihl = (ip[0] & 0x0F) * 4
-            sp, dp = struct.unpack("!HH", ip[ihl:ihl + 4])
-            yield t, sp, dp, ip[ihl + 8:]
-
-
-def goertzel_fraction(x: np.ndarray, rate: float, hz: float) -> np.ndarray:
-    """Per row of x (frames), the fraction of the energy at hz."""
-    n = x.shape[1]
-    k = np.arange(n)
-    w = 2 * np.pi * hz / rate
-    c, s = np.cos(w * k), np.sin(w * k)
-    re_, im_ = x @ c, x @ s
-    energy = np.sum(x * x, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (re_ * re_ + im_ * im_) / (n / 2 * energy)
-    return np.nan_to_num(np.minimum(frac, 1.0))
-
-
 def analyse_pcap(path: Path, t0: float, t1: float, bridge_rtp: tuple[int, int]) -> dict:
     """RTP between sipp's media port and the bridge within [t0, t1]."""
     lo, hi = bridge_rtp
     down: dict[int, list[tuple[int, bytes]]] = {}  # bridge port -> [(seq, payload)] to phone
     up: dict[int, int] = {}  # bridge port -> packets from phone
     for t, sp, dp, pl in read_pcap(path):
-        if not (t0 <= t < t1) or len(pl) < 12 or pl[0] >> 6 != 2:
+        rtp = rtp_parse(pl) if t0 <= t < t1 else None
+        if rtp is None:
             continue
-        pt = pl[1] & 0x7F
+        pt, seq, _ts, _ssrc, payload = rtp
         if dp == SIPP_MEDIA and lo <= sp <= hi:
             if pt != 0:
                 continue
-            cc = pl[0] & 0x0F
-            off = 12 + 4 * cc
-            if pl[0] & 0x10 and len(pl) >= off + 4:
-                off += 4 + 4 * struct.unpack("!H", pl[off + 2:off + 4])[0]
-            down.setdefault(sp, []).append((struct.unpack("!H", pl[2:4])[0], pl[off:]))
+            down.setdefault(sp, []).append((seq, payload))
         elif sp == SIPP_MEDIA and lo <= dp <= hi and pt == 0:
             up[dp] = up.get(dp, 0) + 1
     w = t1 - t0
@@ -707,14 +280,7 @@ def analyse_pcap(path: Path, t0: float, t1: float, bridge_rtp: tuple[int, int]) 
             ext.append(s + 65536 * wraps)
             last = s
         expected = max(ext) - min(ext) + 1
-        audio = b"".join(p for _, p in pkts)
-        frames = len(audio) // 160
-        tone = 0
-        if frames:
-            x = rtp_phone.ulaw_decode(audio[: frames * 160]).reshape(frames, 160)
-            rms = np.sqrt(np.mean(x * x, axis=1))
-            frac = goertzel_fraction(x, 8000, 440)
-            tone = int(np.sum((rms > 0.01) & (frac > 0.5)))
+        tone = int(np.sum(pcmu_tone_frames(b"".join(p for _, p in pkts), 440)))
         flows.append({"port": port, "packets": len(pkts), "expected_seq": expected,
                       "tone_frames": tone, "up_packets": up.get(port, 0)})
     return {"window_s": w, "flows": flows, "up_only_ports": len(set(up) - set(down))}
@@ -740,7 +306,11 @@ def run_load(a: argparse.Namespace, infra: Infra, bridge: Any, n: int, out: Path
         rss_idle = sum(proc_rss(p) for p in bridge.pids())
         calls = [(CALLED_BASE + i, CALLER_BASE + i) for i in range(1, n + 1)]
         rooms = [f"bench_{c}" for c, _ in calls]
-        (work / "calls.csv").write_text("SEQUENTIAL\n" + "".join(f"{c};{k}\n" for c, k in calls))
+        ramp = n / a.rate
+        hold = ramp + 3 + a.seconds + 8
+        # every call stays up `hold` seconds (the injection file's third field, ms)
+        (work / "calls.csv").write_text("SEQUENTIAL\n" + "".join(f"{c};{k};{int(hold * 1000)}\n"
+                                                                  for c, k in calls))
         t_rs = time.monotonic()
         room_side = RoomSide(a, rooms, work)
         log(f"{tag}: room side joined {n} rooms in {time.monotonic() - t_rs:.1f}s")
@@ -762,13 +332,8 @@ def run_load(a: argparse.Namespace, infra: Infra, bridge: Any, n: int, out: Path
         time.sleep(4)
         idle1 = Snapshot({"bridge": bridge.pids()})
         row["cpu_bridge_idle"] = cpu_frac(idle0, idle1, "bridge")
-        ramp = n / a.rate
-        hold = ramp + 3 + a.seconds + 8
-        tone = work / "tone1k.ul"
-        subprocess.run(["sox", "-n", "-r", "8000", "-c", "1", "-e", "mu-law", "-t", "raw", str(tone),
-                        "synth", "10", "sine", "1000", "vol", "0.5"], check=True)
-        (work / "uac.xml").write_text(UAC_XML.replace("{tone}", str(tone))
-                                      .replace("{hold_ms}", str(int(hold * 1000))))
+        tone = tone_file(work / "tone1k.ul", 1000)
+        (work / "uac.xml").write_text(phone_uac_scenario(tone))
         roles = {"bridge": bridge.pids(), "livekit-server": [infra.lk.pid], "redis": [infra.redis.pid],
                  "room-side": [room_side.p.pid], "listeners": [p.pid for p, _ in listeners],
                  "sipp": [], "tcpdump": []}
@@ -1248,37 +813,6 @@ def run_daemon_figures(a: argparse.Namespace, infra: Infra, rl: Roomline,
 
 # ---- report --------------------------------------------------------------------------------
 
-def machine_info(a: argparse.Namespace, bridges: list) -> dict:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
-    lk_ver = subprocess.run([a.livekit_server, "--version"], capture_output=True, text=True).stdout.strip()
-    sipp_ver = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout
-    sipp_ver = (re.search(r"SIPp v[\w.\-]+", sipp_ver) or re.search(r".*", "")).group(0).rstrip(".")
-    redis_ver = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
-    return {
-        "cpu_model": model, "cores": os.cpu_count(), "mem_gib": round(mem, 1),
-        "kernel": platform.release(), "os": _os_release(),
-        "livekit_server": lk_ver.split()[-1] if lk_ver else "?",
-        "sipp": sipp_ver, "redis": next((x for x in redis_ver if x.startswith("v=")), "?")[2:],
-        "bridges": {b.name: b.version for b in bridges},
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-    }
-
-
-def _os_release() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return line.split("=", 1)[1].strip('"')
-    except OSError:
-        pass
-    return platform.platform()
-
-
 def plot(rows: list[dict], limits: dict, path: Path, versions: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -1321,21 +855,6 @@ def plot(rows: list[dict], limits: dict, path: Path, versions: dict) -> None:
                  ha="center", fontsize=8, color="0.35")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    keys: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in keys:
-                keys.append(k)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
 
 
 def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict], limits: dict,
@@ -1673,24 +1192,6 @@ def write_report(a: argparse.Namespace, out: Path, info: dict, rows: list[dict],
 
 # ---- main ----------------------------------------------------------------------------------
 
-def read_csv_rows(path: Path) -> list[dict]:
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            d: dict[str, Any] = {}
-            for k, v in r.items():
-                for conv in (int, float):
-                    try:
-                        d[k] = conv(v)
-                        break
-                    except (TypeError, ValueError):
-                        continue
-                else:
-                    d[k] = v
-            rows.append(d)
-    return rows
-
-
 def report_only(out: Path) -> int:
     """Rebuilds report.md and cpu_mem.png from a finished run's files."""
     run = json.loads((out / "run.json").read_text())
@@ -1710,6 +1211,95 @@ def report_only(out: Path) -> int:
     return 0
 
 
+def run_srtp(a: argparse.Namespace, infra: Infra, rl: "Roomline", n: int, out: Path) -> dict:
+    """CPU of Roomline per call with SRTP on the phone leg next to plain RTP, same daemon,
+    same N: examples/srtp_phones places N calls (plain, then SDES-SRTP with
+    AES_CM_128_HMAC_SHA1_80, twice each, alternating), each sending a 1 kHz PCMU tone;
+    Roomline answers, joins one room per call (nobody else in it: Opus encode, no decode)
+    and sends its own RTP/SRTP back. The CPU is Roomline's over the window once all calls
+    are up. sipp cannot speak SRTP, hence our own release-built sender."""
+    tag = f"srtp-n{n}"
+    work = out / "raw" / tag
+    work.mkdir(parents=True, exist_ok=True)
+    phones = Path(a.srtp_phones)
+    res: dict[str, Any] = {"n": n, "window_s": a.seconds, "rate_cps": a.rate, "rounds": []}
+    infra.start_livekit(tag)
+    try:
+        cfg = rl.write_config(
+            rl.dir.parent / "roomline-srtp-config",
+            {"local": "inbound:\n  allowed_addresses: [127.0.0.1/32]\nmedia_encryption: allow\n"},
+            {"bench": "rules:\n  - name: bench\n    room: bench_{called}\n"},
+        )
+        rl.start(tag, config=cfg)
+        ramp = n / a.rate
+        for k, mode in enumerate(["plain", "srtp", "plain", "srtp"]):
+            argv = [str(phones), "--target", f"127.0.0.1:{RL_SIP}", "--calls", str(n),
+                    "--rate", str(a.rate), "--hold", str(a.seconds + 6)]
+            if mode == "srtp":
+                argv.append("--srtp")
+            report = work / f"{mode}-{k}.json"
+            p = PROCS.start(argv, log_path=work / f"{mode}-{k}.log", stdout=open(report, "wb"))
+            time.sleep(ramp + 3)
+            pid = rl.pids()[0]
+            c0, t0 = proc_cpu(pid), time.time()
+            time.sleep(a.seconds)
+            c1, t1 = proc_cpu(pid), time.time()
+            try:
+                p.wait(timeout=a.seconds + ramp + 60)
+            except subprocess.TimeoutExpired:
+                log(f"{tag}: srtp_phones did not finish")
+            PROCS.stop(p)
+            try:
+                j = json.loads(report.read_text().strip().splitlines()[-1])
+            except (OSError, ValueError, IndexError):
+                j = {}
+            cores = (c1 - c0) / (t1 - t0)
+            row = {"mode": mode, "cpu_cores": cores, "cpu_pct_per_call": 100 * cores / n, **j}
+            res["rounds"].append(row)
+            log(f"{tag} {mode}: {100 * cores:.1f} % of a core, {row['cpu_pct_per_call']:.3f} %/call; {j}")
+            time.sleep(3)
+    finally:
+        rl.stop()
+        infra.stop_livekit()
+    for mode in ("plain", "srtp"):
+        xs = [r["cpu_pct_per_call"] for r in res["rounds"] if r["mode"] == mode]
+        res[f"{mode}_pct_per_call"] = float(np.mean(xs)) if xs else float("nan")
+    res["srtp_extra_pct_per_call"] = res["srtp_pct_per_call"] - res["plain_pct_per_call"]
+    return res
+
+
+def srtp_report(res: dict, micro: str) -> str:
+    """The report's section on SRTP."""
+    if not res:
+        return ""
+    lines = [
+        "",
+        "## SRTP on the phone leg",
+        "",
+        f"N = {res['n']} calls into Roomline, {res['window_s']:.0f} s window, rounds alternating "
+        "(same daemon, trunk `media_encryption: allow`). Sender: `examples/srtp_phones` "
+        "(release build; SDES `AES_CM_128_HMAC_SHA1_80`, Roomline's own `media::srtp` on the "
+        "phone side too), one PCMU 1 kHz stream per call both ways; nobody else in the rooms.",
+        "",
+        "| round | mode | Roomline CPU (% of a core) | % of a core per call | answered | RTP sent | received | SRTP failures |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(res["rounds"], 1):
+        lines.append(f"| {i} | {r['mode']} | {100 * r['cpu_cores']:.2f} | {r['cpu_pct_per_call']:.4f} | "
+                     f"{r.get('answered', '?')} | {r.get('rtp_sent', '?')} | {r.get('rtp_received', '?')} | "
+                     f"{r.get('srtp_failed', '?')} |")
+    lines += [
+        "",
+        f"Mean per call: plain {res['plain_pct_per_call']:.4f} %, SRTP {res['srtp_pct_per_call']:.4f} % "
+        f"of a core; SRTP adds {res['srtp_extra_pct_per_call']:+.4f} % of a core per call "
+        "(the difference of two whole-process figures: it is within their noise when small).",
+    ]
+    if micro.strip():
+        lines += ["", "`cargo bench --bench srtp` (protect/unprotect of one 20 ms PCMU packet):", "",
+                  "```", micro.strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench.py")
     p.add_argument("outdir")
@@ -1724,8 +1314,11 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=20)
     p.add_argument("--bridges", default="roomline livekit-sip")
     p.add_argument("--registrations", default="100 1000")
-    p.add_argument("--skip", default="", help="any of: load latency daemon")
+    p.add_argument("--skip", default="", help="any of: load profile latency daemon srtp")
     p.add_argument("--media-bench", default="")
+    p.add_argument("--srtp-bench", default="", help="cargo bench --bench srtp output")
+    p.add_argument("--srtp-phones", default="", help="examples/srtp_phones (release)")
+    p.add_argument("--srtp-n", type=int, default=20, help="calls of the SRTP figure (0: none)")
     p.add_argument("--profile-n", type=int, default=50,
                    help="N of the extra run profiled with perf (0: none)")
     p.add_argument("--netns-ip", default="")
@@ -1746,8 +1339,8 @@ def main() -> int:
     out = Path(a.outdir).resolve()
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     t_begin = time.monotonic()
     infra = Infra(a, raw)
     rl = Roomline(a, raw)
@@ -1760,8 +1353,9 @@ def main() -> int:
     lat: dict = {}
     dm: dict = {}
     profiles: dict = {}
+    srtp: dict = {}
     media = Path(a.media_bench).read_text() if a.media_bench and Path(a.media_bench).exists() else ""
-    info = machine_info(a, bridges)
+    info = machine_info(a.livekit_server, {b.name: b.version for b in bridges})
     log(f"machine: {info['cores']} x {info['cpu_model']}; bridges: {info['bridges']}")
     try:
         infra.start_redis()
@@ -1808,6 +1402,12 @@ def main() -> int:
         if "daemon" not in skip and "roomline" in a.bridges:
             dm = run_daemon_figures(a, infra, rl, ls, out)
             (out / "daemon.json").write_text(json.dumps(dm, indent=1))
+        if "srtp" not in skip and a.srtp_phones and a.srtp_n > 0 and "roomline" in a.bridges:
+            try:
+                srtp = run_srtp(a, infra, rl, a.srtp_n, out)
+                (out / "srtp.json").write_text(json.dumps(srtp, indent=1))
+            except Exception as e:  # noqa: BLE001 - a broken run is a result too
+                log(f"srtp: {e}")
     finally:
         PROCS.stop_all()
     runtime = time.time() - a.started_at if a.started_at else time.monotonic() - t_begin
@@ -1823,6 +1423,10 @@ def main() -> int:
         "limits": [[b, n, why] for (b, n), why in limits.items()],
     }, indent=1))
     write_report(a, out, info, rows, limits, lat, dm, media, runtime, profiles)
+    micro = Path(a.srtp_bench).read_text() if a.srtp_bench and Path(a.srtp_bench).exists() else ""
+    if srtp:
+        with open(out / "report.md", "a") as f:
+            f.write(srtp_report(srtp, micro))
     log(f"done in {runtime / 60:.1f} min: {out / 'report.md'}")
     print((out / "report.md").read_text())
     return 0

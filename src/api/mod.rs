@@ -196,11 +196,18 @@ async fn detailed(State(s): State<AppState>) -> Response {
             })
         })
         .collect();
+    // every task alive in the runtime (calls, SIP, API, LiveKit connections...): what a
+    // leak of spawned tasks would show, where `calls.tasks` counts only call tasks
+    let runtime = tokio::runtime::Handle::current().metrics();
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "draining": *s.draining.borrow(),
         "calls": s.calls.as_ref().map(|c| c.counts()),
+        "runtime": {
+            "alive_tasks": runtime.num_alive_tasks(),
+            "workers": runtime.num_workers(),
+        },
         "sip_listeners": s.sip_listeners.iter().map(|(t, a)| format!("{}:{a}", t.as_str())).collect::<Vec<_>>(),
         "config": {
             "file": cfg.files.config.display().to_string(),

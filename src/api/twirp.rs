@@ -479,6 +479,7 @@ pub fn to_outbound(
         display_name: r.display_name.clone(),
         include_headers,
         hide_phone_number: r.hide_phone_number,
+        media_encryption: requested,
     };
     Ok(ParticipantDial {
         call,
@@ -547,15 +548,6 @@ pub async fn create_sip_participant(
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    // `allow` may place a plain call; `require` must never send plain RTP, and the phone
-    // leg does not speak SRTP until the call integration lands (media::srtp, media::sdes).
-    if dial.media_encryption == MediaEncryption::Require {
-        return TwirpError::new(
-            "failed_precondition",
-            "media_encryption require: SRTP on the phone leg is not available in this build",
-        )
-        .into_response();
-    }
     let out = dial.call;
     let Some(calls) = s.calls.clone() else {
         return TwirpError::new("unavailable", "calls are not running").into_response();

@@ -12,14 +12,18 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::attributes::{self, CallStatus};
+use super::encryption;
 use super::leg::Offers;
 use super::outcome::Outcome;
 use crate::clock::now;
+use crate::config::MediaEncryption;
 use crate::livekit::{DisconnectReason, ParticipantEvent, ParticipantHandle, SampleRate};
 use crate::media::dtmf::DtmfDigit;
 use crate::media::rtp::Ssrc;
+use crate::media::sdes::{SdesOffer, SrtpKeys};
 use crate::media::session::{MediaEvent, MediaStats, PhoneMedia, PhoneMediaConfig};
 use crate::media::socket::{self, PortGuard, RtpSockets};
+use crate::media::srtp::SrtpSuite;
 use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::sdp::{self, Codec, Local, Negotiated, Rejection};
@@ -50,6 +54,8 @@ pub struct MediaSetup {
     pub timeouts: MediaTimeoutConfig,
     /// Where the peer's signalling comes from (the latch rule).
     pub signalling: IpAddr,
+    /// The call's SRTP policy (the trunk's, or stricter from the API).
+    pub encryption: MediaEncryption,
 }
 
 /// The phone's RTP: sockets, ports, SDP offer/answer, and (once media flows) the
@@ -63,6 +69,10 @@ pub struct MediaLeg {
     /// Our current SDP (offer or answer).
     pub sdp: String,
     setup: MediaSetup,
+    /// The SRTP keys SDES agreed (`None`: plain RTP).
+    srtp: Option<SrtpKeys>,
+    /// Our open offer's keys, until its answer.
+    sdes_offer: Option<SdesOffer>,
     /// DTMF digits sent to the phone (RFC 4733), for the summary line.
     pub dtmf_out: u64,
     frames_seen: u64,
@@ -79,6 +89,8 @@ impl MediaLeg {
             local,
             sdp: String::new(),
             setup,
+            srtp: None,
+            sdes_offer: None,
             dtmf_out: 0,
             frames_seen: 0,
             next_sample: 50,
@@ -101,10 +113,27 @@ impl MediaLeg {
         }
     }
 
-    /// Our first offer: every codec we take, preferred first.
+    /// The SRTP suite the call's media uses (`None`: plain RTP).
+    pub fn srtp_suite(&self) -> Option<SrtpSuite> {
+        self.srtp.as_ref().map(SrtpKeys::suite)
+    }
+
+    /// Our first offer: every codec we take, preferred first; RTP/SAVP with a key per
+    /// suite unless the policy is `disable`.
     pub fn first_offer(&mut self) -> String {
         self.local.codecs = PHONE_CODECS.to_vec();
-        self.sdp = sdp::offer(&self.local);
+        if self.srtp.take().is_some() {
+            // an earlier attempt's keys: its early-media pipeline goes with them
+            self.pm = None;
+            self.negotiated = None;
+        }
+        self.sdes_offer = encryption::offer(self.setup.encryption);
+        let crypto = self
+            .sdes_offer
+            .as_ref()
+            .map(SdesOffer::attributes)
+            .unwrap_or_default();
+        self.sdp = sdp::offer_with(&self.local, &crypto);
         self.sdp.clone()
     }
 
@@ -125,13 +154,38 @@ impl MediaLeg {
             }
             None => local.codecs = PHONE_CODECS.to_vec(),
         }
-        let (negotiated, answer) = sdp::answer(&offer, &local)?;
+        let (policy, current) = (self.setup.encryption, self.srtp.as_ref());
+        let mut keys = None;
+        let (negotiated, answer) = sdp::answer_with(&offer, &local, &mut |m| {
+            let taken = encryption::answer_section(policy, current, m)?;
+            Ok(taken.map(|(k, value)| {
+                keys = Some(k);
+                value
+            }))
+        })?;
         tracing::debug!(direction = ?negotiated.direction, remote = ?negotiated.remote_rtp,
-            "SDP offer answered");
+            srtp = negotiated.srtp, "SDP offer answered");
         self.local = local;
         self.sdp = answer.clone();
+        self.set_keys(keys);
         self.apply(now, negotiated, false);
         Ok(answer)
+    }
+
+    /// The keys negotiation agreed on: a running pipeline rekeys what changed.
+    fn set_keys(&mut self, keys: Option<SrtpKeys>) {
+        if let (Some(new), Some(old)) = (keys.as_ref(), self.srtp.as_ref())
+            && new != old
+        {
+            tracing::debug!(suite = %new.suite(), local = new.local != old.local,
+                remote = new.remote != old.remote, "SRTP rekeyed");
+        }
+        if let (Some(k), Some(pm)) = (keys.as_ref(), self.pm.as_mut()) {
+            pm.set_srtp(k);
+        }
+        if keys.is_some() {
+            self.srtp = keys;
+        }
     }
 
     /// The peer's answer to our offer: the pipeline starts (or follows it).
@@ -142,6 +196,27 @@ impl MediaLeg {
             text: e.to_string(),
         })?;
         let n = sdp::read_answer(&parsed, &self.local)?;
+        let m = sdp::answered_section(&parsed).expect("read_answer found it");
+        // no open offer but keys in use: the 2xx repeating a 183's answer, or an answer to
+        // our re-offer of the session as it is
+        let offered =
+            (self.sdes_offer.clone()).or_else(|| self.srtp.as_ref().map(SdesOffer::current));
+        let keys = encryption::read_answer(self.setup.encryption, offered.as_ref(), m)?;
+        if keys.is_none() && self.srtp.is_some() {
+            return Err(Rejection {
+                warning_code: 305,
+                text: "the answer drops SRTP on a call whose media is SRTP".into(),
+            });
+        }
+        if let Some(k) = keys.as_ref()
+            && self.sdp.matches("a=crypto:").count() > 1
+        {
+            // what we re-offer from now on is the key in use only
+            self.local.session_version += 1;
+            self.sdp = sdp::offer_with(&self.local, &[crate::media::sdes::format(k.tag, &k.local)]);
+        }
+        self.sdes_offer = None;
+        self.set_keys(keys);
         self.apply(now, n, true);
         Ok(())
     }
@@ -172,10 +247,16 @@ impl MediaLeg {
             self.negotiated = Some(negotiated);
             return;
         }
+        if self.setup.encryption == MediaEncryption::Require && self.srtp.is_none() {
+            // negotiation refuses this; never send plain RTP on a call that requires SRTP
+            tracing::error!("SRTP required but no keys: media not started");
+            return;
+        }
         let ssrc = Ssrc(rand::random());
         let mut config = PhoneMediaConfig::from_negotiated(&negotiated, ssrc, &self.setup.identity);
         config.latch = latches(negotiated.remote_rtp, self.setup.signalling);
         config.timeouts = self.setup.timeouts;
+        config.srtp = self.srtp.clone();
         self.pm = Some(PhoneMedia::new(config, now, crate::clock::wall()));
         self.negotiated = Some(negotiated);
     }
@@ -209,6 +290,8 @@ impl Offers for MediaLeg {
         if self.negotiated.is_none() {
             return self.first_offer();
         }
+        // the session as it is: an SRTP call re-offers the key in use
+        self.sdes_offer = self.srtp.as_ref().map(SdesOffer::current);
         self.sdp.clone()
     }
 

@@ -93,6 +93,7 @@ pub async fn run(
         events,
     } = inv;
     let called = endpoint::called_number(&invite);
+    let source = invite.flow.remote.ip();
     let caller = invite
         .from()
         .and_then(|f| f.uri().ok())
@@ -124,6 +125,10 @@ pub async fn run(
         Ok(()) => call.main_loop().await,
         Err(o) => o,
     };
+    if matches!(outcome, Outcome::PinFailed) {
+        // a wrong PIN costs nothing: the call's calls-per-second token goes back
+        call.shell.ctx.endpoint.refund_call(source);
+    }
     let (rule, room) = call
         .plan
         .as_ref()
@@ -234,6 +239,12 @@ impl InboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            encryption: self
+                .shell
+                .cfg
+                .trunk(&self.trunk)
+                .map(|t| t.media_encryption)
+                .unwrap_or_default(),
         };
         let mut media = MediaLeg::new(bound, local, setup);
         match &self.offer {
@@ -250,10 +261,11 @@ impl InboundCall {
             }
         }
         let codec = media.codec().map_or("offered", |c| c.name());
+        let srtp = super::encryption::label(media.srtp_suite());
         self.shell.media = Some(media);
         tracing::info!(%call_id, trunk = %self.trunk, rule = %plan.rule,
             room = %crate::logging::Masked(&plan.room), caller = %Phone(&self.caller),
-            called = %Phone(&self.called), codec, "inbound call");
+            called = %Phone(&self.called), codec, srtp, "inbound call");
         let pin = plan.pin.clone();
         let early_media = plan.early_media;
         self.plan = Some(plan);
@@ -363,7 +375,7 @@ impl InboundCall {
         let headers = self.answer_headers();
         self.respond(200, headers, sdp);
         let t = now();
-        self.shell.answered_at = Some(t);
+        self.shell.answered(t);
         if let Some(m) = self.shell.media.as_mut() {
             m.start_pipeline(t);
         }

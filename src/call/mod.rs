@@ -11,11 +11,13 @@
 
 pub mod attributes;
 pub mod bridge;
+pub mod encryption;
 pub mod inbound;
 pub mod leg;
 pub mod outbound;
 pub mod outcome;
 pub mod prompt;
+pub mod recover;
 pub mod shell;
 pub mod transfer;
 
@@ -57,6 +59,45 @@ pub struct CallContext {
     pub participants: Arc<AtomicUsize>,
     /// Trunk health (OPTIONS) for failover ordering.
     pub trunk_states: Option<watch::Receiver<crate::trunk::monitor::States>>,
+    /// Answered calls whose phone media is SRTP, by suite (`srtp::SUITES` order).
+    pub srtp_calls: Arc<[AtomicUsize; 3]>,
+    /// The journal of active calls (None: no state directory).
+    pub journal: Option<crate::journal::Journal>,
+}
+
+/// Answered calls whose phone media is SRTP, by suite, for /health/detailed (plain RTP
+/// calls are the rest of `active`).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SrtpCalls {
+    #[serde(rename = "AES_CM_128_HMAC_SHA1_80")]
+    pub aes_cm_128_hmac_sha1_80: usize,
+    #[serde(rename = "AEAD_AES_128_GCM")]
+    pub aead_aes_128_gcm: usize,
+    #[serde(rename = "AES_CM_128_HMAC_SHA1_32")]
+    pub aes_cm_128_hmac_sha1_32: usize,
+}
+
+/// Counts an answered call under its SRTP suite while it lives (also on a panic).
+pub struct SrtpGuard {
+    counts: Arc<[AtomicUsize; 3]>,
+    index: usize,
+}
+
+impl SrtpGuard {
+    pub fn new(counts: Arc<[AtomicUsize; 3]>, suite: crate::media::srtp::SrtpSuite) -> Self {
+        let index = crate::media::srtp::SUITES
+            .iter()
+            .position(|s| *s == suite)
+            .unwrap_or(0);
+        counts[index].fetch_add(1, Ordering::Relaxed);
+        SrtpGuard { counts, index }
+    }
+}
+
+impl Drop for SrtpGuard {
+    fn drop(&mut self) {
+        self.counts[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts of what calls hold, for health, metrics and tests.
@@ -66,6 +107,8 @@ pub struct CallCounts {
     pub rtp_ports_in_use: usize,
     pub participants: usize,
     pub tasks: usize,
+    /// Of `active`, the answered calls with SRTP media, by suite.
+    pub srtp: SrtpCalls,
 }
 
 /// Held by a call task for its lifetime: counts it as active until dropped (also on a
@@ -208,6 +251,11 @@ impl Calls {
             rtp_ports_in_use,
             participants: self.ctx.participants.load(Ordering::Relaxed),
             tasks: self.tasks.load(Ordering::Relaxed),
+            srtp: SrtpCalls {
+                aes_cm_128_hmac_sha1_80: self.ctx.srtp_calls[0].load(Ordering::Relaxed),
+                aead_aes_128_gcm: self.ctx.srtp_calls[1].load(Ordering::Relaxed),
+                aes_cm_128_hmac_sha1_32: self.ctx.srtp_calls[2].load(Ordering::Relaxed),
+            },
         }
     }
 

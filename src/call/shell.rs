@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::attributes::CallStatus;
 use super::bridge::{self, MediaLeg, PhoneSignal, Room, RoomSignal};
+use super::encryption;
 use super::leg::{Leg, LegEvent, Local, Offers};
 use super::outcome::Outcome;
 use super::transfer::{self, Done};
@@ -89,6 +90,8 @@ pub struct Shell {
     pub seq: u64,
     pub started: Instant,
     pub answered_at: Option<Instant>,
+    /// Counts the call under its SRTP suite in /health/detailed once answered.
+    srtp_guard: Option<super::SrtpGuard>,
     /// Keys the caller pressed (RTP and INFO), oldest first, for the direction to use.
     pub digits: VecDeque<char>,
     pub dtmf_in: u64,
@@ -96,6 +99,8 @@ pub struct Shell {
     buf: Vec<u8>,
     /// The sample rate last asked of the participant.
     room_rate: Option<SampleRate>,
+    /// The call's key in the journal once it is written there (`recover`).
+    pub journaled: Option<String>,
 }
 
 async fn recv_opt<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
@@ -139,12 +144,24 @@ impl Shell {
             seq,
             started,
             answered_at: None,
+            srtp_guard: None,
             digits: VecDeque::new(),
             dtmf_in: 0,
             frame: Vec::new(),
             buf: vec![0u8; 2048],
             room_rate: None,
+            journaled: None,
         }
+    }
+
+    /// The call is answered at `t`: its media encryption counts in /health/detailed and it
+    /// enters the journal of active calls (ended by the next start after a crash).
+    pub fn answered(&mut self, t: Instant) {
+        self.answered_at = Some(t);
+        if let Some(suite) = self.media.as_ref().and_then(MediaLeg::srtp_suite) {
+            self.srtp_guard = Some(super::SrtpGuard::new(self.ctx.srtp_calls.clone(), suite));
+        }
+        super::recover::journal_call(self);
     }
 
     /// Who we are on `flow` (Contact, Via, agent) for the leg.
@@ -167,6 +184,7 @@ impl Shell {
     pub fn set_room(&mut self, room: Room) {
         self.room_rate = Some(room.handle.sample_rate());
         self.room = Some(room);
+        super::recover::journal_call(self);
     }
 
     /// Waits until something happens or `deadline`, and handles what both directions
@@ -454,6 +472,9 @@ impl Shell {
         if let Some(room) = self.room.take() {
             room.leave(&outcome).await;
         }
+        if let (Some(j), Some(key)) = (&self.ctx.journal, self.journaled.take()) {
+            j.down(&key);
+        }
         let stats = self.media.as_ref().and_then(MediaLeg::stats);
         let codec = self
             .media
@@ -461,8 +482,11 @@ impl Shell {
             .and_then(MediaLeg::codec)
             .map_or("none", |c| c.name());
         let dtmf_out = self.media.as_ref().map_or(0, |m| m.dtmf_out);
+        let srtp = encryption::label(self.media.as_ref().and_then(MediaLeg::srtp_suite));
+        let srtp_failed = stats.as_ref().map_or(0, |s| s.rx.srtp_failed);
         // sockets closed, ports back to the pool
         self.media = None;
+        self.srtp_guard = None;
         self.active.release();
         let answered = self.answered_at.is_some();
         let duration = self
@@ -478,6 +502,8 @@ impl Shell {
             if let Some(s) = &stats {
                 bridge::record_media_metrics(s, codec);
             }
+            metrics::counter!(m::CALLS_MEDIA_ENCRYPTION, "direction" => summary.direction, "encryption" => srtp)
+                .increment(1);
         }
         let (rx_packets, rx_lost, tx_packets, tx_lost, jitter_ms) = stats
             .as_ref()
@@ -502,6 +528,8 @@ impl Shell {
             caller = %Phone(summary.caller),
             called = %Phone(summary.called),
             codec,
+            srtp,
+            srtp_failed,
             answered,
             duration_s = format!("{:.1}", duration.as_secs_f64()),
             outcome = %outcome,

@@ -6,6 +6,9 @@ use std::time::Duration;
 pub const CONFIG_PATH: &str = "/etc/roomline/roomline.yaml";
 pub const TRUNKS_DIR: &str = "trunks";
 pub const DIALPLANS_DIR: &str = "dialplans";
+/// Where `state_dir` comes from when the file does not set it: systemd's
+/// `StateDirectory=roomline` sets this variable (to /var/lib/roomline).
+pub const STATE_DIRECTORY_ENV: &str = "STATE_DIRECTORY";
 
 pub const SIP_LISTENERS: &[(&str, &str)] = &[("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060")];
 pub const SIP_USER_AGENT: &str = concat!("Roomline/", env!("CARGO_PKG_VERSION"));

@@ -38,10 +38,20 @@ pub fn load_with_env(
     };
     let trunks: Vec<Parsed<raw::Trunk>> = parse_dir(&trunks_dir, &mut errors);
     let dialplans: Vec<Parsed<raw::Dialplan>> = parse_dir(&dialplans_dir, &mut errors);
+    // the state directory: the file's `state_dir`, else the first of systemd's
+    // STATE_DIRECTORY (colon-separated), else none (no journal)
+    let state_dir = match daemon.as_ref().and_then(|d| d.value.state_dir.as_ref()) {
+        Some(s) => Some(base.join(&s.value)),
+        None => env(defaults::STATE_DIRECTORY_ENV)
+            .and_then(|v| v.split(':').next().map(str::to_string))
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from),
+    };
     let files = SourceFiles {
         config: path.to_path_buf(),
         trunks_dir,
         dialplans_dir,
+        state_dir,
     };
     let result = validate::validate(daemon, trunks, dialplans, files.clone(), env, &mut errors);
     match result {
@@ -85,16 +95,69 @@ fn parse_file<T: DeserializeOwned>(
         ));
         return None;
     }
-    match serde_saphyr::from_str::<T>(&text) {
-        Ok(value) => Some(Parsed {
-            file: file.to_path_buf(),
-            value,
-        }),
-        Err(e) => {
-            errors.push(from_yaml(file, &e));
-            None
+    // an unknown key stops serde at the first one: report it, blank the key and its value
+    // (line numbers stay), parse again, so every unknown key of the file and the other
+    // errors of its known keys are reported together
+    let mut text = text;
+    let mut unknown = Vec::new();
+    for _ in 0..MAX_UNKNOWN_KEYS {
+        match serde_saphyr::from_str::<T>(&text) {
+            Ok(value) => {
+                errors.append(&mut unknown);
+                return Some(Parsed {
+                    file: file.to_path_buf(),
+                    value,
+                });
+            }
+            Err(e) => {
+                let err = from_yaml(file, &e);
+                let blanked = match (&err.origin, err.message.contains("unknown field")) {
+                    (Origin::At { line, column, .. }, true) => {
+                        blank_entry(&text, *line as usize, *column as usize)
+                    }
+                    _ => None,
+                };
+                unknown.push(err);
+                match blanked {
+                    Some(t) if t != text => text = t,
+                    _ => break,
+                }
+            }
         }
     }
+    errors.append(&mut unknown);
+    None
+}
+
+/// Unknown keys reported per file before giving up on it.
+const MAX_UNKNOWN_KEYS: usize = 64;
+
+/// `text` with the block-mapping entry whose key starts at `line`:`column` (1-based)
+/// replaced by blanks: the key's line from the key on, and the lines of its value (more
+/// indented, or a sequence at the key's own indentation). None for a key in flow style
+/// (`{a: 1}`), which is not blanked (the first unknown key is reported alone).
+pub fn blank_entry(text: &str, line: usize, column: usize) -> Option<String> {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let first = lines.get(line.checked_sub(1)?)?;
+    let indent = column.checked_sub(1)?;
+    let chars: Vec<char> = first.chars().collect();
+    if chars.len() < indent || !chars[..indent].iter().all(|c| *c == ' ' || *c == '-') {
+        return None;
+    }
+    lines[line - 1] = chars[..indent].iter().collect();
+    let indent_of = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    for l in lines.iter_mut().skip(line) {
+        let t = l.trim();
+        let continues = t.is_empty()
+            || t.starts_with('#')
+            || indent_of(l) > indent
+            || (indent_of(l) == indent && (t == "-" || t.starts_with("- ")));
+        if !continues {
+            break;
+        }
+        l.clear();
+    }
+    Some(lines.join("\n"))
 }
 
 /// Parses every `*.yaml` / `*.yml` file of `dir`, in file-name order.
@@ -146,4 +209,51 @@ fn sort_errors(errors: &mut [ConfigError], files: &SourceFiles) {
             (rank, f.clone(), line, col)
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blank_entry_blanks_a_key_and_its_value_and_keeps_line_numbers() {
+        let text = "a: 1\nbogus:\n  x: 1\n  y:\n  - 2\nc: 3\n";
+        let out = blank_entry(text, 2, 1).unwrap();
+        assert_eq!(out, "a: 1\n\n\n\n\nc: 3\n");
+        // a key in a list item: the item's marker stays, so do its other keys
+        let text = "l:\n  - name: a\n    bogus: [1,\n      2]\n    room: r\n  - name: b\n";
+        let out = blank_entry(text, 3, 5).unwrap();
+        assert_eq!(out, "l:\n  - name: a\n    \n\n    room: r\n  - name: b\n");
+        let text = "l:\n  - bogus: 1\n    name: a\n";
+        assert_eq!(blank_entry(text, 2, 5).unwrap(), "l:\n  - \n    name: a\n");
+        // a sequence at the key's own indentation is its value
+        let text = "bogus:\n- 1\n- 2\nc: 3";
+        assert_eq!(blank_entry(text, 1, 1).unwrap(), "\n\n\nc: 3");
+        // flow style is left alone
+        assert!(blank_entry("a: {b: 1, bogus: 2}\n", 1, 11).is_none());
+        assert!(blank_entry("a: 1\n", 9, 1).is_none());
+    }
+
+    #[test]
+    fn every_unknown_key_of_a_file_is_reported_with_its_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.yaml");
+        std::fs::write(
+            &file,
+            "inbound:\n  numbers: [\"+15550100\"]\n  allowed_adresses: [10.0.0.0/8]\n\
+             outbound:\n  adress: x\n  address: sip.example\nbogus: 1\n",
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        let parsed: Option<Parsed<raw::Trunk>> = parse_file(&file, false, &mut errors);
+        assert!(parsed.is_some(), "the rest of the file is still read");
+        let at: Vec<(u32, bool)> = errors
+            .iter()
+            .map(|e| match &e.origin {
+                Origin::At { line, .. } => (*line, e.message.contains("unknown field")),
+                _ => (0, false),
+            })
+            .collect();
+        assert_eq!(at, [(3, true), (5, true), (7, true)], "{errors:?}");
+    }
 }

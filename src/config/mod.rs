@@ -52,6 +52,9 @@ pub struct SourceFiles {
     pub config: PathBuf,
     pub trunks_dir: PathBuf,
     pub dialplans_dir: PathBuf,
+    /// Where the journal of active calls lives (`state_dir`, else systemd's
+    /// `STATE_DIRECTORY`); None: no journal.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +118,9 @@ pub struct HttpConfig {
 pub struct LimitsConfig {
     pub max_concurrent_calls: u32,
     pub max_calls_per_second: u32,
+    /// Admitted calls per second from one source address: at most `max_calls_per_second`
+    /// (its default).
+    pub max_calls_per_second_per_source: u32,
     pub drain_timeout: Duration,
 }
 

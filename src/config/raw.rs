@@ -24,6 +24,7 @@ pub struct Daemon {
     pub limits: Option<Spanned<Limits>>,
     pub logging: Option<Spanned<Logging>>,
     pub trunks_dir: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
     pub dialplans_dir: Option<Spanned<String>>,
 }
 
@@ -76,6 +77,7 @@ pub struct Http {
 pub struct Limits {
     pub max_concurrent_calls: Option<Spanned<u32>>,
     pub max_calls_per_second: Option<Spanned<u32>>,
+    pub max_calls_per_second_per_source: Option<Spanned<u32>>,
     pub drain_timeout: Option<Spanned<String>>,
 }
 

@@ -67,9 +67,16 @@ fn matches(rule: &Rule, call: &CallSummary<'_>) -> bool {
         && rule.caller.as_ref().is_none_or(|p| p.matches(call.caller))
 }
 
+/// The rule a call matches (the first), if any: what `route` renders. The endpoint asks
+/// it before admission, so a call the dialplan refuses spends no calls-per-second
+/// allowance (only trunk, called and caller are read).
+pub fn rule_for<'c>(cfg: &'c Config, call: &CallSummary<'_>) -> Option<&'c Rule> {
+    cfg.rules.iter().find(|r| matches(r, call))
+}
+
 /// Routes a call.
 pub fn route(cfg: &Config, call: &CallSummary<'_>) -> Decision {
-    let Some(rule) = cfg.rules.iter().find(|r| matches(r, call)) else {
+    let Some(rule) = rule_for(cfg, call) else {
         return Decision::NoRule;
     };
     match &rule.action {

@@ -123,6 +123,33 @@ impl TrackDecoder {
         }
     }
 
+    /// `samples` of audio for a lost packet, continuing the stream: Opus rebuilds it
+    /// from the in-band FEC of the packet that follows the loss (`next`) when there is
+    /// one, else its packet loss concealment extrapolates; G.711 has neither, silence
+    /// stands in. `samples` is a whole Opus frame (2.5 ms multiples), normally the last
+    /// decoded frame's length.
+    pub(crate) fn conceal(
+        &mut self,
+        codec: RemoteCodec,
+        next: Option<&[u8]>,
+        samples: usize,
+    ) -> Result<Vec<i16>, String> {
+        let samples = samples.min(self.buf.len());
+        match (codec, self.opus.as_mut()) {
+            (RemoteCodec::Opus, Some(dec)) => {
+                let (input, fec) = match next {
+                    Some(p) => (p, true),
+                    None => (&[][..], false),
+                };
+                let n = dec
+                    .decode(input, &mut self.buf[..samples], fec)
+                    .map_err(|e| format!("opus concealment: {e}"))?;
+                Ok(self.buf[..n].to_vec())
+            }
+            _ => Ok(vec![0; samples]),
+        }
+    }
+
     /// 8 kHz samples -> phone rate (linear interpolation when the phone side is 16 kHz).
     fn widen(&self, samples: impl Iterator<Item = i16>) -> Vec<i16> {
         let s: Vec<i16> = samples.collect();

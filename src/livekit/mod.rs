@@ -4,8 +4,19 @@
 //! remote audio track decoded at the phone's sample rate.
 //!
 //! The rest of Roomline sees only this module's types: no str0m or protobuf type crosses
-//! the boundary. One tokio task per participant ([`task`]) owns the WebSocket, both
+//! the boundary. One tokio task per participant ([`session`]) owns the WebSocket, both
 //! str0m peer connections, their UDP sockets, the codecs and the clock.
+//!
+//! Files: `bootstrap` (join: token, handshake, local address, spawn), `session` (the
+//! task's loop, commands, routing of signalling messages), `lifecycle` (join, resume,
+//! rejoin, leave: sans-IO), `recovery` (resume and rejoin as the lifecycle asks), `pump`
+//! (datagrams and timers into str0m, its events out), `negotiation` (SDP offers and
+//! answers, trickle), `roster` (participants, tracks, subscriptions: sans-IO), `publish`
+//! (our Opus track), `receive` (subscriber m-lines to tracks, one stream per SSRC),
+//! `remote_stream` (one SSRC's numbering, reordering, concealment and decoder), `stall`
+//! (expected room audio that does not arrive), `data` (data channels), `peer`
+//! (one str0m connection and its socket), `signal` (the WebSocket protocol), `sdp`,
+//! `audio` (codecs).
 //!
 //! ```text
 //! Participant::join(opts) -> (ParticipantHandle, mpsc::Receiver<ParticipantEvent>)
@@ -26,10 +37,21 @@
 //! recovery failing, ends the participant.
 
 mod audio;
+mod bootstrap;
+mod data;
+mod lifecycle;
+mod negotiation;
 mod peer;
+mod publish;
+mod pump;
+mod receive;
+mod recovery;
+mod remote_stream;
+mod roster;
 mod sdp;
+mod session;
 mod signal;
-mod task;
+mod stall;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -488,7 +510,7 @@ impl Participant {
     pub async fn join(
         opts: JoinOptions,
     ) -> Result<(ParticipantHandle, mpsc::Receiver<ParticipantEvent>), JoinError> {
-        task::join(opts).await
+        bootstrap::join(opts).await
     }
 }
 

@@ -62,8 +62,13 @@ impl Peer {
             .enable_opus(true, false)
             .set_ice_lite(false);
         if role == Role::Subscriber {
-            // other gateways may publish G.711; never answer RED
-            builder = builder.enable_pcmu(true, false).enable_pcma(true, false);
+            // other gateways may publish G.711; never answer RED. RTP mode: the receive
+            // state of each remote stream is ours (`remote_stream`), not str0m's
+            // per-m-line depacketizer, which outlives the stream it was made for.
+            builder = builder
+                .enable_pcmu(true, false)
+                .enable_pcma(true, false)
+                .set_rtp_mode(true);
         }
         let mut rtc = builder.build(now);
         let candidate =

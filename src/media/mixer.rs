@@ -445,6 +445,58 @@ mod tests {
         assert_eq!(b.mixer.input_stats("A").unwrap().starved_ticks, 0);
     }
 
+    /// Tracks that start, end and are re-published under a new sid (what a room does on
+    /// an agent handover) are each picked up within the prefill, and mixed while they
+    /// overlap; a removed track leaves nothing behind.
+    #[test]
+    fn mixer_picks_up_tracks_that_start_end_and_are_republished() {
+        let rate = 8000;
+        let mut b = Bench::new(rate, "me");
+        let a = sine(500.0, 0.3, rate, 160 * 200, 0.0);
+        let bb = sine(800.0, 0.3, rate, 160 * 200, 0.0);
+        let frame = |s: &[i16], k: usize| s[160 * k..160 * (k + 1)].to_vec();
+        for k in 0..200 {
+            let mut feed: Vec<(String, Vec<i16>)> = Vec::new();
+            // A: ticks 0..50, then unpublished at 60
+            if k == 0 {
+                b.mixer.add_track("TR_a", "agent-a").unwrap();
+            }
+            if k < 50 {
+                feed.push(("TR_a".into(), frame(&a, k)));
+            }
+            if k == 60 {
+                b.mixer.remove_track("TR_a");
+            }
+            // B: a new participant from tick 55 on (first push adds it, as PhoneMedia does)
+            if k == 55 {
+                b.mixer.add_track("TR_b", "agent-b").unwrap();
+            }
+            if k >= 55 {
+                feed.push(("TR_b".into(), frame(&bb, k)));
+            }
+            // A re-publishes (new sid) at tick 120 and overlaps B
+            if k == 120 {
+                b.mixer.add_track("TR_a2", "agent-a").unwrap();
+            }
+            if k >= 120 {
+                feed.push(("TR_a2".into(), frame(&a, k)));
+            }
+            let refs: Vec<(&str, &[i16])> = feed
+                .iter()
+                .map(|(t, s)| (t.as_str(), s.as_slice()))
+                .collect();
+            b.step(&refs);
+        }
+        let window = |from: usize, to: usize| &b.out[160 * from..160 * to];
+        let heard = |w: &[i16], hz: f64| goertzel_power(w, hz, rate) > 1e9;
+        assert!(heard(window(5, 48), 500.0) && !heard(window(5, 48), 800.0));
+        assert!(heard(window(60, 118), 800.0) && !heard(window(60, 118), 500.0));
+        assert!(heard(window(125, 200), 800.0) && heard(window(125, 200), 500.0));
+        assert!(b.infos[57..120].iter().all(|i| i.contributors == 1));
+        assert!(b.infos[122..].iter().all(|i| i.contributors == 2));
+        assert_eq!(b.mixer.tracks().collect::<Vec<_>>(), ["TR_a2", "TR_b"]);
+    }
+
     #[test]
     fn mixer_bursty_delivery_within_prefill_plays_continuously() {
         // Audio arriving 40 ms at a time every other tick fits the 40 ms prefill.

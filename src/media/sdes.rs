@@ -429,6 +429,15 @@ impl SdesOffer {
         SdesOffer { keys }
     }
 
+    /// A re-offer of the key in use (RFC 4568 section 7.1.4: the session as it is): one
+    /// attribute, its tag and our current key.
+    #[must_use]
+    pub fn current(keys: &SrtpKeys) -> SdesOffer {
+        SdesOffer {
+            keys: vec![(keys.tag, keys.local.clone())],
+        }
+    }
+
     /// The `a=crypto:` values to put in the offer, one per suite.
     #[must_use]
     pub fn attributes(&self) -> Vec<String> {

@@ -24,6 +24,7 @@ pub const CALLS_ACTIVE: &str = "roomline_calls_active";
 pub const CALLS_TOTAL: &str = "roomline_calls_total";
 pub const CALL_SETUP_SECONDS: &str = "roomline_call_setup_seconds";
 pub const CALL_DURATION_SECONDS: &str = "roomline_call_duration_seconds";
+pub const CALLS_MEDIA_ENCRYPTION: &str = "roomline_calls_media_encryption_total";
 pub const LIVEKIT_JOIN_SECONDS: &str = "roomline_livekit_join_seconds";
 pub const RTP_PACKETS: &str = "roomline_rtp_packets_total";
 pub const RTP_LOST: &str = "roomline_rtp_lost_packets_total";
@@ -34,6 +35,8 @@ pub const TRUNK_UP: &str = "roomline_trunk_up";
 pub const JITTER_BUFFER_DELAY_SECONDS: &str = "roomline_jitter_buffer_delay_seconds";
 pub const MEDIA_FRAME_SECONDS: &str = "roomline_media_frame_seconds";
 pub const TRUNK_REGISTERED: &str = "roomline_trunk_registered";
+pub const ROOM_AUDIO_STALLS: &str = "roomline_room_audio_stalls_total";
+pub const ROOM_AUDIO_STALLED_TRACKS: &str = "roomline_room_audio_stalled_tracks";
 
 /// Installs the global recorder (once per process) and describes every metric.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -94,12 +97,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
     );
     metrics::describe_counter!(
         CALLS_REFUSED,
-        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, no_trunk, overload)."
+        "INVITEs refused before a call started, by reason (draining, max_concurrent, call_rate, source_call_rate, no_trunk, overload)."
     );
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls in progress.");
     metrics::describe_counter!(
         CALLS_TOTAL,
         "Calls ended, by direction (inbound, outbound), trunk and outcome."
+    );
+    metrics::describe_counter!(
+        CALLS_MEDIA_ENCRYPTION,
+        "Answered calls ended, by direction and the phone leg's media encryption (none, or the SRTP suite)."
     );
     metrics::describe_histogram!(
         CALL_SETUP_SECONDS,
@@ -149,6 +156,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
         MEDIA_FRAME_SECONDS,
         "Time to process 20 ms of one call's media (decode, mix, encode, both ways), sampled once a second per call, by codec."
     );
+    metrics::describe_counter!(
+        ROOM_AUDIO_STALLS,
+        "Times a remote audio track was published, subscribed and unmuted but none of its audio reached the call for 5 s (one per episode)."
+    );
+    metrics::describe_gauge!(
+        ROOM_AUDIO_STALLED_TRACKS,
+        "Remote audio tracks stalled right now (expected, nothing reaching the call for 5 s or more)."
+    );
+    metrics::gauge!(ROOM_AUDIO_STALLED_TRACKS).set(0.0);
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }

@@ -197,6 +197,11 @@ async fn ring(
             initial: shell.cfg.rtp.media_timeout_initial,
         },
         signalling: flow.remote.ip(),
+        encryption: shell
+            .cfg
+            .trunk(PHONE_TRUNK)
+            .map(|t| t.media_encryption)
+            .unwrap_or_default(),
     };
     let mut media = MediaLeg::new(bound, local, setup);
     match &offer {
@@ -221,7 +226,7 @@ async fn ring(
     let sdp = shell.media.as_ref().map(|m| m.sdp.clone());
     respond(shell, 200, sdp, report, start);
     let t = now();
-    shell.answered_at = Some(t);
+    shell.answered(t);
     if let Some(m) = shell.media.as_mut() {
         m.start_pipeline(t);
     }

@@ -121,6 +121,11 @@ async fn dial(
             initial: phone.cfg.rtp.media_timeout_initial,
         },
         signalling: flow.remote.ip(),
+        encryption: phone
+            .cfg
+            .trunk(PHONE_TRUNK)
+            .map(|t| t.media_encryption)
+            .unwrap_or_default(),
     };
     let mut media = MediaLeg::new(bound, local, setup);
     media.first_offer();
@@ -296,10 +301,12 @@ fn answered(
         return Dialled::Failed(format!("unusable 2xx: {e}"));
     }
     report.note(now() - start, "-> ACK");
-    shell.answered_at = Some(now());
-    if let (Some(sdp), Some(m)) = (sdp, shell.media.as_mut())
-        && let Err(r) = m.take_answer(now(), &sdp)
-    {
+    let taken = match (sdp, shell.media.as_mut()) {
+        (Some(sdp), Some(m)) => m.take_answer(now(), &sdp),
+        _ => Ok(()),
+    };
+    shell.answered(now());
+    if let Err(r) = taken {
         return Dialled::Failed(format!("unusable SDP answer: {}", r.text));
     }
     if shell.media.as_ref().is_none_or(|m| m.pm.is_none()) {

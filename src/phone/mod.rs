@@ -127,6 +127,7 @@ pub(crate) fn parse_to(to: &str, trunk: Option<&Trunk>) -> Result<(Target, Strin
         headers: Vec::new(),
         early_media: true,
         mapping: HeaderMapping::default(),
+        encryption: Default::default(),
     };
     Ok((target, number))
 }
@@ -194,6 +195,7 @@ fn phone_config(opts: &Options, listeners: Vec<Listener>) -> Config {
         limits: config::LimitsConfig {
             max_concurrent_calls: 1,
             max_calls_per_second: defaults::MAX_CALLS_PER_SECOND,
+            max_calls_per_second_per_source: defaults::MAX_CALLS_PER_SECOND,
             drain_timeout: defaults::DRAIN_TIMEOUT,
         },
         logging: config::LoggingConfig {
@@ -214,6 +216,7 @@ fn phone_config(opts: &Options, listeners: Vec<Listener>) -> Config {
             config: PathBuf::new(),
             trunks_dir: PathBuf::new(),
             dialplans_dir: PathBuf::new(),
+            state_dir: None,
         },
         warnings: Vec::new(),
     }
@@ -291,6 +294,8 @@ impl Phone {
             rtp_public_ip: None,
             participants: Arc::new(AtomicUsize::new(0)),
             trunk_states: None,
+            srtp_calls: Arc::default(),
+            journal: None,
         });
         Ok(Phone {
             ctx,

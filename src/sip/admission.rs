@@ -1,5 +1,5 @@
 //! What the endpoint checks before a request is served, sans-IO: the per-source flood
-//! limit and the global new-call rate (token buckets, bounded), RFC 3261 section 8.2
+//! limit (token buckets, bounded; the new-call rate is `call_rate`), RFC 3261 section 8.2
 //! request inspection (405/501, 416, 420, 415, 406), and digest verification of an
 //! INVITE against its trunk's credentials (the algorithm must be one the trunk allows).
 //! Tests: `admission_*`.
@@ -82,36 +82,6 @@ impl SourceLimiter {
             .retain(|_, (_, last)| now.saturating_duration_since(*last).as_secs_f64() < full);
         let b = &self.buckets;
         self.order.retain(|ip| b.contains_key(ip));
-    }
-}
-
-/// Global new-call rate (admission), a token bucket.
-pub struct CallRate {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl CallRate {
-    pub fn new(rate: u32, now: Instant) -> Self {
-        CallRate {
-            rate: 1.0,
-            tokens: f64::from(rate.max(1)),
-            last: now,
-        }
-    }
-
-    pub fn allow(&mut self, rate: u32, now: Instant) -> bool {
-        self.rate = f64::from(rate.max(1));
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 

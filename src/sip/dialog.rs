@@ -173,21 +173,7 @@ impl Dialog {
         if method != "ACK" && method != "CANCEL" {
             self.local_cseq += 1;
         }
-        let loose = self
-            .route_set
-            .first()
-            .and_then(|r| NameAddr::parse(r).ok())
-            .and_then(|n| n.uri().ok())
-            .is_none_or(|u| u.params.has("lr"));
-        let (ruri, routes): (String, Vec<String>) = if loose {
-            (self.remote_target.clone(), self.route_set.clone())
-        } else {
-            // strict router (RFC 2543): it becomes the Request-URI, the target the last route
-            let first = first_uri(&self.route_set[0]).unwrap_or_default();
-            let mut rest: Vec<String> = self.route_set[1..].to_vec();
-            rest.push(format!("<{}>", self.remote_target));
-            (first, rest)
-        };
+        let (ruri, routes) = self.request_target();
         let mut out = Outgoing::request(method, &ruri).header("Via", via);
         out.push("Max-Forwards", "70");
         for r in routes {
@@ -204,6 +190,27 @@ impl Dialog {
             out.push("Contact", contact);
         }
         out
+    }
+
+    /// The Request-URI and Route headers of a request in this dialog (section 12.2.1.1):
+    /// the remote target and the route set, or with a strict router (RFC 2543) first,
+    /// that router as the Request-URI and the target as the last route.
+    pub fn request_target(&self) -> (String, Vec<String>) {
+        let loose = self
+            .route_set
+            .first()
+            .and_then(|r| NameAddr::parse(r).ok())
+            .and_then(|n| n.uri().ok())
+            .is_none_or(|u| u.params.has("lr"));
+        if loose {
+            (self.remote_target.clone(), self.route_set.clone())
+        } else {
+            // strict router (RFC 2543): it becomes the Request-URI, the target the last route
+            let first = first_uri(&self.route_set[0]).unwrap_or_default();
+            let mut rest: Vec<String> = self.route_set[1..].to_vec();
+            rest.push(format!("<{}>", self.remote_target));
+            (first, rest)
+        }
     }
 
     /// Where requests of this dialog go; `source` is where the peer's INVITE (or 2xx)

@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::admission::{self, CallRate, IN_DIALOG, NOT_IMPLEMENTED, SourceLimiter};
+use super::admission::{self, IN_DIALOG, NOT_IMPLEMENTED, SourceLimiter};
 pub use super::admission::{ACCEPT, ALLOW, SUPPORTED};
 use super::build::{self, Outgoing};
+use super::call_rate::CallRate;
 use super::digest::{Authenticator, Verdict};
 use super::incoming::Linger;
 pub use super::incoming::{Incoming, SipEvent};
 use super::message::{self, Message};
+use super::refusals::{Refusal, Refusals};
 use super::transaction::Timers;
 use super::transport::{Flow, Received, Transports};
 use super::txkey::ServerKey;
@@ -32,8 +34,9 @@ use super::txtable::TxTable;
 use super::uri::{self, Uri, Via};
 use crate::clock::{now, unix_secs};
 use crate::config::defaults;
-use crate::config::{Config, Transport, UnmatchedInbound};
+use crate::config::{Config, RuleAction, Transport, UnmatchedInbound};
 use crate::dialplan::trunk_match::{self as matching, InboundMatch};
+use crate::dialplan::{self, CallSummary};
 use crate::ops::metrics as m;
 
 /// Entries in the endpoint's own transaction table (rejections, OPTIONS).
@@ -67,6 +70,9 @@ enum Command {
         linger: Vec<Linger>,
     },
     Drain,
+    /// A call from this source ended as a refusal that cost nothing (a wrong PIN): its
+    /// calls-per-second token is given back.
+    Refund(IpAddr),
     /// A liveness round trip (the systemd watchdog).
     Ping(oneshot::Sender<()>),
 }
@@ -132,6 +138,12 @@ impl EndpointHandle {
             return false;
         }
         matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
+    }
+
+    /// Gives back the calls-per-second token of a call from `source` that was refused
+    /// after admission at no cost (a wrong PIN).
+    pub fn refund_call(&self, source: IpAddr) {
+        let _ = self.cmd.try_send(Command::Refund(source));
     }
 
     /// Stop admitting calls: INVITE gets 503, OPTIONS 503.
@@ -217,6 +229,7 @@ pub struct Endpoint {
     auth: Authenticator,
     limiter: SourceLimiter,
     call_rate: CallRate,
+    refusals: Refusals,
     draining: bool,
     timers: Timers,
     last_sweep: Instant,
@@ -268,6 +281,7 @@ impl Endpoint {
                 defaults::SOURCE_REQUESTS_BURST,
             ),
             call_rate: CallRate::new(cfg.limits.max_calls_per_second, t),
+            refusals: Refusals::new(),
             draining: false,
             timers,
             last_sweep: t,
@@ -330,6 +344,10 @@ impl Endpoint {
             Command::Drain => {
                 self.draining = true;
             }
+            Command::Refund(source) => {
+                let rate = self.config.borrow().limits.max_calls_per_second;
+                self.call_rate.refund(source, rate);
+            }
             Command::Ping(done) => {
                 let _ = done.send(());
             }
@@ -340,6 +358,9 @@ impl Endpoint {
         let t = now();
         self.txs.handle_timeout(t);
         self.flush();
+        for line in self.refusals.poll(t) {
+            line.log("", "");
+        }
         if t.saturating_duration_since(self.last_sweep) >= Duration::from_secs(5) {
             self.last_sweep = t;
             self.limiter.sweep(t);
@@ -502,6 +523,8 @@ impl Endpoint {
             && !self.limiter.allow(req.flow.remote.ip(), req.at)
         {
             metrics::counter!(m::SIP_DROPPED, "reason" => "rate_limit").increment(1);
+            let detail = format!("method={method}");
+            self.refused(&req, "flood_limit", detail, None, "", "");
             return;
         }
         // 5. RFC 3261 section 8.2 checks, in the section's order
@@ -541,20 +564,40 @@ impl Endpoint {
         }
     }
 
+    /// Logs a refusal through the aggregation (`refusals`): the first of its source and
+    /// reason at once, the rest as one line per interval.
+    fn refused(
+        &mut self,
+        req: &Incoming,
+        reason: &'static str,
+        detail: String,
+        status: Option<u16>,
+        caller: &str,
+        called: &str,
+    ) {
+        let r = Refusal::new(req.flow.remote.ip(), reason, detail, status);
+        if let Some(line) = self.refusals.record(r, req.at) {
+            line.log(caller, called);
+        }
+    }
+
+    /// A 503 with Retry-After for an INVITE refused by a limit.
+    fn refuse_busy(&mut self, req: &Incoming, reason: &'static str, retry_after: &str) {
+        metrics::counter!(m::CALLS_REFUSED, "reason" => reason).increment(1);
+        self.refused(req, reason, String::new(), Some(503), "", "");
+        let out = build::response_to(&req.msg, 503, Some(&build::new_tag()))
+            .header("Retry-After", retry_after);
+        self.reply(req, out);
+    }
+
     fn on_new_invite(&mut self, req: Incoming) {
         let cfg = self.config.borrow().clone();
         if self.draining {
-            metrics::counter!(m::CALLS_REFUSED, "reason" => "draining").increment(1);
-            let out = build::response_to(&req.msg, 503, Some(&build::new_tag()))
-                .header("Retry-After", "30");
-            return self.reply(&req, out);
+            return self.refuse_busy(&req, "draining", "30");
         }
         let active = self.handle.active_calls.load(Ordering::Relaxed);
         if active >= cfg.limits.max_concurrent_calls as usize {
-            metrics::counter!(m::CALLS_REFUSED, "reason" => "max_concurrent").increment(1);
-            let out = build::response_to(&req.msg, 503, Some(&build::new_tag()))
-                .header("Retry-After", "10");
-            return self.reply(&req, out);
+            return self.refuse_busy(&req, "max_concurrent", "10");
         }
         // who is calling whom
         let called = called_number(&req);
@@ -564,24 +607,21 @@ impl Endpoint {
             .and_then(|u| u.user_decoded())
             .map(|u| matching::number_from_user(&u))
             .unwrap_or_default();
-        let trunk = match matching::match_inbound(
-            &cfg.trunks,
-            req.flow.remote.ip(),
-            &called,
-            &caller,
-        ) {
-            InboundMatch::Trunk(t) => t,
-            InboundMatch::NoTrunk { nearest } => {
-                metrics::counter!(m::CALLS_REFUSED, "reason" => "no_trunk").increment(1);
-                tracing::info!(source = %req.flow.remote.ip(), called = %crate::logging::Phone(&called),
-                    caller = %crate::logging::Phone(&caller), failed = nearest.as_str(),
-                    "INVITE matches no trunk");
-                if cfg.sip.unmatched_inbound == UnmatchedInbound::Drop {
-                    return;
+        let trunk =
+            match matching::match_inbound(&cfg.trunks, req.flow.remote.ip(), &called, &caller) {
+                InboundMatch::Trunk(t) => t,
+                InboundMatch::NoTrunk { nearest } => {
+                    metrics::counter!(m::CALLS_REFUSED, "reason" => "no_trunk").increment(1);
+                    let drop = cfg.sip.unmatched_inbound == UnmatchedInbound::Drop;
+                    let status = (!drop).then_some(403);
+                    let detail = format!("nearest trunk failed on {}", nearest.as_str());
+                    self.refused(&req, "no_trunk", detail, status, &caller, &called);
+                    if drop {
+                        return;
+                    }
+                    return self.respond(&req, 403);
                 }
-                return self.respond(&req, 403);
-            }
-        };
+            };
         // digest auth the trunk demands
         if let Some(creds) = trunk.inbound.as_ref().and_then(|i| i.auth.as_ref()) {
             let now_s = unix_secs();
@@ -599,20 +639,54 @@ impl Endpoint {
                 }
                 Some(Verdict::Rejected(why)) => {
                     metrics::counter!(m::SIP_AUTH, "result" => "rejected").increment(1);
-                    tracing::info!(trunk = %trunk.name, source = %req.flow.remote.ip(),
+                    // the why quotes the request: debug only, the aggregated line names the trunk
+                    tracing::debug!(trunk = %trunk.name, source = %req.flow.remote.ip(),
                         reason = ?why, "INVITE with wrong credentials");
+                    let detail = format!("trunk={}", trunk.name);
+                    self.refused(&req, "auth_failed", detail, Some(403), &caller, &called);
                     return self.respond(&req, 403);
                 }
             }
         }
-        if !self
-            .call_rate
-            .allow(cfg.limits.max_calls_per_second, req.at)
-        {
-            metrics::counter!(m::CALLS_REFUSED, "reason" => "call_rate").increment(1);
-            let out = build::response_to(&req.msg, 503, Some(&build::new_tag()))
-                .header("Retry-After", "1");
-            return self.reply(&req, out);
+        // the dialplan's refusals cost nothing: answered here, before the call rate
+        let summary = CallSummary {
+            caller: &caller,
+            called: &called,
+            trunk: &trunk.name,
+            call_id: "",
+            random: "",
+        };
+        let refusal = match dialplan::rule_for(&cfg, &summary) {
+            None => Some(("no_route", "no rule matches".to_string(), 404, None)),
+            Some(rule) => match &rule.action {
+                RuleAction::Reject { status, reason } => Some((
+                    "rejected",
+                    format!("rule={}", rule.name),
+                    *status,
+                    reason.clone(),
+                )),
+                RuleAction::Join(_) => None,
+            },
+        };
+        if let Some((label, detail, status, reason)) = refusal {
+            metrics::counter!(m::CALLS_TOTAL, "direction" => "inbound", "trunk" => trunk.name.clone(), "outcome" => label)
+                .increment(1);
+            self.refused(&req, label, detail, Some(status), &caller, &called);
+            let tag = build::new_tag();
+            let out = match &reason {
+                Some(r) => build::response_with_reason(&req.msg, status, r, Some(&tag)),
+                None => build::response_to(&req.msg, status, Some(&tag)),
+            };
+            return self.reply_status(&req, status, out);
+        }
+        let limits = &cfg.limits;
+        if let Err(why) = self.call_rate.allow(
+            req.flow.remote.ip(),
+            limits.max_calls_per_second,
+            limits.max_calls_per_second_per_source,
+            req.at,
+        ) {
+            return self.refuse_busy(&req, why.label(), "1");
         }
         // admitted: the call task owns this Call-ID from now on
         let call_id = req.call_id().to_string();
@@ -630,10 +704,7 @@ impl Endpoint {
             }
             Err(e) => {
                 let inbound = e.into_inner();
-                metrics::counter!(m::CALLS_REFUSED, "reason" => "overload").increment(1);
-                let out = build::response_to(&inbound.invite.msg, 503, Some(&build::new_tag()))
-                    .header("Retry-After", "5");
-                self.reply(&inbound.invite, out);
+                self.refuse_busy(&inbound.invite, "overload", "5");
             }
         }
     }

@@ -13,12 +13,14 @@
 pub mod admission;
 pub mod body;
 pub mod build;
+pub mod call_rate;
 pub mod dialog;
 pub mod digest;
 pub mod endpoint;
 pub mod framing;
 pub mod incoming;
 pub mod message;
+pub mod refusals;
 pub mod sdp;
 pub mod session_timer;
 pub mod tls;

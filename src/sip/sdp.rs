@@ -120,6 +120,28 @@ pub struct MediaSection {
     pub rtcp_mux: bool,
     /// a=rtcp:port [IN IP4 addr] (RFC 3605)
     pub rtcp: Option<(u16, Option<IpAddr>)>,
+    /// The values of the section's `a=crypto` lines (RFC 4568), at most `MAX_CRYPTO`.
+    pub crypto: Crypto,
+}
+
+/// Most `a=crypto` lines kept per media section (the rest are ignored).
+pub const MAX_CRYPTO: usize = 16;
+
+/// The `a=crypto` values of one media section. They carry keys: `Debug` shows only how
+/// many there are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Crypto(pub Vec<String>);
+
+impl std::fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Crypto({} lines, ***)", self.0.len())
+    }
+}
+
+impl Crypto {
+    pub fn values(&self) -> Vec<&str> {
+        self.0.iter().map(String::as_str).collect()
+    }
 }
 
 /// A parsed session description.
@@ -215,6 +237,7 @@ pub fn parse(text: &str) -> Result<Sdp, SdpError> {
                     ptime: None,
                     rtcp_mux: false,
                     rtcp: None,
+                    crypto: Crypto::default(),
                 });
             }
             ("a", m) => {
@@ -254,6 +277,9 @@ pub fn parse(text: &str) -> Result<Sdp, SdpError> {
                         m.ptime = val.trim().parse().ok().filter(|p| (10..=120).contains(p))
                     }
                     ("rtcp-mux", Some(m)) => m.rtcp_mux = true,
+                    ("crypto", Some(m)) if m.crypto.0.len() < MAX_CRYPTO => {
+                        m.crypto.0.push(val.trim().to_string())
+                    }
                     ("rtcp", Some(m)) => {
                         let mut it = val.split_ascii_whitespace();
                         let port = it.next().and_then(|p| p.parse().ok());
@@ -303,6 +329,8 @@ pub struct Negotiated {
     /// Our direction (what we may do).
     pub direction: Direction,
     pub rtcp_mux: bool,
+    /// The section is SRTP (RTP/SAVP with `a=crypto`): keys come from SDES.
+    pub srtp: bool,
 }
 
 /// Why an offer cannot be answered: 488 Not Acceptable Here with this Warning (RFC 3261
@@ -331,6 +359,28 @@ fn is_rtp_avp(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("RTP/AVP")
 }
 
+/// RTP/SAVP (RFC 3711 section 12): SRTP keyed by SDES.
+pub fn is_rtp_savp(proto: &str) -> bool {
+    proto.eq_ignore_ascii_case("RTP/SAVP")
+}
+
+/// What `answer_with` asks of the SRTP policy for a media section it could take: `Ok(None)`
+/// to take it as plain RTP, `Ok(Some(value))` to take it as SRTP with this `a=crypto`
+/// value in the answer, `Err` to refuse it (the first refusal is the 488's Warning when no
+/// section is taken).
+pub type Secure<'a> = dyn FnMut(&MediaSection) -> Result<Option<String>, Rejection> + 'a;
+
+/// Plain RTP only: an RTP/SAVP section is refused.
+pub fn plain_only(m: &MediaSection) -> Result<Option<String>, Rejection> {
+    if is_rtp_savp(&m.proto) {
+        return Err(Rejection {
+            warning_code: 305,
+            text: "Incompatible media format: SRTP (RTP/SAVP) is not enabled on this trunk".into(),
+        });
+    }
+    Ok(None)
+}
+
 /// The codec and payload type a media section's formats name, in its order.
 fn codecs_in(m: &MediaSection) -> Vec<(u8, Option<Codec>, bool)> {
     m.formats
@@ -348,18 +398,28 @@ fn codecs_in(m: &MediaSection) -> Vec<(u8, Option<Codec>, bool)> {
         .collect()
 }
 
-/// Answers `offer`: the first audio section over RTP/AVP with a codec we allow is
-/// accepted; every other section is refused with port 0, in the offer's order (RFC 3264
-/// section 6).
+/// Answers `offer` with plain RTP only (`answer_with` and `plain_only`).
 pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Rejection> {
-    let mut chosen: Option<(usize, Negotiated)> = None;
+    answer_with(offer, local, &mut plain_only)
+}
+
+/// Answers `offer`: the first audio section over RTP/AVP or RTP/SAVP with a codec we allow
+/// and that `secure` takes is accepted; every other section is refused with port 0, in the
+/// offer's order (RFC 3264 section 6).
+pub fn answer_with(
+    offer: &Sdp,
+    local: &Local,
+    secure: &mut Secure<'_>,
+) -> Result<(Negotiated, String), Rejection> {
+    let mut chosen: Option<(usize, Negotiated, Option<String>)> = None;
     let mut saw_audio = false;
+    let mut refused: Option<Rejection> = None;
     for (i, m) in offer.media.iter().enumerate() {
         if chosen.is_some() || m.media != "audio" || m.port == 0 {
             continue;
         }
         saw_audio = true;
-        if !is_rtp_avp(&m.proto) {
+        if !is_rtp_avp(&m.proto) && !is_rtp_savp(&m.proto) {
             continue;
         }
         let offered = codecs_in(m);
@@ -368,6 +428,13 @@ pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Reject
             .find_map(|(pt, c, _)| c.filter(|c| local.codecs.contains(c)).map(|c| (*pt, c)))
         else {
             continue;
+        };
+        let crypto = match secure(m) {
+            Ok(c) => c,
+            Err(r) => {
+                refused.get_or_insert(r);
+                continue;
+            }
         };
         let dtmf = offered.iter().find(|(_, _, te)| *te).map(|(pt, _, _)| *pt);
         let addr = m.connection.or(offer.connection);
@@ -404,10 +471,15 @@ pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Reject
                 ptime_ms: m.ptime.unwrap_or(20),
                 direction,
                 rtcp_mux: m.rtcp_mux,
+                srtp: crypto.is_some(),
             },
+            crypto,
         ));
     }
-    let Some((index, neg)) = chosen else {
+    let Some((index, neg, crypto)) = chosen else {
+        if let Some(r) = refused {
+            return Err(r);
+        }
         return Err(if saw_audio {
             Rejection {
                 warning_code: 305,
@@ -432,6 +504,7 @@ pub fn answer(offer: &Sdp, local: &Local) -> Result<(Negotiated, String), Reject
                 neg.ptime_ms,
                 neg.direction,
                 neg.rtcp_mux,
+                crypto.as_deref(),
             );
         } else {
             let _ = write!(
@@ -467,8 +540,14 @@ fn write_audio(
     ptime: u32,
     dir: Direction,
     mux: bool,
+    crypto: Option<&str>,
 ) {
-    let _ = write!(sdp, "m=audio {} RTP/AVP {pt}", local.rtp_port);
+    let proto = if crypto.is_some() {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
+    };
+    let _ = write!(sdp, "m=audio {} {proto} {pt}", local.rtp_port);
     if let Some(d) = dtmf {
         let _ = write!(sdp, " {d}");
     }
@@ -483,6 +562,9 @@ fn write_audio(
     if mux {
         sdp.push_str("a=rtcp-mux\r\n");
     }
+    if let Some(c) = crypto {
+        let _ = write!(sdp, "a=crypto:{c}\r\n");
+    }
     let _ = write!(sdp, "a={}\r\n", dir.attr());
 }
 
@@ -490,9 +572,19 @@ fn write_audio(
 pub const OFFER_DTMF_PT: u8 = 101;
 
 /// An offer for an outbound call: every allowed codec in preference order, plus
-/// telephone-event.
+/// telephone-event, over plain RTP.
 pub fn offer(local: &Local) -> String {
+    offer_with(local, &[])
+}
+
+/// `offer`, over RTP/SAVP with these `a=crypto` values when there are any (SDES).
+pub fn offer_with(local: &Local, crypto: &[String]) -> String {
     let mut sdp = session_header(local);
+    let proto = if crypto.is_empty() {
+        "RTP/AVP"
+    } else {
+        "RTP/SAVP"
+    };
     let pts: Vec<String> = local
         .codecs
         .iter()
@@ -500,10 +592,13 @@ pub fn offer(local: &Local) -> String {
         .collect();
     let _ = write!(
         sdp,
-        "m=audio {} RTP/AVP {} {OFFER_DTMF_PT}\r\n",
+        "m=audio {} {proto} {} {OFFER_DTMF_PT}\r\n",
         local.rtp_port,
         pts.join(" ")
     );
+    for c in crypto {
+        let _ = write!(sdp, "a=crypto:{c}\r\n");
+    }
     for c in &local.codecs {
         let _ = write!(sdp, "a=rtpmap:{} {}/8000\r\n", c.static_pt(), c.name());
     }
@@ -514,16 +609,20 @@ pub fn offer(local: &Local) -> String {
     sdp
 }
 
+/// The audio section an answer accepted (RTP/AVP or RTP/SAVP, port not 0).
+pub fn answered_section(answer_sdp: &Sdp) -> Option<&MediaSection> {
+    answer_sdp.media.iter().find(|m| {
+        m.media == "audio" && m.port != 0 && (is_rtp_avp(&m.proto) || is_rtp_savp(&m.proto))
+    })
+}
+
 /// Reads the answer to our `offer`: the answerer must pick one of the codecs we offered.
+/// `srtp` says whether the accepted section has SRTP (its keys are the caller's business).
 pub fn read_answer(answer_sdp: &Sdp, local: &Local) -> Result<Negotiated, Rejection> {
-    let m = answer_sdp
-        .media
-        .iter()
-        .find(|m| m.media == "audio" && m.port != 0 && is_rtp_avp(&m.proto))
-        .ok_or_else(|| Rejection {
-            warning_code: 304,
-            text: "the answer accepted no audio stream".into(),
-        })?;
+    let m = answered_section(answer_sdp).ok_or_else(|| Rejection {
+        warning_code: 304,
+        text: "the answer accepted no audio stream".into(),
+    })?;
     let offered = codecs_in(m);
     let (pt, codec) = offered
         .iter()
@@ -555,6 +654,7 @@ pub fn read_answer(answer_sdp: &Sdp, local: &Local) -> Result<Negotiated, Reject
         ptime_ms: m.ptime.unwrap_or(20),
         direction,
         rtcp_mux: m.rtcp_mux,
+        srtp: is_rtp_savp(&m.proto) || !m.crypto.0.is_empty(),
     })
 }
 

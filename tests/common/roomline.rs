@@ -195,6 +195,39 @@ pub struct Roomline {
     pub rtp_ports: (u16, u16),
     log: PathBuf,
     config: PathBuf,
+    log_level: String,
+    env: Vec<(String, String)>,
+}
+
+/// Starts `roomline run` on `config`, its stderr to `log` (appended to with `append`).
+fn spawn_daemon(
+    config: &Path,
+    log: &Path,
+    log_level: &str,
+    env: &[(String, String)],
+    append: bool,
+) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(log)
+        .unwrap();
+    Command::new(daemon_binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("LIVEKIT_URL")
+        .env_remove("LIVEKIT_API_KEY")
+        .env_remove("LIVEKIT_API_SECRET")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("STATE_DIRECTORY")
+        .env("LOG_LEVEL", log_level)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start roomline")
 }
 
 impl Roomline {
@@ -245,21 +278,11 @@ impl Roomline {
         std::fs::write(&config, &yaml).unwrap();
         let ip = setup.bind_ip.clone();
         let log = dir.path().join("roomline.log");
-        let child = Command::new(daemon_binary())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("LIVEKIT_URL")
-            .env_remove("LIVEKIT_API_KEY")
-            .env_remove("LIVEKIT_API_SECRET")
-            .env_remove("NOTIFY_SOCKET")
-            .env("LOG_LEVEL", &setup.log_level)
-            .envs(setup.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("start roomline");
+        let child = spawn_daemon(&config, &log, &setup.log_level, &setup.env, false);
         let mut r = Roomline {
             child,
+            log_level: setup.log_level.clone(),
+            env: setup.env.clone(),
             dir,
             ip,
             sip_port,
@@ -385,6 +408,24 @@ impl Roomline {
 
     pub fn signal(&self, sig: &str) {
         assert!(super::send_signal(self.child.id(), sig), "kill -{sig}");
+    }
+
+    /// SIGKILLs the daemon (a crash: nothing is cleaned up) and starts it again on the same
+    /// configuration and ports, its log appended to the same file; returns once it is
+    /// healthy again.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_daemon(&self.config, &self.log, &self.log_level, &self.env, true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.get("/health").is_none_or(|(s, _)| s != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "roomline not ready again in 20 s:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits for the process to exit; its exit code.

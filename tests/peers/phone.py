@@ -14,6 +14,13 @@ time limit.
   phone.py answer --local-port 5070 --record heard.wav --seconds 20 [--dtmf 1#] \
       [--header "X-Callee-Ref: r-77"]...   (answers one call with 200 and these headers;
       the report adds "invite": the INVITE as received)
+
+Secure calls (both commands): --transport tls [--ca ca.pem] [--cert c.pem --key c.key]
+(TLS signalling; the peer's certificate is verified against --ca; our own certificate for
+the listener of `answer`), --srtp off|optional|mandatory (SDES-SRTP, pjsua's srtpUse) and
+--srtp-suite NAME (repeatable: only these suites, in this order). The report adds
+"local_sdp" and "remote_sdp" (our first SDP, the peer's last)
+and "reinvite_sdp" when --reinvite-after S sends a re-INVITE (pjsua makes new keys).
 """
 
 from __future__ import annotations
@@ -50,6 +57,15 @@ def main() -> int:
     a.add_argument("--local-port", type=int, required=True)
     a.add_argument("--header", action="append", default=[], help="'Name: value' on the 200 OK")
     a.add_argument("--from-user", default="callee")
+    for sp in (c, a):
+        sp.add_argument("--transport", default="udp", choices=["udp", "tls"])
+        sp.add_argument("--ca", default=None, help="CA file the peer's TLS certificate is checked against")
+        sp.add_argument("--cert", default=None, help="our TLS certificate (answer: the listener's)")
+        sp.add_argument("--key", default=None)
+        sp.add_argument("--srtp", default="off", choices=["off", "optional", "mandatory"])
+        sp.add_argument("--srtp-suite", action="append", default=[])
+        sp.add_argument("--reinvite-after", type=float, default=0.0,
+                        help="seconds connected before a re-INVITE (new SRTP keys)")
     args = p.parse_args()
 
     import pjsua2 as pj
@@ -68,7 +84,18 @@ def main() -> int:
     tcfg = pj.TransportConfig()
     tcfg.port = args.local_port
     tcfg.boundAddress = "127.0.0.1"
-    ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    if args.transport == "tls":
+        tls = tcfg.tlsConfig
+        tls.method = pj.PJSIP_TLSV1_2_METHOD
+        if args.ca:
+            tls.CaListFile = args.ca
+            tls.verifyServer = True
+        if args.cert:
+            tls.certFile = args.cert
+            tls.privKeyFile = args.key
+        ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg)
+    else:
+        ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
     ep.audDevManager().setNullDev()
     ep.libStart()
     # only the requested codec (plus telephone-event, which pjsip always offers)
@@ -79,11 +106,26 @@ def main() -> int:
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:{args.from_user}@127.0.0.1"
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acfg.mediaConfig.srtpUse = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+                                "mandatory": pj.PJMEDIA_SRTP_MANDATORY}[args.srtp]
+    # SRTP keys in SDP over UDP too (the tests choose the transport)
+    acfg.mediaConfig.srtpSecureSignaling = 0
+    if args.srtp_suite:
+        cryptos = pj.SrtpCryptoVector()
+        for name in args.srtp_suite:
+            sc = pj.SrtpCrypto()
+            sc.name = name
+            cryptos.append(sc)
+        acfg.mediaConfig.srtpOpt.cryptos = cryptos
+        keyings = pj.IntVector()
+        keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+        acfg.mediaConfig.srtpOpt.keyings = keyings
     acc = pj.Account()
     acc.create(acfg)
 
     state = {"confirmed": None, "disconnected": False, "status": 0, "reason": "", "codec": None,
-             "dtmf": "", "invite": None}
+             "dtmf": "", "invite": None, "local_sdp": None, "remote_sdp": None,
+             "reinvite_sdp": None, "reinvited": False}
 
     def headers(specs: list) -> "pj.SipHeaderVector":
         v = pj.SipHeaderVector()
@@ -118,17 +160,37 @@ def main() -> int:
                         state["codec"] = f"{si.codecName}/{si.codecClockRate}"
                     except Exception as e:  # pragma: no cover - diagnostic only
                         state["codec"] = f"unknown ({e})"
-                    if args.play and player is None:
-                        player = pj.AudioMediaPlayer()
-                        player.createPlayer(args.play, 0)
+                    # (again after a re-INVITE that re-creates the media: a new port)
+                    if args.play:
+                        if player is None:
+                            player = pj.AudioMediaPlayer()
+                            player.createPlayer(args.play, 0)
                         player.startTransmit(am)
-                    if args.record and recorder is None:
-                        recorder = pj.AudioMediaRecorder()
-                        recorder.createRecorder(args.record)
+                    if args.record:
+                        if recorder is None:
+                            recorder = pj.AudioMediaRecorder()
+                            recorder.createRecorder(args.record)
                         am.startTransmit(recorder)
 
         def onDtmfDigit(self, prm):  # noqa: N802
             state["dtmf"] += prm.digit
+
+        def onCallSdpCreated(self, prm):  # noqa: N802
+            if state["local_sdp"] is None:
+                state["local_sdp"] = prm.sdp.wholeSdp
+            if prm.remSdp.wholeSdp:
+                state["remote_sdp"] = prm.remSdp.wholeSdp
+            if state["reinvited"]:
+                state["reinvite_sdp"] = prm.sdp.wholeSdp
+
+        def onCallTsxState(self, prm):  # noqa: N802
+            # the remote SDP of an answer to our offer
+            try:
+                msg = prm.e.body.tsxState.src.rdata.wholeMsg
+            except Exception:
+                return
+            if msg.startswith("SIP/2.0 200") and "\r\n\r\nv=0" in msg:
+                state["remote_sdp"] = msg.split("\r\n\r\n", 1)[1]
 
     deadline = time.monotonic() + args.timeout
     incoming: list = []
@@ -169,6 +231,11 @@ def main() -> int:
                 if args.dtmf and not sent_dtmf and up > args.dtmf_after:
                     sent_dtmf = True
                     call.dialDtmf(args.dtmf)
+                if args.reinvite_after and not state["reinvited"] and up > args.reinvite_after:
+                    state["reinvited"] = True
+                    rp = pj.CallOpParam(True)
+                    rp.opt.flag = pj.PJSUA_CALL_UNHOLD | pj.PJSUA_CALL_REINIT_MEDIA
+                    call.reinvite(rp)
                 if up >= args.seconds:
                     break
         if call is None:
@@ -192,6 +259,9 @@ def main() -> int:
                 "recorded": args.record,
                 "dtmf_received": state["dtmf"],
                 "invite": state["invite"],
+                "local_sdp": state["local_sdp"],
+                "remote_sdp": state["remote_sdp"],
+                "reinvite_sdp": state["reinvite_sdp"],
             })
     except Exception as e:
         result["error"] = f"{type(e).__name__}: {e}"

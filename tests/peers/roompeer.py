@@ -33,13 +33,19 @@ Subcommands
 -----------
   tone-pair     two participants in one process: A publishes a tone, B records it.
   publish-tone  one participant publishes a tone (e.g. for the daemon to carry to SIP).
+  tone-sequence room tracks that replace one another: participants that play a tone one
+                after another (a handover), each joining while the previous one plays
+                (overlap), one participant unpublishing and publishing again, or one
+                identity joining again on a new connection that takes over from the
+                previous one (an agent that restarts).
   listen        one participant records subscribed audio (e.g. what the daemon publishes).
   session       one participant observes the room: the participants it sees (kind,
                 attributes and their changes), SIP DTMF received; it can send DTMF with
                 publish_dtmf, announce readiness with an attribute, and record every
                 audio track of a participant (also across re-publishing).
   analyze-wav   analyse a 16-bit PCM WAV file (lets tests cross-check the oracle with an
-                independent generator such as sox).
+                independent generator such as sox); with --tones, in which 20 ms steps
+                each of several frequencies is present.
   selftest      run the analysis functions on synthetic signals and assert the results.
 
 Definition of frames_expected (tone-pair)
@@ -739,9 +745,11 @@ async def cmd_session(args: argparse.Namespace) -> dict[str, Any]:
         for who, key, value in until_attrs:
             if participants.get(who, {}).get("attributes", {}).get(key) != value:
                 return False
+        if args.until_left is not None and args.until_left not in left:
+            return False
         return True
 
-    has_conditions = args.until_dtmf is not None or bool(until_attrs)
+    has_conditions = args.until_dtmf is not None or bool(until_attrs) or args.until_left is not None
 
     async def wait_changed(deadline: float) -> bool:
         """Waits for the next observation or a signal; False once `deadline` has passed."""
@@ -823,6 +831,186 @@ async def cmd_session(args: argparse.Namespace) -> dict[str, Any]:
         await disconnect(room, args.identity)
 
 
+def parse_steps(specs: list[str]) -> list[tuple[str, float, float]]:
+    """`IDENTITY:FREQ:SECONDS` -> (identity, freq, seconds), one per --step."""
+    steps = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) != 3:
+            raise PeerError(f"--step {spec!r} is not IDENTITY:FREQ:SECONDS")
+        try:
+            steps.append((parts[0], float(parts[1]), float(parts[2])))
+        except ValueError:
+            raise PeerError(f"--step {spec!r}: FREQ and SECONDS must be numbers") from None
+    if not steps:
+        raise PeerError("at least one --step is needed")
+    return steps
+
+
+async def cmd_tone_sequence(args: argparse.Namespace) -> dict[str, Any]:
+    """Room tracks replacing one another, as an agent handover or a re-published track
+    does (see the subcommand help for the three modes). Each step waits until someone
+    (the listener under test) has subscribed to its track before its tone starts, so the
+    whole tone is expected on the other side; the report gives each step's track sid and
+    when its tone was sent (Unix time)."""
+    from livekit import rtc
+
+    steps = parse_steps(args.step)
+    for _, freq, _ in steps:
+        if not (0 < freq < SAMPLE_RATE / 2):
+            raise PeerError(f"--step frequency {freq} is out of range")
+    report: list[dict[str, Any]] = []
+    rooms: dict[str, Any] = {}
+
+    async def join(identity: str, key: Optional[str] = None) -> Any:
+        room = rtc.Room()
+        await connect(args, room, identity)
+        rooms[key or identity] = room
+        if args.wait_for_identity:
+            t0 = time.monotonic()
+            while not any(
+                p.identity == args.wait_for_identity for p in room.remote_participants.values()
+            ):
+                if time.monotonic() - t0 > args.wait_timeout:
+                    raise PeerError(f"{args.wait_for_identity!r} did not join within {args.wait_timeout:.0f}s")
+                await asyncio.sleep(0.02)
+        return room
+
+    async def play(room: Any, identity: str, freq: float, seconds: float,
+                   started: Optional[asyncio.Event] = None) -> Any:
+        """Publishes a track, waits for a subscriber, plays the tone, unpublishes."""
+        subscribed = asyncio.Event()
+        source, publication = await publish_audio(room, name=f"tone-{freq:.0f}")
+
+        def on_subscribed(track: Any) -> None:
+            if getattr(track, "sid", publication.sid) == publication.sid:
+                subscribed.set()
+
+        room.on("local_track_subscribed", on_subscribed)
+        player = TonePlayer(source, freq, args.amplitude, 20)
+        await player.until(subscribed, args.wait_timeout, tone=False,
+                           what=f"nobody subscribed to {identity}'s {freq:.0f} Hz track")
+        await player.silence(args.lead_silence)
+        entry = {"identity": identity, "freq": freq, "track_sid": publication.sid,
+                 "tone_start_unix": round(time.time(), 3)}
+        if started is not None:
+            started.set()
+        await player.tone(seconds)
+        entry["tone_end_unix"] = round(time.time(), 3)
+        entry["tone_frames_20ms"] = player.tone_frames_sent
+        await player.silence(args.tail)
+        report.append(entry)
+        return publication
+
+    try:
+        if args.mode == "sequential":
+            for identity, freq, seconds in steps:
+                room = await join(identity)
+                await play(room, identity, freq, seconds)
+                await disconnect(rooms.pop(identity), identity)
+        elif args.mode == "restart":
+            # one identity, a new connection per step that joins while the previous one
+            # is still there and never leaves (an agent whose process died and came back
+            # at once): the server closes the old session as a duplicate identity
+            identity = steps[0][0]
+            for i, (_, freq, seconds) in enumerate(steps):
+                room = await join(identity, key=f"{identity}#{i}")
+                await play(room, identity, freq, seconds)
+        elif args.mode == "republish":
+            identity = steps[0][0]
+            room = await join(identity)
+            for _, freq, seconds in steps:
+                publication = await play(room, identity, freq, seconds)
+                await asyncio.wait_for(room.local_participant.unpublish_track(publication.sid), 10)
+                log.info("%s unpublished %s", identity, publication.sid)
+        else:  # overlap: each step starts once the previous one's tone is half way
+            tasks = []
+            for identity, freq, seconds in steps:
+                room = await join(identity)
+                started = asyncio.Event()
+                tasks.append(asyncio.ensure_future(play(room, identity, freq, seconds, started)))
+                await asyncio.wait_for(started.wait(), args.wait_timeout)
+                await asyncio.sleep(seconds / 2)
+            await asyncio.gather(*tasks)
+        report.sort(key=lambda e: e["tone_start_unix"])
+        return {"room": args.room, "mode": args.mode, "steps": report}
+    finally:
+        for identity, room in list(rooms.items()):
+            await disconnect(room, identity)
+
+
+def onset_levels(x: np.ndarray, sr: int) -> dict[str, Any]:
+    """Level of a recording from its first non-silent 10 ms frame: the first second
+    against the steady part (from 2 s after the onset to 1 s before the end of the
+    non-silent audio). The steady level is the median RMS of its 100 ms chunks (a
+    dropout or a glitch does not move it); the first second is given as its RMS and as
+    its loudest 100 ms chunk, in dB against the steady level. Also the peak of each
+    100 ms of the first two seconds."""
+    frame = sr // 100
+    chunk = sr // 10
+    mask = nonsilent_mask(x, frame)
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return {"onset_s": None}
+    start = int(idx[0]) * frame
+    end = (int(idx[-1]) + 1) * frame
+    first = x[start: start + sr]
+    steady = x[start + 2 * sr: end - sr]
+    if steady.size < sr // 2:
+        return {"onset_s": round(start / sr, 3), "error": "too short for a steady level"}
+
+    def chunks(y: np.ndarray) -> np.ndarray:
+        n = len(y) // chunk
+        return y[: n * chunk].reshape(n, chunk)
+
+    steady_level = float(np.median(np.sqrt(np.mean(np.square(chunks(steady)), axis=1))))
+    first_chunks = np.sqrt(np.mean(np.square(chunks(first)), axis=1))
+    db = lambda a, b: round(20.0 * math.log10(max(a, 1e-9) / max(b, 1e-9)), 2)  # noqa: E731
+    peaks = [round(float(np.max(np.abs(x[start + k * chunk: start + (k + 1) * chunk]))), 3)
+             for k in range(20) if start + (k + 1) * chunk <= len(x)]
+    return {
+        "onset_s": round(start / sr, 3),
+        "steady_rms": round(steady_level, 4),
+        "steady_peak": round(float(np.median(np.max(np.abs(chunks(steady)), axis=1))), 4),
+        "first_second_rms": round(rms(first), 4),
+        "first_second_rms_db": db(rms(first), steady_level),
+        "first_second_loudest_100ms_db": db(float(np.max(first_chunks)), steady_level),
+        # the second highest 100 ms peak of the first second against the steady peaks:
+        # a loud start lasts several hundred ms, a single glitch does not count
+        "first_second_peak_db": db(float(np.sort(np.max(np.abs(chunks(first)), axis=1))[-2]),
+                                   float(np.median(np.max(np.abs(chunks(steady)), axis=1)))),
+        "first_second_peak": round(float(np.max(np.abs(first))), 4),
+        "peaks_100ms": peaks,
+    }
+
+
+def tone_presence(x: np.ndarray, sr: int, freqs: list[float], threshold: float) -> dict[str, Any]:
+    """For each frequency, the 20 ms steps (40 ms Hann windows) in which a tone of that
+    frequency has an amplitude of at least `threshold` (full scale = 1), and the steps in
+    which all of them are present at once."""
+    hop, win = sr // 50, sr // 25
+    n = max(0, (len(x) - win) // hop + 1)
+    w = np.hanning(win)
+    t = np.arange(win) / sr
+    present = np.zeros((len(freqs), n), dtype=bool)
+    for i, f in enumerate(freqs):
+        c = w * np.exp(-2j * np.pi * f * t)
+        for k in range(n):
+            seg = x[k * hop: k * hop + win]
+            amp = 2.0 * abs(np.dot(seg, c)) / w.sum()
+            present[i, k] = amp >= threshold
+    out: dict[str, Any] = {"steps_20ms": int(n), "tones": {}}
+    for i, f in enumerate(freqs):
+        idx = np.flatnonzero(present[i])
+        out["tones"][f"{f:g}"] = {
+            "present_20ms": int(idx.size),
+            "first_s": round(float(idx[0]) * 0.02, 3) if idx.size else None,
+            "last_s": round(float(idx[-1] + 1) * 0.02, 3) if idx.size else None,
+        }
+    out["all_present_20ms"] = int(np.all(present, axis=0).sum()) if n else 0
+    return out
+
+
 async def cmd_analyze_wav(args: argparse.Namespace) -> dict[str, Any]:
     try:
         x, sr = read_wav(args.path)
@@ -830,6 +1018,11 @@ async def cmd_analyze_wav(args: argparse.Namespace) -> dict[str, Any]:
         raise PeerError(f"cannot read {args.path}: {e}") from e
     out = summarize(x, sr)
     out["path"] = args.path
+    if args.tones:
+        freqs = [float(f) for f in args.tones.split(",")]
+        out["presence"] = tone_presence(x, sr, freqs, args.presence_threshold)
+    if args.levels:
+        out["levels"] = onset_levels(x, sr)
     return out
 
 
@@ -970,12 +1163,42 @@ def build_parser() -> argparse.ArgumentParser:
                     help="condition: at least this many sip_dtmf_received events")
     sp.add_argument("--until-attribute", action="append", default=[], metavar="IDENTITY:KEY=VALUE",
                     help="condition: that participant has that attribute value (repeatable)")
+    sp.add_argument("--until-left", default=None, metavar="IDENTITY",
+                    help="condition: that participant has left the room (a sender that must not "
+                         "leave before what it sent has arrived: the server drops data from a "
+                         "participant that has left)")
     sp.add_argument("--record", action="store_true",
                     help="record every subscribed audio track (one report per track sid)")
     sp.add_argument("--from-identity", default=None, help="only record this participant's audio")
 
+    sp = sub.add_parser(
+        "tone-sequence",
+        help="room tracks replacing one another: sequential (each step a participant that "
+             "joins, plays and leaves), overlap (each step joins while the previous one plays), "
+             "republish (the first step's participant unpublishes and publishes again per step), "
+             "restart (the first step's identity joins again per step on a new connection while "
+             "the previous one, which never leaves, is still there: an agent that restarts)",
+    )
+    room_args(sp)
+    sp.add_argument("--mode", choices=("sequential", "overlap", "republish", "restart"),
+                    default="sequential")
+    sp.add_argument("--step", action="append", default=[], metavar="IDENTITY:FREQ:SECONDS",
+                    help="one participant (or, for republish, one track) and its tone (repeatable)")
+    sp.add_argument("--wait-for-identity", default=None,
+                    help="each participant waits until it sees this one in the room before publishing")
+    sp.add_argument("--amplitude", type=float, default=DEFAULT_AMPLITUDE, help="peak, full scale = 1")
+    sp.add_argument("--lead-silence", type=float, default=0.2,
+                    help="silence sent after subscription, before the tone (s)")
+    sp.add_argument("--tail", type=float, default=0.3, help="silence sent after each tone (s)")
+
     sp = sub.add_parser("analyze-wav", help="analyse a 16-bit PCM WAV file")
     sp.add_argument("path")
+    sp.add_argument("--tones", default=None,
+                    help="comma-separated frequencies: report in which 20 ms steps each is present")
+    sp.add_argument("--presence-threshold", type=float, default=0.05,
+                    help="amplitude (full scale = 1) from which a tone counts as present")
+    sp.add_argument("--levels", action="store_true",
+                    help="level of the first second from the onset against the steady level")
 
     sub.add_parser("selftest", help="check the analysis functions on synthetic signals")
     return p
@@ -983,6 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "tone-pair": cmd_tone_pair,
+    "tone-sequence": cmd_tone_sequence,
     "publish-tone": cmd_publish_tone,
     "listen": cmd_listen,
     "session": cmd_session,
@@ -997,6 +1221,9 @@ def hard_timeout(args: argparse.Namespace) -> Optional[float]:
     if args.timeout is not None:
         return args.timeout
     media = sum(getattr(args, k, 0.0) for k in ("seconds", "tail", "lead_silence", "gap"))
+    if args.command == "tone-sequence":
+        media += sum(float(s.split(":")[-1]) + 2 * args.connect_timeout + args.wait_timeout
+                     for s in args.step if s.count(":") == 2 and s.split(":")[-1].replace(".", "", 1).isdigit())
     return 2 * (args.connect_timeout * 3 + 5) + args.wait_timeout + media + 20
 
 

@@ -37,6 +37,8 @@ pub(crate) struct Target {
     /// The trunk's header options (2xx headers to attributes, attributes to INVITE
     /// headers).
     pub(crate) mapping: HeaderMapping,
+    /// The trunk's `media_encryption`.
+    pub(crate) encryption: crate::config::MediaEncryption,
 }
 
 impl Target {
@@ -56,6 +58,7 @@ impl Target {
             headers: o.headers.clone(),
             early_media: o.early_media,
             mapping: o.mapping.clone(),
+            encryption: t.media_encryption,
         })
     }
 

@@ -321,9 +321,17 @@ impl OutboundCall {
                 initial: self.shell.cfg.rtp.media_timeout_initial,
             },
             signalling: flow.remote.ip(),
+            encryption: self
+                .req
+                .media_encryption
+                .map_or(target.encryption, |m| m.max(target.encryption)),
         };
         match self.shell.media.as_mut() {
-            Some(m) => m.set_setup(setup),
+            // a new dialog: a new offer (fresh keys, and this trunk's SRTP policy)
+            Some(m) => {
+                m.set_setup(setup);
+                m.first_offer();
+            }
             None => {
                 let b = bound
                     .take()
@@ -604,7 +612,7 @@ impl OutboundCall {
             ));
         }
         let t = now();
-        self.shell.answered_at = Some(t);
+        self.shell.answered(t);
         self.early = false;
         self.dialtone = None;
         let trunk = self

@@ -31,6 +31,9 @@ pub struct OutboundRequest {
     pub include_headers: Option<crate::config::IncludeHeaders>,
     /// Leave the numbers out of the attributes and the default identity and name.
     pub hide_phone_number: bool,
+    /// The SRTP policy the request asks for (`None`: the trunk's). Each attempt uses the
+    /// stricter of this and its trunk's `media_encryption`.
+    pub media_encryption: Option<crate::config::MediaEncryption>,
 }
 
 impl OutboundRequest {

@@ -334,6 +334,32 @@ fn limits_settings(
         defaults::MAX_CALLS_PER_SECOND,
         "max_calls_per_second",
     );
+    // one source never gets more than the whole rate: a larger value is a mistake to
+    // point at (no silent clamp), the default is the global rate
+    let per_source = l.and_then(|l| l.max_calls_per_second_per_source.as_ref());
+    let max_calls_per_second_per_source = match (per_source, max_calls_per_second) {
+        (Some(v), Some(global)) if v.value > global => {
+            cx.err_at(
+                file,
+                v,
+                format!(
+                    "max_calls_per_second_per_source ({}) must not exceed max_calls_per_second ({global})",
+                    v.value
+                ),
+            );
+            None
+        }
+        (Some(v), _) if v.value == 0 => {
+            cx.err_at(
+                file,
+                v,
+                "max_calls_per_second_per_source must be at least 1",
+            );
+            None
+        }
+        (Some(v), _) => Some(v.value),
+        (None, global) => global,
+    };
     let drain_timeout = cx.duration_or(
         file,
         l.and_then(|l| l.drain_timeout.as_ref()),
@@ -342,6 +368,7 @@ fn limits_settings(
     Some(LimitsConfig {
         max_concurrent_calls: max_concurrent_calls?,
         max_calls_per_second: max_calls_per_second?,
+        max_calls_per_second_per_source: max_calls_per_second_per_source?,
         drain_timeout: drain_timeout?,
     })
 }

@@ -5,6 +5,7 @@ use super::{DEFAULT_DTMF_DURATION, PHONE_FRAME};
 use crate::media::g711::G711;
 use crate::media::plc::PhoneCodec;
 use crate::media::rtp::Ssrc;
+use crate::media::sdes::SrtpKeys;
 use crate::media::timeout::MediaTimeoutConfig;
 use crate::sip::sdp::{Codec, Direction, Negotiated};
 use std::net::SocketAddr;
@@ -42,6 +43,9 @@ pub struct PhoneMediaConfig {
     pub local_identity: String,
     /// Tone length of each digit from `send_dtmf`.
     pub dtmf_duration: Duration,
+    /// SRTP keys (SDES): every datagram out is protected, every one in must authenticate.
+    /// `None`: plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }
 
 impl PhoneMediaConfig {
@@ -63,6 +67,7 @@ impl PhoneMediaConfig {
             cname: format!("roomline-{local_ssrc}"),
             local_identity: local_identity.into(),
             dtmf_duration: DEFAULT_DTMF_DURATION,
+            srtp: None,
         }
     }
 

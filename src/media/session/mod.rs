@@ -41,6 +41,7 @@ mod config;
 mod latch;
 mod loss;
 mod output;
+mod secure;
 mod send;
 
 pub use config::{PhoneMediaConfig, phone_codec};
@@ -50,6 +51,7 @@ pub use output::{
 
 use latch::{Latch, Offer, canonical, usable};
 use loss::LossCounter;
+use secure::Secure;
 use send::OutgoingEvent;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -175,6 +177,8 @@ pub struct PhoneMedia {
     timeout: MediaTimeout,
     events: VecDeque<MediaEvent>,
     stats: MediaStats,
+    /// SRTP, when SDES agreed on keys (`secure`).
+    secure: Option<Secure>,
 }
 
 /// splitmix64, to derive the initial sequence number and timestamp from the SSRC.
@@ -314,6 +318,7 @@ impl PhoneMedia {
             timeout,
             events: VecDeque::new(),
             stats: MediaStats::default(),
+            secure: config.srtp.as_ref().map(Secure::new),
         }
     }
 
@@ -327,6 +332,18 @@ impl PhoneMedia {
             self.handle_rtcp(now, from, bytes);
             return;
         }
+        let Some(mut secure) = self.secure.take() else {
+            return self.handle_plain_rtp(now, from, bytes, bytes.len());
+        };
+        match secure.unprotect(bytes, false) {
+            Ok(plain) => self.handle_plain_rtp(now, from, plain, bytes.len()),
+            Err(_) => self.stats.rx.srtp_failed += 1,
+        }
+        self.secure = Some(secure);
+    }
+
+    /// An RTP packet in the clear (unprotected if SRTP is on) that was `wire_len` octets.
+    fn handle_plain_rtp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], wire_len: usize) {
         let Ok(packet) = RtpPacket::parse(bytes) else {
             self.stats.rx.invalid += 1;
             return;
@@ -346,7 +363,7 @@ impl PhoneMedia {
             return;
         }
         self.stats.rx.packets += 1;
-        self.stats.rx.bytes += bytes.len() as u64;
+        self.stats.rx.bytes += wire_len as u64;
         self.timeout.on_media(now);
         self.rtcp.on_rtp_received(&packet);
         self.loss.on_packet(packet.ssrc, packet.seq);
@@ -395,6 +412,17 @@ impl PhoneMedia {
             self.stats.rtcp_invalid += 1;
             return;
         }
+        let Some(mut secure) = self.secure.take() else {
+            return self.handle_plain_rtcp(now, from, bytes);
+        };
+        match secure.unprotect(bytes, true) {
+            Ok(plain) => self.handle_plain_rtcp(now, from, plain),
+            Err(_) => self.stats.rx.srtp_failed += 1,
+        }
+        self.secure = Some(secure);
+    }
+
+    fn handle_plain_rtcp(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let wall = self.ntp(now);
         if self.rtcp.handle_rtcp(now, wall, bytes).is_err() {
             self.stats.rtcp_invalid += 1;
@@ -435,6 +463,21 @@ impl PhoneMedia {
         self.drive(now);
         self.dtmf_queue.push_back(digit);
         Ok(())
+    }
+
+    /// New SRTP keys (a re-INVITE or UPDATE): what changed is rekeyed, the rest keeps its
+    /// state. A plain leg turns SRTP; an SRTP leg never goes back to plain.
+    pub fn set_srtp(&mut self, keys: &crate::media::sdes::SrtpKeys) {
+        match self.secure.as_mut() {
+            Some(s) => s.rekey(keys),
+            None => self.secure = Some(Secure::new(keys)),
+        }
+    }
+
+    /// The SRTP suite in use, `None` for plain RTP.
+    #[must_use]
+    pub fn srtp_suite(&self) -> Option<crate::media::srtp::SrtpSuite> {
+        self.secure.as_ref().map(Secure::suite)
     }
 
     /// A re-INVITE changed the remote address or our direction. A new address drops the

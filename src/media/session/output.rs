@@ -75,6 +75,8 @@ pub struct ReceiveStats {
     pub invalid: u64,
     /// Valid packets from an address other than the phone's.
     pub wrong_source: u64,
+    /// SRTP/SRTCP packets refused: authentication failed, replayed, too old, wrong MKI.
+    pub srtp_failed: u64,
     /// Packets not used because our direction does not receive.
     pub ignored: u64,
     pub ssrc_changes: u64,

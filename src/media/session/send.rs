@@ -15,7 +15,14 @@ pub(super) struct OutgoingEvent {
 }
 
 impl PhoneMedia {
-    pub(super) fn queue(&mut self, t: Transmit) {
+    pub(super) fn queue(&mut self, mut t: Transmit) {
+        // SRTP: nothing leaves in the clear
+        if let Some(secure) = self.secure.as_mut()
+            && secure.protect(&mut t.bytes).is_err()
+        {
+            self.stats.tx.dropped += 1;
+            return;
+        }
         if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
             self.transmits.pop_front();
             self.stats.tx.dropped += 1;
