@@ -173,7 +173,7 @@ pub async fn run(cfg: &Config) -> Vec<Check> {
 }
 
 async fn livekit(cfg: &Config) -> Check {
-    let base = crate::api::livekit_http_base(&cfg.livekit.url);
+    let base = crate::livekit::http_base(&cfg.livekit.url);
     let token = match crate::token::mint(
         &cfg.livekit,
         &crate::token::TokenRequest {

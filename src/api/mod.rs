@@ -66,22 +66,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The HTTP(S) base of the LiveKit server for a `ws(s)://` or `http(s)://` URL.
-pub fn livekit_http_base(url: &str) -> String {
-    let url = url.trim_end_matches('/');
-    if let Some(rest) = url.strip_prefix("ws://") {
-        format!("http://{rest}")
-    } else if let Some(rest) = url.strip_prefix("wss://") {
-        format!("https://{rest}")
-    } else {
-        url.to_string()
-    }
-}
-
 /// One round trip to the LiveKit server: GET / must answer 200.
 pub async fn probe_livekit(client: &reqwest::Client, url: &str) -> Result<Duration, String> {
     let t0 = crate::clock::now();
-    let base = livekit_http_base(url);
+    let base = crate::livekit::http_base(url);
     let resp = client
         .get(format!("{base}/"))
         .timeout(LIVEKIT_PROBE_TIMEOUT)
@@ -239,26 +227,5 @@ async fn metrics(State(s): State<AppState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder not installed\n".into(),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn livekit_base_urls() {
-        assert_eq!(
-            livekit_http_base("ws://127.0.0.1:7880"),
-            "http://127.0.0.1:7880"
-        );
-        assert_eq!(
-            livekit_http_base("wss://lk.example.com/"),
-            "https://lk.example.com"
-        );
-        assert_eq!(
-            livekit_http_base("https://lk.example.com"),
-            "https://lk.example.com"
-        );
     }
 }

@@ -1,15 +1,14 @@
-//! Crash recovery: a call's journal entry (`journal_call`, when it is answered and when
-//! its participant joins; the shell removes it when the call ends), and at start the end
-//! of what a crash left behind (`end_orphans`): a BYE in each orphaned dialog with a
-//! Reason saying why, and its participant removed from its room (LiveKit's RoomService
+//! Crash recovery: at start, the end of what a crash left behind (`end_orphans`): a BYE
+//! in each orphaned dialog with a Reason saying why, and its participant removed from its room (LiveKit's RoomService
 //! RemoveParticipant). Both run in parallel per call; a failure is logged, never retried
-//! forever: the journal entry goes once both were tried.
+//! forever: the journal entry goes once both were tried. A call's own entry is written by
+//! `Shell::journal` (when it is answered and when its participant joins) and removed by
+//! the shell when the call ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::shell::Shell;
 use crate::config::{Config, Transport};
 use crate::journal::{Entry, Journal};
 use crate::sip::dialog::Dialog;
@@ -23,46 +22,6 @@ pub const ORPHAN_REASON: &str = "Q.850;cause=41;text=\"call lost in a restart of
 /// CSeq numbers skipped over the journal's: refreshes after the entry was written used
 /// some (a UAS accepts a higher CSeq, RFC 3261 section 12.2.2).
 const CSEQ_MARGIN: u32 = 100;
-
-/// Writes (or rewrites) the call's journal entry, once it is answered.
-pub fn journal_call(shell: &mut Shell) {
-    let Some(journal) = shell.ctx.journal.clone() else {
-        return;
-    };
-    if shell.answered_at.is_none() {
-        return;
-    }
-    let Some(leg) = shell.leg.as_ref() else {
-        return;
-    };
-    let Some(d) = leg.dialog() else {
-        return;
-    };
-    let flow = leg.flow();
-    let (room, identity) = shell
-        .room
-        .as_ref()
-        .map(|r| (r.handle.room().to_string(), r.handle.identity().to_string()))
-        .unwrap_or_default();
-    let key = format!("{};{}", d.call_id, d.local_tag);
-    journal.up(Entry {
-        key: key.clone(),
-        call_id: d.call_id.clone(),
-        local_tag: d.local_tag.clone(),
-        remote_tag: d.remote_tag.clone(),
-        local: d.local.clone(),
-        remote: d.remote.clone(),
-        remote_target: d.remote_target.clone(),
-        route_set: d.route_set.clone(),
-        local_cseq: d.local_cseq,
-        remote_cseq: d.remote_cseq,
-        transport: flow.transport.as_str().to_string(),
-        remote_addr: flow.remote.to_string(),
-        room,
-        identity,
-    });
-    shell.journaled = Some(key);
-}
 
 /// Ends every call of `orphans` (a previous run's, left by its crash) and takes each off
 /// the journal.
@@ -171,7 +130,7 @@ async fn remove_participant(cfg: &Config, e: &Entry) -> Result<String, String> {
             ..Default::default()
         },
     )?;
-    let base = crate::api::livekit_http_base(&cfg.livekit.url);
+    let base = crate::livekit::http_base(&cfg.livekit.url);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -161,7 +161,47 @@ impl Shell {
         if let Some(suite) = self.media.as_ref().and_then(MediaLeg::srtp_suite) {
             self.srtp_guard = Some(super::SrtpGuard::new(self.ctx.srtp_calls.clone(), suite));
         }
-        super::recover::journal_call(self);
+        self.journal();
+    }
+
+    /// Writes (or rewrites) the call's journal entry, once it is answered.
+    pub fn journal(&mut self) {
+        let Some(journal) = self.ctx.journal.clone() else {
+            return;
+        };
+        if self.answered_at.is_none() {
+            return;
+        }
+        let Some(leg) = self.leg.as_ref() else {
+            return;
+        };
+        let Some(d) = leg.dialog() else {
+            return;
+        };
+        let flow = leg.flow();
+        let (room, identity) = self
+            .room
+            .as_ref()
+            .map(|r| (r.handle.room().to_string(), r.handle.identity().to_string()))
+            .unwrap_or_default();
+        let key = format!("{};{}", d.call_id, d.local_tag);
+        journal.up(crate::journal::Entry {
+            key: key.clone(),
+            call_id: d.call_id.clone(),
+            local_tag: d.local_tag.clone(),
+            remote_tag: d.remote_tag.clone(),
+            local: d.local.clone(),
+            remote: d.remote.clone(),
+            remote_target: d.remote_target.clone(),
+            route_set: d.route_set.clone(),
+            local_cseq: d.local_cseq,
+            remote_cseq: d.remote_cseq,
+            transport: flow.transport.as_str().to_string(),
+            remote_addr: flow.remote.to_string(),
+            room,
+            identity,
+        });
+        self.journaled = Some(key);
     }
 
     /// Who we are on `flow` (Contact, Via, agent) for the leg.
@@ -184,7 +224,7 @@ impl Shell {
     pub fn set_room(&mut self, room: Room) {
         self.room_rate = Some(room.handle.sample_rate());
         self.room = Some(room);
-        super::recover::journal_call(self);
+        self.journal();
     }
 
     /// Waits until something happens or `deadline`, and handles what both directions

@@ -495,6 +495,18 @@ impl ParticipantHandle {
     }
 }
 
+/// The HTTP(S) base of the LiveKit server for a `ws(s)://` or `http(s)://` URL.
+pub fn http_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("ws://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else {
+        url.to_string()
+    }
+}
+
 /// RFC 4733 event code of a DTMF digit (`0-9`, `*`, `#`, `A-D`, either case).
 pub fn dtmf_code(digit: char) -> Option<u32> {
     crate::media::dtmf::DtmfDigit::from_char(digit).map(|d| u32::from(d.event_code()))
@@ -517,6 +529,16 @@ impl Participant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn livekit_base_urls() {
+        assert_eq!(http_base("ws://127.0.0.1:7880"), "http://127.0.0.1:7880");
+        assert_eq!(http_base("wss://lk.example.com/"), "https://lk.example.com");
+        assert_eq!(
+            http_base("https://lk.example.com"),
+            "https://lk.example.com"
+        );
+    }
 
     #[test]
     fn dtmf_codes_follow_rfc4733() {
