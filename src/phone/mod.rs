@@ -30,8 +30,9 @@ use tokio::sync::{mpsc, watch};
 use crate::call::CallContext;
 use crate::call::outbound::attempt::Target;
 use crate::config::{
-    self, Config, Credentials, DigestAlgorithm, HeaderMapping, InboundTrunk, Listener,
-    OutboundTrunk, PortRange, Secret, SessionTimers, SipTarget, Transport, Trunk, defaults,
+    self, AnswerMode, Config, Credentials, DigestAlgorithm, HeaderMapping, InboundTrunk, JoinRoom,
+    Listener, OutboundTrunk, PortRange, Rule, RuleAction, Secret, SessionTimers, SipTarget,
+    Transport, Trunk, defaults,
 };
 use crate::media::ports::PortPool;
 use crate::sip::endpoint::{Endpoint, EndpointHandle, InboundInvite};
@@ -211,7 +212,7 @@ fn phone_config(opts: &Options, listeners: Vec<Listener>) -> Config {
             media_encryption: Default::default(),
             session_timers: SessionTimers::default(),
         }],
-        rules: Vec::new(),
+        rules: vec![answer_everything()],
         files: config::SourceFiles {
             config: PathBuf::new(),
             trunks_dir: PathBuf::new(),
@@ -219,6 +220,32 @@ fn phone_config(opts: &Options, listeners: Vec<Listener>) -> Config {
             state_dir: None,
         },
         warnings: Vec::new(),
+    }
+}
+
+/// The phone's one dialplan rule: every call its trunk admits is the phone's to answer
+/// (the endpoint answers the dialplan's refusals itself; no room is joined).
+fn answer_everything() -> Rule {
+    let template = |s: &str| config::types::parse_template(s).expect("a fixed template");
+    Rule {
+        name: PHONE_TRUNK.into(),
+        file: PathBuf::new(),
+        trunks: vec![PHONE_TRUNK.into()],
+        called: None,
+        caller: None,
+        action: RuleAction::Join(Box::new(JoinRoom {
+            room: template(PHONE_TRUNK),
+            pin: None,
+            identity: template(defaults::RULE_IDENTITY),
+            name: template(defaults::RULE_NAME),
+            metadata: None,
+            attributes: Vec::new(),
+            agents: Vec::new(),
+            answer: AnswerMode::OnJoin,
+            ringing_timeout: defaults::RULE_RINGING_TIMEOUT,
+            early_media: false,
+            hide_phone_number: false,
+        })),
     }
 }
 
