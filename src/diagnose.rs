@@ -2,7 +2,8 @@
 //! verdict: the configuration, LiveKit reachability and credentials (a real RoomService
 //! call with a token from the configured key and secret), the SIP listener ports (free to
 //! bind, or held by a running Roomline that answers OPTIONS), the RTP range (how much of
-//! it other programs hold), and every trunk's outbound side (an OPTIONS answered).
+//! it other programs hold), and every trunk's outbound side (an OPTIONS answered); with
+//! `--call NUMBER`, a test call into the daemon by the test phone (`phone`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -301,6 +302,94 @@ fn rtp_range(cfg: &Config) -> Check {
         Verdict::Ok
     };
     check(item, verdict, detail)
+}
+
+/// `roomline diagnose --call NUMBER`: the end-to-end check. `roomline call` (the test
+/// phone, `phone`) calls NUMBER at the daemon's own UDP listener from 127.0.0.1 with a
+/// 1 kHz tone for 3 s; the dialplan routes it like any call. Ok when it is answered and
+/// RTP flows both ways. Credentials: `auth` (USER:PASSWORD), else those of the first
+/// inbound trunk with credentials that admits 127.0.0.1.
+pub async fn test_call(cfg: &Config, number: &str, auth: Option<&str>) -> Check {
+    use crate::phone::{self, Mode, audio::Source};
+    let item = format!("test call to {}", crate::logging::Phone(number));
+    let Some(listener) = cfg
+        .sip
+        .listeners
+        .iter()
+        .find(|l| l.transport == Transport::Udp)
+    else {
+        return check(item, Verdict::Fail, "no UDP listener to call");
+    };
+    let ip = match listener.address.ip() {
+        ip if ip.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    let to = format!(
+        "sip:{number}@{}",
+        crate::sip::uri::host_port(SocketAddr::new(ip, listener.address.port()))
+    );
+    let (target, number) = match phone::parse_to(&to, None) {
+        Ok(x) => x,
+        Err(e) => return check(item, Verdict::Fail, e),
+    };
+    let local = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let auth = match auth {
+        Some(a) => match a.split_once(':') {
+            Some((u, p)) => Some((u.to_string(), p.to_string())),
+            None => return check(item, Verdict::Fail, "--call-auth: expected USER:PASSWORD"),
+        },
+        None => cfg
+            .trunks
+            .iter()
+            .filter_map(|t| t.inbound.as_ref())
+            .filter(|i| {
+                i.allowed_addresses.is_empty()
+                    || i.allowed_addresses.iter().any(|n| n.contains(&local))
+            })
+            .find_map(|i| i.auth.as_ref())
+            .map(|c| (c.username.clone(), c.password.expose().to_string())),
+    };
+    let opts = phone::Options {
+        mode: Mode::Dial { target, number },
+        from: "roomline-diagnose".into(),
+        auth,
+        bind: local,
+        source: Source::Tone { hz: 1000.0 },
+        record: None,
+        dtmf: String::new(),
+        duration: Duration::from_secs(3),
+        timeout: Duration::from_secs(15),
+        answer_after: Duration::ZERO,
+        expect_tone: None,
+        rtp_ports: crate::config::PortRange {
+            start: 40000,
+            end: 40999,
+        },
+        ca_file: None,
+    };
+    let mut report = None;
+    if let Err(e) = phone::run(opts, |r| report = Some(r)).await {
+        return check(item, Verdict::Fail, e);
+    }
+    let Some(r) = report else {
+        return check(item, Verdict::Fail, "no report");
+    };
+    if let Some(f) = &r.failure {
+        return check(item, Verdict::Fail, f.clone());
+    }
+    let st = r.stats.unwrap_or_default();
+    let detail = format!(
+        "answered in {:.2} s ({}), RTP sent {} received {} (lost {})",
+        r.answered_after.unwrap_or_default().as_secs_f64(),
+        r.codec.as_deref().unwrap_or("?"),
+        st.tx.packets,
+        st.rx.packets,
+        st.rx.lost
+    );
+    match r.audio_failure() {
+        Some(why) => check(item, Verdict::Fail, format!("{detail}: {why}")),
+        None => check(item, Verdict::Ok, detail),
+    }
 }
 
 /// Prints the report; the exit status (0 if nothing failed).

@@ -12,6 +12,8 @@
 //! - `trunk`: trunks at run time: requests to them, OPTIONS health, registration.
 //! - `api`, `ops`, `daemon`: the `roomline run` process shell (HTTP health, metrics and
 //!   LiveKit's SIP API; systemd notify, signals, file watch; start, reload, drain).
+//! - `phone`: `roomline call`, a test phone (dials or answers) built from the `sip`,
+//!   `call` and `media` pieces above, with a tone source and a recorder in place of a room.
 //! - `clock`: the one place that reads the clock (tokio's, or the wall clock).
 //! - `logging`, `token`, `diagnose`: tracing setup and number masking; access tokens;
 //!   `roomline diagnose`.
@@ -40,6 +42,7 @@ pub mod livekit;
 pub mod logging;
 pub mod media;
 pub mod ops;
+pub mod phone;
 pub mod sip;
 pub mod token;
 pub mod trunk;

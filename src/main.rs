@@ -39,7 +39,12 @@ enum CliCommand {
     Dial(DialArgs),
     /// Check what calls need: configuration, LiveKit reachability and credentials, SIP
     /// ports, RTP range, trunk OPTIONS; one verdict per item (exit 0 if none failed)
-    Diagnose,
+    Diagnose(DiagnoseArgs),
+    /// A test phone: place a call (--to) or answer calls (--listen), send a tone, a WAV
+    /// file or DTMF, record what is heard, hang up after --duration; prints the SIP
+    /// exchange, RTP figures and the tone heard. Exit 0 ok, 1 the call failed, 3 the
+    /// audio failed (no RTP, or --expect-tone not heard for 1 s), 2 bad arguments.
+    Call(Box<roomline::phone::cli::CallArgs>),
     /// SIP diagnostics
     #[command(subcommand)]
     Sip(SipCommand),
@@ -82,6 +87,18 @@ struct TokenArgs {
     /// Lifetime, e.g. 10m or 6h
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: std::time::Duration,
+}
+
+#[derive(clap::Args)]
+struct DiagnoseArgs {
+    /// Also place a test call to this number through the daemon's own SIP listener (the
+    /// dialplan routes it like any call) and check that RTP flows both ways
+    #[arg(long, value_name = "NUMBER")]
+    call: Option<String>,
+    /// With --call: digest credentials, as USER:PASSWORD (else the first inbound trunk
+    /// with credentials that admits 127.0.0.1)
+    #[arg(long, value_name = "USER:PASSWORD", requires = "call")]
+    call_auth: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +150,11 @@ fn main() -> ExitCode {
     if let CliCommand::Sip(SipCommand::Parse { file }) = &cli.command {
         return sip_parse(file);
     }
+    if let CliCommand::Call(a) = &cli.command
+        && a.trunk.is_none()
+    {
+        return roomline::phone::cli::run(a, None);
+    }
     let cfg = match config::load(&cli.config) {
         Ok(c) => c,
         Err(errs) => {
@@ -178,7 +200,8 @@ fn main() -> ExitCode {
             }
         }
         CliCommand::Dial(a) => dial(&cfg, a),
-        CliCommand::Diagnose => {
+        CliCommand::Call(a) => roomline::phone::cli::run(&a, Some(&cfg)),
+        CliCommand::Diagnose(d) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -189,7 +212,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
-            let checks = rt.block_on(roomline::diagnose::run(&cfg));
+            let mut checks = rt.block_on(roomline::diagnose::run(&cfg));
+            if let Some(number) = &d.call {
+                checks.push(rt.block_on(roomline::diagnose::test_call(
+                    &cfg,
+                    number,
+                    d.call_auth.as_deref(),
+                )));
+            }
             if roomline::diagnose::print(&checks) {
                 ExitCode::SUCCESS
             } else {

@@ -39,7 +39,7 @@ fn examples_are_valid() {
     );
     assert_eq!(
         stdout.trim(),
-        "roomline.yaml: configuration is valid (3 trunks, 4 dialplan rules)"
+        "roomline.yaml: configuration is valid (4 trunks, 4 dialplan rules)"
     );
 }
 

@@ -235,6 +235,7 @@ fn json_log_lines_parse_and_carry_the_human_fields_with_numbers_masked() {
         "jitter_ms",
         "rx_lost",
         "tx_lost",
+        "tx_ticks_skipped",
         "source",
     ];
     for (event, h) in &human {

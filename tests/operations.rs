@@ -1223,7 +1223,8 @@ fn max_concurrent_calls_refuses_the_call_beyond_the_limit_until_one_ends() {
 
 /// `limits.max_calls_per_second: 1`: a burst of ten INVITEs (sipp at 50 calls/s) gets
 /// at least one call admitted and the rest refused with 503 and Retry-After; the refusals
-/// are counted as `call_rate`, one for each 503 on the wire.
+/// are counted as `call_rate` (the global limit the operator set, which a lone source
+/// meets with the default per-source cap), one for each 503 on the wire.
 #[test]
 fn max_calls_per_second_refuses_a_burst_beyond_the_rate() {
     let lk = LiveKitServer::start();
@@ -1893,7 +1894,7 @@ fn validate_config_script_for_ci_pipelines() {
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert_eq!(
         out.trim(),
-        "roomline.yaml: configuration is valid (3 trunks, 4 dialplan rules)"
+        "roomline.yaml: configuration is valid (4 trunks, 4 dialplan rules)"
     );
     let (code, out, err) = run_tool(&script, &["--github", "roomline.yaml"], &env);
     assert_eq!(code, Some(0), "{out}\n{err}");

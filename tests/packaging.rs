@@ -356,7 +356,7 @@ fn deb_installs_validates_and_purges_cleanly() {
         assert!(
             out.status.success()
                 && text(&out.stdout).contains(
-                    "/etc/roomline/roomline.yaml: configuration is valid (3 trunks, 4 dialplan rules)"
+                    "/etc/roomline/roomline.yaml: configuration is valid (4 trunks, 4 dialplan rules)"
                 ),
             "{}",
             describe(&format!("roomline check as {}", user.unwrap_or("root")), &out)

@@ -293,6 +293,9 @@ async fn participant_hears_an_agent_that_restarts() {
 const CALLER: &str = "+15551230000";
 const CALLED: &str = "+15550100";
 
+/// How long the call stays up after the sequence before the room ends it.
+const DRAIN: Duration = Duration::from_secs(2);
+
 /// Phone tests take the CPU they measure with; one at a time.
 static PHONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -361,7 +364,12 @@ fn phone_hears_every_tone(mode: &str, steps: &[Step]) {
     ];
     let call = std::thread::spawn(move || phone(&phone_args, Duration::from_secs(180)));
     let run = sequence.join().expect("sequence thread");
-    // the sequence is over: the room ends the call
+    // the sequence is over: the room ends the call, once the last tone has had time to
+    // reach the phone's recording. The peer leaves 0.3 s after its last frame; what is
+    // still on its way (the SFU, the daemon's mixer queue, the phone's jitter buffer, all
+    // deeper after the machine stalled) was cut off by an immediate hangup: the last
+    // tone's end missing from the recording, the recording ending inside that tone.
+    std::thread::sleep(DRAIN);
     let (status, body) = common::roomline::room_service(
         &lk,
         "RemoveParticipant",

@@ -490,7 +490,7 @@ pub fn drive_media(
     live: bool,
     forward: bool,
     frame: &mut Vec<i16>,
-    mut on_frame: impl FnMut(&mut PhoneMedia),
+    mut on_frame: impl FnMut(&mut PhoneMedia, &[i16]),
 ) -> Vec<PhoneSignal> {
     let mut out = Vec::new();
     let Some(pm) = media.pm.as_mut() else {
@@ -512,7 +512,7 @@ pub fn drive_media(
     }
     while pm.poll_phone_frame_into(t, frame).is_some() {
         frames += 1;
-        on_frame(pm);
+        on_frame(pm, frame);
         // the hold tone plays at the phone's frame pace
         if let Some(hold) = media.hold.as_mut() {
             pm.push_room_audio(HOLD_TRACK, HOLD_OWNER, &hold.next_frame_looped());

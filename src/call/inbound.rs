@@ -450,7 +450,7 @@ impl InboundCall {
             timeout_ends: self.shell.answered_at.is_some(),
         };
         let prompt = &mut self.prompt;
-        self.shell.drive_media(mode, |pm| {
+        self.shell.drive_media(mode, |pm, _| {
             // the prompt plays at the phone's frame pace
             if let Some(p) = prompt.as_mut() {
                 match p.next_frame() {

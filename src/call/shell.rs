@@ -379,12 +379,12 @@ impl Shell {
         });
     }
 
-    /// Sends due RTP, moves the phone's frames to the room, collects its keys; a media
-    /// timeout ends the call when `mode` says so.
+    /// Sends due RTP, moves the phone's frames to the room (and shows each to
+    /// `on_frame`), collects its keys; a media timeout ends the call when `mode` says so.
     pub fn drive_media(
         &mut self,
         mode: MediaMode,
-        on_frame: impl FnMut(&mut PhoneMedia),
+        on_frame: impl FnMut(&mut PhoneMedia, &[i16]),
     ) -> Result<(), Outcome> {
         let Some(m) = self.media.as_mut() else {
             return Ok(());
@@ -545,7 +545,7 @@ impl Shell {
             metrics::counter!(m::CALLS_MEDIA_ENCRYPTION, "direction" => summary.direction, "encryption" => srtp)
                 .increment(1);
         }
-        let (rx_packets, rx_lost, tx_packets, tx_lost, jitter_ms) = stats
+        let (rx_packets, rx_lost, tx_packets, tx_lost, jitter_ms, tx_ticks_skipped) = stats
             .as_ref()
             .map(|s| {
                 (
@@ -554,6 +554,7 @@ impl Shell {
                     s.tx.packets,
                     s.tx.lost.unwrap_or(0).max(0) as u64,
                     s.rx.jitter_ms,
+                    s.tx.ticks_skipped,
                 )
             })
             .unwrap_or_default();
@@ -575,6 +576,8 @@ impl Shell {
             outcome = %outcome,
             status = if answered { 200 } else { outcome.status() },
             rx_packets, rx_lost, tx_packets, tx_lost,
+            // send ticks the call task was too late for: phone audio never sent
+            tx_ticks_skipped,
             jitter_ms = format!("{jitter_ms:.1}"),
             dtmf_in = self.dtmf_in,
             dtmf_out,

@@ -17,6 +17,7 @@
 //!   own tracks excluded, starved inputs muted, soft-limited sum.
 //! - `plc`: phone -> room playout: G.711/G.722 decoding with repeat-and-fade concealment,
 //!   Opus with FEC and its own concealment.
+//! - `tone`: tone measurement (Goertzel power, dominant frequency).
 //! - `timeout`: media timeout (no RTP for N s, longer before the first packet).
 //! - `ports`: RTP port pairs from the configured range, with a drain period before reuse.
 //! - `session`: `PhoneMedia`, the phone leg of one call composed from the cores above:
@@ -39,6 +40,7 @@ pub mod session;
 pub mod socket;
 pub mod srtp;
 pub mod timeout;
+pub mod tone;
 
 #[cfg(test)]
 pub(crate) mod test_signal;

@@ -22,7 +22,7 @@ use super::livekit::LiveKitServer;
 use super::{stop_child, tail_file, wait_timeout};
 
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-/// RTP ranges: 200 ports each from 20000 up, below Linux's ephemeral ports.
+/// Where the next `rtp_range` starts looking (spread further by the process id).
 static NEXT_RTP: AtomicU16 = AtomicU16::new(0);
 
 /// A port free for both UDP and TCP on 127.0.0.1, not handed out before in this process.
@@ -67,12 +67,33 @@ pub fn free_media_port() -> u16 {
     }
 }
 
-fn rtp_range() -> (u16, u16) {
-    let slot = NEXT_RTP.fetch_add(1, Ordering::Relaxed) % 60;
-    // spread test binaries over the slots too (they may overlap in time on CI retries)
-    let offset = (std::process::id() % 7) as u16;
-    let start = 20000 + ((slot + offset * 8) % 60) * 200;
-    (start, start + 198)
+/// RTP range slots: 200 ports each from 20000 up, below Linux's ephemeral ports.
+const RTP_SLOTS: u32 = 60;
+
+/// An RTP range for one daemon, with its slot's lock held (a lock file in the temp
+/// directory, `File::try_lock`): no two daemons of the test harness on this machine share
+/// a range while both run, whatever binary or worktree started them. (Ranges picked from
+/// a per-process counter collided between test processes; a daemon then found the other's
+/// pairs taken and, after 8 in a row, refused the call for want of RTP ports.) The lock
+/// goes with the file: when the `Roomline` drops, or the test process dies.
+fn rtp_range() -> ((u16, u16), File) {
+    let dir = std::env::temp_dir().join("roomline-test-rtp-slots");
+    std::fs::create_dir_all(&dir).expect("RTP slot lock directory");
+    let first = u32::from(NEXT_RTP.fetch_add(1, Ordering::Relaxed)) + std::process::id();
+    for i in 0..RTP_SLOTS {
+        let slot = (first + i) % RTP_SLOTS;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{slot}.lock")))
+            .expect("RTP slot lock file");
+        if file.try_lock().is_ok() {
+            let start = 20000 + slot as u16 * 200;
+            return ((start, start + 198), file);
+        }
+    }
+    panic!("all {RTP_SLOTS} RTP port ranges are held by running test daemons");
 }
 
 /// The daemon binary: `$ROOMLINE_BIN` if set, else the one cargo built for this test
@@ -201,6 +222,8 @@ pub struct Roomline {
     pub sip_port: u16,
     pub http_port: u16,
     pub rtp_ports: (u16, u16),
+    /// The lock of the RTP range's slot, held while this daemon may run (`rtp_range`).
+    _rtp_slot: File,
     log: PathBuf,
     config: PathBuf,
     log_level: String,
@@ -243,7 +266,7 @@ impl Roomline {
         let dir = tempfile::tempdir().expect("tempdir");
         let sip_port = free_port();
         let http_port = free_port();
-        let rtp_ports = rtp_range();
+        let (rtp_ports, rtp_slot) = rtp_range();
         for sub in ["trunks", "dialplans"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
@@ -297,6 +320,7 @@ impl Roomline {
             sip_port,
             http_port,
             rtp_ports,
+            _rtp_slot: rtp_slot,
             log,
             config,
         };

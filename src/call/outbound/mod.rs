@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-mod attempt;
+pub(crate) mod attempt;
 mod request;
 
-use attempt::{Attempt, Target, fails_over, pick_challenge};
+use attempt::{Attempt, Challenged, Target, fails_over};
 pub use request::{DialError, OutboundRequest, Started};
 
 use super::attributes::{self, CallStatus};
@@ -34,26 +34,18 @@ use crate::media::timeout::MediaTimeoutConfig;
 use crate::ops::metrics as m;
 use crate::sip::body;
 use crate::sip::build;
-use crate::sip::dialog::Dialog;
-use crate::sip::digest;
-use crate::sip::incoming::{Incoming, SipEvent};
+use crate::sip::incoming::Incoming;
 use crate::sip::sdp::Local;
-use crate::sip::session_timer as st;
-use crate::sip::transaction::{ClientInviteState, ClientNonInvite};
-use crate::sip::txkey::ClientKey;
+use crate::sip::transaction::ClientInviteState;
 use crate::sip::uri;
 
 /// With a backup to go to, a trunk that has not answered the INVITE at all (not even
 /// 100 Trying) this long counts as down, long before Timer B's 32 s.
 pub const NO_RESPONSE_FAILOVER: Duration = Duration::from_secs(5);
-/// How long we wait for the 487 after our CANCEL.
-const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Pause for each 'w' in the request's DTMF string.
 const DTMF_PAUSE: Duration = Duration::from_millis(500);
 /// Between two digits of the request's DTMF string.
 const DTMF_GAP: Duration = Duration::from_millis(250);
-/// INVITEs re-sent with a larger session interval after a 422 (RFC 4028 section 7.4).
-const MAX_422_RETRIES: u32 = 2;
 
 /// One outbound call's own state; the rest is the shell's.
 struct OutboundCall {
@@ -490,7 +482,7 @@ impl OutboundCall {
                 forward: early,
                 timeout_ends: false,
             };
-            let _ = self.shell.drive_media(mode, |_| {});
+            let _ = self.shell.drive_media(mode, |_, _| {});
             self.shell.digits.clear();
         }
         if early {
@@ -521,33 +513,10 @@ impl OutboundCall {
     /// decided.
     fn on_invite_response(&mut self, resp: Incoming) -> Option<Result<(), Fail>> {
         let a = self.attempt.as_mut()?;
-        let key = resp.client_key();
-        if key != a.key {
-            // RFC 3261 section 17.1.3: the CANCEL's answer (same branch, method CANCEL),
-            // or one for an earlier INVITE of this call
-            if let Some((k, tx)) = a.cancel.as_mut()
-                && *k == key
-            {
-                tx.on_response(resp.at, resp.status());
-            }
-            return None;
-        }
-        let status = resp.status();
-        a.responded = true;
-        let to_tu = {
-            let (invite, msg) = (&a.invite, &resp.msg);
-            a.tx.on_response(resp.at, status, || {
-                build::ack_for_failure(invite, msg).to_bytes()
-            })
-        };
-        a.flow.drive(&mut a.tx, now());
-        if !to_tu {
-            return None;
-        }
+        let status = a.take_response(&resp)?;
         match status {
             100 => None,
             101..=199 => {
-                a.provisional = true;
                 let forward = a.target.early_media;
                 if !self.ringing_reported && (status == 180 || status == 183) {
                     self.ringing_reported = true;
@@ -568,20 +537,13 @@ impl OutboundCall {
             }
             200..=299 => Some(self.on_answered(resp)),
             401 | 407 => self.on_challenge(&resp),
-            422 => {
-                let next = st::retry_after_422(a.session_expires, &resp.msg)
-                    .filter(|_| a.retries_422 < MAX_422_RETRIES);
-                match next {
-                    Some(secs) => {
-                        tracing::info!(secs, "422: the trunk wants a longer session interval");
-                        a.retries_422 += 1;
-                        a.session_expires = secs;
-                        a.send_invite(&self.shell, &self.req.headers, &self.attributes);
-                        None
-                    }
-                    None => Some(Err(self.refused(&resp))),
+            422 => match a.retry_422(&self.shell, &resp, &self.req.headers, &self.attributes) {
+                Some(secs) => {
+                    tracing::info!(secs, "422: the trunk wants a longer session interval");
+                    None
                 }
-            }
+                None => Some(Err(self.refused(&resp))),
+            },
             _ if fails_over(status) => {
                 let reason = resp.reason().to_string();
                 self.last_status = Some((status, reason.clone()));
@@ -608,18 +570,16 @@ impl OutboundCall {
     fn on_challenge(&mut self, resp: &Incoming) -> Option<Result<(), Fail>> {
         let a = self.attempt.as_mut()?;
         let status = resp.status();
-        match (a.target.auth.clone(), pick_challenge(resp)) {
-            (Some((user, pass)), Some((challenge, proxy)))
-                if (a.auth_tries == 0 || challenge.stale) && a.auth_tries < 3 =>
-            {
-                a.auth_tries += 1;
-                let cnonce = build::new_tag();
-                let value = digest::answer(&challenge, "INVITE", &a.ruri, &user, &pass, &cnonce, 1);
-                a.authorization = Some((proxy, value));
-                a.send_invite(&self.shell, &self.req.headers, &self.attributes);
-                None
-            }
-            (Some(_), Some(_)) => Some(Err(Fail::End(
+        let credentials = a.target.auth.clone();
+        match a.answer_challenge(
+            &self.shell,
+            resp,
+            credentials.as_ref(),
+            &self.req.headers,
+            &self.attributes,
+        ) {
+            Challenged::Resent => None,
+            Challenged::Refused => Some(Err(Fail::End(
                 Outcome::Rejected {
                     status,
                     reason: Some("authentication failed".into()),
@@ -629,7 +589,7 @@ impl OutboundCall {
                     reason: "authentication failed".into(),
                 },
             ))),
-            _ => Some(Err(self.refused(resp))),
+            Challenged::NoCredentials | Challenged::Unsupported => Some(Err(self.refused(resp))),
         }
     }
 
@@ -637,20 +597,12 @@ impl OutboundCall {
         let Some(a) = self.attempt.as_mut() else {
             return Err(Fail::Next("no attempt".into()));
         };
-        let call_id = self.shell.call_id();
-        let Some(leg) = self.shell.leg.as_mut() else {
-            return Err(Fail::Next("no leg".into()));
-        };
-        let dialog =
-            Dialog::uac(&call_id, &a.from, leg.local_tag(), a.cseq, &resp.msg).map_err(|e| {
-                Fail::End(
-                    Outcome::Internal(e.clone()),
-                    DialError::Ended(format!("bad 2xx: {e}")),
-                )
-            })?;
-        leg.confirm_uac(now(), dialog, a.key.clone(), a.cseq, &resp.msg);
-        a.cancel = None;
-        self.shell.flush();
+        a.confirm(&mut self.shell, &resp).map_err(|e| {
+            Fail::End(
+                Outcome::Internal(e.clone()),
+                DialError::Ended(format!("bad 2xx: {e}")),
+            )
+        })?;
         if let (Some(sdp), Some(m)) = (body::sdp(&resp.msg), self.shell.media.as_mut())
             && let Err(r) = m.take_answer(now(), &sdp)
         {
@@ -687,83 +639,21 @@ impl OutboundCall {
             room.set_attribute_map(attributes::outbound_answered(&resp.msg, &mapping, status));
         }
         self.hangup_deadline = self.req.max_call_duration.map(|d| t + d);
-        tracing::info!(%call_id, %trunk, "outbound call answered");
+        tracing::info!(call_id = %self.shell.call_id(), %trunk, "outbound call answered");
         Ok(())
     }
 
-    /// CANCEL the INVITE (RFC 3261 section 9.1) and wait briefly for its 487; a 2xx that
-    /// crossed the CANCEL makes the call, which is then hung up.
+    /// CANCEL the INVITE (`Attempt::cancel`); a 2xx that crossed the CANCEL makes the
+    /// call, which is then hung up.
     async fn cancel(&mut self) {
-        let call_id = self.shell.call_id();
         let Some(a) = self.attempt.as_mut() else {
             return;
         };
-        if !a.provisional {
-            // no provisional yet: a CANCEL might overtake the INVITE; give up on it
-            return;
-        }
-        let c = a.cancel_request(&call_id);
-        let mut tx = ClientNonInvite::new(
-            now(),
-            a.flow.is_reliable(),
-            self.shell.ctx.timers,
-            c.to_bytes(),
-        );
-        a.flow.drive(&mut tx, now());
-        a.cancel = Some((ClientKey::new(&a.key.branch, "CANCEL"), tx));
-        let deadline = now() + CANCEL_WAIT;
-        loop {
-            let Some(a) = self.attempt.as_mut() else {
-                return;
-            };
-            if matches!(
-                a.tx.state(),
-                ClientInviteState::Completed | ClientInviteState::Terminated
-            ) {
-                return;
-            }
-            let wait = (now() + Duration::from_millis(50)).min(deadline);
-            if let Some(SipEvent::Response(resp)) = self.shell.next_sip(wait).await {
-                let answered = resp.client_key() == a.key && (200..300).contains(&resp.status());
-                let _ = self.on_invite_response_in_cancel(resp);
-                if answered {
-                    // the 2xx crossed our CANCEL: the call was taken, to be hung up
-                    return;
-                }
-            }
-            if let Some(a) = self.attempt.as_mut() {
-                a.flow.drive(&mut a.tx, now());
-                if let Some((_, tx)) = a.cancel.as_mut() {
-                    a.flow.drive(tx, now());
-                }
-            }
-            if now() >= deadline {
-                return;
-            }
-        }
-    }
-
-    /// A response while the CANCEL waits: the INVITE's final (a 487, or a 2xx that crossed
-    /// the CANCEL and is taken so that it can be hung up), the CANCEL's own.
-    fn on_invite_response_in_cancel(&mut self, resp: Incoming) -> Option<()> {
-        let a = self.attempt.as_mut()?;
-        let key = resp.client_key();
-        if key == a.key && resp.status() >= 200 {
-            if (200..300).contains(&resp.status()) {
-                let _ = self.on_answered(resp);
-            } else {
-                let (invite, msg) = (&a.invite, &resp.msg);
-                a.tx.on_response(resp.at, resp.status(), || {
-                    build::ack_for_failure(invite, msg).to_bytes()
-                });
-                a.flow.drive(&mut a.tx, now());
-            }
-        } else if let Some((k, tx)) = a.cancel.as_mut()
-            && *k == key
+        if let Some(resp) = a.cancel(&mut self.shell).await
+            && (200..300).contains(&resp.status())
         {
-            tx.on_response(resp.at, resp.status());
+            let _ = self.on_answered(resp);
         }
-        Some(())
     }
 
     /// The call is up.
@@ -798,7 +688,7 @@ impl OutboundCall {
                 return Outcome::MaxDuration;
             }
             self.drive_dtmf();
-            if let Err(o) = self.shell.drive_media(mode, |_| {}) {
+            if let Err(o) = self.shell.drive_media(mode, |_, _| {}) {
                 return o;
             }
             while let Some(d) = self.shell.digits.pop_front() {
