@@ -87,6 +87,16 @@ impl StallWatch {
         if now < self.next_check {
             return;
         }
+        // a check that runs more than an interval late means this task (or the whole
+        // process) did not run meanwhile: that time is nobody's silence, so it does not
+        // count toward a stall (a daemon paused for 8 s on a starved machine counted its
+        // own pause as a room track delivering nothing)
+        let paused = now.saturating_duration_since(self.next_check);
+        if paused > CHECK_INTERVAL {
+            for w in self.tracks.values_mut() {
+                w.last_audio = (w.last_audio + paused).min(now);
+            }
+        }
         self.next_check = now + CHECK_INTERVAL;
         let mut keep: HashMap<String, Watched> = HashMap::new();
         for (track, identity) in expected {
@@ -179,5 +189,29 @@ mod tests {
         // checks only at their interval
         w.check(t0 + s(34), a.iter().copied(), &mut out);
         assert_eq!(w.poll_timeout(), t0 + s(35));
+    }
+
+    /// The watch's own pause (its task or the process not running) is not the room's
+    /// silence: a check 7 s late finds no stall; silence after it still counts.
+    #[test]
+    fn stall_not_counted_while_the_watch_itself_was_paused() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(t0);
+        let mut out = Vec::new();
+        let a = [("TR_a", "agent")];
+        w.check(t0 + s(1), a.iter().copied(), &mut out);
+        w.delivered(t0 + s(1), "TR_a");
+        // the next check was due at 2 s and runs at 9 s
+        w.check(t0 + s(9), a.iter().copied(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        for k in 10..=12 {
+            w.check(t0 + s(k), a.iter().copied(), &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+        w.check(t0 + s(13), a.iter().copied(), &mut out);
+        assert!(
+            matches!(&out[..], [StallChange::Stalled { silent_for, .. }] if *silent_for == s(5)),
+            "{out:?}"
+        );
     }
 }
