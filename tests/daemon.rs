@@ -360,7 +360,7 @@ fn changed_files_are_reloaded_without_a_signal_and_failures_are_visible() {
     assert_eq!(errors.len(), 1, "{v}");
     assert!(errors[0].as_str().unwrap().ends_with("trunks/office-pbx.yaml:6:7: invalid address \"10.20.0.0/33\": expected an IP address or CIDR such as 192.0.2.10 or 192.0.2.0/24"), "{v}");
     // The old configuration still serves.
-    assert_eq!(v["config"]["trunks"].as_array().unwrap().len(), 3);
+    assert_eq!(v["config"]["trunks"].as_array().unwrap().len(), 4);
     let metrics = http_get(port, "/metrics").unwrap().1;
     assert!(
         metrics.contains("roomline_config_reloads_total{result=\"failed\"} 1"),
