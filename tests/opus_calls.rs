@@ -30,26 +30,6 @@ const CALLED: &str = "+15550100";
 /// Audio tests take the CPU they measure with; one at a time.
 static MEDIA: Mutex<()> = Mutex::new(());
 
-/// A 16-bit mono WAV of a `hz` sine at `rate`.
-fn tone_wav(dir: &Path, hz: u32, rate: u32, seconds: u32) -> PathBuf {
-    let path = dir.join(format!("tone{hz}_{rate}.wav"));
-    let st = Command::new("sox")
-        .args(["-n", "-r", &rate.to_string(), "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args([
-            "synth",
-            &seconds.to_string(),
-            "sine",
-            &hz.to_string(),
-            "vol",
-            "0.5",
-        ])
-        .status()
-        .expect("sox");
-    assert!(st.success());
-    path
-}
-
 /// One baresip process (Debian `baresip-core`): no sound card (ALSA's null device
 /// plays), `aufile` as the microphone, `sndfile` recording what it encodes and decodes.
 struct Baresip {
@@ -331,7 +311,7 @@ fn opus_phone_calls_in_with_wideband_audio_both_ways() {
     );
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let dir = tempfile::tempdir().unwrap();
-    let play = tone_wav(dir.path(), phone_hz, 48_000, 20);
+    let play = common::tone_wav(dir.path(), phone_hz, 48_000, 20);
     let side = RoomSide::start(&lk, room, &format!("sip_{CALLER}"), room_hz);
     let target = format!("sip:{CALLED}@{}", rl.sip_addr());
     let mut phone = Baresip::start(CALLER, "opus/48000/2", &play, 10, Some(&target));
@@ -351,7 +331,7 @@ fn opus_phone_is_called_out_with_wideband_audio_both_ways() {
     let room = "opus-out";
     let lk = LiveKitServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let play = tone_wav(dir.path(), phone_hz, 48_000, 30);
+    let play = common::tone_wav(dir.path(), phone_hz, 48_000, 30);
     let mut phone = Baresip::start(CALLED, "opus/48000/2", &play, 18, None);
     let trunk = format!(
         "outbound:\n  address: 127.0.0.1:{}\n  from_number: \"{CALLER}\"\ncodecs: [opus, pcmu]\n",
@@ -403,7 +383,7 @@ fn opus_phone_dtmf_reaches_the_room() {
     let plan = format!("rules:\n  - name: phone\n    room: {room}\n");
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let dir = tempfile::tempdir().unwrap();
-    let play = tone_wav(dir.path(), 1000, 48_000, 30);
+    let play = common::tone_wav(dir.path(), 1000, 48_000, 30);
     let identity = format!("sip_{CALLER}");
     let observer = roompeer_bg(
         &lk,
@@ -463,7 +443,7 @@ fn opus_phone_holds_and_resumes() {
     let plan = format!("rules:\n  - name: phone\n    room: {room}\n");
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let dir = tempfile::tempdir().unwrap();
-    let play = tone_wav(dir.path(), phone_hz, 48_000, 40);
+    let play = common::tone_wav(dir.path(), phone_hz, 48_000, 40);
     let target = format!("sip:{CALLED}@{}", rl.sip_addr());
     let mut phone = Baresip::start(CALLER, "opus/48000/2", &play, 24, Some(&target));
     phone.wait_log("Call established");

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,25 +23,6 @@ const CALLED: &str = "+15550100";
 
 /// Audio tests take the CPU they measure with; one at a time.
 static MEDIA: Mutex<()> = Mutex::new(());
-
-fn tone_wav(dir: &std::path::Path, hz: u32, rate: u32, seconds: u32) -> std::path::PathBuf {
-    let path = dir.join(format!("tone{hz}_{rate}.wav"));
-    let st = Command::new("sox")
-        .args(["-n", "-r", &rate.to_string(), "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args([
-            "synth",
-            &seconds.to_string(),
-            "sine",
-            &hz.to_string(),
-            "vol",
-            "0.5",
-        ])
-        .status()
-        .expect("sox");
-    assert!(st.success());
-    path
-}
 
 fn phone(args: &[String], timeout: Duration) -> PeerRun {
     common::run_phone(args, timeout)
@@ -59,7 +39,7 @@ fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let dir = tempfile::tempdir().unwrap();
     let rate = if codec == "G722" { 16000 } else { 8000 };
-    let play = tone_wav(dir.path(), phone_hz, rate, 12);
+    let play = common::tone_wav(dir.path(), phone_hz, rate, 12);
     let heard = dir.path().join("heard.wav");
     let identity = format!("sip_{CALLER}");
     let listener = roompeer_bg(

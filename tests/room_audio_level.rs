@@ -26,25 +26,6 @@ const CALLED: &str = "+15550100";
 /// Audio tests take the CPU they measure with; one at a time.
 static MEDIA: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn tone_wav(dir: &std::path::Path, hz: u32, rate: u32, seconds: u32) -> std::path::PathBuf {
-    let path = dir.join(format!("tone{hz}_{rate}.wav"));
-    let st = Command::new("sox")
-        .args(["-n", "-r", &rate.to_string(), "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args([
-            "synth",
-            &seconds.to_string(),
-            "sine",
-            &hz.to_string(),
-            "vol",
-            "0.5",
-        ])
-        .status()
-        .expect("sox");
-    assert!(st.success());
-    path
-}
-
 fn phone(args: &[String], timeout: Duration) -> PeerRun {
     let script = common::repo_root().join("tests/peers/phone.py");
     let dir = tempfile::tempdir().unwrap();
@@ -86,7 +67,7 @@ fn room_levels(codec: &str, room: &str) -> serde_json::Value {
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let dir = tempfile::tempdir().unwrap();
     let rate = if codec == "G722" { 16000 } else { 8000 };
-    let play = tone_wav(dir.path(), 1000, rate, 12);
+    let play = common::tone_wav(dir.path(), 1000, rate, 12);
     let recorded = dir.path().join("room.wav");
     let identity = format!("sip_{CALLER}");
     let listener = roompeer_bg(

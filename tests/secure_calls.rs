@@ -13,8 +13,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,25 +40,6 @@ fn media_lock() -> MutexGuard<'static, ()> {
 /// tested with our own SRTP context as the phone's
 /// (`aead_aes_128_gcm_end_to_end_against_our_own_srtp_context`).
 const SUITES: [&str; 2] = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"];
-
-fn tone_wav(dir: &Path, hz: u32, seconds: u32) -> PathBuf {
-    let path = dir.join(format!("tone{hz}.wav"));
-    let st = Command::new("sox")
-        .args(["-n", "-r", "8000", "-c", "1", "-b", "16"])
-        .arg(&path)
-        .args([
-            "synth",
-            &seconds.to_string(),
-            "sine",
-            &hz.to_string(),
-            "vol",
-            "0.5",
-        ])
-        .status()
-        .expect("sox");
-    assert!(st.success());
-    path
-}
 
 /// A room listener recording `from_identity` and a publisher of `room_hz`, both in the
 /// room before the call.
@@ -234,7 +214,7 @@ fn pjsua2_calls_in_over_tls_with_srtp_in_each_suite() {
             .dialplan("main", &plan)
             .sip_extra(&tls_listener(&pki, "served", port)),
     );
-    let play = tone_wav(dir.path(), 1000, 14);
+    let play = common::tone_wav(dir.path(), 1000, 8000, 14);
     for (i, suite) in SUITES.iter().enumerate() {
         let room = format!("srtp-in-{i}");
         let called = format!("+1555010{i}");
@@ -361,7 +341,7 @@ fn api_require_calls_a_pjsua2_carrier_over_tls_with_srtp_in_each_suite() {
             pki.ca_cert.display()
         ),
     ));
-    let play = tone_wav(dir.path(), 1000, 14);
+    let play = common::tone_wav(dir.path(), 1000, 8000, 14);
     for (i, suite) in SUITES.iter().enumerate() {
         let room = format!("srtp-out-{i}");
         let heard = dir.path().join(format!("carrier-heard-{i}.wav"));
@@ -634,7 +614,7 @@ fn a_renewed_certificate_is_served_while_an_srtp_call_over_tls_keeps_its_audio()
         common::pki::served_fingerprint(&at),
         common::pki::fingerprint_of_file(&old_cert)
     );
-    let play = tone_wav(dir.path(), 1000, 16);
+    let play = common::tone_wav(dir.path(), 1000, 8000, 16);
     let heard = dir.path().join("heard.wav");
     let (listener, publisher) = room_side(&lk, "srtp-renewal", &format!("sip_{CALLER}"), 440, 13);
     let args = phone_args(

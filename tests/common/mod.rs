@@ -266,3 +266,24 @@ where
 pub fn within(got: f64, want: f64, rel: f64) -> bool {
     (got - want).abs() <= want * rel
 }
+
+/// A 16-bit mono WAV of a `hz` sine at half scale, `rate` samples per second, made by sox
+/// in `dir`.
+pub fn tone_wav(dir: &Path, hz: u32, rate: u32, seconds: u32) -> PathBuf {
+    let path = dir.join(format!("tone{hz}_{rate}.wav"));
+    let st = Command::new("sox")
+        .args(["-n", "-r", &rate.to_string(), "-c", "1", "-b", "16"])
+        .arg(&path)
+        .args([
+            "synth",
+            &seconds.to_string(),
+            "sine",
+            &hz.to_string(),
+            "vol",
+            "0.5",
+        ])
+        .status()
+        .expect("sox");
+    assert!(st.success());
+    path
+}
