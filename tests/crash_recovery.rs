@@ -16,35 +16,14 @@ use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
 use common::roomline::{self, Roomline, Setup, Sipp, list_participants, wait_participants};
-use common::uac::invite;
+use common::uac::uac_answered_then;
 
 const ROOM: &str = "crash-room";
 
 /// A phone that calls, ACKs the 200, then waits (up to 3 minutes) for the daemon's BYE,
 /// logs its Reason and answers 200.
 fn phone_waiting_for_bye(caller: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uac-awaits-bye">
-{invite}
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rtd="true"/>
-  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv request="BYE" timeout="180000"/>
+    let then = r#"  <recv request="BYE" timeout="180000"/>
   <send>
     <![CDATA[
       SIP/2.0 200 OK
@@ -55,11 +34,8 @@ fn phone_waiting_for_bye(caller: &str) -> String {
       [last_CSeq:]
       Content-Length: 0
     ]]>
-  </send>
-</scenario>
-"#,
-        invite = invite(caller, "[media_port]"),
-    )
+  </send>"#;
+    uac_answered_then("uac-awaits-bye", caller, "[media_port]", then)
 }
 
 fn sip_participants(lk: &LiveKitServer) -> usize {

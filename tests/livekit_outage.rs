@@ -34,7 +34,7 @@ use common::roomline::{
     self, Roomline, Rtp, RtpPeer, Setup, Sipp, SippRun, header, roompeer_bg, sipp_args,
     wait_participant,
 };
-use common::uac::{invite, sip_identity};
+use common::uac::{sip_identity, uac_answered_then};
 use common::{PeerRun, within};
 
 const CALLER: &str = "+15551230077";
@@ -108,32 +108,7 @@ fn uac_hangs_up(sdp_port: u16, after_ms: u64) -> String {
 
 /// INVITE, the answer, ACK, then `end`.
 fn uac(sdp_port: u16, end: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uac">
-{invite}
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rtd="true"/>
-  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "Caller" <sip:{CALLER}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-{end}
-</scenario>
-"#,
-        invite = invite(CALLER, &sdp_port.to_string())
-    )
+    uac_answered_then("uac", CALLER, &sdp_port.to_string(), end)
 }
 
 fn plan(room: &str) -> String {

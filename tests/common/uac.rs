@@ -82,12 +82,12 @@ pub fn uac_refused(caller: &str, status: u16) -> String {
     )
 }
 
-/// A UAC whose call is answered: INVITE, 200, ACK, `talk_ms` of silence, then its BYE
-/// and the BYE's 200.
-pub fn uac_answered_then_bye(caller: &str, talk_ms: u64) -> String {
+/// A UAC whose call is answered: INVITE (its SDP port `sdp_port`), 200, ACK, then the
+/// scenario lines `then`.
+pub fn uac_answered_then(name: &str, caller: &str, sdp_port: &str, then: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uac-answered-bye">
+<scenario name="{name}">
 {invite}
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
@@ -106,7 +106,18 @@ pub fn uac_answered_then_bye(caller: &str, talk_ms: u64) -> String {
       Content-Length: 0
     ]]>
   </send>
-  <pause milliseconds="{talk_ms}"/>
+{then}
+</scenario>
+"#,
+        invite = invite(caller, sdp_port)
+    )
+}
+
+/// A UAC whose call is answered: INVITE, 200, ACK, `talk_ms` of silence, then its BYE
+/// and the BYE's 200.
+pub fn uac_answered_then_bye(caller: &str, talk_ms: u64) -> String {
+    let then = format!(
+        r#"  <pause milliseconds="{talk_ms}"/>
   <send retrans="500">
     <![CDATA[
       BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
@@ -120,9 +131,7 @@ pub fn uac_answered_then_bye(caller: &str, talk_ms: u64) -> String {
       Content-Length: 0
     ]]>
   </send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"#,
-        invite = invite(caller, "[media_port]")
-    )
+  <recv response="200" crlf="true"/>"#
+    );
+    uac_answered_then("uac-answered-bye", caller, "[media_port]", &then)
 }
