@@ -286,7 +286,8 @@ impl Baresip {
     }
 
     /// baresip's recording of the audio it decoded (what its user heard): the last one
-    /// (`sndfile` starts a new file when the stream restarts, e.g. on resume).
+    /// (`sndfile` starts a new file when its filter is set up again). Not after a hold:
+    /// see `opus_phone_holds_and_resumes`, which reads `played` instead.
     fn heard(&self) -> PathBuf {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
             .unwrap()
