@@ -14,6 +14,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -37,6 +38,9 @@ static MEDIA: Mutex<()> = Mutex::new(());
 /// baresip's sample rate toward its player (`auplay_srate`, mono S16LE).
 const PLAYER_RATE: u32 = 48_000;
 
+/// `O_NONBLOCK` (Linux, asm-generic/fcntl.h), which std does not name.
+const O_NONBLOCK: i32 = 0o4000;
+
 /// What baresip's audio player played, paced like a sound card. The machine has none, and
 /// ALSA's `null` device never blocks, so a player writing to it spins a core and is no
 /// clock. Instead the player is ALSA's `file` device (`null` as its slave, raw S16LE)
@@ -54,10 +58,12 @@ impl PlayerTap {
         let st = Command::new("mkfifo").arg(fifo).status().expect("mkfifo");
         assert!(st.success(), "mkfifo {}", fifo.display());
         // read and write: the open does not wait for a writer, and the player may close
-        // and reopen (baresip restarts it on hold) without an end of file here
+        // and reopen (baresip restarts it on hold) without an end of file here; not
+        // blocking: an empty pipe (no player, or baresip gone) never holds the reader
         let mut pipe = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(O_NONBLOCK)
             .open(fifo)
             .expect("open the player's FIFO");
         let stop = Arc::new(AtomicBool::new(false));
@@ -85,7 +91,10 @@ impl PlayerTap {
                         played.extend_from_slice(&buf[..n]);
                         credit -= n as f64;
                     }
-                    Err(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("reading the player's FIFO: {e}"),
                 }
             }
             played
@@ -103,11 +112,6 @@ impl PlayerTap {
             return Vec::new();
         };
         self.stop.store(true, Ordering::Relaxed);
-        // wakes a reader blocked on an empty pipe (the reader's own descriptor is open
-        // for writing too, so this open does not wait)
-        if let Ok(mut w) = std::fs::OpenOptions::new().write(true).open(&self.fifo) {
-            let _ = w.write_all(&[0, 0]);
-        }
         reader.join().expect("player reader")
     }
 
