@@ -334,9 +334,11 @@ fn phone(args: &[String], timeout: Duration) -> PeerRun {
 /// sequence is over the room removes the caller (the daemon hangs up). The phone's
 /// recording must hold every tone for at least [`HEARD`] of its frames, and in `overlap`
 /// mode each pair that overlapped must be heard together (mixed) for most of the
-/// overlap. Returns the analysis for the caller to log.
+/// overlap. Frames lost to a stop of the whole machine (`common::pause`: everything on
+/// these shared virtual machines now and then stops for 0.5-8 s) are allowed, no others.
 fn phone_hears_every_tone(mode: &str, steps: &[Step]) {
     let _one = PHONE.lock().unwrap_or_else(|e| e.into_inner());
+    let machine = common::pause::PauseWatch::start();
     let lk = LiveKitServer::start();
     let room = unique_room(&format!("phone-{mode}"));
     let plan = format!(
@@ -398,14 +400,27 @@ fn phone_hears_every_tone(mode: &str, steps: &[Step]) {
     );
     let a = analysis.expect_ok().clone();
     eprintln!("the phone heard: {}", a["presence"]);
+    // frames lost to stops of the whole machine (common::pause) are allowed, those only:
+    // the tone reaches the phone up to about half a second after it was sent
+    let stopped_frames = |from: f64, to: f64| machine.stops_between(from - 0.5, to + 0.5) / 0.02;
+    let stops = machine.stops();
+    if !stops.is_empty() {
+        eprintln!("the machine stopped (start, end in Unix seconds): {stops:?}");
+    }
     let mut failures = Vec::new();
     for (s, f) in reported.iter().zip(&freqs) {
         let sent = s["tone_frames_20ms"].as_f64().unwrap();
         let got = a["presence"]["tones"][f]["present_20ms"]
             .as_f64()
             .unwrap_or(0.0);
-        if got < HEARD * sent {
-            failures.push(format!("{f} Hz: {got} of {sent} frames"));
+        let stopped = stopped_frames(
+            s["tone_start_unix"].as_f64().unwrap(),
+            s["tone_end_unix"].as_f64().unwrap(),
+        );
+        if got < HEARD * sent - stopped {
+            failures.push(format!(
+                "{f} Hz: {got} of {sent} frames ({stopped:.0} frames of machine stops allowed)"
+            ));
         }
     }
     if mode == "overlap" {
@@ -434,9 +449,13 @@ fn phone_hears_every_tone(mode: &str, steps: &[Step]) {
             eprintln!(
                 "{f0} Hz and {f1} Hz overlapped {overlap:.2} s, heard together in {together} steps"
             );
-            if together < 0.8 * overlap * 50.0 - 5.0 {
+            let stopped = stopped_frames(
+                pair[1]["tone_start_unix"].as_f64().unwrap(),
+                pair[0]["tone_end_unix"].as_f64().unwrap(),
+            );
+            if together < 0.8 * overlap * 50.0 - 5.0 - stopped {
                 failures.push(format!(
-                    "{f0}+{f1} Hz: together in {together} steps of a {overlap:.2} s overlap"
+                    "{f0}+{f1} Hz: together in {together} steps of a {overlap:.2} s overlap ({stopped:.0} steps of machine stops allowed)"
                 ));
             }
         }

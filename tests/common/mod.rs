@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod livekit;
+pub mod pause;
 pub mod pki;
 pub mod roomline;
 pub mod uac;
