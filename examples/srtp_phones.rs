@@ -120,7 +120,11 @@ fn main() {
         Vec::new()
     };
     let (pt, ts_step, media) = if opus {
-        (111u8, 960u32, "111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1;maxplaybackrate=16000;sprop-maxcapturerate=16000;stereo=0")
+        (
+            111u8,
+            960u32,
+            "111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1;maxplaybackrate=16000;sprop-maxcapturerate=16000;stereo=0",
+        )
     } else {
         (0, 160, "0\r\na=rtpmap:0 PCMU/8000")
     };
