@@ -433,4 +433,36 @@ mod tests {
             );
         }
     }
+
+    /// Each decoded Opus frame comes with the packet it was decoded from (what an Opus
+    /// phone leg may pass through); a concealed one has none.
+    #[test]
+    fn remote_stream_frames_carry_their_packet_and_concealed_ones_none() {
+        let rate = SampleRate::Hz16000;
+        let packets = opus_tone(rate, 600.0, 6);
+        let t0 = Instant::now();
+        let mut s = RemoteStream::new(rate);
+        let mut out: Vec<(Vec<i16>, Option<Vec<u8>>)> = Vec::new();
+        for k in [0usize, 1, 3, 4, 5] {
+            s.push(
+                t0 + ms(20 * k as u64),
+                100 + k as u16,
+                RemoteCodec::Opus,
+                &packets[k],
+                &mut out,
+            );
+        }
+        s.handle_timeout(t0 + ms(200), &mut out);
+        let carried: Vec<Option<&Vec<u8>>> = out.iter().map(|(_, p)| p.as_ref()).collect();
+        let expected: Vec<Option<&Vec<u8>>> = vec![
+            Some(&packets[0]),
+            Some(&packets[1]),
+            None,
+            Some(&packets[3]),
+            Some(&packets[4]),
+            Some(&packets[5]),
+        ];
+        assert_eq!(carried, expected);
+        assert!(out.iter().all(|(f, _)| f.len() == 320));
+    }
 }
