@@ -110,7 +110,9 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     // the trunks' CA files (the listeners' certificates were read at bind)
     sip.transports.reload_tls(&config_rx.borrow());
     let sip_addrs = sip.transports.local_addrs();
-    tokio::spawn(endpoint.run());
+    // the tasks the daemon cannot run without: if one ends, the process exits (below)
+    let mut critical = ops::critical::Critical::default();
+    critical.spawn("SIP endpoint", endpoint.run());
     // trunk health pings and registrations (restarted on every configuration change)
     let (trunks_stop, trunks_stop_rx) = watch::channel(false);
     let (trunk_states, trunks_task) = crate::trunk::monitor::start(
@@ -121,7 +123,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
     );
     // the journal of active calls: what a crash of the previous run left is ended now
     let journal = open_journal(&config_rx.borrow(), &sip);
-    let calls = {
+    let (calls, manager) = {
         let cfg = config_rx.borrow().clone();
         let ports = PortPool::new(cfg.rtp.ports, PORT_DRAIN);
         call::start(
@@ -138,6 +140,7 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
             invites,
         )
     };
+    critical.spawn("call manager", manager);
     let http_client = match reqwest::Client::builder().build() {
         Ok(c) => c,
         Err(e) => {
@@ -202,6 +205,16 @@ pub async fn run(path: &Path, initial: Config) -> ExitCode {
                 Signal::Reload => "signal",
                 Signal::Stop => break,
             },
+            ended = critical.ended() => {
+                // nothing is left that could end the calls properly: exit now, so the
+                // service manager restarts us and the call journal ends them
+                tracing::error!(
+                    task = ended.task,
+                    panic = ended.panic.as_deref().unwrap_or("none (it returned)"),
+                    "a task Roomline cannot run without has ended; exiting for a restart (the call journal ends the calls left behind)"
+                );
+                return ExitCode::from(EXIT_RUNTIME);
+            }
             _ = tick.tick() => {
                 let files = fingerprint(&config_tx.borrow());
                 if !debounce.observe(files) {

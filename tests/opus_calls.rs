@@ -1,8 +1,9 @@
 //! Calls with a real SIP program that speaks Opus: Debian's baresip with its `opus`
 //! module (libopus, its own jitter buffer and RTP stack), offering Opus only. Audio both
 //! ways is checked by frequency with wideband tones above 4 kHz that no G.711 leg could
-//! carry: at the phone in baresip's own recording of what it decoded (`sndfile`), in the
-//! room with the LiveKit Python SDK. A trunk whose codec list leaves Opus out refuses the
+//! carry: at the phone in baresip's own recording of what it decoded (`sndfile`) or in
+//! what its player played (an ALSA `file` device, see `PlayerTap`), in the room with the
+//! LiveKit Python SDK. A trunk whose codec list leaves Opus out refuses the
 //! same offer with 488 and a Warning (sipp, which shows the response on the wire).
 
 #![allow(
@@ -12,10 +13,14 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
 use common::roomline::{
@@ -30,10 +35,116 @@ const CALLED: &str = "+15550100";
 /// Audio tests take the CPU they measure with; one at a time.
 static MEDIA: Mutex<()> = Mutex::new(());
 
-/// One baresip process (Debian `baresip-core`): no sound card (ALSA's null device
-/// plays), `aufile` as the microphone, `sndfile` recording what it encodes and decodes.
+/// baresip's sample rate toward its player (`auplay_srate`, mono S16LE).
+const PLAYER_RATE: u32 = 48_000;
+
+/// `O_NONBLOCK` (Linux, asm-generic/fcntl.h), which std does not name.
+const O_NONBLOCK: i32 = 0o4000;
+
+/// What baresip's audio player played, paced like a sound card. The machine has none, and
+/// ALSA's `null` device never blocks, so a player writing to it spins a core and is no
+/// clock. Instead the player is ALSA's `file` device (`null` as its slave, raw S16LE)
+/// writing into a FIFO that this reader drains at `PLAYER_RATE`: a full pipe blocks the
+/// player's writes, as a sound card's buffer would. What it read is what baresip played:
+/// its decoded audio, or silence when it had none.
+struct PlayerTap {
+    fifo: PathBuf,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl PlayerTap {
+    fn start(fifo: &Path) -> PlayerTap {
+        let st = Command::new("mkfifo").arg(fifo).status().expect("mkfifo");
+        assert!(st.success(), "mkfifo {}", fifo.display());
+        // read and write: the open does not wait for a writer, and the player may close
+        // and reopen (baresip restarts it on hold) without an end of file here; not
+        // blocking: an empty pipe (no player, or baresip gone) never holds the reader
+        let mut pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(fifo)
+            .expect("open the player's FIFO");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let reader = std::thread::spawn(move || {
+            const BYTES_PER_SECOND: f64 = PLAYER_RATE as f64 * 2.0;
+            // at most 100 ms of credit: a reader that was blocked does not burst
+            const MAX_CREDIT: f64 = BYTES_PER_SECOND / 10.0;
+            let mut played = Vec::new();
+            let mut buf = [0u8; 9600];
+            let mut credit = 0.0;
+            let mut last = Instant::now();
+            while !stopped.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                credit = (credit + now.duration_since(last).as_secs_f64() * BYTES_PER_SECOND)
+                    .min(MAX_CREDIT);
+                last = now;
+                let want = (credit as usize).min(buf.len()) & !1;
+                if want < 960 {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                match pipe.read(&mut buf[..want]) {
+                    Ok(n) => {
+                        played.extend_from_slice(&buf[..n]);
+                        credit -= n as f64;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("reading the player's FIFO: {e}"),
+                }
+            }
+            played
+        });
+        PlayerTap {
+            fifo: fifo.to_path_buf(),
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    /// Stops reading; what was read.
+    fn stop(&mut self) -> Vec<u8> {
+        let Some(reader) = self.reader.take() else {
+            return Vec::new();
+        };
+        self.stop.store(true, Ordering::Relaxed);
+        reader.join().expect("player reader")
+    }
+
+    /// Stops reading; what was played, as a 48 kHz mono WAV at `wav`.
+    fn finish(&mut self, wav: &Path) {
+        let played = self.stop();
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: PLAYER_RATE,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = hound::WavWriter::create(wav, spec).expect("player WAV");
+        for s in played.chunks_exact(2) {
+            out.write_sample(i16::from_le_bytes([s[0], s[1]])).unwrap();
+        }
+        out.finalize().unwrap();
+    }
+}
+
+impl Drop for PlayerTap {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One baresip process (Debian `baresip-core`): no sound card (its player writes to a
+/// `PlayerTap`), `aufile` as the microphone, `sndfile` recording what it encodes and
+/// decodes.
 struct Baresip {
     child: Child,
+    /// (dropped before `dir`, which holds its FIFO)
+    player: PlayerTap,
     dir: tempfile::TempDir,
     sip_port: u16,
     /// Its `ctrl_tcp` port (JSON commands in netstrings).
@@ -51,11 +162,12 @@ impl Baresip {
         let rtp = free_media_port();
         let rec = dir.path().join("rec");
         std::fs::create_dir_all(&rec).unwrap();
+        let player = PlayerTap::start(&dir.path().join("player.pipe"));
         let config = format!(
             "poll_method epoll\n\
              sip_listen 127.0.0.1:{sip_port}\n\
              call_local_timeout 120\n\
-             audio_player alsa,null\n\
+             audio_player alsa,file:{pipe}\n\
              audio_alert alsa,null\n\
              audio_source aufile,{source}\n\
              ausrc_srate 48000\n\
@@ -79,6 +191,7 @@ impl Baresip {
              opus_bitrate 32000\n\
              opus_inbandfec yes\n",
             source = source.display(),
+            pipe = player.fifo.display(),
             rtp_end = rtp + 3,
             rec = rec.display(),
         );
@@ -109,6 +222,7 @@ impl Baresip {
             });
         Baresip {
             child,
+            player,
             dir,
             sip_port,
             ctrl_port,
@@ -134,7 +248,6 @@ impl Baresip {
 
     /// One `ctrl_tcp` command (e.g. `sndcode 5`); its JSON response.
     fn command(&self, command: &str, params: &str) -> serde_json::Value {
-        use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.ctrl_port)).expect("ctrl_tcp");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let body = serde_json::json!({"command": command, "params": params, "token": "t"});
@@ -158,8 +271,27 @@ impl Baresip {
         assert!(status.is_some(), "baresip did not quit:\n{}", self.log());
     }
 
+    /// What its player played during the whole call (after `wait`): a WAV.
+    fn played(&mut self) -> PathBuf {
+        let wav = self.dir.path().join("played.wav");
+        self.player.finish(&wav);
+        wav
+    }
+
+    /// The digits baresip reported receiving as RFC 4733 telephone-events, in order (its
+    /// `received event: 'D' (end=0)` at the start of each event; read after `wait`, its
+    /// log is flushed at exit).
+    fn received_digits(&self) -> String {
+        self.log()
+            .split(['\r', '\n'])
+            .filter_map(|l| l.strip_prefix("received event: '"))
+            .filter_map(|l| l.strip_suffix("' (end=0)"))
+            .collect()
+    }
+
     /// baresip's recording of the audio it decoded (what its user heard): the last one
-    /// (`sndfile` starts a new file when the stream restarts, e.g. on resume).
+    /// (`sndfile` starts a new file when its filter is set up again). Not after a hold:
+    /// see `opus_phone_holds_and_resumes`, which reads `played` instead.
     fn heard(&self) -> PathBuf {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("rec"))
             .unwrap()
@@ -459,6 +591,45 @@ fn opus_passthrough_switches_to_mixing_when_a_second_voice_talks() {
     );
 }
 
+/// A trunk `phone` toward `phone` (baresip) whose codecs are `[opus, pcmu]`.
+fn trunk_to(phone: &Baresip) -> String {
+    format!(
+        "outbound:\n  address: 127.0.0.1:{}\n  from_number: \"{CALLER}\"\ncodecs: [opus, pcmu]\n",
+        phone.sip_port
+    )
+}
+
+/// Roomline calls `CALLED` through trunk `phone` into `room` as `identity`, placed with
+/// CreateSIPParticipant by LiveKit's Python server SDK; returns once it is answered.
+fn call_out(lk: &LiveKitServer, rl: &Roomline, room: &str, identity: &str) {
+    let req = serde_json::json!({
+        "sip_trunk_id": "phone",
+        "sip_call_to": CALLED,
+        "room_name": room,
+        "participant_identity": identity,
+        "wait_until_answered": true,
+    });
+    let script = common::repo_root().join("tests/peers/sipclient.py");
+    let args = [
+        "create".to_string(),
+        "--url".into(),
+        format!("http://127.0.0.1:{}", rl.http_port),
+        "--api-key".into(),
+        lk.api_key().into(),
+        "--api-secret".into(),
+        lk.api_secret().into(),
+        "--request".into(),
+        req.to_string(),
+    ];
+    let run = common::run_peer(
+        &common::python(),
+        &[script.as_os_str()],
+        &args,
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.json["ok"], true, "{}", run.describe());
+}
+
 /// baresip calls in offering Opus only (the default trunk codecs include Opus): 5 kHz
 /// from the phone reaches the room, 6 kHz from the room reaches the phone (both beyond
 /// G.711's 4 kHz), over Opus both ways.
@@ -495,38 +666,9 @@ fn opus_phone_is_called_out_with_wideband_audio_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let play = common::tone_wav(dir.path(), phone_hz, 48_000, 30);
     let mut phone = Baresip::start(CALLED, "opus/48000/2", &play, 18, None);
-    let trunk = format!(
-        "outbound:\n  address: 127.0.0.1:{}\n  from_number: \"{CALLER}\"\ncodecs: [opus, pcmu]\n",
-        phone.sip_port
-    );
-    let rl = Roomline::start(Setup::new(&lk).trunk("phone", &trunk));
+    let rl = Roomline::start(Setup::new(&lk).trunk("phone", &trunk_to(&phone)));
     let side = RoomSide::start(&lk, room, "opus-phone", room_hz);
-    let req = serde_json::json!({
-        "sip_trunk_id": "phone",
-        "sip_call_to": CALLED,
-        "room_name": room,
-        "participant_identity": "opus-phone",
-        "wait_until_answered": true,
-    });
-    let script = common::repo_root().join("tests/peers/sipclient.py");
-    let args = [
-        "create".to_string(),
-        "--url".into(),
-        format!("http://127.0.0.1:{}", rl.http_port),
-        "--api-key".into(),
-        lk.api_key().into(),
-        "--api-secret".into(),
-        lk.api_secret().into(),
-        "--request".into(),
-        req.to_string(),
-    ];
-    let run = common::run_peer(
-        &common::python(),
-        &[script.as_os_str()],
-        &args,
-        Duration::from_secs(60),
-    );
-    assert_eq!(run.json["ok"], true, "{}", run.describe());
+    call_out(&lk, &rl, room, "opus-phone");
     phone.wait(Duration::from_secs(60));
     side.check(&phone, phone_hz, room_hz);
     rl.assert_no_leaks(Duration::from_secs(20));
@@ -535,9 +677,8 @@ fn opus_phone_is_called_out_with_wideband_audio_both_ways() {
 
 /// DTMF from an Opus phone: baresip offers `telephone-event/8000` next to Opus (as many
 /// PBXs do), which Roomline takes. Digits pressed on the phone (ctrl_tcp `sndcode`)
-/// reach the room as `sip_dtmf_received`, in order. (Room -> phone is not checked with
-/// baresip: it reports no digit from Roomline's events, though they reach it; see
-/// CHANGELOG. The unit test `opus_dtmf_runs_on_the_48khz_clock` covers the sender.)
+/// reach the room as `sip_dtmf_received`, in order. (Room -> phone:
+/// `opus_phone_receives_dtmf_from_the_room`.)
 #[test]
 fn opus_phone_dtmf_reaches_the_room() {
     let room = "opus-dtmf";
@@ -589,18 +730,120 @@ fn opus_phone_dtmf_reaches_the_room() {
     rl.assert_no_leaks(Duration::from_secs(20));
 }
 
+/// Digits a room participant sends (`publish_dtmf`) while the room's tone plays reach
+/// an Opus phone as RFC 4733 telephone-events (on `telephone-event/8000`, which baresip
+/// offers or answers next to Opus): baresip reports each, in order. Both call directions:
+/// baresip's offer and its answer to Roomline's offer negotiate the event payload type
+/// differently.
+#[test]
+fn opus_phone_receives_dtmf_from_the_room() {
+    let _media = MEDIA.lock().unwrap_or_else(|e| e.into_inner());
+    for outbound in [false, true] {
+        let room = if outbound {
+            "opus-dtmf-out"
+        } else {
+            "opus-dtmf-in"
+        };
+        let lk = LiveKitServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let play = common::tone_wav(dir.path(), 1000, 48_000, 30);
+        let (mut phone, rl, identity) = if outbound {
+            let phone = Baresip::start(CALLED, "opus/48000/2", &play, 20, None);
+            let rl = Roomline::start(Setup::new(&lk).trunk("phone", &trunk_to(&phone)));
+            (phone, rl, "opus-phone".to_string())
+        } else {
+            let plan = format!("rules:\n  - name: phone\n    room: {room}\n");
+            let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
+            let target = format!("sip:{CALLED}@{}", rl.sip_addr());
+            let phone = Baresip::start(CALLER, "opus/48000/2", &play, 20, Some(&target));
+            (phone, rl, format!("sip_{CALLER}"))
+        };
+        // the room's voice toward the phone: the events take the place of its audio
+        let voice = roompeer_bg(
+            &lk,
+            "publish-tone",
+            &[
+                "--room",
+                room,
+                "--identity",
+                "agent",
+                "--freq",
+                "6000",
+                "--seconds",
+                "12",
+                "--frame-ms",
+                "20",
+                "--wait-timeout",
+                "60",
+            ],
+        );
+        let keypad = roompeer_bg(
+            &lk,
+            "session",
+            &[
+                "--room",
+                room,
+                "--identity",
+                "keypad",
+                "--seconds",
+                "60",
+                "--wait-for-identity",
+                &identity,
+                "--send-dtmf",
+                "159#",
+                "--dtmf-interval",
+                "0.5",
+                // stays until the call's participant is gone: leaving right after the
+                // last publish_dtmf may take that digit along
+                "--until-left",
+                &identity,
+            ],
+        );
+        if outbound {
+            call_out(&lk, &rl, room, &identity);
+        }
+        phone.wait(Duration::from_secs(60));
+        let sent = keypad.join().unwrap();
+        assert_eq!(
+            sent.expect_ok()["dtmf_sent"].as_array().map(Vec::len),
+            Some(4),
+            "{}",
+            sent.describe()
+        );
+        let _ = voice.join();
+        assert_eq!(
+            phone.received_digits(),
+            "159#",
+            "baresip's digits (outbound {outbound}):\n{}\n{}",
+            phone.log(),
+            rl.log_tail(40)
+        );
+        rl.assert_no_leaks(Duration::from_secs(20));
+    }
+}
+
 /// Hold and resume from an Opus phone (baresip's re-INVITEs: `a=sendonly`, answered
-/// `a=recvonly`, then `a=sendrecv`), Opus kept throughout. The room's listener joins only
-/// after the resume, so the tone it hears went through the resumed call. (The phone's
-/// side after the resume is not checked: baresip 1.0's recording of what it decodes
-/// stops at the hold, its log shows no player restart after the resume, while
-/// Roomline's RTP count toward it goes on; not run down yet.)
+/// `a=recvonly`, then `a=sendrecv`), Opus kept throughout. The room side (its listener
+/// and the agent publishing `room_hz`) joins only after the resume, so the tone each side
+/// hears went through the resumed call: the room hears the phone, and the phone's player
+/// plays the room's tone.
+///
+/// The phone's side is read from its player (`PlayerTap`), not from `sndfile`: in baresip
+/// 1.0.0 `sndfile`'s decode recording ends at the hold for the rest of the call. The hold's
+/// answer makes the stream sendonly, so `audio_decoder_set` resets the receive side
+/// (src/audio.c:1828 `reset |= sdp_media_dir(m)!=SDP_SENDRECV`), which flushes the
+/// decode filter chain (1857 `list_flush(&rx->filtl)`) and calls `audio_start`, whose
+/// `aufilt_setup` adds no filter while the encode chain is non-empty (1348
+/// `if (!list_isempty(&tx->filtl) || !list_isempty(&rx->filtl)) return 0;`), and the
+/// encode chain is flushed only when the call stops. The resume's answer (sendrecv, same
+/// codec) resets nothing (no "player started" after it), and the player started at the
+/// hold goes on playing what is decoded. Fixed upstream in baresip 2.0.0 (commit 0669c841
+/// "audio: fix aufilt_setup update handling").
 #[test]
 fn opus_phone_holds_and_resumes() {
     let _media = MEDIA.lock().unwrap_or_else(|e| e.into_inner());
     let (phone_hz, room_hz) = (5000, 6000);
     let room = "opus-hold";
-    // (`room_hz` is published so the room has a voice toward the phone, as in a call)
     let lk = LiveKitServer::start();
     let plan = format!("rules:\n  - name: phone\n    room: {room}\n");
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
@@ -649,6 +892,15 @@ fn opus_phone_holds_and_resumes() {
         "the room heard too little: {r}"
     );
     let _ = side.publisher.join();
+    // the phone played the room's tone, which the room sent only after the resume
+    let (hz, seconds, a) = analyze(&phone.played());
+    println!("the phone played {hz} Hz for {seconds} s");
+    assert!(
+        within(hz, f64::from(room_hz), 0.02),
+        "the phone played {hz} Hz: {a}\n{}",
+        phone.log()
+    );
+    assert!(seconds >= 4.0, "the phone played too little: {a}");
     rl.assert_no_leaks(Duration::from_secs(20));
     assert_opus_rtp(&rl);
 }

@@ -298,8 +298,14 @@ static CALL_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// Runs the call manager: a task per admitted INVITE and per dial request, and the
 /// registry of calls by room and participant identity (for the API). Returns the handle
-/// on the calls.
-pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Calls {
+/// on the calls and the manager's future, for the daemon to spawn as a critical task.
+pub fn start(
+    ctx: CallContext,
+    mut invites: mpsc::Receiver<InboundInvite>,
+) -> (
+    Calls,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let ctx = Arc::new(ctx);
     let tasks = Arc::new(AtomicUsize::new(0));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -310,7 +316,7 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
         shutdown,
         manager: manager.clone(),
     };
-    tokio::spawn(async move {
+    let manager_task = async move {
         // bounded by the calls running: each entry leaves with its call (Gone)
         let mut registry: HashMap<Participant, (u64, mpsc::Sender<CallControl>)> = HashMap::new();
         loop {
@@ -374,6 +380,6 @@ pub fn start(ctx: CallContext, mut invites: mpsc::Receiver<InboundInvite>) -> Ca
                 },
             }
         }
-    });
-    calls
+    };
+    (calls, manager_task)
 }

@@ -47,7 +47,8 @@ pub(super) async fn join(
         subscriber = %subscriber.local_addr(), "joined LiveKit room");
 
     let join_timeout = opts.join_timeout;
-    let lifecycle = Lifecycle::new(started, keepalive, opts.reconnect_window);
+    let lifecycle = Lifecycle::new(started, keepalive, opts.reconnect_window)
+        .with_jitter_seed(rand::random::<u64>() | 1);
     let session = Session::new(Parts {
         opts,
         token,

@@ -2,8 +2,8 @@
 //! grace period after a peer connection drops, since the server closes the peers of a
 //! removed participant at about the moment it sends the reason), recovery (a resume
 //! first unless the server asked for a new join or refused the resume, then full
-//! rejoins with backoff until the reconnect window has passed since the session broke;
-//! at most [`MAX_RECOVERIES`] recoveries a minute) and the end (our leave, or gone with
+//! rejoins with jittered backoff until the reconnect window has passed since the
+//! session broke; at most [`MAX_RECOVERIES`] recoveries a minute) and the end (our leave, or gone with
 //! a reason).
 //!
 //! The reconnect window (`livekit.reconnect_window`) is what lets a call ride out a
@@ -42,10 +42,29 @@ pub(super) const REJOIN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// after its restart, so it starts an outage, whatever the leave's action says.
 pub(super) const SERVER_SHUTDOWN: &str = "SERVER_SHUTDOWN";
 
-/// The wait before rejoin `attempt` (>= 2).
+/// The nominal wait before rejoin `attempt` (>= 2); the wait taken is between half of it
+/// and all of it ([`jittered`]).
 pub(super) fn rejoin_backoff(attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(2).min(8);
     (REJOIN_BACKOFF * (1 << doublings)).min(REJOIN_BACKOFF_MAX)
+}
+
+/// `nominal` less a random share of its half, drawn from `state` (xorshift64; 0 means no
+/// jitter, as in the unit tests that check exact times). When LiveKit restarts, every
+/// call's participant loses it at the same moment: without jitter their rejoins would
+/// reach the restarted server in lockstep, all at once, at every attempt.
+pub(super) fn jittered(nominal: Duration, state: &mut u64) -> Duration {
+    if *state == 0 {
+        return nominal;
+    }
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    // the top 16 bits as a share of 1/2
+    let share = (x >> 48) as u32;
+    nominal - (nominal / 2) * share / 65_536
 }
 
 /// The keep-alive the server asked for in its JoinResponse (`ping_interval`,
@@ -197,6 +216,8 @@ pub(super) struct Lifecycle {
     recovering: Option<DisconnectReason>,
     last_failure: String,
     out: VecDeque<Output>,
+    /// The rejoin backoff's random state ([`jittered`]; 0: none).
+    jitter: u64,
 }
 
 impl Lifecycle {
@@ -215,7 +236,15 @@ impl Lifecycle {
             recovering: None,
             last_failure: String::new(),
             out: VecDeque::new(),
+            jitter: 0,
         }
+    }
+
+    /// The rejoin backoff's jitter drawn from `seed` (the shell passes a random one;
+    /// 0 keeps the nominal backoff).
+    pub(super) fn with_jitter_seed(mut self, seed: u64) -> Lifecycle {
+        self.jitter = seed;
+        self
     }
 
     #[cfg(test)]
@@ -455,7 +484,8 @@ impl Lifecycle {
                 if now < give_up_at {
                     self.state = State::RejoinBackoff {
                         attempt: attempt + 1,
-                        at: (now + rejoin_backoff(attempt + 1)).min(give_up_at),
+                        at: (now + jittered(rejoin_backoff(attempt + 1), &mut self.jitter))
+                            .min(give_up_at),
                     };
                 } else {
                     let down_for = now.saturating_duration_since(broken_at);
@@ -603,6 +633,29 @@ mod tests {
         assert_eq!(rejoin_backoff(3), ms(1000));
         assert_eq!(rejoin_backoff(4), REJOIN_BACKOFF_MAX);
         assert_eq!(rejoin_backoff(u32::MAX), REJOIN_BACKOFF_MAX);
+    }
+
+    /// Jittered waits stay within half and all of the nominal one, and participants
+    /// seeded apart spread their rejoins instead of reaching the server together.
+    #[test]
+    fn rejoin_backoff_jitter_spreads_the_waits_within_half_of_the_nominal() {
+        let nominal = rejoin_backoff(3);
+        let mut none = 0;
+        assert_eq!(jittered(nominal, &mut none), nominal, "seed 0: no jitter");
+        let mut waits = Vec::new();
+        for seed in 1..=200u64 {
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            for _ in 0..3 {
+                let w = jittered(nominal, &mut state);
+                assert!(w > nominal / 2 && w <= nominal, "{w:?}");
+                waits.push(w);
+            }
+        }
+        waits.sort();
+        waits.dedup();
+        assert!(waits.len() > 150, "{} distinct waits of 600", waits.len());
+        let spread = waits[waits.len() - 1] - waits[0];
+        assert!(spread > nominal * 2 / 5, "spread {spread:?}");
     }
 
     /// The server is gone: resume refused, then rejoins at 0.5 s, then every 1 s, the
@@ -936,7 +989,7 @@ mod tests {
                             assert_eq!(attempt, self.last_attempt + 1, "seed {seed}");
                             let failed = self.rejoin_failed_at.expect("a failed attempt");
                             assert!(
-                                now.duration_since(failed) >= rejoin_backoff(attempt)
+                                now.duration_since(failed) >= rejoin_backoff(attempt) / 2
                                     || now >= self.broken_at.expect("broken") + WINDOW,
                                 "seed {seed}: no backoff before attempt {attempt}"
                             );
@@ -999,7 +1052,9 @@ mod tests {
         for seed in 1..=2000u64 {
             let mut rng = XorShift::new(seed);
             let t0 = Instant::now();
-            let mut l = Lifecycle::new(t0, KEEPALIVE, WINDOW);
+            // odd seeds with the production jitter, even ones without
+            let jitter = if seed % 2 == 1 { seed } else { 0 };
+            let mut l = Lifecycle::new(t0, KEEPALIVE, WINDOW).with_jitter_seed(jitter);
             let mut now = t0;
             let mut obs = Observer::default();
             for _ in 0..rng.below(60) {

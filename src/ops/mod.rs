@@ -1,6 +1,7 @@
-//! Process operations: systemd notifications, the signals the daemon obeys, metrics, and
-//! the configuration file watch.
+//! Process operations: systemd notifications, the signals the daemon obeys, metrics, the
+//! configuration file watch, and the supervision of the tasks the daemon cannot lose.
 
+pub mod critical;
 pub mod metrics;
 pub mod watch;
 
