@@ -2,6 +2,9 @@
 //!
 //! Phone -> room: PCMU -> Opus at 8 kHz, G.722 -> Opus at 16 kHz (decode + encode).
 //! Room -> phone: N remote Opus tracks decoded at the phone rate, mixed, encoded to PCMU.
+//! An Opus phone's call both ways through the phone leg (`PhoneMedia`: RTP in and out,
+//! jitter buffer, decoding, mixer), with one room track: passthrough (issue 19) against
+//! the same call transcoded (the room-bound frame and the mix encoded at 16 kHz).
 //! Plain `std::time` measurement (no criterion); prints microseconds per frame, the median
 //! of several runs, and asserts nothing about time.
 
@@ -154,6 +157,68 @@ fn opus_to_pcmu(tracks: usize) -> f64 {
     })
 }
 
+/// An Opus phone's call through `PhoneMedia` with one remote Opus track, both ways: the
+/// phone's RTP in, its frame for the room out (encoded at 16 kHz unless passed through),
+/// the room track decoded at 16 kHz (as the participant does) and pushed with its packet
+/// (or without: transcoded), the phone's RTP out.
+fn opus_phone(passthrough: bool) -> f64 {
+    use roomline::media::plc::PhoneCodec;
+    use roomline::media::rtp::{RtpPacket, SeqNo, Ssrc};
+    use roomline::media::session::{PhoneMedia, PhoneMediaConfig, RoomPayload};
+    let phone_pcm = tone(&[1000.0], 16_000, 320 * FRAMES);
+    let mut phone_enc = opus_encoder(16_000);
+    let phone_rtp: Vec<Vec<u8>> = phone_pcm
+        .chunks(320)
+        .enumerate()
+        .map(|(k, f)| {
+            let payload = phone_enc.encode_vec(f, 1500).expect("encode");
+            RtpPacket::new(111, SeqNo(k as u16), 960 * k as u32, Ssrc(7), payload)
+                .to_bytes()
+                .expect("rtp")
+        })
+        .collect();
+    let room_pcm = tone(&[440.0], 48_000, 960 * FRAMES);
+    let mut room_enc =
+        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("opus");
+    let room: Vec<Vec<u8>> = room_pcm
+        .chunks(960)
+        .map(|f| room_enc.encode_vec(f, 1500).expect("encode"))
+        .collect();
+    let phone: std::net::SocketAddr = "127.0.0.1:5000".parse().expect("address");
+    let mut decoded = vec![0i16; 320];
+    let mut frame = Vec::with_capacity(320);
+    let mut out = vec![0u8; 1500];
+    measure(|| {
+        let t0 = Instant::now();
+        let mut c = PhoneMediaConfig::new(PhoneCodec::Opus, Ssrc(1), "sip_caller");
+        c.remote_rtp = Some(phone);
+        let mut pm = PhoneMedia::new(c, t0, std::time::SystemTime::now());
+        let mut up_enc = opus_encoder(16_000);
+        let mut dec = opus::Decoder::new(16_000, opus::Channels::Mono).expect("decoder");
+        for f in 0..FRAMES {
+            let now = t0 + Duration::from_millis(20 * f as u64);
+            pm.handle_rtp(now, phone, black_box(&phone_rtp[f]));
+            let n = dec.decode(&room[f], &mut decoded, false).expect("decode");
+            let packet = passthrough.then(|| room[f].clone());
+            pm.push_room_audio_coded("TR_room", "agent", &decoded[..n], packet);
+            pm.handle_timeout(now);
+            while let Some(t) = pm.poll_transmit(now) {
+                pm.recycle(black_box(t).bytes);
+            }
+            while pm.poll_phone_frame_into(now, &mut frame).is_some() {
+                match pm.take_room_payload() {
+                    RoomPayload::Opus(p) if passthrough => {
+                        black_box(p);
+                    }
+                    _ => {
+                        black_box(up_enc.encode(&frame, &mut out).expect("encode"));
+                    }
+                }
+            }
+        }
+    })
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     println!("media cost, microseconds per 20 ms frame (median of {RUNS} runs of {FRAMES} frames)");
@@ -172,6 +237,10 @@ fn main() {
         "  per call, PCMU with 1 remote track   {:8.1}  (target <= 150)",
         up_pcmu + down[0]
     );
+    let passed = opus_phone(true);
+    let transcoded = opus_phone(false);
+    println!("  per call, Opus phone, transcoded     {transcoded:8.1}");
+    println!("  per call, Opus phone, passthrough    {passed:8.1}");
     println!(
         "Opus encoder complexity (in use: {} at 8 kHz, {} at 16 kHz), PCMU -> Opus:",
         roomline::livekit::opus_complexity(SampleRate::Hz8000),

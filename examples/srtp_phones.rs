@@ -1,10 +1,15 @@
 //! N phones calling Roomline over UDP with plain RTP or SDES-SRTP, for `scripts/bench`'s
-//! SRTP figure (sipp cannot speak SRTP). Not a test: it prints one JSON line of figures.
+//! SRTP figure (sipp cannot speak SRTP), or with Opus (`--opus`) for its passthrough
+//! figure. Not a test: it prints one JSON line of figures.
 //!
 //! ```text
-//! srtp_phones --target 127.0.0.1:5060 --calls 20 [--srtp] [--rate 20] [--hold 30]
+//! srtp_phones --target 127.0.0.1:5060 --calls 20 [--srtp] [--opus] [--rate 20] [--hold 30]
 //!             [--called-base 15550000001] [--caller-base 15551000001] [--ip 127.0.0.1]
 //! ```
+//! `--opus` offers only `opus/48000/2` (payload type 111, RFC 7587, in-band FEC) and sends
+//! one second of a 1 kHz tone encoded once at start with libopus (16 kHz, 20 ms packets,
+//! on the 48 kHz clock), over and over: the phone's own encoder costs nothing during the
+//! measurement.
 //! Each phone sends an INVITE (PCMU; RTP/SAVP with an `AES_CM_128_HMAC_SHA1_80` key under
 //! `--srtp`, else RTP/AVP), ACKs the 200, then sends a 1 kHz PCMU tone every 20 ms
 //! (protected with its key under `--srtp`) and unprotects/counts what the bridge sends;
@@ -68,6 +73,7 @@ fn main() {
         .expect("--target IP:PORT");
     let n: usize = arg(&args, "--calls").map_or(10, |v| v.parse().expect("--calls"));
     let srtp = args.iter().any(|a| a == "--srtp");
+    let opus = args.iter().any(|a| a == "--opus");
     let rate: f64 = arg(&args, "--rate").map_or(20.0, |v| v.parse().expect("--rate"));
     let hold =
         Duration::from_secs_f64(arg(&args, "--hold").map_or(30.0, |v| v.parse().expect("--hold")));
@@ -88,6 +94,40 @@ fn main() {
         })
         .collect();
     G711::Pcmu.encode(&samples, &mut tone);
+    // Opus: one second of 1 kHz at 16 kHz, 50 packets played in a loop
+    let opus_tone: Vec<Vec<u8>> = if opus {
+        let mut enc = roomline::media::opus::encoder(&roomline::media::opus::EncoderSettings {
+            rate_hz: 16_000,
+            complexity: 5,
+            bitrate: 32_000,
+            fec: true,
+            loss_percent: 5,
+            dtx: false,
+            cbr: false,
+            max_bandwidth: opus::Bandwidth::Wideband,
+        })
+        .expect("Opus encoder");
+        let pcm: Vec<i16> = (0..16_000)
+            .map(|i| {
+                (8000.0 * (2.0 * std::f64::consts::PI * 1000.0 * f64::from(i) / 16_000.0).sin())
+                    as i16
+            })
+            .collect();
+        pcm.chunks(320)
+            .map(|f| enc.encode_vec(f, 400).expect("Opus packet"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let (pt, ts_step, media) = if opus {
+        (
+            111u8,
+            960u32,
+            "111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1;maxplaybackrate=16000;sprop-maxcapturerate=16000;stereo=0",
+        )
+    } else {
+        (0, 160, "0\r\na=rtpmap:0 PCMU/8000")
+    };
 
     let start = Instant::now();
     let mut phones: Vec<Phone> = Vec::with_capacity(n);
@@ -105,7 +145,7 @@ fn main() {
         let caller = caller_base + i as u64;
         let call_id = format!("srtpbench-{tag:08x}-{i}");
         let sdp = format!(
-            "v=0\r\no=bench {i} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n{crypto}a=sendrecv\r\n"
+            "v=0\r\no=bench {i} 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} {proto} {media}\r\na=ptime:20\r\n{crypto}a=sendrecv\r\n"
         );
         let invite = format!(
             "INVITE sip:{called}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{tag:08x}-{i};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{caller}@{ip}>;tag=p{i}\r\nTo: <sip:{called}@{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:phone@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
@@ -219,11 +259,16 @@ fn main() {
             }
             while now >= p.next_rtp {
                 pkt.clear();
-                pkt.extend_from_slice(&[0x80, 0]);
+                pkt.extend_from_slice(&[0x80, pt]);
                 pkt.extend_from_slice(&p.seq.to_be_bytes());
                 pkt.extend_from_slice(&p.ts.to_be_bytes());
                 pkt.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
-                pkt.extend_from_slice(&tone);
+                if opus {
+                    // each phone plays the loop in order (from wherever its numbering starts)
+                    pkt.extend_from_slice(&opus_tone[usize::from(p.seq) % opus_tone.len()]);
+                } else {
+                    pkt.extend_from_slice(&tone);
+                }
                 let mut len = pkt.len();
                 if let Some(tx) = up.tx.as_mut() {
                     pkt.resize(len + 16, 0);
@@ -232,7 +277,7 @@ fn main() {
                 let _ = p.rtp.send_to(&pkt[..len], up.to);
                 sent += 1;
                 p.seq = p.seq.wrapping_add(1);
-                p.ts = p.ts.wrapping_add(160);
+                p.ts = p.ts.wrapping_add(ts_step);
                 p.next_rtp += Duration::from_millis(20);
             }
             while let Ok((len, _)) = p.rtp.recv_from(&mut buf) {
@@ -274,6 +319,6 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     }
     println!(
-        "{{\"calls\": {n}, \"srtp\": {srtp}, \"answered\": {answered}, \"rtp_sent\": {sent}, \"rtp_received\": {received}, \"srtp_failed\": {failed}}}"
+        "{{\"calls\": {n}, \"srtp\": {srtp}, \"opus\": {opus}, \"answered\": {answered}, \"rtp_sent\": {sent}, \"rtp_received\": {received}, \"srtp_failed\": {failed}}}"
     );
 }

@@ -429,6 +429,168 @@ fn assert_opus_rtp(rl: &Roomline) {
     );
 }
 
+/// `roomline_media_frames_total` for `direction` and `path` (reported about once a
+/// second during a call, and at its end).
+fn media_frames(rl: &Roomline, direction: &str, path: &str) -> f64 {
+    let (_, text) = rl.get("/metrics").expect("/metrics");
+    text.lines()
+        .filter(|l| l.starts_with("roomline_media_frames_total{"))
+        .filter(|l| {
+            l.contains(&format!("direction=\"{direction}\""))
+                && l.contains(&format!("path=\"{path}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits (30 s) until `media_frames` for `direction` and `path` reaches `at_least`.
+fn wait_media_frames(rl: &Roomline, direction: &str, path: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = media_frames(rl, direction, path);
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{direction} {path}: {n} frames, waited for {at_least}:\n{}",
+            rl.get("/metrics").map(|(_, t)| t).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Passthrough (issue 19 part 2): baresip calls in with Opus only while one agent
+/// talks: the phone's packets reach the room as they came and the agent's reach the
+/// phone as they came (the metric says so, and the tones arrive at their frequencies
+/// both ways); then a second agent talks and the phone hears both at once, mixed and
+/// encoded by Roomline (the metric's transcoded frames toward the phone grow).
+#[test]
+fn opus_passthrough_switches_to_mixing_when_a_second_voice_talks() {
+    let _media = MEDIA.lock().unwrap_or_else(|e| e.into_inner());
+    let (phone_hz, room_hz, second_hz) = (5000, 6000, 3000);
+    let room = "opus-pass";
+    let lk = LiveKitServer::start();
+    let plan = format!(
+        "rules:\n  - name: phone\n    match:\n      called: \"{CALLED}\"\n    room: {room}\n"
+    );
+    let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
+    let dir = tempfile::tempdir().unwrap();
+    let play = common::tone_wav(dir.path(), phone_hz, 48_000, 40);
+    let identity = format!("sip_{CALLER}");
+    let listener = roompeer_bg(
+        &lk,
+        "listen",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "listener",
+            "--seconds",
+            "30",
+            "--from-identity",
+            &identity,
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    let agent = roompeer_bg(
+        &lk,
+        "publish-tone",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "agent",
+            "--freq",
+            &room_hz.to_string(),
+            "--seconds",
+            "24",
+            "--frame-ms",
+            "20",
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    wait_participants(&lk, room, Duration::from_secs(30), |ps| {
+        ps.iter().any(|p| p["identity"] == "listener")
+            && ps.iter().any(|p| p["identity"] == "agent")
+    });
+    let target = format!("sip:{CALLED}@{}", rl.sip_addr());
+    let mut phone = Baresip::start(CALLER, "opus/48000/2", &play, 24, Some(&target));
+    phone.wait_log("Call established");
+    // one voice: passthrough both ways (2 s of frames each way)
+    wait_media_frames(&rl, "to_phone", "passthrough", 100.0);
+    wait_media_frames(&rl, "to_room", "passthrough", 100.0);
+    let transcoded_before = media_frames(&rl, "to_phone", "transcoded");
+    // a second voice: the phone gets the mix
+    let second = roompeer_bg(
+        &lk,
+        "publish-tone",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "agent2",
+            "--freq",
+            &second_hz.to_string(),
+            "--seconds",
+            "6",
+            "--frame-ms",
+            "20",
+            "--wait-timeout",
+            "60",
+        ],
+    );
+    wait_media_frames(&rl, "to_phone", "transcoded", transcoded_before + 100.0);
+    phone.wait(Duration::from_secs(90));
+    let second = second.join().unwrap();
+    second.expect_ok();
+    // the phone heard the agent alone, then both at once
+    let heard = phone.heard();
+    let (hz, seconds, a) = analyze(&heard);
+    println!("the phone heard {hz} Hz for {seconds} s");
+    assert!(
+        within(hz, f64::from(room_hz), 0.02),
+        "the phone heard {hz} Hz: {a}"
+    );
+    let both = run_roompeer(
+        [
+            "analyze-wav".to_string(),
+            heard.display().to_string(),
+            "--tones".into(),
+            format!("{room_hz},{second_hz}"),
+        ],
+        Duration::from_secs(60),
+    );
+    let presence = &both.expect_ok()["presence"];
+    println!("the phone heard: {presence}");
+    let together = presence["all_present_20ms"].as_u64().unwrap_or(0);
+    assert!(
+        together >= 100,
+        "both voices at once for {together} steps of 20 ms: {presence}"
+    );
+    // the room heard the phone's tone, passed through
+    let heard_room = listener.join().unwrap();
+    let r = heard_room.expect_ok().clone();
+    let hz = heard_room.f64("dominant_hz");
+    println!(
+        "the room heard {hz} Hz for {} s",
+        heard_room.f64("nonsilent_seconds")
+    );
+    assert!(
+        within(hz, f64::from(phone_hz), 0.02),
+        "the room heard {hz} Hz: {r}"
+    );
+    let _ = agent.join();
+    rl.assert_no_leaks(Duration::from_secs(20));
+    let to_room = media_frames(&rl, "to_room", "passthrough");
+    assert!(
+        to_room > 500.0,
+        "{to_room} frames of the phone passed to the room"
+    );
+}
+
 /// A trunk `phone` toward `phone` (baresip) whose codecs are `[opus, pcmu]`.
 fn trunk_to(phone: &Baresip) -> String {
     format!(

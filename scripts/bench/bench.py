@@ -1299,6 +1299,142 @@ def srtp_report(res: dict, micro: str) -> str:
                   "```", micro.strip(), "```"]
     return "\n".join(lines) + "\n"
 
+def media_frames(text: str) -> dict[str, float]:
+    """roomline_media_frames_total by `direction/path` from a /metrics page."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("roomline_media_frames_total{"):
+            continue
+        d = re.search(r'direction="([^"]+)"', line)
+        pth = re.search(r'path="([^"]+)"', line)
+        try:
+            v = float(line.rsplit(" ", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if d and pth:
+            out[f"{d.group(1)}/{pth.group(1)}"] = out.get(f"{d.group(1)}/{pth.group(1)}", 0.0) + v
+    return out
+
+
+def roomline_metrics() -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{RL_HTTP}/metrics", timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def run_opus(a: argparse.Namespace, infra: Infra, rl: "Roomline", n: int, out: Path) -> dict:
+    """CPU of Roomline per call for Opus phones (passthrough both ways) next to PCMU phones
+    (transcoding), same daemon, same N, same rooms: examples/srtp_phones places N calls
+    (PCMU, then Opus only with `--opus`, twice each, alternating), each sending a 1 kHz
+    tone; examples/lk_bench (`rooms`) is in every call's room and talks (440 Hz), so
+    each call has exactly one audible remote track, the case passthrough serves.
+    Roomline's `roomline_media_frames_total` shows which path the frames took in each
+    round. The CPU is Roomline's over the window once all calls are up."""
+    tag = f"opus-n{n}"
+    work = out / "raw" / tag
+    work.mkdir(parents=True, exist_ok=True)
+    phones = Path(a.srtp_phones)
+    res: dict[str, Any] = {"n": n, "window_s": a.seconds, "rate_cps": a.rate, "rounds": []}
+    infra.start_livekit(tag)
+    room_side = None
+    try:
+        cfg = rl.write_config(
+            rl.dir.parent / "roomline-opus-config",
+            {"local": "inbound:\n  allowed_addresses: [127.0.0.1/32]\ncodecs: [opus, pcmu]\n"},
+            {"bench": "rules:\n  - name: bench\n    room: bench_{called}\n"},
+        )
+        rl.start(tag, config=cfg)
+        rooms = [f"bench_{CALLED_BASE + i}" for i in range(1, n + 1)]
+        room_side = RoomSide(a, rooms, work)
+        ramp = n / a.rate
+        for k, mode in enumerate(["pcmu", "opus", "pcmu", "opus"]):
+            argv = [str(phones), "--target", f"127.0.0.1:{RL_SIP}", "--calls", str(n),
+                    "--rate", str(a.rate), "--hold", str(a.seconds + 6),
+                    "--called-base", str(CALLED_BASE + 1)]
+            if mode == "opus":
+                argv.append("--opus")
+            report = work / f"{mode}-{k}.json"
+            p = PROCS.start(argv, log_path=work / f"{mode}-{k}.log", stdout=open(report, "wb"))
+            time.sleep(ramp + 3)
+            pid = rl.pids()[0]
+            f0 = media_frames(roomline_metrics())
+            c0, t0 = proc_cpu(pid), time.time()
+            time.sleep(a.seconds)
+            c1, t1 = proc_cpu(pid), time.time()
+            f1 = media_frames(roomline_metrics())
+            try:
+                p.wait(timeout=a.seconds + ramp + 60)
+            except subprocess.TimeoutExpired:
+                log(f"{tag}: srtp_phones did not finish")
+            PROCS.stop(p)
+            try:
+                j = json.loads(report.read_text().strip().splitlines()[-1])
+            except (OSError, ValueError, IndexError):
+                j = {}
+            cores = (c1 - c0) / (t1 - t0)
+            frames = {key: f1.get(key, 0.0) - f0.get(key, 0.0) for key in sorted(set(f0) | set(f1))}
+            row = {"mode": mode, "cpu_cores": cores, "cpu_pct_per_call": 100 * cores / n,
+                   "frames": frames, **j}
+            res["rounds"].append(row)
+            log(f"{tag} {mode}: {100 * cores:.1f} % of a core, {row['cpu_pct_per_call']:.3f} %/call; "
+                f"frames {frames}; {j}")
+            time.sleep(3)
+    finally:
+        if room_side:
+            room_side.stop()
+        rl.stop()
+        infra.stop_livekit()
+    for mode in ("pcmu", "opus"):
+        xs = [r["cpu_pct_per_call"] for r in res["rounds"] if r["mode"] == mode]
+        res[f"{mode}_pct_per_call"] = float(np.mean(xs)) if xs else float("nan")
+    return res
+
+
+def opus_report(res: dict, media: str = "") -> str:
+    """The report's section on Opus passthrough (with the media micro-benchmark's Opus
+    phone lines if `media` has them)."""
+    if not res:
+        return ""
+    def share(r: dict, direction: str) -> str:
+        f = r.get("frames", {})
+        pas, tr = f.get(f"{direction}/passthrough", 0.0), f.get(f"{direction}/transcoded", 0.0)
+        return f"{100 * pas / (pas + tr):.1f} %" if pas + tr else "-"
+    lines = [
+        "",
+        "## Opus phones: passthrough next to PCMU transcoding",
+        "",
+        f"N = {res['n']} calls into Roomline, {res['window_s']:.0f} s window, rounds alternating "
+        "(same daemon and rooms, trunk `codecs: [opus, pcmu]`). Phones: `examples/srtp_phones` "
+        "(release build), a 1 kHz tone per call, PCMU or `--opus` (Opus only, 20 ms, in-band "
+        "FEC, packets encoded once before the run); in every room `examples/lk_bench` talks "
+        "(440 Hz), one audible remote track per call. Frames by path: Roomline's "
+        "`roomline_media_frames_total` over the window (share passed through).",
+        "",
+        "| round | phones | Roomline CPU (% of a core) | % of a core per call | to the room passed | to the phone passed | answered | RTP sent | received |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(res["rounds"], 1):
+        lines.append(f"| {i} | {r['mode']} | {100 * r['cpu_cores']:.2f} | {r['cpu_pct_per_call']:.4f} | "
+                     f"{share(r, 'to_room')} | {share(r, 'to_phone')} | {r.get('answered', '?')} | "
+                     f"{r.get('rtp_sent', '?')} | {r.get('rtp_received', '?')} |")
+    lines += [
+        "",
+        f"Mean per call: PCMU (transcoding) {res['pcmu_pct_per_call']:.4f} %, Opus (passthrough) "
+        f"{res['opus_pct_per_call']:.4f} % of a core (goal for passthrough: at most 0.1 %). "
+        "Both are whole-process figures: RTP, the WebRTC side (str0m, SRTP), sockets and "
+        "tasks are the same for both phones; the codec work is what differs.",
+    ]
+    micro = [line for line in media.splitlines() if "Opus phone" in line or "PCMU with 1" in line]
+    if micro:
+        lines += ["", "The media work alone, per call and 20 ms frame (`cargo bench --bench media`: "
+                  "the phone leg with one room track, both ways; transcoded = the same Opus call "
+                  "with its frames encoded at 16 kHz, which passthrough saves):", "", "```",
+                  *[m.strip() for m in micro], "```"]
+    return "\n".join(lines) + "\n"
+
+
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="bench.py")
@@ -1314,11 +1450,12 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=20)
     p.add_argument("--bridges", default="roomline livekit-sip")
     p.add_argument("--registrations", default="100 1000")
-    p.add_argument("--skip", default="", help="any of: load profile latency daemon srtp")
+    p.add_argument("--skip", default="", help="any of: load profile latency daemon srtp opus")
     p.add_argument("--media-bench", default="")
     p.add_argument("--srtp-bench", default="", help="cargo bench --bench srtp output")
     p.add_argument("--srtp-phones", default="", help="examples/srtp_phones (release)")
     p.add_argument("--srtp-n", type=int, default=20, help="calls of the SRTP figure (0: none)")
+    p.add_argument("--opus-n", type=int, default=20, help="calls of the Opus passthrough figure (0: none)")
     p.add_argument("--profile-n", type=int, default=50,
                    help="N of the extra run profiled with perf (0: none)")
     p.add_argument("--netns-ip", default="")
@@ -1354,6 +1491,7 @@ def main() -> int:
     dm: dict = {}
     profiles: dict = {}
     srtp: dict = {}
+    opus: dict = {}
     media = Path(a.media_bench).read_text() if a.media_bench and Path(a.media_bench).exists() else ""
     info = machine_info(a.livekit_server, {b.name: b.version for b in bridges})
     log(f"machine: {info['cores']} x {info['cpu_model']}; bridges: {info['bridges']}")
@@ -1408,6 +1546,14 @@ def main() -> int:
                 (out / "srtp.json").write_text(json.dumps(srtp, indent=1))
             except Exception as e:  # noqa: BLE001 - a broken run is a result too
                 log(f"srtp: {e}")
+        if "opus" not in skip and a.srtp_phones and a.opus_n > 0 and "roomline" in a.bridges:
+            try:
+                opus = run_opus(a, infra, rl, a.opus_n, out)
+                (out / "opus.json").write_text(json.dumps(opus, indent=1))
+            except Exception as e:  # noqa: BLE001 - a broken run is a result too
+                import traceback
+                traceback.print_exc()
+                log(f"opus: {e}")
     finally:
         PROCS.stop_all()
     runtime = time.time() - a.started_at if a.started_at else time.monotonic() - t_begin
@@ -1427,6 +1573,9 @@ def main() -> int:
     if srtp:
         with open(out / "report.md", "a") as f:
             f.write(srtp_report(srtp, micro))
+    if opus:
+        with open(out / "report.md", "a") as f:
+            f.write(opus_report(opus, media))
     log(f"done in {runtime / 60:.1f} min: {out / 'report.md'}")
     print((out / "report.md").read_text())
     return 0

@@ -84,6 +84,8 @@ pub struct MediaLeg {
     pub dtmf_out: u64,
     frames_seen: u64,
     next_sample: u64,
+    /// Frames by path already added to the metric.
+    paths: FramePaths,
     /// Playing while the participant reconnects.
     hold: Option<Prompt>,
 }
@@ -104,6 +106,7 @@ impl MediaLeg {
             dtmf_out: 0,
             frames_seen: 0,
             next_sample: 50,
+            paths: FramePaths::default(),
             hold: None,
         }
     }
@@ -313,6 +316,28 @@ impl MediaLeg {
     pub fn stats(&self) -> Option<MediaStats> {
         self.pm.as_ref().map(|pm| pm.stats())
     }
+
+    /// Adds the frames each path carried since the last report to
+    /// `roomline_media_frames_total` (about once a second, and at the end).
+    pub fn report_paths(&mut self) {
+        let Some(s) = self.stats() else { return };
+        let now = FramePaths::of(&s);
+        let before = std::mem::replace(&mut self.paths, now);
+        for ((direction, path), (n, b)) in FramePaths::LABELS
+            .iter()
+            .zip(now.counts().into_iter().zip(before.counts()))
+        {
+            if n > b {
+                metrics::counter!(m::MEDIA_FRAMES, "direction" => *direction, "path" => *path)
+                    .increment(n - b);
+            }
+        }
+    }
+
+    /// Frames by path so far (a new `PhoneMedia` after a codec change starts at 0).
+    pub fn paths(&self) -> FramePaths {
+        self.paths
+    }
 }
 
 impl Offers for MediaLeg {
@@ -406,6 +431,42 @@ impl Drop for Room {
     }
 }
 
+/// Audio frames of a phone leg by direction and path (passthrough, issue 19).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FramePaths {
+    pub to_room_passthrough: u64,
+    pub to_room_transcoded: u64,
+    pub to_phone_passthrough: u64,
+    pub to_phone_transcoded: u64,
+}
+
+impl FramePaths {
+    const LABELS: [(&'static str, &'static str); 4] = [
+        ("to_room", "passthrough"),
+        ("to_room", "transcoded"),
+        ("to_phone", "passthrough"),
+        ("to_phone", "transcoded"),
+    ];
+
+    fn of(s: &MediaStats) -> FramePaths {
+        FramePaths {
+            to_room_passthrough: s.rx.passthrough_frames,
+            to_room_transcoded: s.rx.transcoded_frames,
+            to_phone_passthrough: s.tx.passthrough_frames,
+            to_phone_transcoded: s.tx.transcoded_frames,
+        }
+    }
+
+    fn counts(self) -> [u64; 4] {
+        [
+            self.to_room_passthrough,
+            self.to_room_transcoded,
+            self.to_phone_passthrough,
+            self.to_phone_transcoded,
+        ]
+    }
+}
+
 /// What a room event means for the call.
 pub enum RoomSignal {
     Nothing,
@@ -448,7 +509,7 @@ pub fn on_room_event(media: Option<&mut MediaLeg>, ev: Option<ParticipantEvent>)
     match ev {
         ParticipantEvent::AudioFrame(f) => {
             if let Some(pm) = media.and_then(|m| m.pm.as_mut()) {
-                pm.push_room_audio(&f.track_sid, &f.participant_identity, &f.samples);
+                pm.push_room_audio_coded(&f.track_sid, &f.participant_identity, &f.samples, f.opus);
             }
         }
         ParticipantEvent::TrackSubscribed { .. } => return RoomSignal::TrackSubscribed,
@@ -503,6 +564,7 @@ pub fn drive_media(
     )]
     let started = std::time::Instant::now();
     let mut frames = 0u32;
+    let mut report = false;
     pm.handle_timeout(t);
     while let Some(tr) = pm.poll_transmit(t) {
         if live {
@@ -512,13 +574,14 @@ pub fn drive_media(
     }
     while pm.poll_phone_frame_into(t, frame).is_some() {
         frames += 1;
+        let payload = pm.take_room_payload();
         on_frame(pm, frame);
         // the hold tone plays at the phone's frame pace
         if let Some(hold) = media.hold.as_mut() {
             pm.push_room_audio(HOLD_TRACK, HOLD_OWNER, &hold.next_frame_looped());
         }
         if forward && let Some(room) = room {
-            let _ = room.handle.push_audio(frame);
+            let _ = room.handle.push_audio_coded(frame, payload);
         }
     }
     // about once a second per call: the work of one 20 ms frame, and the buffer depth
@@ -529,6 +592,7 @@ pub fn drive_media(
         metrics::histogram!(m::MEDIA_FRAME_SECONDS, "codec" => codec)
             .record(started.elapsed().as_secs_f64() / f64::from(frames));
         metrics::histogram!(m::JITTER_BUFFER_DELAY_SECONDS).record(pm.jitter_delay().as_secs_f64());
+        report = true;
     }
     while let Some(ev) = pm.poll_event() {
         match ev {
@@ -547,6 +611,9 @@ pub fn drive_media(
             MediaEvent::Latched(addr) => tracing::debug!(%addr, "RTP latched"),
             MediaEvent::SsrcChanged { .. } => {}
         }
+    }
+    if report {
+        media.report_paths();
     }
     out
 }

@@ -515,6 +515,10 @@ impl Shell {
         if let (Some(j), Some(key)) = (&self.ctx.journal, self.journaled.take()) {
             j.down(&key);
         }
+        if let Some(m) = self.media.as_mut() {
+            m.report_paths();
+        }
+        let paths = self.media.as_ref().map(MediaLeg::paths).unwrap_or_default();
         let stats = self.media.as_ref().and_then(MediaLeg::stats);
         let codec = self
             .media
@@ -581,6 +585,11 @@ impl Shell {
             jitter_ms = format!("{jitter_ms:.1}"),
             dtmf_in = self.dtmf_in,
             dtmf_out,
+            // 20 ms frames by path (Opus passthrough, issue 19)
+            to_room_passthrough = paths.to_room_passthrough,
+            to_room_transcoded = paths.to_room_transcoded,
+            to_phone_passthrough = paths.to_phone_passthrough,
+            to_phone_transcoded = paths.to_phone_transcoded,
             "call ended"
         );
         self.linger().await;

@@ -61,6 +61,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use crate::media::session::RoomPayload;
 pub use audio::{opus_complexity, opus_encoder};
 pub use signal::JoinError;
 
@@ -227,6 +228,9 @@ pub struct RemoteAudioFrame {
     pub track_sid: String,
     pub sample_rate: u32,
     pub samples: Vec<i16>,
+    /// The Opus packet `samples` were decoded from (none for a concealed frame), which
+    /// an Opus phone leg may pass through.
+    pub opus: Option<Vec<u8>>,
 }
 
 /// Why the participant is no longer in the room.
@@ -369,7 +373,7 @@ pub enum HandleError {
 }
 
 pub(crate) enum Command {
-    Audio(Vec<i16>),
+    Audio(Vec<i16>, RoomPayload),
     SetAttributes(HashMap<String, String>),
     Dtmf {
         code: u32,
@@ -455,6 +459,12 @@ impl ParticipantHandle {
     /// frame and says so). Frames pushed before the publisher connection is up are
     /// dropped by the task.
     pub fn push_audio(&self, frame: &[i16]) -> Result<(), HandleError> {
+        self.push_audio_coded(frame, RoomPayload::Pcm)
+    }
+
+    /// `push_audio` with what to send for it: the PCM encoded, the phone's Opus packet
+    /// as it is (the PCM is then only measured for the audio level), or nothing.
+    pub fn push_audio_coded(&self, frame: &[i16], payload: RoomPayload) -> Result<(), HandleError> {
         let rate = *self.sample_rate.borrow();
         let want = rate.samples_per_20ms();
         if frame.len() != want {
@@ -465,7 +475,7 @@ impl ParticipantHandle {
             });
         }
         self.cmd
-            .try_send(Command::Audio(frame.to_vec()))
+            .try_send(Command::Audio(frame.to_vec(), payload))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => HandleError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => HandleError::Gone,

@@ -18,6 +18,11 @@
 //! subscriber (a hidden one, such as an egress recorder, does not trigger the event:
 //! hence the fallback). A subscriber that joins later still joins the stream in the
 //! middle. Test: `tests/room_audio_level.rs`.
+//!
+//! An Opus phone's packets are written as they came (`RoomPayload::Opus`, issue 19
+//! passthrough) on the same 48 kHz clock; their level is measured on the PCM the phone
+//! leg decoded anyway. A slot the phone lost (`RoomPayload::Skip`) is left empty: the
+//! clock moves on and the receivers conceal it (FEC from the next packet).
 
 use std::time::{Duration, Instant};
 
@@ -27,10 +32,10 @@ use str0m::change::SdpPendingOffer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 
-use super::SampleRate;
 use super::audio::{self, OpusEncoder};
 use super::data::DataChannels;
 use super::peer::Peer;
+use super::{RoomPayload, SampleRate};
 
 /// Audio writes refused in a row (10 s of frames) before the publisher counts as failed.
 const MAX_WRITE_FAILURES: u32 = 500;
@@ -71,6 +76,9 @@ pub(super) struct Publisher {
     /// RTP time of the next frame at 48 kHz.
     rtp_time: u64,
     pub(super) frames_sent: u64,
+    /// Of the frames, those encoded here and those the phone's Opus packet was.
+    pub(super) frames_encoded: u64,
+    pub(super) frames_passed: u64,
     dropped_before_connect: u64,
     /// Writes refused in a row (see `write_frame`), and frames lost that way.
     write_failures: u32,
@@ -94,6 +102,8 @@ impl Publisher {
             dropped_before_listener: 0,
             rtp_time: 0,
             frames_sent: 0,
+            frames_encoded: 0,
+            frames_passed: 0,
             dropped_before_connect: 0,
             write_failures: 0,
             frames_dropped: 0,
@@ -268,6 +278,7 @@ impl Publisher {
         &mut self,
         peer: &mut Peer,
         pcm: &[i16],
+        payload: RoomPayload,
         up: bool,
         now: Instant,
         events: &mut Vec<RtcEvent>,
@@ -281,7 +292,18 @@ impl Publisher {
         if !self.listener_gate(now) {
             return Ok(());
         }
-        let packet = self.encoder.encode(pcm)?;
+        let packet = match payload {
+            RoomPayload::Pcm => {
+                self.frames_encoded += 1;
+                self.encoder.encode(pcm)?
+            }
+            RoomPayload::Opus(packet) => {
+                self.frames_passed += 1;
+                packet
+            }
+            // a lost slot of the phone's packets: the room's receivers conceal it
+            RoomPayload::Skip => return Ok(()),
+        };
         let level = audio::audio_level_dbov(pcm);
         // a task running late (an overloaded host) has str0m's timers to catch up on
         // first: queued payloads leave only when they run

@@ -51,7 +51,7 @@ pub(super) struct Receiver {
     stalls: StallWatch,
     /// Packets on an m-line no track is mapped to (yet).
     unmapped: u64,
-    frames: Vec<Vec<i16>>,
+    frames: Vec<(Vec<i16>, Option<Vec<u8>>)>,
 }
 
 impl Receiver {
@@ -202,8 +202,9 @@ impl Receiver {
     }
 
     fn deliver(&mut self, track: &str, identity: &str, out: &mut Vec<RemoteAudioFrame>) {
-        for samples in self.frames.drain(..) {
+        for (samples, opus) in self.frames.drain(..) {
             out.push(RemoteAudioFrame {
+                opus,
                 participant_identity: identity.to_string(),
                 track_sid: track.to_string(),
                 sample_rate: self.rate.hz(),

@@ -14,6 +14,10 @@
 //!   silence for G.711), so the mixer's queue keeps its length; a longer gap is skipped.
 //! - A jump forward of more than `MAX_DROPOUT` restarts the numbering (RFC 3550 A.1).
 //!
+//! - Each decoded Opus frame goes out with its packet (`FrameSink`), which the phone
+//!   leg may send on as it is (passthrough, `media::session::passthrough`); a
+//!   concealed frame has none.
+//!
 //! Tests: `remote_stream_*` and `random_*` below.
 
 use std::collections::BTreeMap;
@@ -30,6 +34,25 @@ pub(super) const REORDER_PACKETS: usize = 3;
 pub(super) const REORDER_WAIT: Duration = Duration::from_millis(60);
 /// The longest gap concealed (100 ms of 20 ms packets); a longer one is skipped.
 pub(super) const MAX_CONCEALED: u64 = 5;
+
+/// Where a stream's frames go: decoded PCM, with the Opus packet it was decoded from.
+pub(super) trait FrameSink {
+    fn frame(&mut self, samples: Vec<i16>, packet: Option<&[u8]>);
+}
+
+/// PCM only.
+impl FrameSink for Vec<Vec<i16>> {
+    fn frame(&mut self, samples: Vec<i16>, _: Option<&[u8]>) {
+        self.push(samples);
+    }
+}
+
+/// PCM and packet.
+impl FrameSink for Vec<(Vec<i16>, Option<Vec<u8>>)> {
+    fn frame(&mut self, samples: Vec<i16>, packet: Option<&[u8]>) {
+        self.push((samples, packet.map(<[u8]>::to_vec)));
+    }
+}
 
 /// Counters of one stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,7 +112,7 @@ impl RemoteStream {
         seq: u16,
         codec: RemoteCodec,
         payload: &[u8],
-        out: &mut Vec<Vec<i16>>,
+        out: &mut impl FrameSink,
     ) {
         self.stats.received += 1;
         let Some(ext) = self.seqs.unwrap(SeqNo(seq)) else {
@@ -134,7 +157,7 @@ impl RemoteStream {
         self.held.values().map(|h| h.arrived + REORDER_WAIT).min()
     }
 
-    pub(super) fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Vec<i16>>) {
+    pub(super) fn handle_timeout(&mut self, now: Instant, out: &mut impl FrameSink) {
         self.release(now, out);
     }
 
@@ -151,7 +174,7 @@ impl RemoteStream {
 
     /// Plays what is in order; gives up on a gap once enough is held behind it or the
     /// oldest held packet waited long enough.
-    fn release(&mut self, now: Instant, out: &mut Vec<Vec<i16>>) {
+    fn release(&mut self, now: Instant, out: &mut impl FrameSink) {
         loop {
             let Some(mut next) = self.next else { return };
             while let Some(h) = self.held.remove(&next) {
@@ -175,7 +198,7 @@ impl RemoteStream {
                     match self.decoder.conceal(codec, from_fec, self.frame_samples) {
                         Ok(frame) => {
                             self.stats.concealed += 1;
-                            out.push(frame);
+                            out.frame(frame, None);
                         }
                         Err(e) => {
                             self.stats.decode_errors += 1;
@@ -190,12 +213,13 @@ impl RemoteStream {
         }
     }
 
-    fn decode(&mut self, codec: RemoteCodec, payload: &[u8], out: &mut Vec<Vec<i16>>) {
+    fn decode(&mut self, codec: RemoteCodec, payload: &[u8], out: &mut impl FrameSink) {
         match self.decoder.decode(codec, payload) {
             Ok(samples) if !samples.is_empty() => {
                 self.stats.decoded += 1;
                 self.frame_samples = samples.len();
-                out.push(samples);
+                let packet = (codec == RemoteCodec::Opus).then_some(payload);
+                out.frame(samples, packet);
             }
             Ok(_) => {}
             Err(e) => {
@@ -231,7 +255,7 @@ mod tests {
         for first in [0u16, 1, 30_000, 65_500, 65_535] {
             let t0 = Instant::now();
             let mut s = RemoteStream::new(rate);
-            let mut out = Vec::new();
+            let mut out: Vec<Vec<i16>> = Vec::new();
             for (k, p) in packets.iter().enumerate() {
                 let before = out.len();
                 s.push(
@@ -261,7 +285,7 @@ mod tests {
         let packets = opus_tone(rate, 1000.0, 10);
         let t0 = Instant::now();
         let mut s = RemoteStream::new(rate);
-        let mut out = Vec::new();
+        let mut out: Vec<Vec<i16>> = Vec::new();
         let seq = |k: usize| 100u16 + k as u16;
         s.push(t0, seq(0), RemoteCodec::Opus, &packets[0], &mut out);
         // 2 before 1: held, then both in order
@@ -372,7 +396,7 @@ mod tests {
             }
             arrivals.sort();
             let mut s = RemoteStream::new(rate);
-            let mut out = Vec::new();
+            let mut out: Vec<Vec<i16>> = Vec::new();
             for (at, k) in arrivals {
                 let now = t0 + ms(at);
                 if s.poll_timeout().is_some_and(|t| t <= now) {
@@ -408,5 +432,37 @@ mod tests {
                 "seed {seed}"
             );
         }
+    }
+
+    /// Each decoded Opus frame comes with the packet it was decoded from (what an Opus
+    /// phone leg may pass through); a concealed one has none.
+    #[test]
+    fn remote_stream_frames_carry_their_packet_and_concealed_ones_none() {
+        let rate = SampleRate::Hz16000;
+        let packets = opus_tone(rate, 600.0, 6);
+        let t0 = Instant::now();
+        let mut s = RemoteStream::new(rate);
+        let mut out: Vec<(Vec<i16>, Option<Vec<u8>>)> = Vec::new();
+        for k in [0usize, 1, 3, 4, 5] {
+            s.push(
+                t0 + ms(20 * k as u64),
+                100 + k as u16,
+                RemoteCodec::Opus,
+                &packets[k],
+                &mut out,
+            );
+        }
+        s.handle_timeout(t0 + ms(200), &mut out);
+        let carried: Vec<Option<&Vec<u8>>> = out.iter().map(|(_, p)| p.as_ref()).collect();
+        let expected: Vec<Option<&Vec<u8>>> = vec![
+            Some(&packets[0]),
+            Some(&packets[1]),
+            None,
+            Some(&packets[3]),
+            Some(&packets[4]),
+            Some(&packets[5]),
+        ];
+        assert_eq!(carried, expected);
+        assert!(out.iter().all(|(f, _)| f.len() == 320));
     }
 }

@@ -258,7 +258,7 @@ impl Session {
                     }
                     Some(Command::SetAttributes(attributes)) => self.remember_attributes(&attributes),
                     Some(Command::SetSampleRate(rate)) => self.set_rate(rate),
-                    Some(Command::Audio(_) | Command::Dtmf { .. } | Command::Data { .. } | Command::Simulate(_)) => {}
+                    Some(Command::Audio(..) | Command::Dtmf { .. } | Command::Data { .. } | Command::Simulate(_)) => {}
                 },
             }
         }
@@ -365,6 +365,7 @@ impl Session {
     /// The end: peers and signalling closed, `join` or the handle told why.
     async fn finish(mut self, reason: DisconnectReason) {
         tracing::info!(sid = %self.local_sid, %reason, frames_sent = self.publish.frames_sent,
+            frames_encoded = self.publish.frames_encoded, frames_passed = self.publish.frames_passed,
             frames_dropped = self.publish.frames_dropped,
             events_dropped = self.events_dropped, "left LiveKit room");
         let stalled = self.receiver.stalled();
@@ -446,11 +447,11 @@ impl Session {
 
     async fn on_command(&mut self, cmd: Command) -> Step {
         match cmd {
-            Command::Audio(pcm) => {
+            Command::Audio(pcm, payload) => {
                 let up = !self.lifecycle.peer_down();
                 let mut events = Vec::new();
                 self.publish
-                    .write_frame(&mut self.publisher, &pcm, up, now(), &mut events)
+                    .write_frame(&mut self.publisher, &pcm, payload, up, now(), &mut events)
                     .map_err(Failure::Peer)?;
                 self.process_rtc_events(Role::Publisher, events).await
             }

@@ -16,12 +16,22 @@
 //!   toward full scale, so the sum never wraps or hard-clips.
 //! - At most `MAX_TRACKS` inputs: a room with more audio tracks has the later ones
 //!   refused until an input goes, so no room can grow a call's memory without bound.
+//! - Passthrough (issue 19): a pushed frame may carry the coded packet it was decoded
+//!   from (`push_coded`). Inputs are always decoded and mixed, so the mix is ready the
+//!   moment it is needed; when a tick's frame is exactly one such pushed frame of the
+//!   only audible input (every other contributor at or below `AUDIBLE_PEAK`),
+//!   `take_passthrough` hands out its packet, which the owner may send instead of
+//!   encoding the mix. Test: `mixer_passes_one_audible_track_through_*`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Inputs mixed at most (a caller cannot follow more talkers at once anyway).
 pub const MAX_TRACKS: usize = 16;
+
+/// A contributor whose frame peaks at or below this (about -60 dBFS) is not audible: it
+/// does not stop another track's packet from passing through.
+pub const AUDIBLE_PEAK: u16 = 32;
 
 /// Sums at or below this magnitude pass the limiter unchanged (about -2.5 dBFS).
 pub const LIMITER_THRESHOLD: i32 = 24_576;
@@ -86,6 +96,8 @@ pub struct MixerStats {
 pub struct MixInfo {
     /// Inputs that contributed audio (0: the frame is silence).
     pub contributors: usize,
+    /// Contributors whose frame peaked above `AUDIBLE_PEAK`.
+    pub audible: usize,
     /// Samples of this frame the limiter compressed.
     pub limited: usize,
 }
@@ -103,8 +115,45 @@ pub enum MixerError {
 struct Input {
     owner: String,
     queue: VecDeque<i16>,
+    /// The pushed frames `queue` holds, oldest first, with their packets.
+    segments: VecDeque<Segment>,
     playing: bool,
     stats: InputStats,
+}
+
+/// One pushed frame still (partly) in an input's queue.
+#[derive(Debug)]
+struct Segment {
+    /// Samples of it still queued.
+    left: usize,
+    /// Its coded packet, while none of its samples has been taken apart from it.
+    packet: Option<Vec<u8>>,
+}
+
+impl Input {
+    /// `n` samples leave the front of the queue: the packet of the frame they are
+    /// exactly, if it had one.
+    fn consume(&mut self, mut n: usize) -> Option<Vec<u8>> {
+        if let Some(front) = self.segments.front_mut()
+            && front.left == n
+            && front.packet.is_some()
+        {
+            return self.segments.pop_front().and_then(|s| s.packet);
+        }
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            let take = front.left.min(n);
+            front.left -= take;
+            front.packet = None;
+            n -= take;
+            if front.left == 0 {
+                self.segments.pop_front();
+            }
+        }
+        None
+    }
 }
 
 /// The mixer. See the module documentation. Tests: `mixer_*`.
@@ -118,6 +167,8 @@ pub struct Mixer {
     inputs: BTreeMap<String, Input>,
     next_tick: Instant,
     acc: Vec<i32>,
+    /// The packet of the last frame, when it can be passed through.
+    pass: Option<Vec<u8>>,
     stats: MixerStats,
 }
 
@@ -143,6 +194,7 @@ impl Mixer {
             inputs: BTreeMap::new(),
             next_tick: now,
             acc: vec![0; frame_samples],
+            pass: None,
             stats: MixerStats::default(),
         }
     }
@@ -170,6 +222,7 @@ impl Mixer {
             Input {
                 owner: owner.into(),
                 queue: VecDeque::with_capacity(self.max_queue_samples),
+                segments: VecDeque::new(),
                 playing: false,
                 stats: InputStats::default(),
             },
@@ -194,6 +247,17 @@ impl Mixer {
 
     /// Queues decoded audio of `track` (at the mixer's sample rate).
     pub fn push(&mut self, track: &str, samples: &[i16]) -> Result<(), MixerError> {
+        self.push_coded(track, samples, None)
+    }
+
+    /// `push`, with the coded packet `samples` were decoded from (see the module
+    /// documentation: passthrough).
+    pub fn push_coded(
+        &mut self,
+        track: &str,
+        samples: &[i16],
+        packet: Option<Vec<u8>>,
+    ) -> Result<(), MixerError> {
         let max = self.max_queue_samples;
         let input = self
             .inputs
@@ -203,11 +267,19 @@ impl Mixer {
             input.stats.excluded_samples += samples.len() as u64;
             return Ok(());
         }
+        if samples.is_empty() {
+            return Ok(());
+        }
         input.stats.pushed_samples += samples.len() as u64;
         input.queue.extend(samples);
+        input.segments.push_back(Segment {
+            left: samples.len(),
+            packet,
+        });
         if input.queue.len() > max {
             let excess = input.queue.len() - max;
             input.queue.drain(..excess);
+            input.consume(excess);
             input.stats.overflow_samples += excess as u64;
         }
         Ok(())
@@ -246,10 +318,18 @@ impl Mixer {
         Some(self.mix(&mut out[..self.frame_samples]))
     }
 
+    /// The packet of the frame `poll_frame` gave last, when that frame is exactly one
+    /// pushed frame of the only audible input (see the module documentation).
+    pub fn take_passthrough(&mut self) -> Option<Vec<u8>> {
+        self.pass.take()
+    }
+
     fn mix(&mut self, out: &mut [i16]) -> MixInfo {
         let n = self.frame_samples;
         self.acc.iter_mut().for_each(|a| *a = 0);
         let mut contributors = 0;
+        let mut audible = 0;
+        self.pass = None;
         for input in self.inputs.values_mut() {
             if input.owner == self.local_owner {
                 continue;
@@ -266,11 +346,24 @@ impl Mixer {
                 input.stats.starved_ticks += 1;
                 continue;
             }
+            let mut peak = 0u16;
             for (a, s) in self.acc.iter_mut().zip(input.queue.drain(..n)) {
                 *a += i32::from(s);
+                peak = peak.max(s.unsigned_abs());
             }
+            let packet = input.consume(n);
             input.stats.mixed_frames += 1;
             contributors += 1;
+            if peak > AUDIBLE_PEAK {
+                audible += 1;
+                self.pass = packet;
+            } else if audible == 0 && self.pass.is_none() {
+                // a silent frame passes if nothing audible comes
+                self.pass = packet;
+            }
+        }
+        if audible > 1 || (audible == 0 && contributors > 1) {
+            self.pass = None;
         }
         let mut limited = 0;
         for (o, &a) in out.iter_mut().zip(&self.acc) {
@@ -282,6 +375,7 @@ impl Mixer {
         self.stats.limited_samples += limited as u64;
         MixInfo {
             contributors,
+            audible,
             limited,
         }
     }
@@ -603,5 +697,53 @@ mod tests {
         m.remove_track("T3");
         m.add_track("T_new", "late").unwrap();
         assert_eq!(m.tracks().count(), MAX_TRACKS);
+    }
+
+    /// A pushed frame's packet comes out when the tick's frame is exactly that frame of
+    /// the only audible input; not when two are audible, not when the frames do not line
+    /// up with the ticks; a silent second input does not count.
+    #[test]
+    fn mixer_passes_one_audible_track_through_only() {
+        let t0 = Instant::now();
+        let mut m = Mixer::new(MixerConfig::default(), "me", t0);
+        let mut out = vec![0i16; 160];
+        let tone = sine(440.0, 0.3, 8000, 160, 0.0);
+        m.add_track("a", "alice").unwrap();
+        m.add_track("b", "bob").unwrap();
+        for k in 0..3u8 {
+            m.push_coded("a", &tone, Some(vec![k])).unwrap();
+        }
+        m.poll_frame(t0, &mut out).unwrap();
+        assert_eq!(m.take_passthrough(), Some(vec![0]));
+        assert_eq!(m.take_passthrough(), None, "taken once");
+        // bob is silent: alice still passes
+        m.push_coded("b", &[3; 160], Some(vec![9])).unwrap();
+        m.push_coded("b", &[3; 160], Some(vec![9])).unwrap();
+        let info = m.poll_frame(t0 + ms(20), &mut out).unwrap();
+        assert_eq!((info.contributors, info.audible), (2, 1));
+        assert_eq!(m.take_passthrough(), Some(vec![1]));
+        // bob talks: a mix
+        m.push_coded("b", &tone, Some(vec![8])).unwrap();
+        m.push_coded("a", &tone, Some(vec![3])).unwrap();
+        let info = m.poll_frame(t0 + ms(40), &mut out).unwrap();
+        assert_eq!((info.contributors, info.audible), (2, 1));
+        assert_eq!(
+            m.take_passthrough(),
+            Some(vec![2]),
+            "bob's silent frame still"
+        );
+        let info = m.poll_frame(t0 + ms(60), &mut out).unwrap();
+        assert_eq!(info.audible, 2);
+        assert_eq!(m.take_passthrough(), None);
+        // frames that do not line up with the ticks never pass
+        let mut m = Mixer::new(MixerConfig::default(), "me", t0);
+        m.add_track("a", "alice").unwrap();
+        for k in 0..6u8 {
+            m.push_coded("a", &tone[..100], Some(vec![k])).unwrap();
+        }
+        for k in 0..3 {
+            m.poll_frame(t0 + ms(20 * k), &mut out).unwrap();
+            assert_eq!(m.take_passthrough(), None);
+        }
     }
 }

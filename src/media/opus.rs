@@ -85,6 +85,13 @@ pub fn packet_duration(payload: &[u8]) -> Option<Duration> {
     ))
 }
 
+/// Whether an Opus packet can be forwarded as is where `frame` of mono audio is due
+/// (passthrough, issue 19): it parses, lasts exactly `frame` and is mono (RFC 6716
+/// section 3.1: the TOC's `s` bit), as our fmtp (`stereo=0`) asks of both sides.
+pub fn passable(payload: &[u8], frame: Duration) -> bool {
+    payload.first().is_some_and(|toc| toc & 0x04 == 0) && packet_duration(payload) == Some(frame)
+}
+
 /// The phone leg's Opus encoder (room -> phone): mono at the phone rate, at most the
 /// bitrate and band the peer asks for, FEC if it can use it, DTX if it prefers it.
 pub struct PhoneEncoder {

@@ -35,6 +35,7 @@ pub const TRUNK_FAILOVERS: &str = "roomline_trunk_failovers_total";
 pub const TRUNK_UP: &str = "roomline_trunk_up";
 pub const JITTER_BUFFER_DELAY_SECONDS: &str = "roomline_jitter_buffer_delay_seconds";
 pub const MEDIA_FRAME_SECONDS: &str = "roomline_media_frame_seconds";
+pub const MEDIA_FRAMES: &str = "roomline_media_frames_total";
 pub const TRUNK_REGISTERED: &str = "roomline_trunk_registered";
 pub const ROOM_AUDIO_STALLS: &str = "roomline_room_audio_stalls_total";
 pub const ROOM_AUDIO_STALLED_TRACKS: &str = "roomline_room_audio_stalled_tracks";
@@ -160,6 +161,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
     metrics::describe_histogram!(
         MEDIA_FRAME_SECONDS,
         "Time to process 20 ms of one call's media (decode, mix, encode, both ways), sampled once a second per call, by codec."
+    );
+    metrics::describe_counter!(
+        MEDIA_FRAMES,
+        "20 ms audio frames of the phone legs by direction (to_room, to_phone) and path: passthrough (an Opus phone's or room track's packet sent on as it came) or transcoded (encoded here)."
     );
     metrics::describe_counter!(
         ROOM_AUDIO_STALLS,

@@ -35,12 +35,14 @@
 //! Files: this one holds `PhoneMedia` (its inputs, outputs, schedules and playout);
 //! `config` (`PhoneMediaConfig`), `output` (datagrams, frames, events, counters), `latch`
 //! (symmetric RTP), `loss` (packets lost for the statistics), `send` (room -> phone: the
-//! send tick, RFC 4733 events, the transmit queue).
+//! send tick, RFC 4733 events, the transmit queue), `passthrough` (Opus packets passed
+//! through both ways instead of re-encoded, issue 19).
 
 mod config;
 mod latch;
 mod loss;
 mod output;
+mod passthrough;
 mod secure;
 mod send;
 
@@ -48,9 +50,11 @@ pub use config::{PhoneMediaConfig, phone_codec};
 pub use output::{
     MediaEvent, MediaStats, PhoneFrame, ReceiveStats, SendDtmfError, SendStats, Transmit,
 };
+pub use passthrough::{RESUME_TICKS, RoomPayload};
 
 use latch::{Latch, Offer, canonical, usable};
 use loss::LossCounter;
+use passthrough::Passthrough;
 use secure::Secure;
 use send::OutgoingEvent;
 use std::collections::VecDeque;
@@ -185,6 +189,8 @@ pub struct PhoneMedia {
     stats: MediaStats,
     /// SRTP, when SDES agreed on keys (`secure`).
     secure: Option<Secure>,
+    /// Opus packets passed through (`passthrough`).
+    pass: Passthrough,
 }
 
 /// splitmix64, to derive the initial sequence number and timestamp from the SSRC.
@@ -350,6 +356,7 @@ impl PhoneMedia {
             events: VecDeque::new(),
             stats: MediaStats::default(),
             secure: config.srtp.as_ref().map(Secure::new),
+            pass: Passthrough::new(codec, send_ptime),
         }
     }
 
@@ -471,10 +478,27 @@ impl PhoneMedia {
     /// track is added to the mixer on first sight (up to `mixer::MAX_TRACKS` of them);
     /// tracks owned by the caller's own identity are never mixed.
     pub fn push_room_audio(&mut self, track_sid: &str, owner_identity: &str, samples: &[i16]) {
-        if let Err(MixerError::UnknownTrack(_)) = self.mixer.push(track_sid, samples)
-            && self.mixer.add_track(track_sid, owner_identity).is_ok()
-        {
-            let _ = self.mixer.push(track_sid, samples);
+        self.push_room_audio_coded(track_sid, owner_identity, samples, None);
+    }
+
+    /// `push_room_audio` with the Opus packet `samples` were decoded from, which may
+    /// then go to the phone as it is (`passthrough`).
+    pub fn push_room_audio_coded(
+        &mut self,
+        track_sid: &str,
+        owner_identity: &str,
+        samples: &[i16],
+        packet: Option<Vec<u8>>,
+    ) {
+        let packet = self.room_packet(packet);
+        match self.mixer.push_coded(track_sid, samples, packet) {
+            Err(MixerError::UnknownTrack(_))
+                if self.mixer.add_track(track_sid, owner_identity).is_ok() =>
+            {
+                let packet = None; // the first frame of a track only fills its prefill
+                let _ = self.mixer.push_coded(track_sid, samples, packet);
+            }
+            _ => {}
         }
     }
 
@@ -834,6 +858,8 @@ impl PhoneMedia {
     /// buffer (at its own packetization) as often as needed.
     fn playout_tick(&mut self, at: Instant) {
         let need = (self.ready + 1) * self.frame_samples;
+        let aligned = self.fifo.len() + self.frame_samples == need;
+        let mut packet = None;
         let mut pops = 0;
         while self.fifo.len() < need {
             if pops == MAX_POPS_PER_TICK {
@@ -854,7 +880,20 @@ impl PhoneMedia {
             let len = samples.len();
             self.push_segment(len, kind);
             pops += 1;
+            // passthrough: this frame is exactly this packet, decoded
+            packet = match playout {
+                super::jitter::Playout::Frame(f)
+                    if pops == 1
+                        && aligned
+                        && kind == FrameKind::Decoded
+                        && len == self.frame_samples =>
+                {
+                    Some(f.packet.payload)
+                }
+                _ => None,
+            };
         }
+        self.tag_ready_frame(packet);
         self.ready += 1;
         if self.ready > MAX_READY_FRAMES {
             self.take_frame(None);
@@ -897,13 +936,15 @@ impl PhoneMedia {
                 self.segments.pop_front();
             }
         }
-        if concealed {
+        let kind = if concealed {
             FrameKind::Concealed
         } else if decoded {
             FrameKind::Decoded
         } else {
             FrameKind::Silence
-        }
+        };
+        self.untag_frame(kind);
+        kind
     }
 }
 
@@ -1050,6 +1091,10 @@ mod tests {
         owner: &'static str,
         pcm: Vec<i16>,
         pos: usize,
+        /// The room's Opus encoder of a track whose packets come along (passthrough).
+        opus: Option<std::sync::Mutex<opus::Encoder>>,
+        /// The track sends (else it is quiet: nothing is pushed).
+        on: bool,
     }
 
     /// A virtual-clock owner: wakes at `poll_timeout` (or when a datagram arrives),
@@ -1065,6 +1110,10 @@ mod tests {
         sent: Vec<(Instant, Transmit)>,
         events: Vec<(Instant, MediaEvent)>,
         tracks: Vec<RoomTrack>,
+        /// What went to the room with each frame.
+        uplink: Vec<RoomPayload>,
+        /// The room packets pushed, by payload.
+        room_packets: std::collections::HashSet<Vec<u8>>,
     }
 
     impl Sim {
@@ -1084,6 +1133,8 @@ mod tests {
                 sent: Vec::new(),
                 events: Vec::new(),
                 tracks: Vec::new(),
+                uplink: Vec::new(),
+                room_packets: std::collections::HashSet::new(),
             }
         }
 
@@ -1113,7 +1164,33 @@ mod tests {
                 owner,
                 pcm,
                 pos: 0,
+                opus: None,
+                on: true,
             });
+        }
+
+        /// A room track whose Opus packets (20 ms, mono, 48 kHz clock) come with its
+        /// decoded frames, as the participant delivers them.
+        fn add_coded_track(&mut self, sid: &'static str, owner: &'static str, freq: f64) {
+            self.add_track(sid, owner, freq);
+            let enc = crate::media::opus::encoder(&crate::media::opus::EncoderSettings {
+                rate_hz: 16_000,
+                complexity: 1,
+                bitrate: 32_000,
+                fec: true,
+                loss_percent: 5,
+                dtx: false,
+                cbr: false,
+                max_bandwidth: opus::Bandwidth::Fullband,
+            })
+            .expect("encoder");
+            self.tracks.last_mut().expect("added").opus = Some(std::sync::Mutex::new(enc));
+        }
+
+        fn set_track(&mut self, sid: &str, on: bool) {
+            for t in self.tracks.iter_mut().filter(|t| t.sid == sid) {
+                t.on = on;
+            }
         }
 
         fn run_until(&mut self, end: Instant) {
@@ -1153,10 +1230,18 @@ mod tests {
             while let Some(f) = self.m.poll_phone_frame(now) {
                 assert_eq!(f.samples.len(), self.m.frame_samples());
                 self.frames.push(f);
+                self.uplink.push(self.m.take_room_payload());
                 let n = self.m.frame_samples();
-                for t in &mut self.tracks {
-                    self.m
-                        .push_room_audio(t.sid, t.owner, &t.pcm[t.pos..t.pos + n]);
+                for t in self.tracks.iter_mut().filter(|t| t.on) {
+                    let pcm = &t.pcm[t.pos..t.pos + n];
+                    let packet = t.opus.as_mut().map(|enc| {
+                        let enc = enc.get_mut().expect("encoder");
+                        enc.encode_vec(pcm, 400).expect("encodes")
+                    });
+                    if let Some(p) = &packet {
+                        self.room_packets.insert(p.clone());
+                    }
+                    self.m.push_room_audio_coded(t.sid, t.owner, pcm, packet);
                     t.pos = (t.pos + n) % (t.pcm.len() - n);
                 }
             }
@@ -2116,5 +2201,240 @@ mod tests {
         assert_eq!(first(1), first(1));
         let (a, b) = (first(1), first(2));
         assert!(a.0 != b.0 && a.1 != b.1);
+    }
+
+    /// The phone's view of our stream: one SSRC, sequence numbers +1, timestamps +960
+    /// (20 ms at 48 kHz) from packet to packet with no tick missing, the marker on the
+    /// first packet only.
+    fn assert_one_continuous_stream(rtp: &[(Instant, SocketAddr, RtpPacket)]) {
+        assert!(rtp[0].2.marker);
+        for w in rtp.windows(2) {
+            let (a, b) = (&w[0].2, &w[1].2);
+            assert_eq!(b.ssrc, LOCAL_SSRC);
+            assert_eq!(b.seq.0, a.seq.0.wrapping_add(1), "contiguous sequence");
+            assert_eq!(
+                b.timestamp,
+                a.timestamp.wrapping_add(960),
+                "no tick missing"
+            );
+            assert_eq!(w[1].0.duration_since(w[0].0), ms(20));
+            assert!(!b.marker, "no marker inside the stream");
+        }
+    }
+
+    /// Packets of `rtp` sent in [from, to) ms that are room packets passed as they came,
+    /// and the number of packets sent then.
+    fn passed(sim: &Sim, from: u64, to: u64) -> (usize, usize) {
+        let rtp = sim.rtp();
+        let within: Vec<_> = rtp
+            .iter()
+            .filter(|(t, _, _)| *t >= sim.at(from) && *t < sim.at(to))
+            .collect();
+        let n = within
+            .iter()
+            .filter(|(_, _, p)| sim.room_packets.contains(&p.payload))
+            .count();
+        (n, within.len())
+    }
+
+    /// Passthrough toward the phone: one audible room track's packets go as they came;
+    /// a second track starting makes the very next frames a mix (both tones), and once
+    /// it stops the packets pass again; the phone sees one continuous stream throughout.
+    #[test]
+    fn passthrough_one_track_passes_then_mixes_without_gap_then_passes_again() {
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        sim.add_coded_track("TR_alice", "alice", 1000.0);
+        sim.add_coded_track("TR_bob", "bob", 3000.0);
+        sim.set_track("TR_bob", false);
+        sim.run_until(sim.at(1000));
+        let (p, n) = passed(&sim, 200, 1000);
+        assert_eq!((p, n), (40, 40), "alice alone passes through");
+        sim.set_track("TR_bob", true);
+        sim.run_until(sim.at(2000));
+        let (p, n) = passed(&sim, 1100, 2000);
+        assert_eq!((p, n), (0, 45), "two voices are mixed");
+        // the switch: bob's first frame (after the mixer's prefill) is mixed, the ticks
+        // before it still pass alice's packets, and no tick is missing
+        let (p, n) = passed(&sim, 1000, 1100);
+        assert_eq!(n, 5);
+        assert!((1..=3).contains(&p), "{p} passed at the switch");
+        let rtp = sim.rtp();
+        let payloads: Vec<Vec<u8>> = rtp
+            .iter()
+            .filter(|(t, _, _)| *t >= sim.at(1200) && *t < sim.at(2000))
+            .map(|(_, _, p)| p.payload.clone())
+            .collect();
+        let heard = decode(PhoneCodec::Opus, &payloads);
+        for f in [1000.0, 3000.0] {
+            let power = goertzel_power(&heard[1600..], f, 16_000);
+            assert!(power > 0.01, "{f} Hz heard at {power}");
+        }
+        sim.set_track("TR_bob", false);
+        sim.run_until(sim.at(3000));
+        let (p, n) = passed(&sim, 2300, 3000);
+        assert_eq!((p, n), (35, 35), "alice alone passes through again");
+        let (p, _) = passed(&sim, 2000, 2300);
+        assert!(p > 0 && p < 15, "{p}: resumes after the hold-off");
+        assert_one_continuous_stream(&rtp);
+        assert_one_continuous_stream(&sim.rtp());
+        let st = sim.m.stats();
+        assert_eq!(
+            st.tx.passthrough_frames + st.tx.transcoded_frames,
+            st.tx.packets,
+            "{st:?}"
+        );
+        assert_eq!(st.tx.passthrough_frames as usize, passed(&sim, 0, 3000).0);
+        // the tone passed through is the room's, intact
+        let all: Vec<Vec<u8>> = sim
+            .rtp()
+            .iter()
+            .map(|(_, _, p)| p.payload.clone())
+            .collect();
+        let heard = decode(PhoneCodec::Opus, &all[100..]);
+        let f = dominant_frequency(&heard[320 * 40..], 16_000);
+        assert!((f - 1000.0).abs() < 5.0, "{f} Hz");
+    }
+
+    /// A quiet second track (digital silence) does not stop the first one's packets;
+    /// DTMF toward the phone takes its ticks and the stream stays continuous around it.
+    #[test]
+    fn passthrough_ignores_a_silent_track_and_yields_to_dtmf() {
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        sim.add_coded_track("TR_alice", "alice", 1000.0);
+        sim.add_coded_track("TR_quiet", "quiet", 1000.0);
+        sim.tracks[1].pcm.iter_mut().for_each(|s| *s /= 2000);
+        sim.run_until(sim.at(1000));
+        assert_eq!(passed(&sim, 200, 1000), (40, 40));
+        sim.m
+            .send_dtmf(sim.now, DtmfDigit::from_char('5').unwrap())
+            .unwrap();
+        sim.run_until(sim.at(2000));
+        let rtp = sim.rtp();
+        let events = rtp
+            .iter()
+            .filter(|(_, _, p)| p.payload_type == DTMF_PT)
+            .count();
+        assert!(events >= 5, "{events}");
+        let audio: Vec<_> = rtp
+            .iter()
+            .filter(|(_, _, p)| p.payload_type != DTMF_PT)
+            .collect();
+        for w in audio.windows(2) {
+            assert_eq!(
+                w[1].2.seq.0,
+                w[0].2
+                    .seq
+                    .0
+                    .wrapping_add(1 + events as u16 * u16::from(w[1].2.marker))
+            );
+        }
+        assert_eq!(passed(&sim, 1500, 2000), (25, 25));
+    }
+
+    /// The phone's Opus packets go to the room as they came; a lost one leaves its slot
+    /// empty (the room's receivers conceal it with the next packet's FEC) instead of
+    /// being re-encoded; PCM goes along for the level. Packets of 40 ms are transcoded.
+    #[test]
+    fn passthrough_phone_packets_go_to_the_room_as_they_came() {
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        let mut phone = Phone::new(PhoneCodec::Opus, 20, 6000.0);
+        for k in 0..100u64 {
+            let p = phone.packet();
+            if k != 50 {
+                sim.deliver(3 + 20 * k, phone_addr(), p);
+            }
+        }
+        sim.run_until(sim.at(2400));
+        let sent: Vec<&Vec<u8>> = sim
+            .uplink
+            .iter()
+            .filter_map(|u| match u {
+                RoomPayload::Opus(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<&Vec<u8>> = phone
+            .payloads
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != 50)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(sent, expected, "every packet as it came, in order");
+        let first = sim
+            .uplink
+            .iter()
+            .position(|u| matches!(u, RoomPayload::Opus(_)))
+            .unwrap();
+        assert!(sim.uplink[..first].iter().all(|u| *u == RoomPayload::Pcm));
+        assert_eq!(sim.uplink[first + 50], RoomPayload::Skip, "the lost slot");
+        let st = sim.m.stats();
+        assert_eq!(st.rx.passthrough_frames, 99);
+        assert!(st.rx.passthrough_gaps >= 1, "{st:?}");
+        // the PCM still comes (level, PIN, recording)
+        let s = sim.samples();
+        let f = dominant_frequency(&s[320 * 20..320 * 90], 16_000);
+        assert!((f - 6000.0).abs() < 20.0, "{f} Hz");
+
+        let mut sim = Sim::new(config(PhoneCodec::Opus));
+        let mut phone = Phone::new(PhoneCodec::Opus, 40, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 3, 50);
+        sim.run_until(sim.at(2200));
+        assert!(sim.uplink.iter().all(|u| *u == RoomPayload::Pcm));
+        // G.711 never passes
+        let mut sim = Sim::new(config(PCMU));
+        let mut phone = Phone::new(PCMU, 20, 1000.0);
+        sim.stream(&mut phone, phone_addr(), 3, 50);
+        sim.add_coded_track("TR_alice", "alice", 1000.0);
+        sim.run_until(sim.at(1200));
+        assert!(sim.uplink.iter().all(|u| *u == RoomPayload::Pcm));
+        assert_eq!(sim.m.stats().tx.passthrough_frames, 0);
+    }
+
+    /// Random SSRCs (so random first sequence numbers and timestamps) and random talk
+    /// turns of two room tracks: one continuous stream whatever the switches, room
+    /// packets pass whenever one track has talked alone for a while, never while both
+    /// talk.
+    #[test]
+    fn passthrough_random_turns_keep_one_continuous_stream() {
+        let mut rng = XorShift::new(0x5eed_0019);
+        for _ in 0..6 {
+            let mut c = config(PhoneCodec::Opus);
+            c.local_ssrc = Ssrc(rng.next_u64() as u32);
+            let mut sim = Sim::new(c.clone());
+            sim.add_coded_track("TR_a", "a", 700.0);
+            sim.add_coded_track("TR_b", "b", 2300.0);
+            let mut t = 0;
+            let mut turns = Vec::new();
+            for _ in 0..8 {
+                let (a, b) = match rng.next_u64() % 4 {
+                    0 => (true, false),
+                    1 => (false, true),
+                    2 => (true, true),
+                    _ => (false, false),
+                };
+                sim.set_track("TR_a", a);
+                sim.set_track("TR_b", b);
+                let len = 300 + 20 * (rng.next_u64() % 20);
+                sim.run_until(sim.at(t + len));
+                turns.push((t, t + len, a, b));
+                t += len;
+            }
+            let rtp = sim.rtp();
+            assert!(rtp[0].2.ssrc == c.local_ssrc);
+            for w in rtp.windows(2) {
+                assert_eq!(w[1].2.seq.0, w[0].2.seq.0.wrapping_add(1));
+                assert_eq!(w[1].2.timestamp, w[0].2.timestamp.wrapping_add(960));
+                assert!(!w[1].2.marker);
+            }
+            for (from, to, a, b) in turns {
+                let (p, n) = passed(&sim, from + 200, to);
+                match (a, b) {
+                    (true, true) => assert_eq!(p, 0, "both talk {from}-{to}"),
+                    (true, false) | (false, true) => assert_eq!(p, n, "one talks {from}-{to}"),
+                    _ => {}
+                }
+            }
+        }
     }
 }

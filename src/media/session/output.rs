@@ -85,6 +85,11 @@ pub struct ReceiveStats {
     /// 20 ms frames handed out, and frames skipped or dropped for a late owner.
     pub frames: u64,
     pub frames_skipped: u64,
+    /// Frames toward the room: the phone's Opus packet passed as is, slots lost while
+    /// passing (nothing sent), and PCM to encode.
+    pub passthrough_frames: u64,
+    pub passthrough_gaps: u64,
+    pub transcoded_frames: u64,
 }
 
 /// Us -> phone.
@@ -105,6 +110,10 @@ pub struct SendStats {
     pub dropped: u64,
     /// Opus frames not sent for DTX (silence the phone asked us not to send).
     pub dtx_frames: u64,
+    /// Audio frames toward the phone: a room track's Opus packet passed as is, or the
+    /// mix encoded (DTX frames included).
+    pub passthrough_frames: u64,
+    pub transcoded_frames: u64,
 }
 
 /// Counters of one phone leg, for metrics and the per-call summary.

@@ -84,7 +84,12 @@ impl PhoneMedia {
             return;
         };
         self.out.payload.clear();
+        let passed = self.passthrough_payload();
+        if !passed {
+            self.stats.tx.transcoded_frames += 1;
+        }
         match (self.codec, self.opus.as_mut()) {
+            _ if passed => {}
             (PhoneCodec::G711(law), _) => law.encode(&self.mix_buf, &mut self.out.payload),
             (PhoneCodec::G722, _) => self.g722.encode(&self.mix_buf, &mut self.out.payload),
             (PhoneCodec::Opus, Some(enc)) => {
