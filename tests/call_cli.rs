@@ -17,7 +17,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::livekit::LiveKitServer;
-use common::roomline::{Roomline, Setup, daemon_binary, free_port, roompeer_bg, wait_participants};
+use common::roomline::{
+    Roomline, Setup, daemon_binary, free_port, listener_bg, tone_agent_bg, wait_participants,
+};
 use common::{wait_timeout, within};
 
 const CALLER: &str = "+15551230000";
@@ -77,40 +79,8 @@ fn call_into_the_daemon_reports_the_room_tone() {
     );
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &plan));
     let identity = format!("sip_{CALLER}");
-    let listener = roompeer_bg(
-        &lk,
-        "listen",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "listener",
-            "--seconds",
-            "20",
-            "--from-identity",
-            &identity,
-            "--wait-timeout",
-            "60",
-        ],
-    );
-    let publisher = roompeer_bg(
-        &lk,
-        "publish-tone",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "agent",
-            "--freq",
-            "440",
-            "--seconds",
-            "12",
-            "--frame-ms",
-            "20",
-            "--wait-timeout",
-            "60",
-        ],
-    );
+    let listener = listener_bg(&lk, room, &identity, 20);
+    let publisher = tone_agent_bg(&lk, room, "agent", 440, 12);
     wait_participants(&lk, room, Duration::from_secs(30), |ps| {
         ps.iter().any(|p| p["identity"] == "listener")
             && ps.iter().any(|p| p["identity"] == "agent")
@@ -301,40 +271,8 @@ fn listen_answers_an_outbound_call_from_roomline_dial() {
     });
     let callee = "+15550123";
     let identity = format!("sip_{callee}");
-    let listener = roompeer_bg(
-        &lk,
-        "listen",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "listener",
-            "--seconds",
-            "20",
-            "--from-identity",
-            &identity,
-            "--wait-timeout",
-            "60",
-        ],
-    );
-    let publisher = roompeer_bg(
-        &lk,
-        "publish-tone",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "agent",
-            "--freq",
-            "440",
-            "--seconds",
-            "12",
-            "--frame-ms",
-            "20",
-            "--wait-timeout",
-            "60",
-        ],
-    );
+    let listener = listener_bg(&lk, room, &identity, 20);
+    let publisher = tone_agent_bg(&lk, room, "agent", 440, 12);
     wait_participants(&lk, room, Duration::from_secs(30), |ps| {
         ps.iter().any(|p| p["identity"] == "listener")
             && ps.iter().any(|p| p["identity"] == "agent")

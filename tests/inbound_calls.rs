@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::livekit::LiveKitServer;
 use common::roomline::{
     self, Roomline, Rtp, RtpPeer, Setup, Sipp, SippRun, header, roompeer_bg, sipp_args,
-    wait_participant, wait_room_empty_of,
+    tone_agent_bg, wait_participant, wait_room_empty_of,
 };
 use common::uac::{invite, non_2xx_ack, sip_identity, uac_refused};
 use common::{PeerRun, run_roompeer, within};
@@ -312,24 +312,7 @@ fn room_tone_reaches_the_phone_as_440hz_pcmu() {
     let room = "inbound-tone-440";
     let rl = Roomline::start(Setup::new(&lk).dialplan("main", &one_room_plan("+15550100", room)));
     let tone_seconds = 4.0;
-    let publisher = roompeer_bg(
-        &lk,
-        "publish-tone",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "tone",
-            "--freq",
-            "440",
-            "--seconds",
-            "4",
-            "--frame-ms",
-            "20",
-            "--wait-timeout",
-            "60",
-        ],
-    );
+    let publisher = tone_agent_bg(&lk, room, "tone", 440, 4);
     wait_participant(&lk, room, "tone");
     let rtp = RtpPeer::bind();
     let sipp = Sipp::spawn(

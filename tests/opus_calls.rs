@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use common::livekit::LiveKitServer;
 use common::roomline::{
-    Roomline, Setup, free_media_port, free_port, header, roompeer_bg, sipp, sipp_args,
-    wait_participants,
+    Roomline, Setup, free_media_port, free_port, header, listener_bg, roompeer_bg, sipp, sipp_args,
+    tone_agent_bg, wait_participants,
 };
 use common::{run_roompeer, uac, wait_timeout, within};
 
@@ -478,40 +478,8 @@ fn opus_passthrough_switches_to_mixing_when_a_second_voice_talks() {
     let dir = tempfile::tempdir().unwrap();
     let play = common::tone_wav(dir.path(), phone_hz, 48_000, 40);
     let identity = format!("sip_{CALLER}");
-    let listener = roompeer_bg(
-        &lk,
-        "listen",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "listener",
-            "--seconds",
-            "30",
-            "--from-identity",
-            &identity,
-            "--wait-timeout",
-            "60",
-        ],
-    );
-    let agent = roompeer_bg(
-        &lk,
-        "publish-tone",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "agent",
-            "--freq",
-            &room_hz.to_string(),
-            "--seconds",
-            "24",
-            "--frame-ms",
-            "20",
-            "--wait-timeout",
-            "60",
-        ],
-    );
+    let listener = listener_bg(&lk, room, &identity, 30);
+    let agent = tone_agent_bg(&lk, room, "agent", room_hz, 24);
     wait_participants(&lk, room, Duration::from_secs(30), |ps| {
         ps.iter().any(|p| p["identity"] == "listener")
             && ps.iter().any(|p| p["identity"] == "agent")
@@ -524,24 +492,7 @@ fn opus_passthrough_switches_to_mixing_when_a_second_voice_talks() {
     wait_media_frames(&rl, "to_room", "passthrough", 100.0);
     let transcoded_before = media_frames(&rl, "to_phone", "transcoded");
     // a second voice: the phone gets the mix
-    let second = roompeer_bg(
-        &lk,
-        "publish-tone",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "agent2",
-            "--freq",
-            &second_hz.to_string(),
-            "--seconds",
-            "6",
-            "--frame-ms",
-            "20",
-            "--wait-timeout",
-            "60",
-        ],
-    );
+    let second = tone_agent_bg(&lk, room, "agent2", second_hz, 6);
     wait_media_frames(&rl, "to_phone", "transcoded", transcoded_before + 100.0);
     phone.wait(Duration::from_secs(90));
     let second = second.join().unwrap();
@@ -759,24 +710,7 @@ fn opus_phone_receives_dtmf_from_the_room() {
             (phone, rl, format!("sip_{CALLER}"))
         };
         // the room's voice toward the phone: the events take the place of its audio
-        let voice = roompeer_bg(
-            &lk,
-            "publish-tone",
-            &[
-                "--room",
-                room,
-                "--identity",
-                "agent",
-                "--freq",
-                "6000",
-                "--seconds",
-                "12",
-                "--frame-ms",
-                "20",
-                "--wait-timeout",
-                "60",
-            ],
-        );
+        let voice = tone_agent_bg(&lk, room, "agent", 6000, 12);
         let keypad = roompeer_bg(
             &lk,
             "session",

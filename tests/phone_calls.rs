@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::livekit::LiveKitServer;
-use common::roomline::{Roomline, Setup, roompeer_bg, wait_participants};
+use common::roomline::{Roomline, Setup, listener_bg, tone_agent_bg, wait_participants};
 use common::{PeerRun, run_roompeer, within};
 
 const CALLER: &str = "+15551230000";
@@ -42,40 +42,8 @@ fn call_both_ways(codec: &str, phone_hz: u32, room_hz: u32, room: &str) {
     let play = common::tone_wav(dir.path(), phone_hz, rate, 12);
     let heard = dir.path().join("heard.wav");
     let identity = format!("sip_{CALLER}");
-    let listener = roompeer_bg(
-        &lk,
-        "listen",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "listener",
-            "--seconds",
-            "30",
-            "--from-identity",
-            &identity,
-            "--wait-timeout",
-            "60",
-        ],
-    );
-    let publisher = roompeer_bg(
-        &lk,
-        "publish-tone",
-        &[
-            "--room",
-            room,
-            "--identity",
-            "agent",
-            "--freq",
-            &room_hz.to_string(),
-            "--seconds",
-            "8",
-            "--frame-ms",
-            "20",
-            "--wait-timeout",
-            "60",
-        ],
-    );
+    let listener = listener_bg(&lk, room, &identity, 30);
+    let publisher = tone_agent_bg(&lk, room, "agent", room_hz, 8);
     wait_participants(&lk, room, Duration::from_secs(30), |ps| {
         ps.iter().any(|p| p["identity"] == "listener")
             && ps.iter().any(|p| p["identity"] == "agent")

@@ -1085,6 +1085,64 @@ pub fn roompeer_bg(
     std::thread::spawn(move || super::run_roompeer(all, Duration::from_secs(150)))
 }
 
+/// A Python SDK participant `listener` in `room` that records what `from_identity`
+/// publishes for `seconds` (waiting up to 60 s for it), in the background.
+pub fn listener_bg(
+    lk: &LiveKitServer,
+    room: &str,
+    from_identity: &str,
+    seconds: u32,
+) -> std::thread::JoinHandle<super::PeerRun> {
+    let seconds = seconds.to_string();
+    roompeer_bg(
+        lk,
+        "listen",
+        &[
+            "--room",
+            room,
+            "--identity",
+            "listener",
+            "--seconds",
+            &seconds,
+            "--from-identity",
+            from_identity,
+            "--wait-timeout",
+            "60",
+        ],
+    )
+}
+
+/// A Python SDK participant `identity` in `room` that publishes a tone of `hz` for
+/// `seconds` in 20 ms frames (waiting up to 60 s for someone to hear it), in the
+/// background.
+pub fn tone_agent_bg(
+    lk: &LiveKitServer,
+    room: &str,
+    identity: &str,
+    hz: impl std::fmt::Display,
+    seconds: u32,
+) -> std::thread::JoinHandle<super::PeerRun> {
+    let (hz, seconds) = (hz.to_string(), seconds.to_string());
+    roompeer_bg(
+        lk,
+        "publish-tone",
+        &[
+            "--room",
+            room,
+            "--identity",
+            identity,
+            "--freq",
+            &hz,
+            "--seconds",
+            &seconds,
+            "--frame-ms",
+            "20",
+            "--wait-timeout",
+            "60",
+        ],
+    )
+}
+
 /// Waits (30 s) until `identity` is in `room`; its ParticipantInfo as JSON.
 pub fn wait_participant(lk: &LiveKitServer, room: &str, identity: &str) -> serde_json::Value {
     let ps = wait_participants(lk, room, Duration::from_secs(30), |ps| {
